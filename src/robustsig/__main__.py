@@ -1,0 +1,3 @@
+from robustsig.cli import main
+
+main()

@@ -1,0 +1,36 @@
+"""The ``robustsig`` command line: one Typer app; each subcommand lives in its own module with a
+``register(app)`` function, and defers heavy imports (torch models, open_clip) to when it runs."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import typer
+
+from robustsig.errors import RobustsigError
+
+app = typer.Typer(
+    name="robustsig",
+    help="Is an image model robust to natural distribution shift? Look inside it "
+         "(effective robustness, outlier features, privileged directions, concepts, CKA).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+# Subcommand modules, in the order `robustsig --help` lists them.
+COMMAND_MODULES: list[str] = [
+]
+
+for _module in COMMAND_MODULES:
+    importlib.import_module(_module).register(app)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app; errors caused by bad input print one line naming it and exit with 2."""
+    try:
+        app(args=argv, prog_name="robustsig")
+    except RobustsigError as error:
+        typer.echo(f"error: {error}", err=True)
+        sys.exit(2)

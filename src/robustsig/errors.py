@@ -1,0 +1,32 @@
+"""Exceptions raised by robustsig.
+
+Every error a user can cause by passing bad input derives from :class:`RobustsigError`, so the command
+line prints its message (which names the bad input and what was expected) without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class RobustsigError(Exception):
+    """Base class of the errors robustsig raises on purpose."""
+
+
+class InputError(RobustsigError, ValueError):
+    """An argument, file or config value is not what was expected; the message says what to pass instead."""
+
+
+class DataError(RobustsigError):
+    """A dataset folder, mapping file or image does not have the expected layout or content."""
+
+
+class CorruptImageError(DataError):
+    """An image file could not be decoded (truncated, not an image, unreadable)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot decode image {path!r}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+class UnsafeCheckpointError(RobustsigError):
+    """A checkpoint needs arbitrary pickled code to load; robustsig only loads tensors (weights_only)."""

@@ -1,0 +1,182 @@
+"""The one model type every analysis sees: ``logits = W @ encode(x) + b``.
+
+A :class:`Classifier` splits any image model into an *encoder* (image batch -> ``h``, the input of the last
+linear layer) and a linear *head* (``W``, ``b``). The paper's metrics (kurtosis of ``h``, SVD of ``W``,
+importance of singular directions, concept probing) all read these two parts. Named *layer taps* expose
+intermediate activations (for CKA and all-layer analyses), pooled per sample so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from robustsig.errors import InputError
+
+Layout = Literal["tokens", "spatial", "vector"]
+Pooling = Literal["auto", "cls", "mean"]
+
+
+@dataclass(frozen=True)
+class LayerTap:
+    """Where to read one intermediate activation and how it is laid out.
+
+    Attributes:
+        module: dotted path of a submodule of the classifier's encoder (``"visual.transformer.resblocks.3"``).
+        layout: ``"tokens"`` for ``(N, L, D)`` token sequences (CLS token first), ``"spatial"`` for
+            ``(N, C, H, W)`` feature maps, ``"vector"`` for ``(N, D)``.
+        seq_first: the module returns ``(L, N, D)`` (older transformer layouts); pooled as if ``(N, L, D)``.
+    """
+
+    module: str
+    layout: Layout
+    seq_first: bool = False
+
+
+def pool_activation(x: torch.Tensor, tap: LayerTap, pooling: Pooling = "auto") -> torch.Tensor:
+    """Reduce one layer's output to one vector per sample.
+
+    Args:
+        x: the module's output for a batch.
+        tap: how ``x`` is laid out.
+        pooling: ``"cls"`` (the first token; token layouts only), ``"mean"`` (over tokens or space), or
+            ``"auto"`` (CLS for tokens, mean over space for feature maps).
+
+    Returns:
+        ``(N, D)`` tensor.
+    """
+    if isinstance(x, (tuple, list)):  # e.g. Hugging Face blocks return (hidden_states, ...)
+        x = x[0]
+    if tap.layout == "vector":
+        return x.reshape(x.shape[0], -1)
+    if tap.layout == "spatial":
+        if pooling == "cls":
+            raise InputError(f"pooling='cls' needs a token layout; layer {tap.module!r} is a spatial feature map "
+                             "(use pooling='mean')")
+        return x.flatten(2).mean(dim=2)
+    if tap.layout == "tokens":
+        if tap.seq_first:
+            x = x.transpose(0, 1)
+        if pooling in ("auto", "cls"):
+            return x[:, 0]
+        return x.mean(dim=1)
+    raise InputError(f"unknown layer layout {tap.layout!r}; expected 'tokens', 'spatial' or 'vector'")
+
+
+class Classifier(nn.Module):
+    """An image classifier written as ``logits = head(encoder(x))`` with a linear head.
+
+    Args:
+        encoder: module mapping a preprocessed image batch ``(N, 3, H, W)`` to ``h`` of shape ``(N, d)``.
+        head: the linear layer ``(K, d)`` (bias optional) mapping ``h`` to ``K`` class logits.
+        preprocess: callable turning one PIL image into the tensor the encoder expects.
+        classnames: the ``K`` class names, in logit order.
+        taps: named intermediate layers of ``encoder`` that can be read (see :class:`LayerTap`).
+        meta: provenance (``spec``, ``arch``, ``weights``, ``random_init``...); saved with every result.
+
+    Example:
+        >>> import torch
+        >>> enc = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 4))
+        >>> clf = Classifier(enc, torch.nn.Linear(4, 3), preprocess=lambda im: im, classnames=["a", "b", "c"])
+        >>> clf(torch.zeros(2, 3, 2, 2)).shape
+        torch.Size([2, 3])
+    """
+
+    def __init__(self, encoder: nn.Module, head: nn.Linear, *, preprocess: Callable[[Any], torch.Tensor],
+                 classnames: Sequence[str], taps: Mapping[str, LayerTap] | None = None,
+                 meta: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        if not isinstance(head, nn.Linear):
+            raise InputError(f"head must be a torch.nn.Linear, got {type(head).__name__}")
+        if len(classnames) != head.out_features:
+            raise InputError(f"{len(classnames)} class names for a head with {head.out_features} outputs; "
+                             "pass one name per logit")
+        self.encoder = encoder
+        self.head = head
+        self.preprocess = preprocess
+        self.classnames = list(classnames)
+        self.taps: dict[str, LayerTap] = dict(taps or {})
+        self.meta: dict[str, Any] = dict(meta or {})
+        for name, tap in self.taps.items():
+            self._tap_module(name, tap)  # fail now, not at extraction time
+
+    # --- the split the paper's metrics read -------------------------------------------------------------
+    @property
+    def W(self) -> torch.Tensor:  # noqa: N802 (the paper's name)
+        """Head weight ``(K, d)``."""
+        return self.head.weight
+
+    @property
+    def b(self) -> torch.Tensor | None:
+        """Head bias ``(K,)`` or ``None``."""
+        return self.head.bias
+
+    @property
+    def layers(self) -> list[str]:
+        """Names of the layer taps, input side first."""
+        return list(self.taps)
+
+    @property
+    def spec(self) -> str:
+        return str(self.meta.get("spec", ""))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """``h``: the head's input for a preprocessed batch."""
+        return self.encoder(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encode(x))
+
+    # --- intermediate layers -----------------------------------------------------------------------------
+    def _tap_module(self, name: str, tap: LayerTap) -> nn.Module:
+        try:
+            return self.encoder.get_submodule(tap.module)
+        except AttributeError:
+            raise InputError(f"layer tap {name!r} points to {tap.module!r}, which is not a submodule of the "
+                             "encoder") from None
+
+    def forward_with_layers(self, x: torch.Tensor, layers: Sequence[str] = (), pooling: Pooling = "auto"
+                            ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """One forward pass returning ``(h, logits, {layer: (N, D) pooled activation})``.
+
+        Args:
+            x: preprocessed batch.
+            layers: names from :attr:`layers`; ``"all"`` is not accepted here, expand it first.
+            pooling: see :func:`pool_activation`.
+        """
+        unknown = [name for name in layers if name not in self.taps]
+        if unknown:
+            raise InputError(f"unknown layer(s) {unknown}; this model has {self.layers or 'no layer taps'}")
+        captured: dict[str, torch.Tensor] = {}
+        handles = []
+        for name in layers:
+            tap = self.taps[name]
+
+            def hook(_module, _inputs, output, name=name, tap=tap):
+                captured[name] = pool_activation(output, tap, pooling)
+
+            handles.append(self._tap_module(name, tap).register_forward_hook(hook))
+        try:
+            h = self.encode(x)
+            logits = self.head(h)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return h, logits, {name: captured[name] for name in layers}
+
+    # --- identity ----------------------------------------------------------------------------------------
+    def fingerprint(self) -> str:
+        """A digest of every parameter and buffer (names, shapes, dtypes, values): equal weights give equal
+        fingerprints, so activation stores are keyed by the weights actually used, not by a file name."""
+        digest = hashlib.blake2b(digest_size=16)
+        for name, tensor in sorted(self.state_dict().items()):
+            t = tensor.detach().cpu().contiguous()
+            digest.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+            t = t.reshape(-1)
+            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return digest.hexdigest()
