@@ -50,6 +50,11 @@ _PUBLIC: dict[str, str] = {
     # extraction
     "extract": "robustsig.extract.extractor",
     "ActivationStore": "robustsig.extract.store",
+    # study and report
+    "StudyConfig": "robustsig.study.config",
+    "load_study_config": "robustsig.study.config",
+    "Results": "robustsig.study.results",
+    "build_report": "robustsig.report.html",
     # errors
     "RobustsigError": "robustsig.errors",
     "InputError": "robustsig.errors",

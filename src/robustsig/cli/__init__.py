@@ -21,6 +21,8 @@ app = typer.Typer(
 
 # Subcommand modules, in the order `robustsig --help` lists them.
 COMMAND_MODULES: list[str] = [
+    "robustsig.cli.study",
+    "robustsig.cli.report",
 ]
 
 for _module in COMMAND_MODULES:

@@ -362,8 +362,7 @@ class MissingPath:
         return str(self.path).startswith(PLACEHOLDER_PREFIX)
 
     def __str__(self) -> str:
-        note = " (a placeholder from `robustsig study init`: replace it with your path)" if self.placeholder else ""
-        return f"{self.key}: {self.path} does not exist{note}"
+        return f"{self.key}: {self.path} does not exist{' (placeholder)' if self.placeholder else ''}"
 
 
 class StudyConfig(_Section):
@@ -444,8 +443,10 @@ class StudyConfig(_Section):
         """Raise :class:`DataError` listing every missing path (see :meth:`check_paths`)."""
         missing = self.check_paths()
         if missing:
+            note = (f"\nPlaceholders ({PLACEHOLDER_PREFIX}...) come from `robustsig study init`: replace them with "
+                    "your paths." if any(item.placeholder for item in missing) else "")
             raise DataError(f"{len(missing)} path(s) named in the study config do not exist:\n"
-                            + "\n".join(f"  - {item}" for item in missing))
+                            + "\n".join(f"  - {item}" for item in missing) + note)
 
 
 def _exists(path: Path) -> bool:

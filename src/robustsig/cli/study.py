@@ -1,0 +1,78 @@
+"""``robustsig study``: write a study config from a preset, validate one (``study run`` joins this group)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import typer
+
+from robustsig.cli._output import emit_json
+from robustsig.errors import InputError
+
+study_app = typer.Typer(name="study", no_args_is_help=True, add_completion=False,
+                        help="The main job: one YAML file names a model pool, datasets and analyses "
+                             "(init writes one, validate checks it).")
+
+
+@study_app.command("init")
+def init(preset: str = typer.Option("paper", "--preset", help="the preset to write (paper: the paper's pool)"),
+         out: Path = typer.Option(Path("study.yaml"), "--out", "-o", help="the YAML file to write"),
+         force: bool = typer.Option(False, "--force", help="overwrite OUT if it exists"),
+         json_output: bool = typer.Option(False, "--json", help="print a JSON summary")) -> None:
+    """Write a commented study config from a preset; fill in its /path/to/... placeholders."""
+    from robustsig.study.config import load_study_config
+    from robustsig.study.presets import preset_yaml
+    from robustsig.study.results import atomic_write_text
+
+    text = preset_yaml(preset)
+    if out.exists() and not force:
+        raise InputError(f"{out} already exists; pass --force to overwrite it or --out to write another file")
+    atomic_write_text(out, text)
+    config = load_study_config(out)
+    missing = config.check_paths()
+    kinds = Counter(model.kind for model in config.models)
+    if json_output:
+        emit_json({"path": str(out), "preset": preset, "models": [model.model_dump(mode="json") for model in
+                                                                 config.models],
+                   "missing_paths": [{"key": item.key, "path": str(item.path)} for item in missing]})
+        return
+    typer.echo(f"wrote {out}: {len(config.models)} models ({', '.join(f'{n} {k}' for k, n in kinds.items())}), "
+               f"{len(config.datasets.evaluation())} evaluation datasets"
+               f"{' + Broden' if config.datasets.broden else ''}, analyses: {', '.join(config.enabled_analyses())}")
+    if missing:
+        typer.echo(f"fill in the {len(missing)} paths still missing (the /path/to/... placeholders), then run "
+                   f"`robustsig study validate {out}`")
+
+
+@study_app.command("validate")
+def validate(config_path: Path = typer.Argument(..., metavar="STUDY.yaml", help="the study config"),
+             structure_only: bool = typer.Option(False, "--structure-only",
+                                                 help="check keys and values only, not that the files exist"),
+             json_output: bool = typer.Option(False, "--json", help="print a JSON summary")) -> None:
+    """Check a study config: every key and value, then that every dataset root and checkpoint exists."""
+    from robustsig.study.config import load_study_config
+
+    config = load_study_config(config_path)
+    missing = [] if structure_only else config.check_paths()
+    if json_output:
+        emit_json({"path": str(config_path), "valid": not missing, "models": len(config.models),
+                   "datasets": [entry.name for entry in config.datasets.evaluation()],
+                   "analyses": config.enabled_analyses(),
+                   "missing_paths": [{"key": item.key, "path": str(item.path)} for item in missing]})
+        if missing:
+            raise typer.Exit(1)
+        return
+    if missing:
+        config.require_paths()  # raises DataError listing every missing path
+    checked = "structure valid (paths not checked)" if structure_only else "valid, every path exists"
+    typer.echo(f"{config_path}: {checked}; {len(config.models)} models, datasets: "
+               f"{', '.join(entry.name for entry in config.datasets.evaluation())}"
+               f"{' + ' + config.datasets.broden.name if config.datasets.broden else ''}; "
+               f"analyses: {', '.join(config.enabled_analyses())}")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``study`` command group to the ``robustsig`` app."""
+    app.add_typer(study_app, name="study")
+

@@ -1,0 +1,388 @@
+"""One self-contained HTML page with every table and figure of a study's results.
+
+:func:`build_report` reads ``results/`` (see :mod:`robustsig.study.results`), writes the tables (CSV, Markdown,
+LaTeX) to ``tables/`` and the figures (PNG, SVG) to ``figures/`` next to the page, and writes the page itself:
+CSS inline, figures inlined as base64 PNG, no scripts (a Content-Security-Policy forbids them), no external
+resource. Each table and figure says what it was computed on (models, datasets, store keys, sample counts from
+``provenance.json``). Every string shown (config values, model, dataset, class and concept names) is escaped.
+An analysis whose results are absent gets a note saying so instead of its section.
+
+Example:
+    >>> # build_report("study/results", "study/report/report.html")
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from robustsig import __version__
+from robustsig._progress import progress
+from robustsig.errors import DataError, InputError
+from robustsig.report import figures, tables
+from robustsig.report.pool import KIND_TITLES, model_groups
+from robustsig.study.results import (AccuracyRow, CkaRow, ConceptRow, ConceptTopRow, DatasetRow, ImportanceRow,
+                                     KurtosisRow, ModelRow, PrivilegedRow, PruningRow, Results, RobustnessRow,
+                                     VennRow, WiseFtRow, atomic_write_text, package_versions)
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 72rem;
+       padding: 0 1rem; color: #1d1d1f; line-height: 1.45; }
+h1 { font-size: 1.6rem; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2rem; margin-top: 2.2rem; }
+table { border-collapse: collapse; margin: .8rem 0; font-size: .85rem; }
+caption { caption-side: top; text-align: left; font-weight: 600; padding-bottom: .3rem; }
+th, td { border: 1px solid #d6d6d6; padding: .2rem .5rem; }
+th { background: #f4f4f6; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
+figure { margin: 1rem 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption, .caption { font-size: .85rem; color: #555; }
+.note { background: #fff8e1; border-left: 4px solid #f0b400; padding: .4rem .8rem; }
+details { font-size: .8rem; margin: .3rem 0 1rem; } summary { cursor: pointer; color: #555; }
+pre { background: #f6f8fa; padding: .8rem; overflow-x: auto; font-size: .8rem; }
+nav ul { columns: 2; }
+"""
+_CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
+
+def _e(value: Any) -> str:
+    """Escape any value for HTML text or a quoted attribute."""
+    return html.escape(str(value), quote=True)
+
+
+def _blank_none(value: Any) -> Any:
+    return "" if value is None else value
+
+
+@dataclass
+class ReportFiles:
+    """What :func:`build_report` wrote.
+
+    Attributes:
+        html: the page.
+        tables: the table files (CSV, Markdown, LaTeX).
+        figures: the figure files (PNG, SVG).
+        sections: analysis name -> whether its results were found and shown.
+    """
+
+    html: Path
+    tables: list[Path] = field(default_factory=list)
+    figures: list[Path] = field(default_factory=list)
+    sections: dict[str, bool] = field(default_factory=dict)
+
+
+class _Page:
+    """Collects the HTML of the sections and the files written for them."""
+
+    def __init__(self, results: Results, out_html: Path, config: Mapping[str, Any] | None) -> None:
+        self.results = results
+        self.provenance = results.provenance()
+        self.config = config
+        self.tables_dir = out_html.parent / "tables"
+        self.figures_dir = out_html.parent / "figures"
+        self.files = ReportFiles(out_html)
+
+    def read(self, table: type) -> list:
+        return self.results.read(table) if self.results.has(table) else []
+
+    # ---- blocks
+    def sources(self, names: Sequence[str]) -> str:
+        """A collapsible block saying what the named results tables were computed on."""
+        parts = []
+        for name in names:
+            entry = self.provenance.get("tables", {}).get(name)
+            if not entry:
+                parts.append(f"<p>results/{_e(name)}.csv: no provenance recorded.</p>")
+                continue
+            parameters = entry.get("parameters") or {}
+            text = ", ".join(f"{_e(key)} = {_e(value)}" for key, value in parameters.items())
+            parts.append(f"<p>results/{_e(name)}.csv, updated {_e(entry.get('updated'))}"
+                         + (f"; parameters: {text}" if text else "") + "</p>")
+            inputs = entry.get("inputs") or []
+            if inputs:
+                body = "".join(f"<tr><td>{_e(item.get('model'))}</td><td>{_e(item.get('dataset'))}</td>"
+                               f"<td><code>{_e(item.get('store_key') or '')}</code></td>"
+                               f"<td class=\"num\">{_e(_blank_none(item.get('num_samples')))}</td></tr>"
+                               for item in inputs)
+                parts.append("<table><tr><th>model</th><th>dataset</th><th>store key</th><th>samples</th></tr>"
+                             f"{body}</table>")
+        return f"<details class=\"provenance\"><summary>Computed on</summary>{''.join(parts)}</details>"
+
+    def table(self, table: tables.ReportTable) -> str:
+        self.files.tables += tables.write_table(table, self.tables_dir)
+        index = len(table.index)
+        head = ""
+        if any(group for group, _ in table.groups):
+            head = "<tr>" + "".join(f"<th rowspan=\"2\">{_e(label)}</th>" for label in table.index)
+            head += "".join(f"<th colspan=\"{len(labels)}\">{_e(group)}</th>" for group, labels in table.groups)
+            head += "</tr><tr>" + "".join(f"<th>{_e(label)}</th>" for _, labels in table.groups
+                                          for label in labels) + "</tr>"
+        else:
+            head = "<tr>" + "".join(f"<th>{_e(label)}</th>" for label in table.header()) + "</tr>"
+        body = ""
+        for row in table.display_rows():
+            body += "<tr>" + "".join(
+                f"<td>{_e(cell)}</td>" if i < index else
+                f"<td class=\"num\">{_e(tables.MISSING_TEXT if cell is None else cell)}</td>"
+                for i, cell in enumerate(row)) + "</tr>"
+        caption = f"<p class=\"caption\">{_e(table.caption)}</p>" if table.caption else ""
+        return (f"<table id=\"table-{_e(table.name)}\"><caption>{_e(table.title)}</caption>"
+                f"<thead>{head}</thead><tbody>{body}</tbody></table>{caption}{self.sources(table.sources)}")
+
+    def figure(self, make: Callable[[], Any], stem: str, caption: str, sources: Sequence[str]) -> str:
+        png, svg = figures.save_figure(make(), self.figures_dir, stem)
+        self.files.figures += [png, svg]
+        data = base64.b64encode(png.read_bytes()).decode("ascii")
+        return (f"<figure><img src=\"data:image/png;base64,{data}\" alt=\"{_e(caption)}\">"
+                f"<figcaption>{_e(caption)}</figcaption></figure>{self.sources(sources)}")
+
+    def absent(self, analysis: str, files: Sequence[str]) -> str:
+        enabled = bool(self.config and (self.config.get("analyses") or {}).get(analysis) is not None
+                       and (self.config["analyses"][analysis] or {}).get("enabled", True))
+        names = " and ".join(f"results/{name}.csv" for name in files)
+        why = (f"although the study config enables it: the run did not finish it; rerun `robustsig study run` "
+               "to complete it" if enabled else f"the {analysis} analysis was not part of this study")
+        return f"<p class=\"note\">Not run: {_e(names)} absent ({_e(why)}).</p>"
+
+
+# --------------------------------------------------------------------------- sections
+
+def _id_dataset(page: _Page, rows: Sequence[Any]) -> str | None:
+    for row in page.read(DatasetRow):
+        if row.role == "id":
+            return row.dataset
+    return rows[0].dataset if rows else None
+
+
+def _pool_section(page: _Page, models: Sequence[ModelRow]) -> str:
+    body = "".join(f"<tr><td>{_e(m.model)}</td><td><code>{_e(m.spec)}</code></td><td>{_e(m.backbone)}</td>"
+                   f"<td>{_e(m.pretraining)}</td><td>{_e(KIND_TITLES.get(m.kind, m.kind))}</td></tr>" for m in models)
+    text = ("<table><caption>Models</caption><tr><th>model</th><th>spec</th><th>backbone</th><th>pretraining</th>"
+            f"<th>kind</th></tr>{body}</table>")
+    datasets = page.read(DatasetRow)
+    if datasets:
+        body = "".join(f"<tr><td>{_e(d.dataset)}</td><td>{_e(d.kind)}</td><td>{_e(d.role)}</td>"
+                       f"<td><code>{_e(d.root)}</code></td></tr>" for d in datasets)
+        text += ("<table><caption>Datasets</caption><tr><th>dataset</th><th>kind</th><th>role</th><th>root</th>"
+                 f"</tr>{body}</table>")
+    return text
+
+
+def _accuracy_section(page: _Page, models: Sequence[ModelRow]) -> str | None:
+    accuracy, robustness = page.read(AccuracyRow), page.read(RobustnessRow)
+    if not accuracy and not robustness:
+        return None
+    text = ""
+    if robustness:
+        text += page.table(tables.accuracy_table(models, robustness))
+        text += page.figure(lambda: figures.robustness_figure(models, robustness), "fig1_robustness",
+                            "Fig. 1: ACC(I) vs ACC(S) on logit axes, with the baseline line (the models above it "
+                            "are effectively robust).", ["robustness"])
+    else:
+        text += ("<p class=\"note\">No results/robustness.csv: effective robustness needs shift sets, and the "
+                 "study had none.</p>")
+    if accuracy:
+        names = list(dict.fromkeys(row.dataset for row in accuracy))
+        text += page.table(tables.dataset_accuracy_table(accuracy, names))
+    return text
+
+
+def _kurtosis_section(page: _Page, models: Sequence[ModelRow]) -> str | None:
+    rows = page.read(KurtosisRow)
+    if not rows:
+        return None
+    dataset = _id_dataset(page, rows)
+    if dataset not in {row.dataset for row in rows}:
+        dataset = rows[0].dataset
+    return page.table(tables.kurtosis_table(models, rows, dataset))
+
+
+def _importance_section(page: _Page, models: Sequence[ModelRow]) -> str | None:
+    importance, privileged = page.read(ImportanceRow), page.read(PrivilegedRow)
+    if not importance and not privileged:
+        return None
+    text = ""
+    if importance:
+        text += page.figure(lambda: figures.importance_figure(models, importance), "fig2_importance",
+                            "Fig. 2/7: importance of the head's singular directions, ranked (x: privileged).",
+                            ["importance"])
+    if privileged:
+        text += page.table(tables.privileged_table(models, privileged))
+    return text
+
+
+def _pruning_section(page: _Page, models: Sequence[ModelRow]) -> str | None:
+    rows = page.read(PruningRow)
+    if not rows:
+        return None
+    dataset = _id_dataset(page, rows)
+    if dataset not in {row.dataset for row in rows}:
+        dataset = rows[0].dataset
+    text = page.figure(lambda: figures.pruning_figure(models, rows, dataset, "accuracy"), "fig3_pruning_accuracy",
+                       f"Fig. 3/8: accuracy on {dataset} after pruning the least important singular directions "
+                       "(solid: by singular value; dashed: by importance; dotted: random).", ["pruning"])
+    if any(row.er is not None for row in rows):
+        text += page.figure(lambda: figures.pruning_figure(models, rows, dataset, "er"), "fig9_pruning_er",
+                            "Fig. 9: effective robustness after pruning.", ["pruning"])
+    return text
+
+
+def _venn_groups(page: _Page, models: Sequence[ModelRow], probed: set[str]) -> list[tuple[str, list[ModelRow]]]:
+    by_name = {model.model: model for model in models}
+    configured = ((page.config or {}).get("analyses") or {}).get("concepts") or {}
+    if configured.get("venn_groups"):
+        groups = [(" / ".join(group), [by_name[name] for name in group if name in by_name])
+                  for group in configured["venn_groups"]]
+    else:
+        groups = [(group.title, list(group.members)) for group in model_groups(models)]
+    groups = [(title, [m for m in members if m.model in probed]) for title, members in groups]
+    return [(title, members) for title, members in groups if len(members) >= 2]
+
+
+def _concepts_section(page: _Page, models: Sequence[ModelRow]) -> str | None:
+    summary, top, venn = page.read(ConceptRow), page.read(ConceptTopRow), page.read(VennRow)
+    if not summary:
+        return None
+    text = ""
+    bases = list(dict.fromkeys(row.basis for row in summary))
+    for basis in bases:
+        text += page.table(tables.concepts_table(models, summary, basis))
+    if top:
+        text += page.table(tables.concept_top_table(top))
+    for basis in bases:
+        probed = {row.model for row in summary if row.basis == basis}
+        for i, (title, members) in enumerate(_venn_groups(page, models, probed)):
+            sets = {f"{m.model} ({m.kind})": {row.concept for row in venn if row.model == m.model
+                                              and row.basis == basis} for m in members}
+            text += page.figure(lambda sets=sets, title=title: figures.venn_figure(sets, f"{title}, {basis} basis"),
+                                f"fig4_venn_{basis}_{i}", f"Fig. 4: concepts encoded by {title} ({basis} basis).",
+                                ["venn", "concepts"])
+    return text
+
+
+def _cka_section(page: _Page, models: Sequence[ModelRow]) -> str | None:
+    rows = page.read(CkaRow)
+    if not rows:
+        return None
+    text = ""
+    try:
+        depth = figures.cka_depth_figure(rows)
+    except InputError as error:  # no pair with corresponding layers: say so instead of a figure
+        text += f"<p class=\"note\">{_e(error)}</p>"
+    else:
+        text += page.figure(lambda: depth, "fig5_cka_depth", "Fig. 5: CKA between corresponding layers of each "
+                            "pair, against relative depth.", ["cka"])
+    pairs = list(dict.fromkeys((row.model_a, row.model_b) for row in rows))
+    for i, (model_a, model_b) in enumerate(pairs):
+        pair_rows = [row for row in rows if (row.model_a, row.model_b) == (model_a, model_b)]
+        if len({row.layer_b for row in pair_rows}) > 1 and len(pair_rows) > len({row.layer_a for row in pair_rows}):
+            text += page.figure(lambda a=model_a, b=model_b: figures.cka_heatmap_figure(rows, a, b),
+                                f"fig6_cka_{i}", f"Fig. 6: CKA of every layer of {model_a} against every layer of "
+                                f"{model_b}.", ["cka"])
+    return text
+
+
+def _wiseft_section(page: _Page, models: Sequence[ModelRow]) -> str | None:
+    rows = page.read(WiseFtRow)
+    if not rows:
+        return None
+    return (page.figure(lambda: figures.wiseft_figure(rows), "fig11_wiseft",
+                        "Fig. 11-18: Wise-FT sweeps against alpha.", ["wiseft"])
+            + page.table(tables.wiseft_table(rows)))
+
+
+_SECTIONS: tuple[tuple[str, str, tuple[str, ...], Callable[[_Page, Sequence[ModelRow]], str | None]], ...] = (
+    ("accuracy", "Accuracy and effective robustness", ("accuracy", "robustness"), _accuracy_section),
+    ("kurtosis", "Activation kurtosis", ("kurtosis",), _kurtosis_section),
+    ("importance", "Importance and privileged directions", ("importance", "privileged"), _importance_section),
+    ("pruning", "Pruning singular directions", ("pruning",), _pruning_section),
+    ("concepts", "Concepts", ("concepts",), _concepts_section),
+    ("cka", "CKA per layer", ("cka",), _cka_section),
+    ("wiseft", "Wise-FT", ("wiseft",), _wiseft_section),
+)
+
+
+# --------------------------------------------------------------------------- the page
+
+def _config_mapping(config: Any) -> Mapping[str, Any] | None:
+    if config is None:
+        return None
+    if hasattr(config, "model_dump"):
+        return config.model_dump(mode="json")
+    if isinstance(config, Mapping):
+        return config
+    raise DataError(f"config: expected a StudyConfig or a mapping; got {type(config).__name__}")
+
+
+def _models(page: _Page) -> list[ModelRow]:
+    models = page.read(ModelRow)
+    if models:
+        return models
+    if page.config and page.config.get("models") and isinstance(page.config["models"][0], Mapping):
+        return [ModelRow(m["name"], m["spec"], m["backbone"], m["pretraining"], m["kind"])
+                for m in page.config["models"]]
+    raise DataError(f"{page.results.path(ModelRow)} is missing and no study config was given: the tables cannot be "
+                    "laid out without the pool (pass the config: `robustsig report RESULTS --config study.yaml`)")
+
+
+def build_report(results_dir: str | os.PathLike, out_html: str | os.PathLike, *, config: Any = None,
+                 title: str = "robustsig report") -> ReportFiles:
+    """Build the HTML report of a study's results.
+
+    Args:
+        results_dir: the ``results/`` folder a study run wrote.
+        out_html: the page to write; ``tables/`` and ``figures/`` are written next to it.
+        config: the study config (a :class:`~robustsig.study.config.StudyConfig` or its mapping); default: the
+            one recorded in ``provenance.json``.
+        title: the page title.
+
+    Returns:
+        What was written (:class:`ReportFiles`).
+
+    Raises:
+        DataError: ``results_dir`` is missing, or holds no model pool and no config was given.
+    """
+    results_dir, out_html = Path(results_dir), Path(out_html)
+    if not results_dir.is_dir():
+        raise DataError(f"results folder {str(results_dir)!r} does not exist; expected the results/ folder that "
+                        "`robustsig study run` writes")
+    results = Results(results_dir)
+    provenance = results.provenance()
+    page = _Page(results, out_html, _config_mapping(config) or provenance.get("config"))
+    models = _models(page)
+
+    nav, body = [], [f"<section id=\"pool\"><h2>Model pool and datasets</h2>{_pool_section(page, models)}</section>"]
+    for name, heading, files, make in progress(_SECTIONS, desc="report", unit="section"):
+        content = make(page, models)
+        page.files.sections[name] = content is not None
+        nav.append(f"<li><a href=\"#{name}\">{_e(heading)}</a>{'' if content is not None else ' (not run)'}</li>")
+        body.append(f"<section id=\"{name}\"><h2>{_e(heading)}</h2>"
+                    f"{content if content is not None else page.absent(name, files)}</section>")
+
+    config_text = yaml.safe_dump(page.config, sort_keys=False, allow_unicode=True) if page.config else "(none recorded)"
+    versions = provenance.get("versions") or {}
+    rows = "".join(f"<tr><td>{_e(k)}</td><td>{_e(v)}</td></tr>" for k, v in versions.items())
+    body.append("<section id=\"config\"><h2>Configuration</h2>"
+                f"<pre>{_e(config_text)}</pre></section>"
+                "<section id=\"versions\"><h2>Versions</h2>"
+                + (f"<table><caption>Packages of the run</caption>{rows}</table>" if rows else
+                   "<p class=\"note\">No package versions recorded with the results.</p>")
+                + f"<p class=\"caption\">Report built with robustsig {_e(__version__)} "
+                  f"(Python {_e(package_versions()['python'])}).</p></section>")
+    built = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    document = (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        f"<meta http-equiv=\"Content-Security-Policy\" content=\"{_CSP}\">"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
+        f"<h1>{_e(title)}</h1><p class=\"caption\">Results: {_e(results_dir.resolve())}; built {_e(built)}. "
+        "Accuracies and ER in percent.</p>"
+        f"<nav><ul>{''.join(nav)}</ul></nav>{''.join(body)}</body></html>\n")
+    atomic_write_text(out_html, document)
+    return page.files

@@ -1,0 +1,497 @@
+"""The results of a study on disk: one CSV per table with fixed columns, and ``provenance.json``.
+
+Layout of ``OUTPUT_DIR/results/``::
+
+    models.csv      model, spec, backbone, pretraining, kind          (the pool, from the config)
+    datasets.csv    dataset, kind, role, root                         (role: id | shift | concepts)
+    accuracy.csv    model, dataset, accuracy, num_samples
+    robustness.csv  model, acc_id, acc_shift, er, b1, b0
+    kurtosis.csv    model, dataset, kurtosis, num_samples, dim
+    importance.csv  model, direction, singular_value, importance, privileged
+    privileged.csv  model, num_directions, num_privileged, top_direction, top_ratio, spearman
+    pruning.csv     model, order, fraction, dataset, accuracy, er
+    concepts.csv    model, basis, num_directions, num_concepts, unique_concepts, polysemanticity, threshold
+    concept_top.csv model, basis, direction, rank, concept, category, ap
+    venn.csv        model, basis, concept, category
+    cka.csv         model_a, model_b, layer_a, layer_b, cka
+    wiseft.csv      pair, alpha, acc_id, acc_shift, er, kurtosis, unique_concepts
+    provenance.json what each table was computed on (models, datasets, store keys, sample counts), the config,
+                    package versions
+
+Each table is a frozen dataclass (a row type) whose fields are its columns in order; :data:`TABLES` lists them.
+Accuracies are fractions in [0, 1]. Floats are written with Python's shortest round-trip repr, so a table reads
+back bit for bit; an empty cell is None (only in the columns typed ``| None``). Every file is written atomically
+(a temporary file in the same folder, then ``os.replace``), so an interrupted run never leaves half a table.
+
+Example:
+    >>> import tempfile
+    >>> from robustsig.study.results import AccuracyRow, Results
+    >>> results = Results(tempfile.mkdtemp())
+    >>> _ = results.write(AccuracyRow, [AccuracyRow("mnv2", "photos", 0.75, 8)])
+    >>> results.read(AccuracyRow)[0].accuracy
+    0.75
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import operator
+import os
+import platform
+import sys
+import tempfile
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+from robustsig.errors import DataError, InputError
+
+
+def _column(doc: str) -> Any:
+    return field(metadata={"doc": doc})
+
+
+# --------------------------------------------------------------------------- the tables
+
+@dataclass(frozen=True)
+class ModelRow:
+    """The model pool: one row per model of the config."""
+
+    TABLE: ClassVar[str] = "models"
+    KEY: ClassVar[tuple[str, ...]] = ("model",)
+    model: str = _column("model name (unique)")
+    spec: str = _column("model spec, e.g. openclip:ViT-B-32@openai")
+    backbone: str = _column("architecture: the row group of the paper's tables")
+    pretraining: str = _column("pretraining data tag: the row within a backbone")
+    kind: str = _column("zero-shot, finetuned or supervised: the column group of the paper's tables")
+
+
+@dataclass(frozen=True)
+class DatasetRow:
+    """The datasets of the study."""
+
+    TABLE: ClassVar[str] = "datasets"
+    KEY: ClassVar[tuple[str, ...]] = ("dataset",)
+    dataset: str = _column("dataset name (unique)")
+    kind: str = _column("dataset kind (imagenet, imagenet-v2, ..., folder, csv, webdataset, broden)")
+    role: str = _column("id (in-distribution), shift, or concepts (Broden)")
+    root: str = _column("the dataset's root folder")
+
+
+@dataclass(frozen=True)
+class AccuracyRow:
+    """Top-1 accuracy of a model on a dataset (the dataset's class subset or mapping applied)."""
+
+    TABLE: ClassVar[str] = "accuracy"
+    KEY: ClassVar[tuple[str, ...]] = ("model", "dataset")
+    model: str = _column("model name")
+    dataset: str = _column("dataset name")
+    accuracy: float = _column("top-1 accuracy, a fraction in [0, 1]")
+    num_samples: int = _column("images scored (corrupt images skipped)")
+
+
+@dataclass(frozen=True)
+class RobustnessRow:
+    """Effective robustness (eq. 1) of a model."""
+
+    TABLE: ClassVar[str] = "robustness"
+    KEY: ClassVar[tuple[str, ...]] = ("model",)
+    model: str = _column("model name")
+    acc_id: float = _column("accuracy on the in-distribution set")
+    acc_shift: float = _column("mean accuracy over the shift sets")
+    er: float = _column("acc_shift - sigmoid(b1 logit(acc_id) + b0)")
+    b1: float = _column("slope of the baseline line (logit space)")
+    b0: float = _column("intercept of the baseline line (logit space)")
+
+
+@dataclass(frozen=True)
+class KurtosisRow:
+    """Activation kurtosis (eq. 2) of the head's input h."""
+
+    TABLE: ClassVar[str] = "kurtosis"
+    KEY: ClassVar[tuple[str, ...]] = ("model", "dataset")
+    model: str = _column("model name")
+    dataset: str = _column("dataset the activations come from")
+    kurtosis: float = _column("mean over samples of the kurtosis of h (Gaussian = 3)")
+    num_samples: int = _column("activation vectors averaged")
+    dim: int = _column("width of h")
+
+
+@dataclass(frozen=True)
+class ImportanceRow:
+    """Importance (eq. 4) of one singular direction of the head."""
+
+    TABLE: ClassVar[str] = "importance"
+    KEY: ClassVar[tuple[str, ...]] = ("model", "direction")
+    model: str = _column("model name")
+    direction: int = _column("index of the singular direction, 0 = largest singular value")
+    singular_value: float = _column("singular value s_i of the head W")
+    importance: float = _column("s_i / sum(s) x mean_n |cos(v_i, h_n)|")
+    privileged: bool = _column("importance above privileged_ratio x the mean importance")
+
+
+@dataclass(frozen=True)
+class PrivilegedRow:
+    """Summary of a model's privileged directions."""
+
+    TABLE: ClassVar[str] = "privileged"
+    KEY: ClassVar[tuple[str, ...]] = ("model",)
+    model: str = _column("model name")
+    num_directions: int = _column("rank of the head (directions scored)")
+    num_privileged: int = _column("directions flagged privileged")
+    top_direction: int = _column("the most important direction")
+    top_ratio: float = _column("its importance over the mean importance")
+    spearman: float = _column("Spearman correlation of singular values and importances")
+
+
+@dataclass(frozen=True)
+class PruningRow:
+    """Accuracy of a model after pruning a fraction of its head's singular directions."""
+
+    TABLE: ClassVar[str] = "pruning"
+    KEY: ClassVar[tuple[str, ...]] = ("model", "order", "fraction", "dataset")
+    model: str = _column("model name")
+    order: str = _column("singular (smallest singular values first), importance or random")
+    fraction: float = _column("fraction of directions pruned, in [0, 1)")
+    dataset: str = _column("dataset name")
+    accuracy: float = _column("top-1 accuracy of the pruned head")
+    er: float | None = _column("ER of the pruned model (the same on every dataset row of this model, order and "
+                               "fraction; empty without shift sets)")
+
+
+@dataclass(frozen=True)
+class ConceptRow:
+    """Concept probing summary of a model in one basis."""
+
+    TABLE: ClassVar[str] = "concepts"
+    KEY: ClassVar[tuple[str, ...]] = ("model", "basis")
+    model: str = _column("model name")
+    basis: str = _column("singular (the head's right singular vectors) or neuron (canonical basis)")
+    num_directions: int = _column("directions probed")
+    num_concepts: int = _column("Broden concepts probed (enough positives)")
+    unique_concepts: int = _column("concepts encoded (AP >= threshold) by at least one direction (eq. 5)")
+    polysemanticity: float = _column("mean number of concepts a direction encodes, over directions encoding any")
+    threshold: float = _column("the AP threshold")
+
+
+@dataclass(frozen=True)
+class ConceptTopRow:
+    """The top concepts of a model's most privileged direction."""
+
+    TABLE: ClassVar[str] = "concept_top"
+    KEY: ClassVar[tuple[str, ...]] = ("model", "basis", "direction", "rank")
+    model: str = _column("model name")
+    basis: str = _column("singular or neuron")
+    direction: int = _column("the direction (the most privileged one)")
+    rank: int = _column("1 = highest AP")
+    concept: str = _column("Broden concept name")
+    category: str = _column("Broden category (color, object, material, part, scene, texture)")
+    ap: float = _column("average precision of the direction for the concept")
+
+
+@dataclass(frozen=True)
+class VennRow:
+    """Membership of the concept sets that the Venn diagrams compare: one row per concept a model encodes."""
+
+    TABLE: ClassVar[str] = "venn"
+    KEY: ClassVar[tuple[str, ...]] = ("model", "basis", "concept")
+    model: str = _column("model name")
+    basis: str = _column("singular or neuron")
+    concept: str = _column("a concept encoded by at least one direction")
+    category: str = _column("its Broden category")
+
+
+@dataclass(frozen=True)
+class CkaRow:
+    """CKA between a layer of one model and a layer of another, on the same images."""
+
+    TABLE: ClassVar[str] = "cka"
+    KEY: ClassVar[tuple[str, ...]] = ("model_a", "model_b", "layer_a", "layer_b")
+    model_a: str = _column("first model")
+    model_b: str = _column("second model")
+    layer_a: str = _column("layer of model_a (rows are written in layer order)")
+    layer_b: str = _column("layer of model_b")
+    cka: float = _column("CKA in [0, 1]")
+
+
+@dataclass(frozen=True)
+class WiseFtRow:
+    """One point of a Wise-FT sweep (weights (1 - alpha) theta_zero_shot + alpha theta_finetuned)."""
+
+    TABLE: ClassVar[str] = "wiseft"
+    KEY: ClassVar[tuple[str, ...]] = ("pair", "alpha")
+    pair: str = _column("Wise-FT pair name")
+    alpha: float = _column("interpolation weight: 0 = zero-shot, 1 = finetuned")
+    acc_id: float = _column("accuracy on the in-distribution set")
+    acc_shift: float | None = _column("mean accuracy over the shift sets")
+    er: float | None = _column("effective robustness")
+    kurtosis: float | None = _column("activation kurtosis")
+    unique_concepts: int | None = _column("unique concepts (singular basis)")
+
+
+TABLES: dict[str, type] = {row.TABLE: row for row in (
+    ModelRow, DatasetRow, AccuracyRow, RobustnessRow, KurtosisRow, ImportanceRow, PrivilegedRow, PruningRow,
+    ConceptRow, ConceptTopRow, VennRow, CkaRow, WiseFtRow)}
+"""Table name -> row type; the CSV file is ``NAME.csv``."""
+
+Row = TypeVar("Row")
+
+
+def columns(table: type) -> list[str]:
+    """The column names of a table, in file order."""
+    return [item.name for item in dataclasses.fields(table)]
+
+
+# --------------------------------------------------------------------------- cells
+
+def _format_cell(value: Any, kind: Any, where: str) -> str:
+    optional = type(None) in typing.get_args(kind)
+    base = next((arm for arm in typing.get_args(kind) if arm is not type(None)), kind)
+    if value is None:
+        if optional:
+            return ""
+        raise InputError(f"{where}: expected a {base.__name__}; got None")
+    if base is bool:
+        if not isinstance(value, bool):
+            raise InputError(f"{where}: expected a bool; got {value!r}")
+        return "true" if value else "false"
+    if base is int:
+        try:
+            if isinstance(value, bool):
+                raise TypeError
+            return str(operator.index(value))
+        except TypeError:
+            raise InputError(f"{where}: expected an int; got {value!r}") from None
+    if base is float:
+        if isinstance(value, (bool, str, bytes)) or not hasattr(value, "__float__"):
+            raise InputError(f"{where}: expected a float; got {value!r}")
+        return repr(float(value))
+    if not isinstance(value, str):
+        raise InputError(f"{where}: expected a str; got {value!r}")
+    return value
+
+
+def _parse_cell(text: str, kind: Any, where: str) -> Any:
+    optional = type(None) in typing.get_args(kind)
+    base = next((arm for arm in typing.get_args(kind) if arm is not type(None)), kind)
+    if base is str:
+        return text
+    if text == "":
+        if optional:
+            return None
+        raise DataError(f"{where}: empty cell; expected a {base.__name__}")
+    try:
+        if base is bool:
+            return {"true": True, "false": False}[text]
+        return base(text)
+    except (KeyError, ValueError):
+        raise DataError(f"{where}: expected a {base.__name__}; got {text!r}") from None
+
+
+# --------------------------------------------------------------------------- files
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see the old file or the new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
+            stream.write(text)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def package_versions() -> dict[str, str]:
+    """Python, platform and the versions of the packages that determine the results."""
+    versions = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for package in ("robustsig", "torch", "torchvision", "open_clip_torch", "timm", "numpy", "scipy", "pillow",
+                    "safetensors", "pydantic", "pyyaml", "matplotlib", "matplotlib-venn"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class InputRecord:
+    """One input a table was computed on: a model's activations on a dataset."""
+
+    model: str
+    dataset: str
+    store_key: str = ""
+    num_samples: int | None = None
+
+
+class Results:
+    """The ``results/`` folder of a study: typed tables (CSV) and their provenance.
+
+    Args:
+        root: the folder (created on the first write).
+    """
+
+    PROVENANCE = "provenance.json"
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+
+    def path(self, table: type) -> Path:
+        """The CSV file of ``table``."""
+        return self.root / f"{_table_name(table)}.csv"
+
+    def has(self, table: type) -> bool:
+        return self.path(table).is_file()
+
+    def write(self, table: type[Row], rows: Iterable[Row]) -> Path:
+        """Replace the whole table with ``rows`` (atomically).
+
+        Raises:
+            InputError: a row of another type, or a value of the wrong type for its column.
+        """
+        name = _table_name(table)
+        rows = list(rows)
+        hints = typing.get_type_hints(table)
+        names = columns(table)
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(names)
+        for i, row in enumerate(rows):
+            if type(row) is not table:
+                raise InputError(f"{name}.csv row {i}: expected a {table.__name__}; got {type(row).__name__}")
+            writer.writerow(_format_cell(getattr(row, column), hints[column], f"{name}.csv row {i}, {column}")
+                            for column in names)
+        target = self.path(table)
+        atomic_write_text(target, buffer.getvalue())
+        return target
+
+    def upsert(self, table: type[Row], rows: Iterable[Row]) -> Path:
+        """Add ``rows`` to the table, replacing the rows with the same key (``table.KEY``); other rows are kept
+        in place, new ones appended. This is how a resumed run adds one model's results at a time."""
+        rows = list(rows)
+        new = {_key(row): row for row in rows}
+        kept = [new.pop(_key(row), row) for row in (self.read(table) if self.has(table) else [])]
+        return self.write(table, kept + [row for row in rows if _key(row) in new])
+
+    def read(self, table: type[Row]) -> list[Row]:
+        """All rows of ``table``, typed.
+
+        Raises:
+            DataError: the file is missing, its header differs from the table's columns, or a cell is malformed.
+        """
+        path = self.path(table)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise DataError(f"{path} does not exist: the {_table_name(table)} table was not computed") from None
+        reader = csv.reader(io.StringIO(text, newline=""))
+        header = next(reader, [])
+        expected = columns(table)
+        if header != expected:
+            raise DataError(f"{path} has columns {header}; expected {expected} (written by another robustsig "
+                            "version? recompute it)")
+        hints = typing.get_type_hints(table)
+        rows = []
+        for line, cells in enumerate(reader, start=2):
+            if len(cells) != len(expected):
+                raise DataError(f"{path} line {line}: {len(cells)} cells; expected {len(expected)}")
+            rows.append(table(*(_parse_cell(cell, hints[column], f"{path} line {line}, {column}")
+                                for cell, column in zip(cells, expected))))
+        return rows
+
+    # ---- provenance
+    def provenance(self) -> dict[str, Any]:
+        """The parsed ``provenance.json``: ``{"created", "updated", "versions", "config", "tables": {name:
+        {"updated", "parameters", "inputs": [{model, dataset, store_key, num_samples}]}}}``; an empty skeleton
+        when the file does not exist yet."""
+        path = self.root / self.PROVENANCE
+        if not path.is_file():
+            return {"created": None, "updated": None, "versions": {}, "config": None, "tables": {}}
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise DataError(f"{path} is not readable JSON: {error}") from None
+        if not isinstance(document, dict) or not isinstance(document.get("tables", {}), dict):
+            raise DataError(f"{path}: expected an object with a 'tables' object")
+        document.setdefault("tables", {})
+        return document
+
+    def _save_provenance(self, document: dict[str, Any]) -> None:
+        document["updated"] = _now()
+        document["created"] = document.get("created") or document["updated"]
+        atomic_write_text(self.root / self.PROVENANCE, json.dumps(document, indent=2, sort_keys=False,
+                                                                  default=str, allow_nan=False) + "\n")
+
+    def set_config(self, config: Mapping[str, Any] | None, versions: Mapping[str, str] | None = None) -> None:
+        """Record the study config (as a JSON-able mapping) and the package versions of this run."""
+        document = self.provenance()
+        document["config"] = _jsonable(config)
+        document["versions"] = dict(versions if versions is not None else package_versions())
+        self._save_provenance(document)
+
+    def record(self, table: type, inputs: Iterable[InputRecord], parameters: Mapping[str, Any] | None = None
+               ) -> None:
+        """Record what ``table`` was computed on. Inputs merge by (model, dataset) with those recorded before
+        (a resumed run records one model at a time); parameters update those recorded before."""
+        document = self.provenance()
+        entry = document["tables"].setdefault(_table_name(table), {"updated": None, "parameters": {}, "inputs": []})
+        merged = {(item["model"], item["dataset"]): item for item in entry["inputs"]}
+        for item in inputs:
+            merged[(item.model, item.dataset)] = dataclasses.asdict(item)
+        entry["inputs"] = list(merged.values())
+        entry["parameters"] = {**entry["parameters"], **_jsonable(dict(parameters or {}))}
+        entry["updated"] = _now()
+        self._save_provenance(document)
+
+    def inputs(self, table: type) -> list[InputRecord]:
+        """The inputs recorded for ``table`` (empty when none were)."""
+        entry = self.provenance()["tables"].get(_table_name(table), {})
+        return [InputRecord(**item) for item in entry.get("inputs", [])]
+
+
+def _table_name(table: type) -> str:
+    name = getattr(table, "TABLE", None)
+    if TABLES.get(name) is not table:
+        raise InputError(f"expected one of the result row types ({', '.join(t.__name__ for t in TABLES.values())}); "
+                         f"got {table!r}")
+    return name
+
+
+def _key(row: Any) -> tuple:
+    return tuple(getattr(row, column) for column in row.KEY)
+
+
+def _jsonable(value: Any) -> Any:
+    """Paths to strings, tuples to lists, non-finite floats to None: what ``json.dumps(allow_nan=False)`` takes."""
+    if isinstance(value, Mapping):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, set)) and not isinstance(value, str):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def rows_by(rows: Sequence[Row], column: str) -> dict[Any, list[Row]]:
+    """Group rows by one column's value, keeping first-seen order."""
+    groups: dict[Any, list[Row]] = {}
+    for row in rows:
+        groups.setdefault(getattr(row, column), []).append(row)
+    return groups

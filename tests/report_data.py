@@ -1,0 +1,76 @@
+"""A small synthetic results set covering every table, for the report tests (values chosen by hand)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from robustsig.study.results import (AccuracyRow, CkaRow, ConceptRow, ConceptTopRow, DatasetRow, ImportanceRow,
+                                     InputRecord, KurtosisRow, ModelRow, PrivilegedRow, PruningRow, Results,
+                                     RobustnessRow, VennRow, WiseFtRow)
+
+XSS = "<script>alert(1)</script>"
+
+MODELS = [
+    ModelRow("rn50-oa-zs", "openclip:RN50@openai", "RN50", "openai", "zero-shot"),
+    ModelRow("rn50-oa-ft", "openclip:RN50@/ckpt/rn50_ft.safetensors", "RN50", "openai", "finetuned"),
+    ModelRow("rn50-yf-zs", "openclip:RN50@yfcc15m", "RN50", "yfcc15m", "zero-shot"),
+    ModelRow("rn50-sup", "openclip:RN50@/ckpt/rn50_sup.safetensors", "RN50", "imagenet-1k", "supervised"),
+    ModelRow("vit-oa-zs", "openclip:ViT-B-32@openai", "ViT-B-32", "openai", "zero-shot"),
+]
+DATASETS = [DatasetRow("val", "imagenet", "id", "/data/val"), DatasetRow("sketch", "imagenet-sketch", "shift", "/s"),
+            DatasetRow("broden", "broden", "concepts", "/b")]
+# model -> (acc on val, acc on sketch)
+ACCURACY = {"rn50-oa-zs": (0.598, 0.331), "rn50-oa-ft": (0.762, 0.254), "rn50-yf-zs": (0.318, 0.121),
+            "rn50-sup": (0.751, 0.221), "vit-oa-zs": (0.633, 0.425)}
+ER = {"rn50-oa-zs": 0.0812, "rn50-oa-ft": -0.0155, "rn50-yf-zs": 0.0203, "rn50-sup": -0.0421, "vit-oa-zs": 0.1234}
+KURTOSIS = {"rn50-oa-zs": 41.27, "rn50-oa-ft": 7.04, "rn50-yf-zs": 19.5, "rn50-sup": 3.96, "vit-oa-zs": 12.31}
+CONCEPTS = {"rn50-oa-zs": {"sky", "dog", "grass", XSS}, "rn50-oa-ft": {"dog", "grass"},
+            "rn50-yf-zs": {"sky"}, "rn50-sup": {"dog", "wood"}, "vit-oa-zs": {"sky", "dog", "50%_a&b"}}
+
+
+def write_results(root: Path) -> Results:
+    """Write every table of a 5-model study (2 backbones, 3 kinds) into ``root``; returns it."""
+    results = Results(root)
+    results.set_config({"output_dir": str(root.parent), "models": [m.model for m in MODELS], "note": XSS},
+                       versions={"robustsig": "0.1.0", "torch": "2.14.1"})
+    results.write(ModelRow, MODELS)
+    results.write(DatasetRow, DATASETS)
+    results.write(AccuracyRow, [AccuracyRow(m, d, acc, 1000) for m, accs in ACCURACY.items()
+                                for d, acc in zip(("val", "sketch"), accs)])
+    results.record(AccuracyRow, [InputRecord(m, d, f"key-{m}-{d}", 1000) for m in ACCURACY for d in ("val", "sketch")])
+    results.write(RobustnessRow, [RobustnessRow(m, accs[0], accs[1], ER[m], 0.76, -1.49) for m, accs in ACCURACY.items()])
+    results.record(RobustnessRow, [InputRecord(m, d, f"key-{m}-{d}", 1000) for m in ACCURACY for d in ("val", "sketch")],
+                   {"b1": 0.76, "b0": -1.49})
+    results.write(KurtosisRow, [KurtosisRow(m, "val", k, 1000, 64) for m, k in KURTOSIS.items()])
+    results.record(KurtosisRow, [InputRecord(m, "val", f"key-{m}-val", 1000) for m in KURTOSIS])
+    importance = []
+    for i, model in enumerate(MODELS):
+        for direction in range(8):
+            value = (0.5 if direction == 0 else 0.01) / (1 + i) / (1 + direction)
+            importance.append(ImportanceRow(model.model, direction, 10.0 / (1 + direction), value, direction == 0))
+    results.write(ImportanceRow, importance)
+    results.write(PrivilegedRow, [PrivilegedRow(m.model, 8, 1, 0, 6.5, 0.96) for m in MODELS])
+    pruning = []
+    for model, (acc_val, acc_sketch) in ACCURACY.items():
+        for order in ("singular", "random"):
+            for fraction in (0.0, 0.5, 0.9):
+                keep = 1.0 - fraction * (0.3 if order == "singular" else 0.9)
+                pruning += [PruningRow(model, order, fraction, "val", acc_val * keep, ER[model] * keep),
+                            PruningRow(model, order, fraction, "sketch", acc_sketch * keep, ER[model] * keep)]
+    results.write(PruningRow, pruning)
+    results.write(ConceptRow, [ConceptRow(m, basis, 8, 40, len(c) + (basis == "neuron"), 1.25, 0.9)
+                               for m, c in CONCEPTS.items() for basis in ("singular", "neuron")])
+    results.record(ConceptRow, [InputRecord(m, "broden", f"key-{m}-broden", 500) for m in CONCEPTS],
+                   {"threshold": 0.9, "concept name": XSS})
+    results.write(ConceptTopRow, [ConceptTopRow("rn50-oa-zs", "singular", 0, 1, XSS, "object", 0.97),
+                                  ConceptTopRow("rn50-oa-zs", "singular", 0, 2, "sky", "scene", 0.93),
+                                  ConceptTopRow("vit-oa-zs", "singular", 3, 1, "50%_a&b", "texture", 0.91)])
+    results.write(VennRow, [VennRow(m, "singular", c, "object") for m, cs in CONCEPTS.items() for c in sorted(cs)])
+    layers = ["layer1", "layer2", "layer3"]
+    results.write(CkaRow, [CkaRow("rn50-oa-zs", "rn50-oa-ft", la, lb, 1.0 - 0.1 * abs(i - j) - 0.05 * i)
+                           for i, la in enumerate(layers) for j, lb in enumerate(layers)]
+                  + [CkaRow("vit-oa-zs", "rn50-oa-zs", la, lb, 0.5 + 0.1 * i)
+                     for i, (la, lb) in enumerate(zip(["b0", "b1"], ["layer1", "layer3"]))])
+    results.write(WiseFtRow, [WiseFtRow("rn50-oa", a, 0.598 + 0.16 * a, 0.331 - 0.08 * a, 0.08 - 0.1 * a,
+                                        41.0 - 34 * a, 4 - 2 * round(a)) for a in (0.0, 0.5, 1.0)])
+    return results
