@@ -22,7 +22,7 @@ DATASETS = [DatasetRow("val", "imagenet", "id", "/data/val"), DatasetRow("sketch
 # model -> (acc on val, acc on sketch)
 ACCURACY = {"rn50-oa-zs": (0.598, 0.331), "rn50-oa-ft": (0.762, 0.254), "rn50-yf-zs": (0.318, 0.121),
             "rn50-sup": (0.751, 0.221), "vit-oa-zs": (0.633, 0.425)}
-ER = {"rn50-oa-zs": 0.0812, "rn50-oa-ft": -0.0155, "rn50-yf-zs": 0.0203, "rn50-sup": -0.0421, "vit-oa-zs": 0.1234}
+ER = {"rn50-oa-zs": 0.0812, "rn50-oa-ft": -0.0162, "rn50-yf-zs": 0.0203, "rn50-sup": -0.0421, "vit-oa-zs": 0.1234}
 KURTOSIS = {"rn50-oa-zs": 41.27, "rn50-oa-ft": 7.04, "rn50-yf-zs": 19.5, "rn50-sup": 3.96, "vit-oa-zs": 12.31}
 CONCEPTS = {"rn50-oa-zs": {"sky", "dog", "grass", XSS}, "rn50-oa-ft": {"dog", "grass"},
             "rn50-yf-zs": {"sky"}, "rn50-sup": {"dog", "wood"}, "vit-oa-zs": {"sky", "dog", "50%_a&b"}}
@@ -37,10 +37,10 @@ def write_results(root: Path) -> Results:
     results.write(DatasetRow, DATASETS)
     results.write(AccuracyRow, [AccuracyRow(m, d, acc, 1000) for m, accs in ACCURACY.items()
                                 for d, acc in zip(("val", "sketch"), accs)])
-    results.record(AccuracyRow, [InputRecord(m, d, f"key-{m}-{d}", 1000) for m in ACCURACY for d in ("val", "sketch")])
-    results.write(RobustnessRow, [RobustnessRow(m, accs[0], accs[1], ER[m], 0.76, -1.49) for m, accs in ACCURACY.items()])
-    results.record(RobustnessRow, [InputRecord(m, d, f"key-{m}-{d}", 1000) for m in ACCURACY for d in ("val", "sketch")],
-                   {"b1": 0.76, "b0": -1.49})
+    inputs = [InputRecord(m, d, f"key-{m}-{d}", 1000) for m in ACCURACY for d in ("val", "sketch")]
+    results.record(AccuracyRow, inputs)
+    results.write(RobustnessRow, [RobustnessRow(m, a[0], a[1], ER[m], 0.76, -1.49) for m, a in ACCURACY.items()])
+    results.record(RobustnessRow, inputs, {"b1": 0.76, "b0": -1.49})
     results.write(KurtosisRow, [KurtosisRow(m, "val", k, 1000, 64) for m, k in KURTOSIS.items()])
     results.record(KurtosisRow, [InputRecord(m, "val", f"key-{m}-val", 1000) for m in KURTOSIS])
     importance = []

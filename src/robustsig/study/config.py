@@ -488,7 +488,7 @@ def _reference_problems(config: StudyConfig) -> list[str]:
             problems.append(f"{key}.name: expected a unique dataset name; {entry.name!r} is also "
                             f"{dataset_keys[entry.name]} (set `name:` on one of them)")
         dataset_keys.setdefault(entry.name, key)
-    evaluation = [entry.name for entry in config.datasets.evaluation()]
+    evaluation = list(dict.fromkeys(entry.name for entry in config.datasets.evaluation()))
 
     def model_ref(key: str, name: str) -> None:
         if name not in names:
@@ -613,7 +613,11 @@ def load_study_config(path: str | os.PathLike) -> StudyConfig:
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as error:
-        raise InputError(f"{path} is not valid YAML: {error}") from None
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        context = getattr(error, "context", None)
+        problem = getattr(error, "problem", None) or str(error)
+        raise InputError(f"{path} is not valid YAML{where}: {context + ', ' if context else ''}{problem}") from None
     return validate_study_config(data if data is not None else {}, base_dir=path.resolve().parent,
                                  source=str(path))
 
