@@ -279,6 +279,9 @@ def _format_cell(value: Any, kind: Any, where: str) -> str:
     return value
 
 
+_TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false"}
+
+
 def _parse_cell(text: str, kind: Any, where: str) -> Any:
     optional = type(None) in typing.get_args(kind)
     base = next((arm for arm in typing.get_args(kind) if arm is not type(None)), kind)
@@ -287,13 +290,13 @@ def _parse_cell(text: str, kind: Any, where: str) -> Any:
     if text == "":
         if optional:
             return None
-        raise DataError(f"{where}: empty cell; expected a {base.__name__}")
+        raise DataError(f"{where}: empty cell; expected {_TYPE_WORDS[base]}")
     try:
         if base is bool:
             return {"true": True, "false": False}[text]
         return base(text)
     except (KeyError, ValueError):
-        raise DataError(f"{where}: expected a {base.__name__}; got {text!r}") from None
+        raise DataError(f"{where}: expected {_TYPE_WORDS[base]}; got {text!r}") from None
 
 
 # --------------------------------------------------------------------------- files
@@ -373,7 +376,8 @@ class Results:
         writer.writerow(names)
         for i, row in enumerate(rows):
             if type(row) is not table:
-                raise InputError(f"{name}.csv row {i}: expected a {table.__name__}; got {type(row).__name__}")
+                raise InputError(f"{name}.csv row {i}: expected a row of type {table.__name__}; got "
+                                 f"{type(row).__name__}")
             writer.writerow(_format_cell(getattr(row, column), hints[column], f"{name}.csv row {i}, {column}")
                             for column in names)
         target = self.path(table)
