@@ -193,7 +193,8 @@ def wiseft_table(wiseft: Sequence[WiseFtRow]) -> ReportTable:
 # --------------------------------------------------------------------------- renderers
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  "<": r"\textless{}", ">": r"\textgreater{}"}
 _LATEX_PATTERN = re.compile("|".join(re.escape(char) for char in _LATEX_SPECIAL))
 _MARKDOWN_PATTERN = re.compile(r"([\\|*`<>\[\]])")
 
