@@ -10,11 +10,13 @@ loads); an opened JavaScript dialog (``alert``) is recorded too.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import select
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -99,20 +101,29 @@ class _Pipe:
             self.events.append(message)
 
 
+def _above_ten(fd: int) -> int:
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10)
+    os.close(fd)
+    return moved
+
+
 def check_page(path: Path, timeout: float = 60) -> PageCheck:
     """Open ``path`` in headless Chromium and return its console errors, images and text."""
     if CHROMIUM is None:
         raise RuntimeError("chromium is not installed")
+    # Chromium reads commands on fd 3 and writes replies on fd 4. A tiny Python trampoline puts the pipe ends there
+    # (after moving them above fd 10, so that one never overwrites the other) and execs Chromium.
     commands_read, commands_write = os.pipe()
     replies_read, replies_write = os.pipe()
+    commands_read, replies_write = _above_ten(commands_read), _above_ten(replies_write)
     profile = tempfile.mkdtemp(prefix="robustsig-chromium-")
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              "--disable-extensions", "--remote-debugging-pipe", f"--user-data-dir={profile}", "about:blank"]
-    # the shell moves our pipe ends onto fds 3 (commands in) and 4 (replies out), where Chromium expects them
-    shell = f'exec "$0" "$@" 3<&{commands_read} 4>&{replies_write}'
-    process = subprocess.Popen(["sh", "-c", shell, CHROMIUM, *flags],
-                               pass_fds=(commands_read, replies_write), stdin=subprocess.DEVNULL,
+    trampoline = ("import os, sys; os.dup2(int(sys.argv[1]), 3); os.dup2(int(sys.argv[2]), 4); "
+                  "os.execv(sys.argv[3], sys.argv[3:])")
+    process = subprocess.Popen([sys.executable, "-c", trampoline, str(commands_read), str(replies_write), CHROMIUM,
+                                *flags], pass_fds=(commands_read, replies_write), stdin=subprocess.DEVNULL,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     os.close(commands_read)
     os.close(replies_write)

@@ -25,7 +25,8 @@ ACCURACY = {"rn50-oa-zs": (0.598, 0.331), "rn50-oa-ft": (0.762, 0.254), "rn50-yf
 ER = {"rn50-oa-zs": 0.0812, "rn50-oa-ft": -0.0162, "rn50-yf-zs": 0.0203, "rn50-sup": -0.0421, "vit-oa-zs": 0.1234}
 KURTOSIS = {"rn50-oa-zs": 41.27, "rn50-oa-ft": 7.04, "rn50-yf-zs": 19.5, "rn50-sup": 3.96, "vit-oa-zs": 12.31}
 CONCEPTS = {"rn50-oa-zs": {"sky", "dog", "grass", XSS}, "rn50-oa-ft": {"dog", "grass"},
-            "rn50-yf-zs": {"sky"}, "rn50-sup": {"dog", "wood"}, "vit-oa-zs": {"sky", "dog", "50%_a&b"}}
+            "rn50-yf-zs": {"sky"}, "rn50-sup": {"dog", "tree"}, "vit-oa-zs": {"sky", "dog", "50%_a&b"}}
+# the neuron basis encodes the same concepts plus "wood" (so one more unique concept per model)
 
 
 def write_results(root: Path) -> Results:
@@ -65,7 +66,8 @@ def write_results(root: Path) -> Results:
     results.write(ConceptTopRow, [ConceptTopRow("rn50-oa-zs", "singular", 0, 1, XSS, "object", 0.97),
                                   ConceptTopRow("rn50-oa-zs", "singular", 0, 2, "sky", "scene", 0.93),
                                   ConceptTopRow("vit-oa-zs", "singular", 3, 1, "50%_a&b", "texture", 0.91)])
-    results.write(VennRow, [VennRow(m, "singular", c, "object") for m, cs in CONCEPTS.items() for c in sorted(cs)])
+    results.write(VennRow, [VennRow(m, "singular", c, "object") for m, cs in CONCEPTS.items() for c in sorted(cs)]
+                  + [VennRow(m, "neuron", c, "object") for m, cs in CONCEPTS.items() for c in sorted(cs | {"wood"})])
     layers = ["layer1", "layer2", "layer3"]
     results.write(CkaRow, [CkaRow("rn50-oa-zs", "rn50-oa-ft", la, lb, 1.0 - 0.1 * abs(i - j) - 0.05 * i)
                            for i, la in enumerate(layers) for j, lb in enumerate(layers)]

@@ -153,8 +153,8 @@ def test_spec_weights_path(spec, weights):
 def test_yaml_errors(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("models: [\n  - oops")
-    with pytest.raises(rs.InputError, match=r"bad.yaml is not valid YAML \(line 2, column 3\): while parsing a flow node, expected the node "
-                                            r"content, but found '-'$"):
+    with pytest.raises(rs.InputError, match=r"bad.yaml is not valid YAML \(line 2, column 3\): while parsing a "
+                                            r"flow node, expected the node content, but found '-'$"):
         load_study_config(bad)
     twice = tmp_path / "twice.yaml"
     twice.write_text("output_dir: a\noutput_dir: b\n")
