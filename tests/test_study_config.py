@@ -10,8 +10,9 @@ import yaml
 
 import robustsig as rs
 from robustsig.cli import main
-from robustsig.study.config import load_study_config, select, spec_weights_path, validate_study_config
+from robustsig.study.config import StudyConfig, load_study_config, select, spec_weights_path, validate_study_config
 from robustsig.study.presets import preset_yaml
+from robustsig.study.results import DatasetRow, ModelRow, Results, study_rows
 
 
 def minimal(**overrides) -> dict:
@@ -247,3 +248,35 @@ def test_study_init_and_validate_commands(tmp_path, capsys):
     study.write_text(study.read_text().replace("kind: zero-shot", "kind: zeroshot", 1))
     code, _, err = run_cli(["study", "validate", str(study)], capsys)
     assert code == 2 and "models[0].kind: expected 'zero-shot', 'finetuned' or 'supervised'; got 'zeroshot'" in err
+
+
+def test_lookups_and_the_pool_rows_of_a_study():
+    config = validate_study_config(minimal())
+    assert config.model("ft").kind == "finetuned" and config.model_names() == ["zs", "ft"]
+    with pytest.raises(rs.InputError, match=r"no model named 'x' in the study; expected one of \['zs', 'ft'\]"):
+        config.model("x")
+    assert config.dataset("imagenet-r").root == Path("data/r") and config.dataset("broden").kind == "broden"
+    with pytest.raises(rs.InputError, match="no dataset named 'v2'"):
+        config.dataset("v2")
+    models, datasets = study_rows(config)
+    assert models == [ModelRow("zs", "openclip:RN50@openai", "RN50", "openai", "zero-shot"),
+                      ModelRow("ft", "openclip:RN50@ckpt/ft.safetensors", "RN50", "openai", "finetuned")]
+    assert datasets == [DatasetRow("imagenet", "imagenet", "id", "data/val"),
+                        DatasetRow("imagenet-r", "imagenet-r", "shift", "data/r"),
+                        DatasetRow("broden", "broden", "concepts", "data/broden")]
+    assert (rs.StudyConfig, rs.load_study_config, rs.Results) == (StudyConfig, load_study_config, Results)
+    assert rs.build_report.__module__ == "robustsig.report.html"
+
+
+def test_to_dict_validates_back_to_the_same_config(tmp_path):
+    path = tmp_path / "study.yaml"
+    path.write_text(preset_yaml("paper"))
+    config = load_study_config(path)
+    data = config.to_dict()
+    assert validate_study_config(json.loads(json.dumps(data))) == config
+    assert "privileged_ratio" not in data["analyses"]["importance"]  # unset optional keys are left out
+    selected = select(config, ["ViT-B-32-openai-zs", "ViT-B-32-openai-ft", "cka,wiseft,concepts"])
+    assert selected.enabled_analyses() == ["concepts", "cka", "wiseft"]
+    assert [(p.model_a, p.model_b) for p in selected.analyses.cka.pairs] == [("ViT-B-32-openai-zs",
+                                                                               "ViT-B-32-openai-ft")]
+    assert [p.name for p in selected.analyses.wiseft.pairs] == ["ViT-B-32-openai"]

@@ -29,9 +29,10 @@ from robustsig._progress import progress
 from robustsig.errors import DataError, InputError
 from robustsig.report import figures, tables
 from robustsig.report.pool import KIND_TITLES, model_groups
+from robustsig.study.config import StudyConfig, validate_study_config
 from robustsig.study.results import (AccuracyRow, CkaRow, ConceptRow, ConceptTopRow, DatasetRow, ImportanceRow,
                                      KurtosisRow, ModelRow, PrivilegedRow, PruningRow, Results, RobustnessRow,
-                                     VennRow, WiseFtRow, atomic_write_text, package_versions)
+                                     VennRow, WiseFtRow, atomic_write_text, jsonable, package_versions, study_rows)
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 72rem;
@@ -310,29 +311,26 @@ _SECTIONS: tuple[tuple[str, str, tuple[str, ...], Callable[[_Page, Sequence[Mode
 
 # --------------------------------------------------------------------------- the page
 
-def _config_mapping(config: Any) -> Mapping[str, Any] | None:
-    if config is None:
-        return None
-    if hasattr(config, "model_dump"):
-        return config.model_dump(mode="json")
-    if isinstance(config, Mapping):
-        return config
-    raise DataError(f"config: expected a StudyConfig or a mapping; got {type(config).__name__}")
+def _config_mapping(config: StudyConfig | Mapping[str, Any] | None) -> Mapping[str, Any] | None:
+    if config is None or isinstance(config, Mapping):
+        return jsonable(config) if config is not None else None
+    if isinstance(config, StudyConfig):
+        return config.to_dict()
+    raise InputError(f"config: expected a StudyConfig or a mapping; got {type(config).__name__}")
 
 
 def _models(page: _Page) -> list[ModelRow]:
     models = page.read(ModelRow)
     if models:
         return models
-    if page.config and page.config.get("models") and isinstance(page.config["models"][0], Mapping):
-        return [ModelRow(m["name"], m["spec"], m["backbone"], m["pretraining"], m["kind"])
-                for m in page.config["models"]]
+    if page.config:
+        return study_rows(validate_study_config(page.config, source="the study config of the report"))[0]
     raise DataError(f"{page.results.path(ModelRow)} is missing and no study config was given: the tables cannot be "
                     "laid out without the pool (pass the config: `robustsig report RESULTS --config study.yaml`)")
 
 
-def build_report(results_dir: str | os.PathLike, out_html: str | os.PathLike, *, config: Any = None,
-                 title: str = "robustsig report") -> ReportFiles:
+def build_report(results_dir: str | os.PathLike, out_html: str | os.PathLike, *,
+                 config: StudyConfig | Mapping[str, Any] | None = None, title: str = "robustsig report") -> ReportFiles:
     """Build the HTML report of a study's results.
 
     Args:

@@ -388,6 +388,11 @@ class StudyConfig(_Section):
             raise ValueError("\n".join(problems))
         return self
 
+    def to_dict(self) -> dict[str, Any]:
+        """The config as JSON-able data that validates back to an equal config (what ``provenance.json`` keeps).
+        Unset optional keys are left out: a ``null`` analysis section would mean "run with the defaults"."""
+        return self.model_dump(mode="json", exclude_none=True)
+
     # ---- lookups the runner and the report use
     @property
     def results_dir(self) -> Path:
@@ -652,21 +657,17 @@ def select(config: StudyConfig, only: Iterable[str]) -> StudyConfig:
     analyses = {item for item in items if item in ANALYSES} or set(ANALYSES)
     models = {item for item in items if item in names} or set(names)
 
-    data = config.model_dump(mode="json")
+    data = config.to_dict()
     data["models"] = [entry for entry in data["models"] if entry["name"] in models]
-    sections = data["analyses"]
-    for name in ANALYSES:
-        if name not in analyses:
-            sections[name] = None
+    sections = {name: section for name, section in data["analyses"].items() if name in analyses}
     for name, keys in (("cka", ("model_a", "model_b")), ("wiseft", ("zero_shot", "finetuned"))):
-        if sections.get(name) is not None:
+        if name in sections:
             sections[name]["pairs"] = [pair for pair in sections[name]["pairs"]
                                        if all(pair[key] in models for key in keys)]
             if not sections[name]["pairs"]:
-                sections[name] = None
-    if sections.get("concepts") is not None and sections["concepts"]["venn_groups"] is not None:
-        sections["concepts"]["venn_groups"] = [group for group in sections["concepts"]["venn_groups"]
-                                               if set(group) <= models]
-    sections = {key: value for key, value in sections.items() if value is not None}
+                del sections[name]
+    if "venn_groups" in sections.get("concepts", {}):
+        kept = [group for group in sections["concepts"]["venn_groups"] if set(group) <= models]
+        sections["concepts"]["venn_groups"] = kept or None
     data["analyses"] = sections
     return validate_study_config(data, source="the selected study (--only)")

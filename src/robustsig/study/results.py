@@ -50,9 +50,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from robustsig.errors import DataError, InputError
+
+if TYPE_CHECKING:
+    from robustsig.study.config import StudyConfig
 
 
 def _column(doc: str) -> Any:
@@ -444,7 +447,7 @@ class Results:
     def set_config(self, config: Mapping[str, Any] | None, versions: Mapping[str, str] | None = None) -> None:
         """Record the study config (as a JSON-able mapping) and the package versions of this run."""
         document = self.provenance()
-        document["config"] = _jsonable(config)
+        document["config"] = jsonable(config)
         document["versions"] = dict(versions if versions is not None else package_versions())
         self._save_provenance(document)
 
@@ -458,7 +461,7 @@ class Results:
         for item in inputs:
             merged[(item.model, item.dataset)] = dataclasses.asdict(item)
         entry["inputs"] = list(merged.values())
-        entry["parameters"] = {**entry["parameters"], **_jsonable(dict(parameters or {}))}
+        entry["parameters"] = {**entry["parameters"], **jsonable(dict(parameters or {}))}
         entry["updated"] = _now()
         self._save_provenance(document)
 
@@ -480,12 +483,13 @@ def _key(row: Any) -> tuple:
     return tuple(getattr(row, column) for column in row.KEY)
 
 
-def _jsonable(value: Any) -> Any:
-    """Paths to strings, tuples to lists, non-finite floats to None: what ``json.dumps(allow_nan=False)`` takes."""
+def jsonable(value: Any) -> Any:
+    """``value`` with paths (and other objects) as strings, tuples and sets as lists, non-finite floats as None:
+    what ``json.dumps(allow_nan=False)`` and ``yaml.safe_dump`` take."""
     if isinstance(value, Mapping):
-        return {str(key): _jsonable(item) for key, item in value.items()}
+        return {str(key): jsonable(item) for key, item in value.items()}
     if isinstance(value, (list, tuple, set)) and not isinstance(value, str):
-        return [_jsonable(item) for item in value]
+        return [jsonable(item) for item in value]
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, (str, int, float, bool)) or value is None:
@@ -493,9 +497,13 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def rows_by(rows: Sequence[Row], column: str) -> dict[Any, list[Row]]:
-    """Group rows by one column's value, keeping first-seen order."""
-    groups: dict[Any, list[Row]] = {}
-    for row in rows:
-        groups.setdefault(getattr(row, column), []).append(row)
-    return groups
+def study_rows(config: StudyConfig) -> tuple[list[ModelRow], list[DatasetRow]]:
+    """The ``models.csv`` and ``datasets.csv`` rows of a study config (the runner writes them first; the report
+    lays out its tables from them)."""
+    models = [ModelRow(m.name, m.spec, m.backbone, m.pretraining, m.kind) for m in config.models]
+    datasets = [DatasetRow(config.datasets.id.name, config.datasets.id.kind, "id", str(config.datasets.id.root))]
+    datasets += [DatasetRow(d.name, d.kind, "shift", str(d.root)) for d in config.datasets.shift]
+    if config.datasets.broden is not None:
+        broden = config.datasets.broden
+        datasets.append(DatasetRow(broden.name, broden.kind, "concepts", str(broden.root)))
+    return models, datasets
