@@ -192,3 +192,21 @@ def test_accuracy_on_r_uses_only_its_200_logits(tmp_path):
     assert rs.accuracy(logits[:, ds.class_indices], ds) == 1.0  # logits over the set's own classes
     # a plain argmax would count row 0 wrong
     assert (logits.argmax(1) == torch.tensor(ds.targets)).float().mean().item() == 0.5
+
+
+def test_download_folders_are_found_without_guessing(tmp_path):
+    # R and A side by side: each kind opens its own folder
+    wnid_tree(tmp_path / "imagenet-r", [subset_wnids("imagenet-r")[0]])
+    wnid_tree(tmp_path / "imagenet-a", [subset_wnids("imagenet-a")[0]])
+    assert rs.open_dataset("imagenet-a", tmp_path).class_indices == [subset_indices("imagenet-a")[0]]
+    assert rs.open_dataset("imagenet-r", tmp_path).class_indices == [subset_indices("imagenet-r")[0]]
+    # several V2 variants under one parent: refuse to pick one
+    for variant in ["imagenetv2-matched-frequency-format-val", "imagenetv2-threshold0.7-format-val"]:
+        write_image(tmp_path / "v2" / variant / "3" / "a.jpeg")
+    with pytest.raises(rs.DataError, match="several ImageNet-V2 variants"):
+        rs.open_dataset("imagenet-v2", tmp_path / "v2")
+    assert len(rs.open_dataset("imagenet-v2", tmp_path / "v2" / "imagenetv2-threshold0.7-format-val")) == 1
+    # a ground-truth file for class folders is a mistake, not something to ignore
+    wnid_tree(tmp_path / "val", [WNIDS[0]])
+    with pytest.raises(rs.InputError, match="ground_truth= is for the flat val layout"):
+        rs.open_dataset("imagenet", tmp_path / "val", ground_truth=tmp_path / "gt.txt")

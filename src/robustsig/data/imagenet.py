@@ -26,7 +26,7 @@ from robustsig.data._layout import examples, images_in, layout_error, list_image
 from robustsig.data.base import ImageDataset
 from robustsig.data.classes import (devkit_id_to_index, imagenet_classnames, imagenet_index, is_imagenet_wnid,
                                     subset_wnids)
-from robustsig.errors import DataError
+from robustsig.errors import DataError, InputError
 
 ALL_CLASSES = range(1000)
 GROUND_TRUTH_FILES = (
@@ -196,6 +196,9 @@ def open_imagenet(root: str | os.PathLike, *, ground_truth: str | os.PathLike | 
         raise layout_error(kind, top, "neither wnid class folders nor val images"
                            + _wrong_folders_hint(subfolders(top)), _EXPECTED[kind])
     flat = bool(images_in(folder))
+    if ground_truth is not None and not flat:
+        raise InputError(f"imagenet: ground_truth= is for the flat val layout, but {folder} has wnid class folders "
+                         "(their names are the labels); drop ground_truth=")
     samples = _flat_val_samples(folder, ground_truth) if flat else _wnid_samples(folder, kind)
     return _imagenet_dataset(samples, folder, kind, ALL_CLASSES, transform, strict)
 
@@ -211,8 +214,11 @@ def open_imagenet_v2(root: str | os.PathLike, *, transform: Callable[[Image.Imag
     """
     kind = "imagenet-v2"
     top = require_dir(root, kind, _EXPECTED[kind])
-    inner = [f.name for f in subfolders(top) if f.name.startswith("imagenetv2")]
-    folder = locate(top, _has_numbered_folders, inner)
+    variants = [f.name for f in subfolders(top) if f.name.startswith("imagenetv2") and _has_numbered_folders(f)]
+    if len(variants) > 1 and not _has_numbered_folders(top):
+        raise layout_error(kind, top, f"several ImageNet-V2 variants ({examples(variants)}): pass the folder of the "
+                           "one you mean (the paper uses matched-frequency)", _EXPECTED[kind])
+    folder = locate(top, _has_numbered_folders, variants)
     if folder is None:
         folders = subfolders(top)
         hint = (" (wnid folders: open ImageNet val or -Sketch with kind 'imagenet'/'imagenet-sketch')"
@@ -232,7 +238,7 @@ def open_imagenet_v2(root: str | os.PathLike, *, transform: Callable[[Image.Imag
 def _open_200_class_set(kind: str, root: str | os.PathLike, transform: Callable[[Image.Image], Any] | None,
                         strict: bool) -> ImageDataset:
     top = require_dir(root, kind, _EXPECTED[kind])
-    folder = locate(top, _has_wnid_folders, ("imagenet-r", "imagenet-a")) or top
+    folder = locate(top, _has_wnid_folders, sorted(("imagenet-r", "imagenet-a"), key=lambda k: k != kind)) or top
     samples = _wnid_samples(folder, kind, allowed=set(subset_wnids(kind)))
     present = sorted({label for _, label in samples})
     return _imagenet_dataset(samples, folder, kind, present, transform, strict)
