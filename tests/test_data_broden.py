@@ -142,6 +142,7 @@ def test_bad_label_files(small_broden, tmp_path):
     with pytest.warns(RuntimeWarning, match="1 label PNGs could not be decoded.*b_material.png"):
         ds = rs.open_dataset("broden", small_broden, cache_dir=tmp_path / "a", workers=0)
     assert not ds.concept_matrix[1, ds.concepts.index("wood")]
+    assert not list((tmp_path / "a").glob("broden-*.npz"))  # a partial read is not cached
     with pytest.raises(rs.DataError, match="b_material.png"):
         rs.open_dataset("broden", small_broden, cache_dir=tmp_path / "b", workers=0, strict=True)
     (small_broden / "label.csv").unlink()

@@ -15,7 +15,9 @@
 A concept is present in an image when any of its label PNGs has a pixel of it or an image-level label names it.
 Building that ``N x C`` presence matrix decodes every label PNG (minutes on the full release), so it is built
 once and cached in ``cache_dir`` under a key made of the digests of every index file: a changed index never
-reuses a stale cache. ``.concept_matrix`` is a dense bool tensor (63,305 x 1,197: 76 MB).
+reuses a stale cache (label PNGs are not hashed: edit one in place and delete the cache). A build that had to
+leave labels out (an undecodable PNG) is not cached. ``.concept_matrix`` is a dense bool tensor (63,305 x
+1,197: 76 MB).
 """
 
 from __future__ import annotations
@@ -84,6 +86,13 @@ def _number(value: str, path: Path, column: str) -> int:
         raise DataError(f"broden: {path}: {column} {value!r} is not an integer") from None
 
 
+def _coverage(value: str, path: Path) -> float:
+    try:
+        return float(value or 0.0)
+    except ValueError:
+        raise DataError(f"broden: {path}: coverage {value!r} is not a number") from None
+
+
 def read_labels(folder: Path) -> BrodenLabels:
     """Concept numbers, names and primary categories from ``label.csv``, ``category.csv`` and ``c_*.csv``."""
     categories = [row["name"] for row in _read_csv(folder / "category.csv", ("name",))]
@@ -92,7 +101,7 @@ def read_labels(folder: Path) -> BrodenLabels:
     for position, category in enumerate(categories):
         path = folder / f"c_{category}.csv"
         for row in _read_csv(path, ("code", "number", "coverage")):
-            key = (float(row["coverage"] or 0.0), position)
+            key = (_coverage(row["coverage"], path), position)
             number = _number(row["number"], path, "number")
             best[number] = max(best.get(number, key), key)
     numbers, names, primary = [], [], []
@@ -144,8 +153,9 @@ def _label_chunk(jobs: list[tuple[list[int], list[str]]]) -> list[tuple[np.ndarr
 
 
 def _build_presence(jobs: list[tuple[list[int], list[str]]], labels: BrodenLabels, workers: int,
-                    strict: bool) -> tuple[np.ndarray, np.ndarray]:
-    """CSR (indptr, column indices) of the image x concept presence matrix."""
+                    strict: bool) -> tuple[np.ndarray, np.ndarray, bool]:
+    """CSR (indptr, column indices) of the image x concept presence matrix, and whether every label was read
+    (non-strict: undecodable PNGs and unknown label numbers are left out, with a warning)."""
     column_of = np.full(max(labels.numbers) + 1, -1, dtype=np.int64)
     column_of[labels.numbers] = np.arange(len(labels.numbers))
     chunks = [jobs[i:i + CHUNK] for i in range(0, len(jobs), CHUNK)]
@@ -177,7 +187,8 @@ def _build_presence(jobs: list[tuple[list[int], list[str]]], labels: BrodenLabel
     columns = [c[c >= 0] for c in columns]
     indptr = np.zeros(len(columns) + 1, dtype=np.int64)
     indptr[1:] = np.cumsum([len(c) for c in columns])
-    return indptr, (np.concatenate(columns) if columns else np.zeros(0, dtype=np.int64)).astype(np.int32)
+    indices = (np.concatenate(columns) if columns else np.zeros(0, dtype=np.int64)).astype(np.int32)
+    return indptr, indices, not failed and not unknown
 
 
 def _load_cache(path: Path, rows: int, numbers: list[int]) -> tuple[np.ndarray, np.ndarray] | None:
@@ -241,9 +252,11 @@ def open_broden(root: str | os.PathLike, *, split: str | None = None, cache_dir:
     csr = _load_cache(cache_file, len(index), labels.numbers)
     if csr is None:
         workers = min(4, os.cpu_count() or 1) if workers is None else workers
-        csr = _build_presence(jobs, labels, workers, strict)
-        _save_cache(cache_file, *csr, labels.numbers)
-    indptr, indices = csr
+        indptr, indices, complete = _build_presence(jobs, labels, workers, strict)
+        if complete:  # a partial read is never cached: the warning repeats until the files are fixed
+            _save_cache(cache_file, indptr, indices, labels.numbers)
+    else:
+        indptr, indices = csr
     matrix = torch.zeros(len(index), len(labels.numbers), dtype=torch.bool)
     rows = torch.repeat_interleave(torch.arange(len(index)), torch.from_numpy(np.diff(indptr)))
     matrix[rows, torch.from_numpy(indices.astype(np.int64))] = True
