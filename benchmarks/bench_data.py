@@ -13,6 +13,7 @@ extraction should normalise on the model's device.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -43,14 +44,31 @@ def jpeg_folder(folder: Path = FOLDER, count: int = IMAGES) -> Path:
     return folder
 
 
+class Discarded:
+    """The same preprocess, shipping a 1-element tensor instead of the crop: isolates the cost of moving batches."""
+
+    def __init__(self, preprocess: transforms.Compose) -> None:
+        self.preprocess = preprocess
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        self.preprocess(image)
+        return torch.zeros(1)
+
+
 def run() -> None:
     preprocess = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.PILToTensor()])
     dataset = open_dataset("folder", jpeg_folder(), transform=preprocess)
     paths = [path for path, _ in dataset.samples]
     loader = image_loader(dataset, batch_size=32, num_workers=2, persistent_workers=True)
+    shipless = image_loader(open_dataset("folder", jpeg_folder(), transform=Discarded(preprocess)), batch_size=32,
+                            num_workers=2, persistent_workers=True)
 
     def through_loader() -> None:
         for _ in loader:
+            pass
+
+    def without_shipping() -> None:
+        for _ in shipless:
             pass
 
     def bare_loop() -> None:
@@ -61,15 +79,18 @@ def run() -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        medians = side_by_side({"DataLoader (2 workers)": through_loader, "bare PIL loop": bare_loop},
-                               repeats=7, warmup=1)
+        medians = side_by_side({"DataLoader (2 workers)": through_loader, "bare PIL loop": bare_loop,
+                                "DataLoader, batches not shipped": without_shipping}, repeats=7, warmup=1)
     finally:
         torch.set_num_threads(threads)
     for name, seconds in medians.items():
         print(f"  {name}: {len(paths) / seconds:.0f} images/s (median of 7 passes over {len(paths)} JPEGs "
               f"{SIZE[0]}x{SIZE[1]})", flush=True)
+    print("  load average during the run: %.1f %.1f %.1f on %d cores" % (*os.getloadavg(), os.cpu_count()))
     report("data loading, DataLoader vs bare PIL decode (images/s ratio)", medians, fast="DataLoader (2 workers)",
            slow="bare PIL loop", target=0.9)
+    report("  cost of shipping batches between processes (1.0x: none)", medians, fast="DataLoader (2 workers)",
+           slow="DataLoader, batches not shipped")
 
 
 if __name__ == "__main__":
