@@ -37,6 +37,8 @@ _PUBLIC: dict[str, str] = {
     "concept_summary": "robustsig.metrics.concepts",
     "concept_overlaps": "robustsig.metrics.concepts",
     "cka": "robustsig.metrics.cka",
+    "top1_correct": "robustsig.metrics.scoring",
+    "TopOneAccumulator": "robustsig.metrics.scoring",
     "MinibatchCKA": "robustsig.metrics.cka",
     # models
     "Classifier": "robustsig.models.classifier",
@@ -47,6 +49,7 @@ _PUBLIC: dict[str, str] = {
     # data
     "open_dataset": "robustsig.data.registry",
     "accuracy": "robustsig.data.scoring",
+    "parse_dataset_spec": "robustsig.data.registry",
     # extraction
     "extract": "robustsig.extract.extractor",
     "ActivationStore": "robustsig.extract.store",

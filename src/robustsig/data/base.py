@@ -1,24 +1,32 @@
-"""What every robustsig image dataset is: a list of ``(path, label)`` samples that decode to ``(image, label)``.
+"""What every robustsig image dataset is: labelled images that decode to ``(image, label)``.
+
+Map-style datasets (:class:`ImageDataset`) hold a list of ``(path, label)`` samples; streamed ones (WebDataset
+shards) yield the same items. Both share :class:`ImageSource`: class names, the scoring rule that
+:func:`robustsig.accuracy` applies (``class_indices`` or ``class_map``), the ``prepare`` hook and the decoding.
 
 Corrupt or truncated files never crash a long extraction: in the default (non-strict) mode ``dataset[i]``
-returns ``(None, label)`` for an image that cannot be decoded, and :func:`collate_skip_corrupt` drops such
-items from a batch while reporting which indices were skipped, so callers count and list them. With
-``strict=True`` the :class:`~robustsig.errors.CorruptImageError` is raised instead.
+returns ``(None, label)`` for an image that cannot be decoded (and logs one warning naming the file), and
+:func:`collate_skip_corrupt` drops such items from a batch while reporting which ids were skipped, so callers
+count and list them. With ``strict=True`` the :class:`~robustsig.errors.CorruptImageError` is raised instead.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import IO, Any
 
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 
-from robustsig.errors import CorruptImageError
+from robustsig.errors import CorruptImageError, InputError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+log = logging.getLogger("robustsig.data")
 
 
 def is_image_file(name: str) -> bool:
@@ -26,75 +34,132 @@ def is_image_file(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def read_image(path: str | os.PathLike) -> Image.Image:
-    """Decode an image file completely (a truncated file fails here, not later) and convert it to RGB.
+def read_image(source: str | os.PathLike | IO[bytes], name: str | None = None) -> Image.Image:
+    """Decode an image completely (a truncated file fails here, not later) and convert it to RGB.
+
+    Args:
+        source: a path, or a binary file object (a member of a tar shard).
+        name: what to call the image in an error (defaults to the path).
 
     Raises:
         CorruptImageError: the file is missing, unreadable, truncated or not an image.
     """
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             image.load()
             return image.convert("RGB")
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise CorruptImageError(str(path), f"{type(error).__name__}: {error}") from error
+        raise CorruptImageError(name or str(source), f"{type(error).__name__}: {error}") from error
 
 
-class ImageDataset(Dataset):
-    """A map-style dataset of image files with one integer label each.
+def _check_class_indices(class_indices: Sequence[int] | None) -> list[int] | None:
+    if class_indices is None:
+        return None
+    indices = [int(i) for i in class_indices]
+    if not indices or min(indices) < 0 or len(set(indices)) != len(indices):
+        raise InputError("class_indices must be distinct non-negative logit indices, at least one")
+    return indices
+
+
+def _check_class_map(class_map: Sequence[Sequence[int]] | None, classnames: Sequence[str]) -> list[list[int]] | None:
+    if class_map is None:
+        return None
+    mapped = [[int(i) for i in ids] for ids in class_map]
+    if any(not ids or min(ids) < 0 for ids in mapped):
+        raise InputError("every class_map entry must list at least one non-negative logit index")
+    if classnames and len(mapped) != len(classnames):
+        raise InputError(f"class_map has {len(mapped)} entries but there are {len(classnames)} class names")
+    return mapped
+
+
+class ImageSource:
+    """Shared state of map-style and streamed image datasets.
 
     Args:
-        samples: ``(path, label)`` pairs; ``label`` indexes ``classnames`` (or is ``-1`` when unknown).
-        classnames: names of the labels.
-        class_indices: the ImageNet-1k logit indices this set is scored on (``None``: all logits), see
-            :func:`robustsig.accuracy`.
-        transform: applied to the decoded PIL image (a classifier's ``preprocess``); settable later.
+        classnames: names of the labels (``label`` indexes them; ``-1`` means unknown).
+        class_indices: the logit indices this set is scored on (``None``: all logits). Labels are then logit
+            indices too: the prediction is the argmax over these columns (ImageNet-R/-A's 200 classes).
+        class_map: for sets whose classes each stand for several logits (ObjectNet): entry ``k`` lists the
+            logit indices of class ``k``; labels index the classes, and class ``k`` scores the max of its logits.
+        transform: applied to the decoded (and prepared) PIL image, e.g. a classifier's ``preprocess``.
         strict: raise on a corrupt image instead of returning ``(None, label)``.
         kind: the dataset kind name (``"folder"``, ``"imagenet-r"``...), recorded in stores and reports.
         root: the folder it was read from.
     """
 
-    def __init__(self, samples: Sequence[tuple[str, int]], *, classnames: Sequence[str] = (),
-                 class_indices: Sequence[int] | None = None, transform: Callable[[Image.Image], Any] | None = None,
-                 strict: bool = False, kind: str = "images", root: str | os.PathLike | None = None) -> None:
-        self.samples: list[tuple[str, int]] = [(str(path), int(label)) for path, label in samples]
+    def __init__(self, *, classnames: Sequence[str] = (), class_indices: Sequence[int] | None = None,
+                 class_map: Sequence[Sequence[int]] | None = None,
+                 transform: Callable[[Image.Image], Any] | None = None, strict: bool = False,
+                 kind: str = "images", root: str | os.PathLike | None = None) -> None:
         self.classnames = list(classnames)
-        self.class_indices = None if class_indices is None else [int(i) for i in class_indices]
+        self.class_map = _check_class_map(class_map, self.classnames)
+        if self.class_map is not None and class_indices is None:
+            class_indices = sorted({i for ids in self.class_map for i in ids})
+        self.class_indices = _check_class_indices(class_indices)
         self.transform = transform
         self.strict = strict
         self.kind = kind
         self.root = None if root is None else str(root)
 
+    def prepare(self, image: Image.Image) -> Image.Image:
+        """Dataset-specific fix-up of the decoded image before ``transform`` (ObjectNet crops its border)."""
+        return image
+
+    def decode(self, source: str | os.PathLike | IO[bytes], name: str | None = None) -> Any:
+        """Read, ``prepare`` and ``transform`` one image; raises :class:`CorruptImageError` on a bad file."""
+        image = self.prepare(read_image(source, name))
+        return self.transform(image) if self.transform is not None else image
+
+    def _corrupt(self, error: CorruptImageError) -> None:
+        """Non-strict: log and go on (the caller yields ``(None, label)``); strict: raise."""
+        if self.strict:
+            raise error
+        log.warning("skipping undecodable image (%s)", error)
+
+
+class ImageDataset(ImageSource, Dataset):
+    """A map-style dataset of image files with one integer label each.
+
+    Args:
+        samples: ``(path, label)`` pairs; ``label`` indexes ``classnames`` (or is ``-1`` when unknown).
+        **source: see :class:`ImageSource` (``classnames``, ``class_indices``, ``class_map``, ``transform``,
+            ``strict``, ``kind``, ``root``).
+
+    >>> ds = ImageDataset([("a.jpg", 0)], classnames=["cat"], kind="folder")
+    >>> len(ds), ds.targets
+    (1, [0])
+    """
+
+    def __init__(self, samples: Sequence[tuple[str | os.PathLike, int]], **source: Any) -> None:
+        super().__init__(**source)
+        self.samples: list[tuple[str, int]] = [(str(path), int(label)) for path, label in samples]
+
     def __len__(self) -> int:
         return len(self.samples)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(kind={self.kind!r}, root={self.root!r}, {len(self)} images, "
+                f"{len(self.classnames)} classes)")
 
     @property
     def targets(self) -> list[int]:
         return [label for _, label in self.samples]
 
-    def prepare(self, image: Image.Image) -> Image.Image:
-        """Dataset-specific fix-up of the decoded image before ``transform`` (ObjectNet crops its border)."""
-        return image
-
     def load(self, index: int) -> tuple[Any, int]:
         """Decode sample ``index`` and apply ``prepare`` and ``transform``; raises on a corrupt file."""
         path, label = self.samples[index]
-        image = self.prepare(read_image(path))
-        return (self.transform(image) if self.transform is not None else image), label
+        return self.decode(path), label
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         try:
             return self.load(index)
-        except CorruptImageError:
-            if self.strict:
-                raise
+        except CorruptImageError as error:
+            self._corrupt(error)
             return None, self.samples[index][1]
 
     def describe(self) -> dict[str, Any]:
         """What the dataset is, for manifests and reports: kind, root, size, classes and a digest of the
         file list (so a changed folder never reuses a stale activation store)."""
-        import hashlib
-
         digest = hashlib.blake2b(digest_size=16)
         for path, label in self.samples:
             rel = os.path.relpath(path, self.root) if self.root else path
@@ -103,19 +168,28 @@ class ImageDataset(Dataset):
                 "num_classes": len(self.classnames), "files_digest": digest.hexdigest()}
 
 
-def collate_skip_corrupt(batch: list[tuple[int, Any, int]]) -> tuple[torch.Tensor, Any, Any, list[int]]:
-    """Collate ``(index, image_or_None, label)`` items, dropping undecodable images.
+def _plain_id(value: Any) -> Any:
+    """A sample id as a plain Python value: an int for indices, the string itself for shard keys."""
+    return value if isinstance(value, str) else int(value)
+
+
+def collate_skip_corrupt(batch: list[tuple[Any, Any, int]]) -> tuple[Any, Any, Any, list[Any]]:
+    """Collate ``(id, image_or_None, label)`` items, dropping undecodable images.
+
+    Ids are dataset indices (:class:`IndexedDataset`) or sample keys (streamed shards).
 
     Returns:
-        ``(indices, images, labels, skipped)`` where ``indices``/``images``/``labels`` hold the decoded items
-        (``images`` is ``None`` when every item failed) and ``skipped`` lists the dataset indices dropped.
+        ``(ids, images, labels, skipped)`` where ``ids``/``images``/``labels`` hold the decoded items
+        (``ids`` a LongTensor of indices or a list of keys; ``images`` is ``None`` when every item failed) and
+        ``skipped`` lists the ids dropped.
     """
     kept = [item for item in batch if item[1] is not None]
-    skipped = [int(item[0]) for item in batch if item[1] is None]
+    skipped = [_plain_id(item[0]) for item in batch if item[1] is None]
     if not kept:
-        return torch.empty(0, dtype=torch.long), None, None, skipped
-    indices, images, labels = default_collate(kept)
-    return indices, images, labels, skipped
+        empty: Any = [] if batch and isinstance(batch[0][0], str) else torch.empty(0, dtype=torch.long)
+        return empty, None, None, skipped
+    ids, images, labels = default_collate(kept)
+    return ids, images, labels, skipped
 
 
 class IndexedDataset(Dataset):
@@ -132,3 +206,17 @@ class IndexedDataset(Dataset):
         index = self.indices[position]
         image, label = self.dataset[index]
         return index, image, label
+
+
+def image_loader(dataset: Dataset, batch_size: int = 64, num_workers: int = 2, **loader_options: Any) -> DataLoader:
+    """A DataLoader yielding ``(ids, images, labels, skipped)`` batches (see :func:`collate_skip_corrupt`) for a
+    map-style dataset (ids: indices) or a streamed one with ``keyed()`` (ids: sample keys); in dataset order.
+
+    Args:
+        dataset: an :class:`ImageDataset` (with a ``transform`` producing same-shape tensors) or a streamed set.
+        batch_size, num_workers: as for :class:`torch.utils.data.DataLoader`.
+        **loader_options: passed on (``pin_memory``, ``persistent_workers``, ``prefetch_factor``...).
+    """
+    keyed = dataset.keyed() if isinstance(dataset, IterableDataset) else IndexedDataset(dataset)
+    return DataLoader(keyed, batch_size=batch_size, num_workers=num_workers, shuffle=False,
+                      collate_fn=collate_skip_corrupt, **loader_options)

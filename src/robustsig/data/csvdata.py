@@ -1,0 +1,93 @@
+"""``csv``: a CSV file listing images, either ``path,label`` or ``path,concepts``.
+
+- ``path``: the image file, relative to the CSV's folder (or absolute).
+- ``label``: integer class numbers (class names are then ``"0".."K-1"``), or class names (sorted, numbered by
+  position); an empty cell is an unlabelled image (``-1``).
+- ``concepts``: concept names separated by ``;`` (``sky;tree``); the dataset is then a
+  :class:`~robustsig.data.concepts.ConceptImageDataset` with ``.concept_matrix`` and ``.concepts`` (sorted names).
+
+Columns other than these are ignored. Example file::
+
+    path,label
+    images/0001.jpg,cat
+    images/0002.jpg,dog
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from robustsig.data._layout import examples
+from robustsig.data.base import ImageDataset
+from robustsig.data.concepts import ConceptImageDataset
+from robustsig.errors import DataError
+
+_EXPECTED = "a CSV file with a header 'path,label' or 'path,concepts' (concepts separated by ';')"
+_INTEGER = re.compile(r"^-?\d+$")
+
+
+def _read_rows(path: Path) -> tuple[str, list[tuple[Path, str]]]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            fields = [f.strip() for f in reader.fieldnames or []]
+            reader.fieldnames = fields
+            column = next((c for c in ("label", "concepts") if c in fields), None)
+            if "path" not in fields or column is None:
+                raise DataError(f"csv: {path}: header {','.join(fields) or '(none)'}; expected {_EXPECTED}")
+            rows = [(path.parent / (row["path"] or "").strip(), (row[column] or "").strip()) for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        raise DataError(f"csv: cannot read {path}: {error}") from error
+    if not rows:
+        raise DataError(f"csv: {path}: no rows; expected {_EXPECTED}")
+    missing = [str(p) for p, _ in rows if not p.is_file()]
+    if missing:
+        raise DataError(f"csv: {path}: {len(missing)} listed images do not exist: {examples(missing)} "
+                        "(paths are relative to the CSV's folder)")
+    return column, [(p.resolve(), value) for p, value in rows]
+
+
+def _labelled(rows: list[tuple[Path, str]], **source: Any) -> ImageDataset:
+    values = [value for _, value in rows if value]
+    if all(_INTEGER.match(v) for v in values):
+        labels = [int(value) if value else -1 for _, value in rows]
+        classnames = [str(i) for i in range(max(labels) + 1)]
+    else:
+        classnames = sorted(set(values))
+        position = {name: k for k, name in enumerate(classnames)}
+        labels = [position[value] if value else -1 for _, value in rows]
+    return ImageDataset([(p, label) for (p, _), label in zip(rows, labels)], classnames=classnames, **source)
+
+
+def _with_concepts(rows: list[tuple[Path, str]], **source: Any) -> ConceptImageDataset:
+    per_image = [[c.strip() for c in value.split(";") if c.strip()] for _, value in rows]
+    concepts = sorted({c for names in per_image for c in names})
+    column = {name: k for k, name in enumerate(concepts)}
+    matrix = torch.zeros(len(rows), len(concepts), dtype=torch.bool)
+    for n, names in enumerate(per_image):
+        matrix[n, [column[c] for c in names]] = True
+    return ConceptImageDataset([(p, -1) for p, _ in rows], concept_matrix=matrix, concepts=concepts, **source)
+
+
+def open_csv(root: str | os.PathLike, *, transform: Callable[[Image.Image], Any] | None = None,
+             strict: bool = False) -> ImageDataset:
+    """Images listed in a CSV file (``path,label`` or ``path,concepts``; see the module notes).
+
+    Args:
+        root: the CSV file.
+        transform, strict: see :class:`~robustsig.data.base.ImageSource`.
+    """
+    path = Path(root).expanduser()
+    if not path.is_file():
+        raise DataError(f"csv: {path}: no such file; expected {_EXPECTED}")
+    column, rows = _read_rows(path)
+    source = {"transform": transform, "strict": strict, "kind": "csv", "root": path.resolve().parent}
+    return _labelled(rows, **source) if column == "label" else _with_concepts(rows, **source)

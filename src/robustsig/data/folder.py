@@ -1,0 +1,48 @@
+"""``folder``: a folder of class sub-folders (torchvision's ImageFolder layout), or a flat folder of images.
+
+Classes are the sub-folder names in sorted order (label = position, empty class folders included, as
+ImageFolder's ``class_to_idx``); images are found recursively inside each class folder. A folder holding images
+and no sub-folders is an unlabelled set (label ``-1``), e.g. a few photos to run a model on.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from PIL import Image
+
+from robustsig.data._layout import examples, images_in, layout_error, list_images, require_dir, subfolders
+from robustsig.data.base import ImageDataset
+
+_EXPECTED = "class sub-folders of images (cat/1.jpg, dog/2.jpg, ...) or a flat folder of images"
+
+
+def open_folder(root: str | os.PathLike, *, transform: Callable[[Image.Image], Any] | None = None,
+                strict: bool = False) -> ImageDataset:
+    """Images in class sub-folders (labels by sorted folder name) or directly in ``root`` (unlabelled).
+
+    Args:
+        root: the folder.
+        transform, strict: see :class:`~robustsig.data.base.ImageSource`.
+
+    >>> ds = open_folder("photos/")          # doctest: +SKIP
+    >>> ds.classnames, ds.samples[0]         # doctest: +SKIP
+    (['cat', 'dog'], ('/abs/photos/cat/1.jpg', 0))
+    """
+    kind = "folder"
+    folder = require_dir(root, kind, _EXPECTED)
+    loose = images_in(folder)
+    classes = subfolders(folder)
+    if loose and classes:
+        raise layout_error(kind, folder, f"both loose images ({examples(p.name for p in loose)}) and "
+                           f"sub-folders ({examples(c.name for c in classes)})", _EXPECTED)
+    if loose:
+        return ImageDataset([(path, -1) for path in loose], transform=transform, strict=strict, kind=kind,
+                            root=folder)
+    samples = [(path, label) for label, sub in enumerate(classes) for path in list_images(sub)]
+    if not samples:
+        raise layout_error(kind, folder, "no images", _EXPECTED)
+    return ImageDataset(samples, classnames=[c.name for c in classes], transform=transform, strict=strict,
+                        kind=kind, root=folder)

@@ -1,0 +1,88 @@
+"""``rs.open_dataset(kind, root, **options)``: one factory from a dataset kind to a ready dataset.
+
+Each kind is one function in the module of its family (the table below is data: ``kind -> module:function``);
+its keyword options are that function's keyword arguments. Every kind takes ``transform`` (applied to each
+decoded PIL image, e.g. a classifier's ``preprocess``) and ``strict`` (raise on a corrupt image instead of
+skipping it).
+
+>>> sorted(KINDS)[:3]
+['broden', 'csv', 'folder']
+>>> parse_dataset_spec("folder:photos/")
+('folder', 'photos/')
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+from collections.abc import Callable
+from typing import Any
+
+from robustsig.errors import InputError
+
+KINDS: dict[str, str] = {
+    "imagenet": "robustsig.data.imagenet:open_imagenet",
+    "imagenet-v2": "robustsig.data.imagenet:open_imagenet_v2",
+    "imagenet-r": "robustsig.data.imagenet:open_imagenet_r",
+    "imagenet-a": "robustsig.data.imagenet:open_imagenet_a",
+    "imagenet-sketch": "robustsig.data.imagenet:open_imagenet_sketch",
+    "objectnet": "robustsig.data.objectnet:open_objectnet",
+    "broden": "robustsig.data.broden:open_broden",
+    "folder": "robustsig.data.folder:open_folder",
+    "csv": "robustsig.data.csvdata:open_csv",
+    "webdataset": "robustsig.data.webdataset:open_webdataset",
+}
+
+
+def dataset_factory(kind: str) -> Callable[..., Any]:
+    """The function that opens ``kind``; an :class:`InputError` listing the kinds when it is unknown."""
+    try:
+        target = KINDS[kind]
+    except (KeyError, TypeError):
+        raise InputError(f"unknown dataset kind {kind!r}; choose one of: {', '.join(KINDS)}") from None
+    module, function = target.split(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def open_dataset(kind: str, root: str | os.PathLike, **options: Any) -> Any:
+    """Open the dataset of ``kind`` stored at ``root``.
+
+    Args:
+        kind: one of :data:`KINDS` (``imagenet``, ``imagenet-v2``, ``imagenet-r``, ``imagenet-a``,
+            ``imagenet-sketch``, ``objectnet``, ``broden``, ``folder``, ``csv``, ``webdataset``).
+        root: the dataset's folder (or file, for ``csv``) in the layout of the official download.
+        **options: the kind's options (``transform``, ``strict`` for all; e.g. ``ground_truth=`` for
+            ``imagenet``, ``mappings=`` for ``objectnet``, ``cache_dir=`` for ``broden``).
+
+    Returns:
+        A torch ``Dataset`` of ``(image, label)`` with ``.samples``, ``.classnames``, ``.class_indices`` (and
+        ``.class_map``, ``.concept_matrix``/``.concepts`` where they apply), or a streamed ``IterableDataset``
+        for ``webdataset``.
+
+    Raises:
+        InputError: unknown kind or option.
+        DataError: the folder is missing or not in the kind's layout (the message says what was expected).
+
+    >>> ds = open_dataset("folder", "photos/")   # doctest: +SKIP
+    """
+    factory = dataset_factory(kind)
+    accepted = [name for name, p in inspect.signature(factory).parameters.items() if p.kind is p.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise InputError(f"dataset kind {kind!r} has no option {', '.join(map(repr, unknown))}; "
+                         f"its options are: {', '.join(accepted)}")
+    return factory(root, **options)
+
+
+def parse_dataset_spec(spec: str) -> tuple[str, str]:
+    """Split the command-line form ``KIND:ROOT`` (``folder:photos/``, ``imagenet-r:/data/imagenet-r``).
+
+    Raises:
+        InputError: no ``:``, an empty root, or an unknown kind.
+    """
+    kind, sep, root = spec.partition(":")
+    if not sep or not root:
+        raise InputError(f"dataset {spec!r} is not KIND:ROOT (e.g. folder:photos/); kinds: {', '.join(KINDS)}")
+    dataset_factory(kind)
+    return kind, root
