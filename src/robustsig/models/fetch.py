@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,7 @@ from robustsig.errors import InputError
 
 OFFLINE_VARIABLES = ("ROBUSTSIG_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 NETWORK_TIMEOUT_S = 30.0
+PROBE_TIMEOUT_S = 5.0
 
 
 def downloads_allowed(allow_download: bool | None = None) -> bool:
@@ -32,9 +34,10 @@ def downloads_allowed(allow_download: bool | None = None) -> bool:
                    for name in OFFLINE_VARIABLES)
 
 
-def offline_hint(what: str) -> str:
-    return (f"Download {what} on a machine with network access (it lands in the same cache), or pass the local "
-            "file as the spec's weights (e.g. 'openclip:ViT-B-32@/path/to/weights.safetensors')")
+def offline_hint(what: str, example: str = "openclip:ViT-B-32@/path/to/weights.safetensors") -> str:
+    """How to get past a missing download."""
+    return (f"Download {what} on a machine with network access (into the same cache), or point the spec at a "
+            f"local copy (e.g. '{example}')")
 
 
 @contextmanager
@@ -47,6 +50,18 @@ def network_timeout(seconds: float = NETWORK_TIMEOUT_S) -> Iterator[None]:
         yield
     finally:
         socket.setdefaulttimeout(previous)
+
+
+def unreachable(url: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """Why ``url``'s host cannot be reached (DNS or TCP), or ``None`` when it can. One quick probe spares the
+    minute of retries that download libraries spend on a machine without network."""
+    parts = urllib.parse.urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+    except OSError as err:
+        return f"cannot reach {parts.hostname}:{port} ({err})"
+    return None
 
 
 def hf_hub_file(repo_id: str, filenames: Sequence[str], *, what: str, allow_download: bool,
@@ -72,6 +87,10 @@ def hf_hub_file(repo_id: str, filenames: Sequence[str], *, what: str, allow_down
     if not allow_download:
         raise InputError(f"cannot load {what}: {tried} is not in the Hugging Face cache ({cache}) and downloads are "
                          f"off ({'/'.join(OFFLINE_VARIABLES)} set or allow_download=False). {offline_hint(what)}")
+    offline = unreachable(constants.ENDPOINT)
+    if offline:
+        raise InputError(f"cannot load {what}: {tried} is not in the Hugging Face cache ({cache}) and {offline}. "
+                         f"{offline_hint(what)}")
     errors = []
     with network_timeout():
         for filename in filenames:
@@ -91,6 +110,10 @@ def url_file(url: str, cache_dir: str | os.PathLike, *, what: str, allow_downloa
     if not allow_download:
         raise InputError(f"cannot load {what}: {target} is not there and downloads are off "
                          f"({'/'.join(OFFLINE_VARIABLES)} set or allow_download=False); it comes from {url}. "
+                         f"{offline_hint(what)}")
+    offline = unreachable(url)
+    if offline:
+        raise InputError(f"cannot load {what}: {target} is not there and {offline}; it comes from {url}. "
                          f"{offline_hint(what)}")
     import torch.hub
 

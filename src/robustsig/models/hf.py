@@ -3,8 +3,7 @@
 The model with its final Linear (``classifier``) replaced by the identity is the encoder: its ``logits`` output
 is then ``h``, whatever pooling the architecture does (CLS token for ViT/DeiT/BEiT, mean for Swin/ConvNeXt).
 ``preprocess`` is the model's own image processor; class names come from ``config.id2label``. Layer taps are
-the encoder's blocks (``block0..`` for ``encoder.layer``/``encoder.layers``, ``stage0..`` for
-``encoder.stages``).
+the outermost list of blocks (``block0..`` for ``layer``/``layers``/``blocks``, ``stage0..`` for ``stages``).
 """
 
 from __future__ import annotations
@@ -18,11 +17,11 @@ from torch import nn
 from robustsig.errors import InputError
 from robustsig.models.anatomy import children_paths, final_linear_path, probe_taps, split_final_linear
 from robustsig.models.classifier import Classifier
-from robustsig.models.fetch import OFFLINE_VARIABLES, offline_hint
+from robustsig.models.fetch import offline_hint, unreachable
 from robustsig.models.options import LoadOptions, fixed_head_classnames
 from robustsig.models.spec import ModelSpec
 
-_BLOCK_CONTAINERS = (("layer", "block"), ("layers", "block"), ("stages", "stage"))
+_BLOCK_CONTAINERS = {"layer": "block", "layers": "block", "blocks": "block", "stages": "stage"}
 
 
 class HFImageEncoder(nn.Module):
@@ -61,13 +60,18 @@ def load(spec: ModelSpec, options: LoadOptions) -> Classifier:
     if source.startswith(("/", ".", "~")) and not is_dir:
         raise InputError(f"hf:{source}: no such folder; pass a folder written by save_pretrained or a hub name")
     local_only = is_dir or not options.allow_download
+    if not local_only:
+        from huggingface_hub import constants
+
+        local_only = unreachable(constants.ENDPOINT) is not None  # no network: the cache is all there is
     try:
         model = AutoModelForImageClassification.from_pretrained(source, local_files_only=local_only)
         processor = AutoImageProcessor.from_pretrained(source, local_files_only=local_only)
     except (OSError, ValueError, KeyError) as err:
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        hint = "" if is_dir else (f" Downloads are {'off' if not options.allow_download else 'on'} "
-                                  f"({'/'.join(OFFLINE_VARIABLES)}). {offline_hint(f'hf:{source}')}")
+        first = (str(err).splitlines()[0] if str(err) else type(err).__name__).rstrip(".")
+        searched = ("Only the local Hugging Face cache was searched (downloads are off or the hub is unreachable)."
+                    if local_only else "")
+        hint = "" if is_dir else f" {searched} {offline_hint(f'hf:{source}', 'hf:/path/to/save_pretrained_folder')}"
         raise InputError(f"cannot load Hugging Face model {source!r}: {first}.{hint}") from None
     model.eval()
     head = split_final_linear(model, final_linear_path(model, ("classifier", "head", "fc")))
@@ -85,9 +89,9 @@ def load(spec: ModelSpec, options: LoadOptions) -> Classifier:
 
 
 def _tap_paths(encoder: HFImageEncoder) -> dict[str, str]:
+    """The outermost block list (``vit.layers``, ``swin.encoder.layers``, ``convnext.encoder.stages``...)."""
     for path, module in encoder.named_modules():
-        if path.endswith(".encoder") or path == "encoder":
-            for attr, prefix in _BLOCK_CONTAINERS:
-                if paths := children_paths(encoder, f"{path}.{attr}", prefix):
-                    return paths
+        prefix = _BLOCK_CONTAINERS.get(path.rpartition(".")[2])
+        if prefix and isinstance(module, nn.ModuleList) and len(module):
+            return children_paths(encoder, path, prefix)
     return {}

@@ -61,8 +61,8 @@ def load(spec: ModelSpec, options: LoadOptions) -> Classifier:
         model = _create(source, quick_gelu=False)
         _load_clip_weights(model, read_checkpoint(_dir_checkpoint(source)))
     else:
-        random_init_warning(spec)
         model = _create(spec.name, quick_gelu=False)
+        random_init_warning(spec)
         source = spec.name
     return classifier_from_clip(model, _tokenizer(source, spec), spec=spec, options=options)
 

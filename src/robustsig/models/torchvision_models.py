@@ -113,7 +113,7 @@ def _weights_enum(spec: ModelSpec):
                              f"(its weights enum is {enum.__name__})")
     if text.upper() == "DEFAULT":
         return enum.DEFAULT
-    members = list(enum.__members__)
+    members = [name for name in enum.__members__ if name != "DEFAULT"]
     if text.upper() not in members:
         raise InputError(f"unknown torchvision weights {spec.weights!r} for {spec.name}"
                          f"{close_matches(text.upper(), members)}; available: {', '.join(members)}, DEFAULT")
