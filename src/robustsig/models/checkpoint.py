@@ -137,7 +137,7 @@ def _torch_load(path: str) -> Any:
             "code. Convert it once on a machine you trust to a plain state dict: "
             "`torch.save(model.state_dict(), 'weights.pt')` or "
             "`safetensors.torch.save_file(model.state_dict(), 'weights.safetensors')`") from None
-    except (RuntimeError, OSError, EOFError, KeyError, ValueError) as err:
+    except Exception as err:  # noqa: BLE001 - a damaged pickle fails in many ways, all "unreadable"
         raise InputError(f"cannot read checkpoint {path!r} ({type(err).__name__}: {err}); expected a "
                          ".safetensors file or a torch.save'd state dict") from None
 
@@ -250,9 +250,9 @@ def save_classifier(clf: Classifier, path: str | os.PathLike) -> Path:
 
 
 def restore_classifier(clf: Classifier, ckpt: Checkpoint) -> Classifier:
-    """Load a robustsig checkpoint into a classifier of the same architecture (built with random weights)."""
+    """Load a robustsig checkpoint's weights into a classifier of the same architecture (built with random
+    weights and the checkpoint's class names)."""
     load_into(clf, ckpt.state_dict, f"robustsig checkpoint {ckpt.path!r}")
-    clf.classnames = list(ckpt.meta["classnames"])
     return clf
 
 

@@ -27,8 +27,9 @@ def load(spec: ModelSpec, options: LoadOptions) -> Classifier:
         raise InputError(f"unknown timm model {spec.name!r}{close_matches(spec.name, timm.list_models())}; "
                          "`python -c 'import timm; print(timm.list_models())'` lists them")
     if spec.weights is None:
+        clf = _classifier(timm.create_model(spec.name, pretrained=False), spec, options)
         random_init_warning(spec)
-        return _classifier(timm.create_model(spec.name, pretrained=False), spec, options)
+        return clf
     ckpt = read_checkpoint(spec.weights)
     if ckpt.is_classifier:
         check_family(ckpt, "timm", spec.name)

@@ -32,8 +32,9 @@ def load(spec: ModelSpec, options: LoadOptions) -> Classifier:
                          f"{close_matches(spec.name, available)}; available: {', '.join(available)}")
     kind = spec.weights_kind
     if kind == "none":
+        clf = classifier_from_model(models.get_model(spec.name), spec, options)
         random_init_warning(spec)
-        return classifier_from_model(models.get_model(spec.name), spec, options)
+        return clf
     if kind == "tag":
         weights = _weights_enum(spec)
         categories = weights.meta.get("categories") or []
