@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import pickle
 
 import pytest
 import torch
@@ -28,6 +29,8 @@ def test_real_weights_recognise_espresso_and_a_cat(bundled):
     x = torch.stack([bundled.preprocess(Image.fromarray(data.coffee())),
                      bundled.preprocess(Image.fromarray(data.chelsea()))])
     assert x.shape == (2, 3, 224, 224)
+    again = pickle.loads(pickle.dumps(bundled.preprocess))  # DataLoader workers may be spawned
+    torch.testing.assert_close(again(Image.fromarray(data.coffee())), x[0], rtol=0, atol=0)
     with torch.no_grad():
         logits = bundled(x)
         torch.testing.assert_close(logits, bundled.head(bundled.encode(x)), rtol=0, atol=0)

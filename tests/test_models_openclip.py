@@ -4,12 +4,15 @@ checkpoints (plain open_clip and robustsig), and the error for a named tag that 
 from __future__ import annotations
 
 import copy
+import json
 import math
+import pickle
 
 import huggingface_hub.constants
 import open_clip
 import pytest
 import torch
+from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 from PIL import Image
 from skimage import data
 
@@ -57,6 +60,7 @@ def test_random_init_clip_widths_and_layer_taps(built):
     image = Image.fromarray(data.coffee())
     x = torch.stack([clf.preprocess(image), clf.preprocess(image.rotate(90))])
     assert x.shape == (2, 3, 224, 224)
+    torch.testing.assert_close(pickle.loads(pickle.dumps(clf.preprocess))(image), x[0], rtol=0, atol=0)
     with torch.no_grad():
         h, logits, layers = clf.forward_with_layers(x, clf.layers)
         torch.testing.assert_close(logits, clf.head(clf.encode(x)), rtol=0, atol=0)
@@ -138,3 +142,33 @@ def test_named_tag_that_is_not_cached_fails_fast_and_clearly(tmp_path, monkeypat
 def test_clear_errors(spec, message):
     with pytest.raises(rs.InputError, match=message):
         rs.load_classifier(spec, device="cpu")
+
+
+def test_local_dir_source_loads_config_weights_and_preprocessing(tmp_path):
+    """``openclip:local-dir:DIR`` (open_clip's save format: open_clip_config.json + weights), on a tiny config."""
+    from safetensors.torch import save_file
+
+    model_cfg = {"embed_dim": 16,
+                 "vision_cfg": {"layers": 2, "width": 32, "patch_size": 8, "image_size": 32, "head_width": 16},
+                 "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    preprocess_cfg = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25], "interpolation": "bilinear"}
+    folder = tmp_path / "tiny-clip"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg,
+                                                              "preprocess_cfg": preprocess_cfg}))
+    torch.manual_seed(7)
+    model = open_clip.CLIP(**{**model_cfg, "vision_cfg": CLIPVisionCfg(**model_cfg["vision_cfg"]),
+                              "text_cfg": CLIPTextCfg(**model_cfg["text_cfg"])}).eval()
+    save_file(model.state_dict(), str(folder / "open_clip_model.safetensors"))
+
+    clf = rs.load_classifier(f"openclip:local-dir:{folder}", device="cpu", classnames=NAMES, templates=TEMPLATES,
+                             use_cache=False)
+    assert clf.spec == f"openclip:local-dir:{folder}" and clf.meta["random_init"] is False
+    assert clf.W.shape == (3, 16) and clf.layers == ["block0", "block1"]
+    normalize = clf.preprocess.transforms[-1]
+    assert tuple(normalize.mean) == (0.5, 0.5, 0.5) and tuple(normalize.std) == (0.25, 0.25, 0.25)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        text = open_clip.build_zero_shot_classifier(model, open_clip.get_tokenizer("ViT-B-32"), NAMES, TEMPLATES)
+        expected = model.logit_scale.exp() * model.encode_image(x, normalize=True) @ text
+        torch.testing.assert_close(clf(x), expected, rtol=1e-4, atol=1e-4)

@@ -112,3 +112,19 @@ def test_different_classnames_warn():
     with pytest.warns(UserWarning, match="different class names"):
         mixed = interpolate(small_classifier(0), clf1, 0.5)
     assert mixed.classnames == list("abcd")
+
+
+def test_interpolated_real_model_saves_and_loads_back(tmp_path):
+    from robustsig.models.checkpoint import save_classifier
+
+    with pytest.warns(UserWarning, match="randomly initialised"):
+        zero_shot = rs.load_classifier("torchvision:resnet18", device="cpu")
+        finetuned = rs.load_classifier("torchvision:resnet18", device="cpu")
+    mixed = interpolate(zero_shot, finetuned, 0.5)
+    path = save_classifier(mixed, tmp_path / "wiseft.safetensors")
+    back = rs.load_classifier(f"torchvision:resnet18@{path}", device="cpu")
+    assert back.fingerprint() == mixed.fingerprint()
+    assert back.meta["base_spec"] == "wiseft(torchvision:resnet18, torchvision:resnet18, alpha=0.5)"
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), mixed(x), rtol=0, atol=0)

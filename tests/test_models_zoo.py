@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 import torch
 from PIL import Image
@@ -37,7 +39,9 @@ def test_timm_split_equals_forward(name, h_width, first_taps, tap_widths):
         torch.testing.assert_close(logits, expected, rtol=0, atol=0)
         torch.testing.assert_close(h, model.forward_head(model.forward_features(x), pre_logits=True), rtol=0, atol=0)
     assert [v.shape for v in layers.values()] == [(2, w) for w in tap_widths]
-    assert clf.preprocess(Image.new("RGB", (300, 260))).shape == (3, 224, 224)
+    image = Image.new("RGB", (300, 260), color=(10, 200, 30))
+    assert clf.preprocess(image).shape == (3, 224, 224)
+    torch.testing.assert_close(pickle.loads(pickle.dumps(clf.preprocess))(image), clf.preprocess(image))
 
 
 def test_timm_swin_stages_are_channels_last():
@@ -137,6 +141,7 @@ def test_hf_vit_split_equals_hf_logits(tmp_path, monkeypatch):
     image = Image.new("RGB", (50, 40), color=(200, 30, 90))
     x = torch.stack([clf.preprocess(image), torch.randn(3, 32, 32)])
     assert x.shape == (2, 3, 32, 32)
+    torch.testing.assert_close(pickle.loads(pickle.dumps(clf.preprocess))(image), x[0], rtol=0, atol=0)
     with torch.no_grad():
         out = model(pixel_values=x, output_hidden_states=True)
         h, logits, layers = clf.forward_with_layers(x, clf.layers)

