@@ -89,3 +89,13 @@ def test_downloads_allowed(monkeypatch, env, allow, expected):
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert downloads_allowed(allow) is expected
+
+
+def test_bad_device_is_an_input_error():
+    import torch
+
+    with pytest.raises(rs.InputError, match="unknown device 'gpu0'"):
+        rs.load_classifier("bundled:mobilenet_v2", device="gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(rs.InputError, match="no CUDA GPU"):
+            rs.load_classifier("bundled:mobilenet_v2", device="cuda")

@@ -74,6 +74,9 @@ def _device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        target = torch.device(device)
     except (RuntimeError, TypeError) as err:
         raise InputError(f"unknown device {device!r} ({err}); use 'cpu', 'cuda' or 'cuda:N'") from None
+    if target.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} asked for, but torch sees no CUDA GPU here; use device='cpu'")
+    return target
