@@ -44,8 +44,11 @@ _PUBLIC: dict[str, str] = {
     "Classifier": "robustsig.models.classifier",
     "LayerTap": "robustsig.models.classifier",
     "load_classifier": "robustsig.models.factory",
+    "ModelSpec": "robustsig.models.spec",
+    "save_classifier": "robustsig.models.checkpoint",
     "zero_shot_head": "robustsig.models.zeroshot",
     "interpolate": "robustsig.models.wiseft",
+    "interpolation_path": "robustsig.models.wiseft",
     # data
     "open_dataset": "robustsig.data.registry",
     "accuracy": "robustsig.data.scoring",

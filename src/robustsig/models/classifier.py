@@ -31,11 +31,16 @@ class LayerTap:
         layout: ``"tokens"`` for ``(N, L, D)`` token sequences (CLS token first), ``"spatial"`` for
             ``(N, C, H, W)`` feature maps, ``"vector"`` for ``(N, D)``.
         seq_first: the module returns ``(L, N, D)`` (older transformer layouts); pooled as if ``(N, L, D)``.
+        cls_token: token layouts only: the first token is a class token (``"auto"`` pooling reads it); when
+            False (Swin-like token grids) ``"auto"`` averages the tokens and ``"cls"`` is refused.
+        channels_last: spatial layouts only: the module returns ``(N, H, W, C)`` (Swin stages).
     """
 
     module: str
     layout: Layout
     seq_first: bool = False
+    cls_token: bool = True
+    channels_last: bool = False
 
 
 def pool_activation(x: torch.Tensor, tap: LayerTap, pooling: Pooling = "auto") -> torch.Tensor:
@@ -44,8 +49,8 @@ def pool_activation(x: torch.Tensor, tap: LayerTap, pooling: Pooling = "auto") -
     Args:
         x: the module's output for a batch.
         tap: how ``x`` is laid out.
-        pooling: ``"cls"`` (the first token; token layouts only), ``"mean"`` (over tokens or space), or
-            ``"auto"`` (CLS for tokens, mean over space for feature maps).
+        pooling: ``"cls"`` (the first token; token layouts with a class token only), ``"mean"`` (over tokens
+            or space), or ``"auto"`` (the class token where there is one, else the mean).
 
     Returns:
         ``(N, D)`` tensor.
@@ -58,11 +63,14 @@ def pool_activation(x: torch.Tensor, tap: LayerTap, pooling: Pooling = "auto") -
         if pooling == "cls":
             raise InputError(f"pooling='cls' needs a token layout; layer {tap.module!r} is a spatial feature map "
                              "(use pooling='mean')")
-        return x.flatten(2).mean(dim=2)
+        return x.flatten(1, 2).mean(dim=1) if tap.channels_last else x.flatten(2).mean(dim=2)
     if tap.layout == "tokens":
         if tap.seq_first:
             x = x.transpose(0, 1)
-        if pooling in ("auto", "cls"):
+        if pooling == "cls" and not tap.cls_token:
+            raise InputError(f"pooling='cls' needs a class token; layer {tap.module!r} has none (use "
+                             "pooling='mean')")
+        if pooling in ("auto", "cls") and tap.cls_token:
             return x[:, 0]
         return x.mean(dim=1)
     raise InputError(f"unknown layer layout {tap.layout!r}; expected 'tokens', 'spatial' or 'vector'")
@@ -173,10 +181,21 @@ class Classifier(nn.Module):
     def fingerprint(self) -> str:
         """A digest of every parameter and buffer (names, shapes, dtypes, values): equal weights give equal
         fingerprints, so activation stores are keyed by the weights actually used, not by a file name."""
-        digest = hashlib.blake2b(digest_size=16)
-        for name, tensor in sorted(self.state_dict().items()):
-            t = tensor.detach().cpu().contiguous()
-            digest.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
-            t = t.reshape(-1)
-            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-        return digest.hexdigest()
+        return state_fingerprint(self.state_dict())
+
+
+def state_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
+    """A 128-bit digest of named tensors (names, shapes, dtypes and values), independent of their order and
+    device.
+
+    Example:
+        >>> state_fingerprint({"w": torch.zeros(2)}) == state_fingerprint({"w": torch.zeros(2)})
+        True
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in sorted(state.items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        t = t.reshape(-1)
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
