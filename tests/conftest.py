@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 import torch
 
+import tempfile
+
 os.environ.setdefault("ROBUSTSIG_PROGRESS", "0")
+# The suite never touches the network nor the user's caches: zero-shot heads and Broden matrices built by
+# tests go to a throw-away folder, and every hub library is told it is offline.
+os.environ["ROBUSTSIG_CACHE"] = tempfile.mkdtemp(prefix="robustsig-test-cache-")
+for _offline in ("ROBUSTSIG_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.setdefault(_offline, "1")
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
 
 
