@@ -103,6 +103,28 @@ def reopen_folder(root: Path, classes: int = 5) -> ImageDataset:
     return ImageDataset(samples, classnames=[f"c{i}" for i in range(classes)], kind="folder", root=root)
 
 
+def assert_same_store(store, reference) -> None:
+    """Sample for sample, bit for bit; and the same skipped list."""
+    assert store.keys == reference.keys
+    for key in store.keys:
+        a, b = store.read(key), reference.read(key)
+        assert a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), key
+    assert store.skipped == reference.skipped
+    assert store.manifest["key"] == reference.manifest["key"]
+
+
+class CrashAt:
+    """Forward pre-hook raising ``error`` at the ``k``-th forward pass (1-based), counting every pass."""
+
+    def __init__(self, k: int | None, error: BaseException) -> None:
+        self.k, self.error, self.calls = k, error, 0
+
+    def __call__(self, module, args):
+        self.calls += 1
+        if self.calls == self.k:
+            raise self.error
+
+
 def main(argv: list[str] | None = None) -> None:
     import robustsig as rs
 

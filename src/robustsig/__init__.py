@@ -48,8 +48,8 @@ _PUBLIC: dict[str, str] = {
     "open_dataset": "robustsig.data.registry",
     "accuracy": "robustsig.data.scoring",
     # extraction
-    "extract": "robustsig.extract.extractor",
-    "ActivationStore": "robustsig.extract.store",
+    "extract": "robustsig.extraction.extractor",
+    "ActivationStore": "robustsig.extraction.store",
     # errors
     "RobustsigError": "robustsig.errors",
     "InputError": "robustsig.errors",

@@ -6,7 +6,8 @@ Rules for ``out_dir`` (so a researcher never silently gets stale activations):
 - holds a finished store with the same key: it is reused, nothing is recomputed;
 - holds an unfinished store with the same key: the extraction resumes (complete shards are kept);
 - holds a store with another key: :class:`~robustsig.errors.InputError` naming each differing field, unless
-  ``overwrite=True``, which deletes the old store first;
+  ``overwrite=True``, which deletes the old store first (an unfinished store without any shard yet, e.g. one
+  whose first batch failed, holds nothing and is replaced);
 - holds other files: :class:`~robustsig.errors.InputError` (a store is never mixed into an unrelated folder).
 
 Temporary files left by a crash (``.tmp-*``) are deleted when a run starts. While a run writes, it holds an
@@ -27,8 +28,8 @@ import safetensors.torch
 import torch
 
 from robustsig.errors import DataError, InputError
-from robustsig.extract.key import key_differences
-from robustsig.extract.store import (HEAD_FILE, LAYER_PREFIX, MANIFEST, ROW_KEYS, STORE_FORMAT, STORE_VERSION,
+from robustsig.extraction.key import key_differences
+from robustsig.extraction.store import (HEAD_FILE, LAYER_PREFIX, MANIFEST, ROW_KEYS, STORE_FORMAT, STORE_VERSION,
                                      TEMP_PREFIX, read_json, safetensors_header, shard_index, shard_name,
                                      torch_dtype, write_atomic, write_json_atomic)
 
@@ -80,7 +81,7 @@ class StoreWriter:
             if manifest.get("format") != STORE_FORMAT:
                 raise InputError(f"{manifest_path} is not a robustsig store manifest; choose another out_dir")
             if manifest.get("key") != self.key:
-                if not overwrite:
+                if not overwrite and (manifest.get("complete") or self.existing_shards()):
                     differences = "; ".join(key_differences(manifest.get("key"), self.key))
                     raise InputError(f"{self.path} holds activations for another input ({differences}). Use a "
                                      "new out_dir, or overwrite=True (--overwrite) to replace them")

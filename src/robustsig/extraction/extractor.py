@@ -2,9 +2,9 @@
 
 The loop is the only expensive step of a study. It records, per sample, ``h`` (the head's input), the logits
 (or their top-k), the label, the dataset position (``ids``) and optional pooled layer taps, into a sharded
-:class:`~robustsig.extract.store.ActivationStore` that is keyed by everything that determines it (see
-:mod:`robustsig.extract.key`), resumable after any interruption, and writable by many torchrun ranks at once
-(see :mod:`robustsig.extract.distributed`).
+:class:`~robustsig.extraction.store.ActivationStore` that is keyed by everything that determines it (see
+:mod:`robustsig.extraction.key`), resumable after any interruption, and writable by many torchrun ranks at once
+(see :mod:`robustsig.extraction.distributed`).
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ from torch.utils.data import Dataset, IterableDataset
 from robustsig._progress import progress as progress_bar
 from robustsig._progress import progress_enabled
 from robustsig.errors import DataError, InputError, RobustsigError
-from robustsig.extract import distributed
-from robustsig.extract.key import describe_dataset, describe_transform, extraction_key, key_digest
-from robustsig.extract.loader import Batch, batch_loader
-from robustsig.extract.store import HEAD_KEYS, LAYER_PREFIX, ROW_KEYS, ActivationStore
-from robustsig.extract.writer import StoreWriter, dtype_name
+from robustsig.extraction import distributed
+from robustsig.extraction.key import describe_dataset, describe_transform, extraction_key, key_digest
+from robustsig.extraction.loader import Batch, batch_loader
+from robustsig.extraction.store import HEAD_KEYS, LAYER_PREFIX, ROW_KEYS, ActivationStore
+from robustsig.extraction.writer import StoreWriter, dtype_name
 from robustsig.models.classifier import Classifier, Pooling
 
 _STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -44,7 +44,7 @@ def extract(classifier: Classifier, dataset: Dataset, out_dir: str | os.PathLike
     """Extract ``h``, logits, labels, ids and optional layers of ``classifier`` on ``dataset`` into ``out_dir``.
 
     A finished store of the same key in ``out_dir`` is returned without recomputing; an unfinished one is
-    resumed from its complete shards; a store of another key is refused (see :mod:`robustsig.extract.writer`).
+    resumed from its complete shards; a store of another key is refused (see :mod:`robustsig.extraction.writer`).
     Under ``torchrun`` every rank calls this with the same arguments and extracts its own part.
 
     Preprocessing: when the dataset has a ``transform`` attribute set to ``None`` (as
@@ -74,7 +74,7 @@ def extract(classifier: Classifier, dataset: Dataset, out_dir: str | os.PathLike
         progress: show a progress bar (images/s, ETA) and print a summary at the end.
 
     Returns:
-        The finished :class:`~robustsig.extract.store.ActivationStore`; ``store.summary`` has images, skipped,
+        The finished :class:`~robustsig.extraction.store.ActivationStore`; ``store.summary`` has images, skipped,
         seconds, images/s and the store's path.
 
     Example:
@@ -89,11 +89,11 @@ def extract(classifier: Classifier, dataset: Dataset, out_dir: str | os.PathLike
         raise InputError(f"dataset must be a torch Dataset or IterableDataset, got {type(dataset).__name__}")
     streaming = isinstance(dataset, IterableDataset)
     num_samples = _dataset_length(dataset, streaming)
-    layer_names = _resolve_layers(classifier, layers)
+    _resolve_choice("pooling", pooling, {"auto": 0, "cls": 0, "mean": 0})
+    layer_names = _resolve_layers(classifier, layers, pooling)
     store_dtype = _resolve_choice("dtype", dtype_name(dtype) if isinstance(dtype, torch.dtype) else dtype,
                                   _STORE_DTYPES)
     _resolve_choice("autocast", autocast, _AUTOCAST)
-    _resolve_choice("pooling", pooling, {"auto": 0, "cls": 0, "mean": 0})
     for name, value in (("batch_size", batch_size), ("shard_size", shard_size)):
         if not isinstance(value, int) or value < 1:
             raise InputError(f"{name} must be a positive integer, got {value!r}")
@@ -166,14 +166,15 @@ def _dataset_length(dataset: Dataset, streaming: bool) -> int | None:
     return length
 
 
-def _resolve_layers(classifier: Classifier, layers: Sequence[str] | str | None) -> list[str]:
+def _resolve_layers(classifier: Classifier, layers: Sequence[str] | str | None, pooling: str) -> list[str]:
     if layers is None:
         return []
     if isinstance(layers, str):
         if layers != "all":
             raise InputError(f"layers must be a list of layer names or 'all', got {layers!r}")
-        return classifier.layers
-    names = list(layers)
+        names = classifier.layers
+    else:
+        names = list(layers)
     unknown = [name for name in names if name not in classifier.taps]
     if unknown:
         raise InputError(f"unknown layer(s) {unknown}; this model has {classifier.layers or 'no layer taps'}")
@@ -183,6 +184,10 @@ def _resolve_layers(classifier: Classifier, layers: Sequence[str] | str | None) 
                          "rename the layer taps")
     if len(set(names)) != len(names):
         raise InputError(f"layers lists a name twice: {names}")
+    not_tokens = [name for name in names if classifier.taps[name].layout != "tokens"]
+    if pooling == "cls" and not_tokens:
+        raise InputError(f"pooling='cls' takes the first token, but layer(s) {not_tokens} are not token sequences; "
+                         "use pooling='mean' or 'auto'")
     return names
 
 
@@ -250,7 +255,8 @@ def _record(classifier: Classifier, rank_reports: list[dict[str, Any]], seconds:
         "model": {"spec": classifier.spec, "meta": classifier.meta, "num_classes": classifier.W.shape[0],
                   "width": classifier.W.shape[1], "classnames": classifier.classnames},
         "run": {"batch_size": batch_size, "num_workers": num_workers, "device": device.type,
-                "channels_last": channels_last, "world_size": world.world_size, "torch": torch.__version__},
+                "channels_last": channels_last, "world_size": world.world_size, "threads": torch.get_num_threads(),
+                "torch": torch.__version__},
         "summary": {"computed": computed, "seconds": round(seconds, 3),
                     "images_per_s": round(computed / seconds, 2) if seconds else None,
                     "reused_shards": sum(r["reused_shards"] for r in rank_reports),
