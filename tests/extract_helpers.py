@@ -57,12 +57,9 @@ class TinyConvNet(nn.Module):
 
 def tiny_classifier(seed: int = 0, num_classes: int = 5) -> Classifier:
     """A deterministic small classifier (the same weights in every process for one seed)."""
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
         encoder, head = TinyConvNet(), nn.Linear(8, num_classes)
-    finally:
-        torch.random.set_rng_state(generator_state)
     return Classifier(encoder, head, preprocess=Tensorize(), classnames=[f"c{i}" for i in range(num_classes)],
                       taps={"conv1": LayerTap("conv1", "spatial"), "conv2": LayerTap("conv2", "spatial")},
                       meta={"spec": f"test:tiny@{seed}"})
@@ -73,8 +70,9 @@ def mobilenet_classifier(weights: str | None = None, seed: int = 0) -> Classifie
     layer; real ImageNet weights when ``weights`` is the path of the packaged checkpoint."""
     from torchvision.models import mobilenet_v2
 
-    torch.manual_seed(seed)
-    model = mobilenet_v2()
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = mobilenet_v2()
     if weights is not None:
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     encoder = nn.Sequential(model.features, nn.AdaptiveAvgPool2d(1), nn.Flatten(1), model.classifier[0])

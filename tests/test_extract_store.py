@@ -59,6 +59,15 @@ def test_store_holds_what_the_model_computes(folder, tmp_path):
     assert summary["store"] == str((tmp_path / "store").resolve()) and summary["seconds"] > 0
 
 
+def test_worker_processes_give_the_same_store(folder, tmp_path):
+    clf = tiny_classifier()
+    reference = run(clf, folder, tmp_path / "reference", layers=["conv1"])
+    store = run(clf, folder, tmp_path / "store", layers=["conv1"], num_workers=2)
+    for key in reference.keys:
+        assert torch.equal(store.read(key), reference.read(key)), key
+    assert store.skipped == reference.skipped
+
+
 def test_corrupt_images_are_counted_and_listed(folder, tmp_path):
     store = run(tiny_classifier(), folder, tmp_path / "store")
     assert store.manifest["num_skipped"] == 2
