@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -283,6 +284,8 @@ class _Run:
         self.channels_last, self.logits_topk, self.num_samples = channels_last, logits_topk, num_samples
         self.progress = progress
         self.reused_shards = self.written_shards = self.images = self.skipped = self.todo = 0
+        self._writes: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None
 
     @property
     def shard_size(self) -> int:
@@ -315,11 +318,14 @@ class _Run:
         return _Work(ranges, None)
 
     def execute(self, loader, samples: Sequence[tuple[str, int]] | None) -> None:
+        """Run the forward passes; each complete shard is written by a background thread while the next is
+        computed (at most one shard waits to be written, so memory stays bounded)."""
         show = self.progress and self.world.is_main
         bar = progress_bar(total=self.todo or None, desc="extract", unit="img") if show else None
         shard: _ShardBuffer | None = None
         autocast = (torch.autocast(self.device.type, dtype=self.autocast) if self.autocast is not None
                     else nullcontext())
+        self._writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="robustsig-shard-writer")
         try:
             with torch.inference_mode(), autocast:
                 for batch in loader:
@@ -340,7 +346,9 @@ class _Run:
                     raise DataError(f"the stream ended at position {shard.start + shard.covered}, but the dataset "
                                     f"says it has {self.num_samples} samples")
                 self._write(shard)  # the last, partial shard of a stream of unknown length
+            self._wait_for_write()
         finally:
+            self._writes.shutdown(wait=True)  # a shard being written when the run fails is finished, not torn
             if bar is not None:
                 bar.close()
 
@@ -377,11 +385,19 @@ class _Run:
             if value.is_floating_point() and name != "labels":
                 value = value.to(self.store_dtype)
             tensors[name] = value.cpu().contiguous()
-        self.writer.write_shard(shard.index, shard.start, shard.start + shard.covered, tensors, shard.skipped,
-                                shard.sample_keys if shard.with_keys else None)
+        self._wait_for_write()
+        self._pending = self._writes.submit(self.writer.write_shard, shard.index, shard.start,
+                                            shard.start + shard.covered, tensors, shard.skipped,
+                                            shard.sample_keys if shard.with_keys else None)
         self.written_shards += 1
         self.images += len(tensors["ids"]) if tensors else 0
         self.skipped += len(shard.skipped)
+
+    def _wait_for_write(self) -> None:
+        """Block until the shard being written is on disk (re-raising a write error)."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
 
     def report(self, seconds: float) -> dict[str, Any]:
         return {"rank": self.world.rank, "images": self.images, "skipped": self.skipped,
