@@ -131,7 +131,9 @@ def _measure(clf: Classifier, images: torch.Tensor, work: Path) -> None:
         rs.extract(clf, Synthetic(size), work / name, batch_size=BATCH, shard_size=256, num_workers=0, progress=False)
 
     peak_rss_growth(lambda: extract_synthetic(256, "warmup"))
-    growth = {size: peak_rss_growth(lambda: extract_synthetic(size, f"mem{size}")) for size in (512, 2048)}  # noqa: B023
+    growth = {}
+    for size in (512, 2048):
+        growth[size] = peak_rss_growth(lambda: extract_synthetic(size, f"mem{size}"))  # noqa: B023 (called now)
     print("peak RSS growth of rs.extract (shards of 256): "
           + ", ".join(f"{size} images {grown / 2**20:.1f} MiB" for size, grown in growth.items())
           + f"; ratio {growth[2048] / max(growth[512], 1):.2f} for 4x the images (flat: ~1)", flush=True)

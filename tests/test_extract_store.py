@@ -147,6 +147,16 @@ def test_half_precision_storage(folder, tmp_path, dtype):
     assert torch.equal(half.read("h"), full.read("h").to(target))
 
 
+def test_compute_options(folder, tmp_path):
+    clf = tiny_classifier()
+    full = run(clf, folder, tmp_path / "full")
+    fast = run(clf, folder, tmp_path / "fast", autocast="bf16", channels_last=True)
+    assert fast.manifest["key"]["autocast"] == "bf16" and fast.manifest["run"]["channels_last"] is True
+    assert fast.read("h").dtype == torch.float32
+    torch.testing.assert_close(fast.read("h"), full.read("h"), rtol=0.05, atol=0.02)  # bf16 keeps ~3 digits
+    assert not torch.equal(fast.read("h"), full.read("h"))
+
+
 def test_same_key_reuses_without_recompute(folder, tmp_path):
     clf = tiny_classifier()
     first = run(clf, folder, tmp_path / "store", layers=["conv1"])
@@ -220,6 +230,7 @@ def test_arguments_are_checked_before_any_work(folder, tmp_path):
     clf = tiny_classifier()
     for options, message in [({"dtype": "int8"}, "dtype must be one of"), ({"autocast": "fp8"}, "autocast"),
                              ({"batch_size": 0}, "batch_size"), ({"pooling": "max"}, "pooling"),
+                             ({"num_workers": -1}, "num_workers"), ({"shard_size": 2.5}, "shard_size"),
                              ({"layers": "conv1"}, "list of layer names or 'all'"),
                              ({"device": "cuda:0"} if not torch.cuda.is_available() else {"device": "tpu"},
                               "device")]:
@@ -257,3 +268,11 @@ def test_unfinished_store_is_not_readable(folder, tmp_path):
     store = run(tiny_classifier(), folder, tmp_path / "store", dtype="float16")
     assert store.read("h").dtype == torch.float16
 
+
+
+def test_a_dataset_of_only_corrupt_images(tmp_path):
+    ds = image_folder(tmp_path / "images", 3, corrupt=(0, 1, 2))
+    store = run(tiny_classifier(), ds, tmp_path / "store")
+    assert store.num_rows == 0 and store.manifest["num_skipped"] == 3
+    with pytest.raises(rs.InputError, match="no rows: all 3 samples were skipped"):
+        store.read("h")

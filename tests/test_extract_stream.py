@@ -123,6 +123,10 @@ def test_bad_streams_are_explained(folder, tmp_path, monkeypatch):
     with pytest.raises(rs.InputError, match="yields Image images, not tensors"):
         run(tiny_classifier(), RawImages(folder), tmp_path / "b")
 
+    empty = FolderStream(image_folder(tmp_path / "none", 0))
+    with pytest.raises(rs.DataError, match="yielded no samples"):
+        run(tiny_classifier(), empty, tmp_path / "d")
+
     monkeypatch.setenv("WORLD_SIZE", "2")
     with pytest.raises(rs.InputError, match="under torchrun a stream needs a length"):
         run(tiny_classifier(), FolderStream(folder), tmp_path / "c")

@@ -13,7 +13,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
@@ -83,25 +83,9 @@ def extract(classifier: Classifier, dataset: Dataset, out_dir: str | os.PathLike
         >>> store.read("logits").argmax(1)                                              # doctest: +SKIP
     """
     begin = time.perf_counter()
-    if not isinstance(classifier, Classifier):
-        raise InputError(f"classifier must be a robustsig Classifier (rs.load_classifier), got "
-                         f"{type(classifier).__name__}")
-    if not isinstance(dataset, Dataset):
-        raise InputError(f"dataset must be a torch Dataset or IterableDataset, got {type(dataset).__name__}")
+    num_samples, layer_names, store_dtype = _check_arguments(classifier, dataset, layers, dtype, autocast, pooling,
+                                                             logits_topk, batch_size, shard_size, num_workers)
     streaming = isinstance(dataset, IterableDataset)
-    num_samples = _dataset_length(dataset, streaming)
-    _resolve_choice("pooling", pooling, {"auto": 0, "cls": 0, "mean": 0})
-    layer_names = _resolve_layers(classifier, layers, pooling)
-    store_dtype = _resolve_choice("dtype", dtype_name(dtype) if isinstance(dtype, torch.dtype) else dtype,
-                                  _STORE_DTYPES)
-    _resolve_choice("autocast", autocast, _AUTOCAST)
-    for name, value in (("batch_size", batch_size), ("shard_size", shard_size)):
-        if not isinstance(value, int) or value < 1:
-            raise InputError(f"{name} must be a positive integer, got {value!r}")
-    num_classes = classifier.W.shape[0]
-    if logits_topk is not None and not (isinstance(logits_topk, int) and 1 <= logits_topk <= num_classes):
-        raise InputError(f"logits_topk must be an integer in [1, {num_classes}] (the class count), got {logits_topk!r}")
-
     world = distributed.world_from_env()
     if world.distributed and num_samples is None:
         raise InputError("under torchrun a stream needs a length (len(dataset)) so ranks can split it; "
@@ -155,6 +139,33 @@ def extract(classifier: Classifier, dataset: Dataset, out_dir: str | os.PathLike
 
 
 # --- argument checks -------------------------------------------------------------------------------------
+def _check_arguments(classifier: Classifier, dataset: Dataset, layers: Sequence[str] | str | None,
+                     dtype: str | torch.dtype, autocast: str | None, pooling: str, logits_topk: int | None,
+                     batch_size: int, shard_size: int, num_workers: int | None) -> tuple[int | None, list[str], str]:
+    """Validate everything before any work; returns the dataset length (``None``: a stream of unknown length),
+    the layer names and the stored dtype's name."""
+    if not isinstance(classifier, Classifier):
+        raise InputError(f"classifier must be a robustsig Classifier (rs.load_classifier), got "
+                         f"{type(classifier).__name__}")
+    if not isinstance(dataset, Dataset):
+        raise InputError(f"dataset must be a torch Dataset or IterableDataset, got {type(dataset).__name__}")
+    num_samples = _dataset_length(dataset, isinstance(dataset, IterableDataset))
+    _resolve_choice("pooling", pooling, ("auto", "cls", "mean"))
+    layer_names = _resolve_layers(classifier, layers, pooling)
+    store_dtype = _resolve_choice("dtype", dtype_name(dtype) if isinstance(dtype, torch.dtype) else dtype,
+                                  _STORE_DTYPES)
+    _resolve_choice("autocast", autocast, _AUTOCAST)
+    for name, value in (("batch_size", batch_size), ("shard_size", shard_size)):
+        if not isinstance(value, int) or value < 1:
+            raise InputError(f"{name} must be a positive integer, got {value!r}")
+    if num_workers is not None and (not isinstance(num_workers, int) or num_workers < 0):
+        raise InputError(f"num_workers must be None (automatic) or an integer >= 0, got {num_workers!r}")
+    num_classes = classifier.W.shape[0]
+    if logits_topk is not None and not (isinstance(logits_topk, int) and 1 <= logits_topk <= num_classes):
+        raise InputError(f"logits_topk must be an integer in [1, {num_classes}] (the class count), got {logits_topk!r}")
+    return num_samples, layer_names, store_dtype
+
+
 def _dataset_length(dataset: Dataset, streaming: bool) -> int | None:
     try:
         length = len(dataset)  # type: ignore[arg-type]
@@ -192,7 +203,7 @@ def _resolve_layers(classifier: Classifier, layers: Sequence[str] | str | None, 
     return names
 
 
-def _resolve_choice(name: str, value: Any, choices: dict) -> Any:
+def _resolve_choice(name: str, value: Any, choices: Collection[Any]) -> Any:
     if value not in choices:
         raise InputError(f"{name} must be one of {list(choices)}, got {value!r}")
     return value

@@ -228,6 +228,9 @@ class ActivationStore:
         if key == "logits" and "topk_values" in self._manifest["tensors"]:
             raise InputError(f"this store keeps only the top-{self._manifest['key']['logits_topk']} logits: "
                              "read 'topk_values' and 'topk_indices'")
+        if not self._manifest["tensors"]:
+            raise InputError(f"this store has no rows: all {self._manifest['num_samples']} samples were skipped "
+                             "as undecodable (see .skipped)")
         raise InputError(f"unknown key {key!r}; this store holds {self.keys}")
 
     def _shard(self, index: int) -> tuple[Path, dict[str, Any], int]:

@@ -17,7 +17,6 @@ exclusive lock on ``out_dir/.lock``, so two runs cannot write one store at once.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import warnings
 from collections.abc import Mapping, Sequence
@@ -198,6 +197,8 @@ class StoreWriter:
                 entry = tensors.setdefault(public, {"dtype": dtype_name(torch_dtype(info["dtype"])),
                                                     "shape": [0, *info["shape"][1:]]})
                 entry["shape"][0] += info["shape"][0]
+        if position == 0:
+            raise DataError(f"the dataset yielded no samples: nothing to store in {self.path}")
         if self.num_samples is not None and position != self.num_samples:
             raise DataError(f"store {self.path} covers {position} of {self.num_samples} samples; rerun to finish")
         head_header, _ = safetensors_header(self.path / HEAD_FILE)
