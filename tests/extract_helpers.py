@@ -26,16 +26,19 @@ from imagefiles import write_image, write_truncated_jpeg  # noqa: E402
 
 
 class Tensorize:
-    """PIL image -> float tensor (3, size, size) in [0, 1]; sleeps ``ROBUSTSIG_TEST_SLEEP`` seconds per image
-    (to slow a run down enough to kill it mid-way; the sleep does not change the description)."""
+    """PIL image -> float tensor (3, size, size) in [0, 1]. With ``ROBUSTSIG_TEST_STALL_AFTER=n`` in the
+    environment, the call after the n-th hangs for a minute (so a test can kill a run at a known point; the
+    description does not change)."""
 
     def __init__(self, size: int = 16) -> None:
         self.size = size
+        self.calls = 0
 
     def __call__(self, image) -> torch.Tensor:
-        delay = float(os.environ.get("ROBUSTSIG_TEST_SLEEP", "0"))
-        if delay:
-            time.sleep(delay)
+        self.calls += 1
+        stall_after = os.environ.get("ROBUSTSIG_TEST_STALL_AFTER")
+        if stall_after is not None and self.calls > int(stall_after):
+            time.sleep(60)
         pixels = np.asarray(image.resize((self.size, self.size)), dtype=np.float32) / 255.0
         return torch.from_numpy(pixels).permute(2, 0, 1).contiguous()
 

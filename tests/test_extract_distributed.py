@@ -47,7 +47,6 @@ def test_rank_shards_are_contiguous_and_disjoint():
 
 
 @pytest.mark.torchrun
-@pytest.mark.slow
 def test_two_process_torchrun_equals_single_process(tmp_path):
     image_folder(tmp_path / "images", 18, corrupt=(3, 13))
     ds = reopen_folder(tmp_path / "images")
