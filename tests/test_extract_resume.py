@@ -90,3 +90,19 @@ def test_resume_after_kill_9(tmp_path):
         assert ((out / name).stat().st_ino, (out / name).stat().st_mtime_ns) == stamp
     assert not list(out.glob(".tmp-*"))
     assert store.summary["reused_shards"] == 2 and store.summary["written_shards"] == 3
+
+
+def test_resume_keeps_its_shard_size_and_restores_a_missing_head(tmp_path):
+    ds = image_folder(tmp_path / "images", 10)
+    reference = run(tiny_classifier(), ds, tmp_path / "reference")
+    clf = tiny_classifier()
+    handle = clf.encoder.register_forward_pre_hook(CrashAt(3, RuntimeError("stop")))
+    with pytest.raises(RuntimeError):
+        run(clf, ds, tmp_path / "store")
+    handle.remove()
+    (tmp_path / "store" / "head.safetensors").unlink()  # as if killed between the manifest and the head
+    with pytest.warns(UserWarning, match="with its shard_size 4"):
+        store = run(clf, ds, tmp_path / "store", shard_size=6)
+    assert store.manifest["shard_size"] == 4
+    assert_same_store(store, reference)
+    assert torch.equal(store.read("W"), reference.read("W"))

@@ -21,7 +21,7 @@ import shutil
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import safetensors.torch
 import torch
@@ -74,36 +74,46 @@ class StoreWriter:
         self._take_lock()
         for leftover in self.path.glob(TEMP_PREFIX + "*"):
             leftover.unlink(missing_ok=True)
-        manifest_path = self.path / MANIFEST
-        if manifest_path.is_file():
-            manifest = read_json(manifest_path)
-            if manifest.get("format") != STORE_FORMAT:
-                raise InputError(f"{manifest_path} is not a robustsig store manifest; choose another out_dir")
-            if manifest.get("key") != self.key:
-                if not overwrite and (manifest.get("complete") or self.existing_shards()):
-                    differences = "; ".join(key_differences(manifest.get("key"), self.key))
-                    raise InputError(f"{self.path} holds activations for another input ({differences}). Use a "
-                                     "new out_dir, or overwrite=True (--overwrite) to replace them")
-                self._clear()
-            else:
-                if manifest.get("complete"):
-                    return True
-                if manifest["shard_size"] != self.shard_size:
-                    warnings.warn(f"resuming {self.path} with its shard_size {manifest['shard_size']} "
-                                  f"(not {self.shard_size})", stacklevel=3)
-                    self.shard_size = int(manifest["shard_size"])
-                return False
-        others = [p.name for p in self.path.iterdir() if p.name != LOCK_FILE]
-        if others:
-            raise InputError(f"out_dir {self.path} is not empty and holds no activation store ({others[:3]}...); "
-                             "choose a new or empty folder")
-        write_atomic(self.path / HEAD_FILE, safetensors.torch.save(
-            {name: t.detach().float().cpu().contiguous() for name, t in head.items()}))
-        write_json_atomic(self.path / MANIFEST, {
-            "format": STORE_FORMAT, "version": STORE_VERSION, "complete": False, "key": self.key,
-            "key_digest": self.digest, "shard_size": self.shard_size, "num_samples": self.num_samples,
-            "progress": "started"})
+        state = self._existing_store(overwrite)
+        if state == "finished":
+            return True
+        if state == "none":
+            others = [p.name for p in self.path.iterdir() if p.name != LOCK_FILE]
+            if others:
+                raise InputError(f"out_dir {self.path} is not empty and holds no activation store ({others[:3]}...); "
+                                 "choose a new or empty folder")
+            write_json_atomic(self.path / MANIFEST, {
+                "format": STORE_FORMAT, "version": STORE_VERSION, "complete": False, "key": self.key,
+                "key_digest": self.digest, "shard_size": self.shard_size, "num_samples": self.num_samples,
+                "progress": "started"})
+        if not (self.path / HEAD_FILE).is_file():  # written after the manifest: a crash in between resumes
+            write_atomic(self.path / HEAD_FILE, safetensors.torch.save(
+                {name: t.detach().float().cpu().contiguous() for name, t in head.items()}))
         return False
+
+    def _existing_store(self, overwrite: bool) -> Literal["none", "unfinished", "finished"]:
+        """What ``path`` holds of this key; a store of another key is refused, or cleared (then ``"none"``) when
+        ``overwrite`` or when it has no shard yet."""
+        manifest_path = self.path / MANIFEST
+        if not manifest_path.is_file():
+            return "none"
+        manifest = read_json(manifest_path)
+        if manifest.get("format") != STORE_FORMAT:
+            raise InputError(f"{manifest_path} is not a robustsig store manifest; choose another out_dir")
+        if manifest.get("key") != self.key:
+            if not overwrite and (manifest.get("complete") or self.existing_shards()):
+                differences = "; ".join(key_differences(manifest.get("key"), self.key))
+                raise InputError(f"{self.path} holds activations for another input ({differences}). Use a "
+                                 "new out_dir, or overwrite=True (--overwrite) to replace them")
+            self._clear()
+            return "none"
+        if manifest.get("complete"):
+            return "finished"
+        if manifest["shard_size"] != self.shard_size:
+            warnings.warn(f"resuming {self.path} with its shard_size {manifest['shard_size']} "
+                          f"(not {self.shard_size})", stacklevel=4)
+            self.shard_size = int(manifest["shard_size"])
+        return "unfinished"
 
     def _take_lock(self) -> None:
         if fcntl is None:
