@@ -5,13 +5,17 @@
    pre-loaded batches; MobileNetV2 (the packaged ImageNet weights when installed) at 64x64 on CPU.
    Target >= 0.9.
 2. Peak resident memory growth of ``rs.extract`` at two dataset sizes (images synthesised on the fly, so the
-   dataset itself costs no memory): it stays flat because only one shard is held at a time.
+   dataset itself costs no memory), each in a fresh process: it stays flat because at most two shards are
+   held at a time (one filling, one being written).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import itertools
+import os
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -127,13 +131,30 @@ def _measure(clf: Classifier, images: torch.Tensor, work: Path) -> None:
     report("extraction throughput over a bare loop (images/s ratio)", medians, fast="rs.extract",
            slow="bare model(x)", target=0.9)
 
-    def extract_synthetic(size: int, name: str) -> None:
-        rs.extract(clf, Synthetic(size), work / name, batch_size=BATCH, shard_size=256, num_workers=0, progress=False)
-
-    peak_rss_growth(lambda: extract_synthetic(256, "warmup"))
-    growth = {}
-    for size in (512, 2048):
-        growth[size] = peak_rss_growth(lambda: extract_synthetic(size, f"mem{size}"))  # noqa: B023 (called now)
-    print("peak RSS growth of rs.extract (shards of 256): "
+    growth = {size: _child_peak_growth(size) for size in (1024, 4096)}
+    print(f"peak RSS growth of rs.extract (fresh process per size, shards of 256): "
           + ", ".join(f"{size} images {grown / 2**20:.1f} MiB" for size, grown in growth.items())
-          + f"; ratio {growth[2048] / max(growth[512], 1):.2f} for 4x the images (flat: ~1)", flush=True)
+          + f"; ratio {growth[4096] / max(growth[1024], 1):.2f} for 4x the images (flat: ~1)", flush=True)
+
+
+def _child_peak_growth(size: int) -> int:
+    """Peak RSS growth of one extraction of ``size`` synthetic images, measured in a fresh process (so both
+    sizes start from the same allocator state)."""
+    env = os.environ | {"PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    done = subprocess.run([sys.executable, "-m", "benchmarks.bench_extract", "--memory", str(size)], env=env,
+                          capture_output=True, text=True, check=True)
+    return int(done.stdout.strip().splitlines()[-1])
+
+
+def _memory_child(size: int) -> None:
+    clf = mobilenet().eval()
+    with torch.inference_mode():
+        clf(torch.zeros(BATCH, 3, RESOLUTION, RESOLUTION))  # the model's own working memory is not growth
+    with tempfile.TemporaryDirectory(prefix="bench-extract-") as folder:
+        grown = peak_rss_growth(lambda: rs.extract(clf, Synthetic(size), Path(folder) / "store", batch_size=BATCH,
+                                                   shard_size=256, num_workers=0, progress=False))
+    print(grown)
+
+
+if __name__ == "__main__":
+    _memory_child(int(sys.argv[sys.argv.index("--memory") + 1]))

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate, get_worker_info
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, default_collate, get_worker_info
 
 from robustsig.errors import InputError
 
@@ -70,6 +70,21 @@ def plan_batches(start: int, stop: int, shard_size: int, batch_size: int) -> lis
     if current:
         batches.append(current)
     return batches
+
+
+class _ShardBatches(Sampler[list[int]]):
+    """The batches of whole-shard position ranges, made one shard at a time (memory independent of the
+    dataset size)."""
+
+    def __init__(self, ranges: Sequence[range], shard_size: int, batch_size: int) -> None:
+        self.ranges, self.shard_size, self.batch_size = list(ranges), shard_size, batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for positions in self.ranges:
+            yield from plan_batches(positions.start, positions.stop, self.shard_size, self.batch_size)
+
+    def __len__(self) -> int:
+        return sum(-(-len(r) // self.batch_size) for r in self.ranges)
 
 
 def _collate(items: Sequence[tuple[int, Any, Any, str | None]]) -> Batch:
@@ -172,5 +187,5 @@ def batch_loader(dataset: Dataset, transform: Callable[[Any], torch.Tensor] | No
         start, stop = stream  # type: ignore[misc]
         batches = _StreamBatches(dataset, transform, start, stop, shard_size, batch_size)
         return DataLoader(batches, batch_size=None, collate_fn=_as_is, **options)
-    batches = [batch for r in ranges for batch in plan_batches(r.start, r.stop, shard_size, batch_size)]
-    return DataLoader(_MapItems(dataset, transform), batch_sampler=batches, collate_fn=_collate, **options)
+    return DataLoader(_MapItems(dataset, transform), batch_sampler=_ShardBatches(ranges, shard_size, batch_size),
+                      collate_fn=_collate, **options)
