@@ -176,7 +176,8 @@ class ActivationStore:
         if manifest.get("format") != STORE_FORMAT:
             raise DataError(f"{manifest_path} is not a robustsig activation store manifest")
         if not manifest.get("complete"):
-            raise DataError(f"the activation store in {self.path} is unfinished ({manifest.get('progress', '')}); "
+            written = len(list(self.path.glob("shard-*.safetensors")))
+            raise DataError(f"the activation store in {self.path} is unfinished ({written} shard files so far); "
                             "rerun the same extraction to resume and finish it")
         self._manifest = manifest
         shards = manifest["shards"]

@@ -84,8 +84,7 @@ class StoreWriter:
                                  "choose a new or empty folder")
             write_json_atomic(self.path / MANIFEST, {
                 "format": STORE_FORMAT, "version": STORE_VERSION, "complete": False, "key": self.key,
-                "key_digest": self.digest, "shard_size": self.shard_size, "num_samples": self.num_samples,
-                "progress": "started"})
+                "key_digest": self.digest, "shard_size": self.shard_size, "num_samples": self.num_samples})
         if not (self.path / HEAD_FILE).is_file():  # written after the manifest: a crash in between resumes
             write_atomic(self.path / HEAD_FILE, safetensors.torch.save(
                 {name: t.detach().float().cpu().contiguous() for name, t in head.items()}))
@@ -216,7 +215,7 @@ class StoreWriter:
         manifest.update(record)
         manifest.setdefault("summary", {}).update(images=sum(s["rows"] for s in shards), skipped=len(skipped))
         manifest.update({
-            "complete": True, "progress": "complete", "num_samples": position,
+            "complete": True, "num_samples": position,
             "rows": sum(s["rows"] for s in shards), "shards": shards, "tensors": tensors,
             "head": {name: {"dtype": dtype_name(torch_dtype(info["dtype"])), "shape": info["shape"]}
                      for name, info in head_header.items() if name != "__metadata__"},
