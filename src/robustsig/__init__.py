@@ -54,8 +54,8 @@ _PUBLIC: dict[str, str] = {
     "accuracy": "robustsig.data.scoring",
     "parse_dataset_spec": "robustsig.data.registry",
     # extraction
-    "extract": "robustsig.extract.extractor",
-    "ActivationStore": "robustsig.extract.store",
+    "extract": "robustsig.extraction.extractor",
+    "ActivationStore": "robustsig.extraction.store",
     # study and report
     "StudyConfig": "robustsig.study.config",
     "load_study_config": "robustsig.study.config",

@@ -1,0 +1,74 @@
+"""``robustsig extract``: a model spec and a dataset -> an activation store (reused, resumed, torchrun-aware)."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+
+import typer
+
+from robustsig.cli._output import emit_json, format_table
+from robustsig.errors import InputError
+
+
+def _dataset_argument(text: str) -> tuple[str, str]:
+    kind, sep, root = text.partition(":")
+    if not sep or not kind or not root:
+        raise InputError(f"dataset {text!r} must be KIND:ROOT, e.g. folder:photos/ or imagenet-r:/data/imagenet-r")
+    return kind, root
+
+
+def extract_command(
+    spec: str = typer.Argument(..., help="Model spec: openclip:ViT-B-32@openai, timm:resnet50, torchvision:resnet50, "
+                                         "hf:PATH, bundled:mobilenet_v2."),
+    dataset: str = typer.Argument(..., help="KIND:ROOT, e.g. folder:photos/ or imagenet-val:/data/imagenet/val."),
+    out: Path = typer.Option(..., "--out", "-o", help="Store directory (created; reused when it holds this "
+                                                      "extraction, resumed when unfinished)."),
+    layers: str = typer.Option("", help="Layer taps to record too: comma-separated names, or 'all'."),
+    batch_size: int = typer.Option(64, help="Images per forward pass."),
+    workers: int = typer.Option(-1, help="DataLoader workers (-1: automatic)."),
+    device: str = typer.Option("", help="cpu, cuda, cuda:1 ... (default: this rank's GPU if any, else CPU)."),
+    dtype: str = typer.Option("float32", help="Stored precision: float32, float16 or bfloat16."),
+    autocast: str = typer.Option("", help="Run the model under autocast: fp16 or bf16 (default: off)."),
+    pooling: str = typer.Option("auto", help="Layer pooling: auto, cls or mean."),
+    topk: int = typer.Option(0, help="Keep only the k largest logits (0: keep all)."),
+    shard_size: int = typer.Option(4096, help="Samples per shard file (the unit of resumption)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a store of another extraction in --out."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON (no progress bars)."),
+) -> None:
+    """Run a model over a dataset once and store h, logits, labels and layers for cheap analyses.
+
+    Under `torchrun --nproc_per_node N -m robustsig extract ...` each process extracts its own shards.
+    Example: `robustsig extract bundled:mobilenet_v2 folder:photos/ --out store/`.
+    """
+    from robustsig._progress import quiet
+    from robustsig.data.registry import open_dataset
+    from robustsig.extraction.distributed import world_from_env
+    from robustsig.extraction.extractor import extract
+    from robustsig.models.factory import load_classifier
+
+    kind, root = _dataset_argument(dataset)
+    classifier = load_classifier(spec)
+    data = open_dataset(kind, root)
+    with quiet() if as_json else nullcontext():
+        store = extract(classifier, data, out, layers=("all" if layers == "all" else
+                                                       [name.strip() for name in layers.split(",") if name.strip()]),
+                        batch_size=batch_size, num_workers=None if workers < 0 else workers, device=device or None,
+                        dtype=dtype, autocast=autocast or None, pooling=pooling, logits_topk=topk or None,
+                        shard_size=shard_size, overwrite=overwrite, progress=not as_json)
+    if not world_from_env().is_main:
+        return
+    summary = store.summary
+    if as_json:
+        emit_json({"store": str(store.path), "keys": store.keys, "rows": store.num_rows, "summary": summary,
+                   "skipped": store.skipped})
+        return
+    typer.echo(format_table([{"store": summary["store"], "images": summary["images"], "skipped": summary["skipped"],
+                              "computed": summary["computed"], "seconds": float(summary["seconds"]),
+                              "images/s": float(summary["images_per_s"] or 0)}], floatfmt=".1f"))
+    for item in store.skipped[:10]:
+        typer.echo(f"skipped (undecodable): {item.get('path') or item.get('key') or item['id']}", err=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("extract")(extract_command)

@@ -1,0 +1,435 @@
+"""``rs.extract``: run a classifier over a dataset once and keep what the analyses read, on disk.
+
+The loop is the only expensive step of a study. It records, per sample, ``h`` (the head's input), the logits
+(or their top-k), the label, the dataset position (``ids``) and optional pooled layer taps, into a sharded
+:class:`~robustsig.extraction.store.ActivationStore` that is keyed by everything that determines it (see
+:mod:`robustsig.extraction.key`), resumable after any interruption, and writable by many torchrun ranks at once
+(see :mod:`robustsig.extraction.distributed`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from collections.abc import Collection, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import torch
+from torch.utils.data import Dataset, IterableDataset
+
+from robustsig._progress import progress as progress_bar
+from robustsig._progress import progress_enabled
+from robustsig.errors import DataError, InputError, RobustsigError
+from robustsig.extraction import distributed
+from robustsig.extraction.key import describe_dataset, describe_transform, extraction_key, key_digest
+from robustsig.extraction.loader import Batch, batch_loader
+from robustsig.extraction.store import HEAD_KEYS, LAYER_PREFIX, ROW_KEYS, ActivationStore
+from robustsig.extraction.writer import StoreWriter, dtype_name
+from robustsig.models.classifier import Classifier, Pooling
+
+_STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_AUTOCAST = {None: None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def extract(classifier: Classifier, dataset: Dataset, out_dir: str | os.PathLike,
+            layers: Sequence[str] | Literal["all"] | None = None, *, batch_size: int = 64,
+            num_workers: int | None = None, device: str | torch.device | None = None,
+            dtype: str | torch.dtype = torch.float32, autocast: Literal["fp16", "bf16"] | None = None,
+            channels_last: bool | None = None, pooling: Pooling = "auto", logits_topk: int | None = None,
+            shard_size: int = 4096, overwrite: bool = False, progress: bool = True) -> ActivationStore:
+    """Extract ``h``, logits, labels, ids and optional layers of ``classifier`` on ``dataset`` into ``out_dir``.
+
+    A finished store of the same key in ``out_dir`` is returned without recomputing; an unfinished one is
+    resumed from its complete shards; a store of another key is refused (see :mod:`robustsig.extraction.writer`).
+    Under ``torchrun`` every rank calls this with the same arguments and extracts its own part.
+
+    Preprocessing: when the dataset has a ``transform`` attribute set to ``None`` (as
+    :class:`~robustsig.data.base.ImageDataset` has by default), ``classifier.preprocess`` is applied to each
+    decoded image (the dataset object is not modified); a dataset with its own transform, or without a
+    ``transform`` attribute, must yield tensors. The classifier is put in eval mode for the run (its mode is
+    restored after) and moved to ``device``, where it stays.
+
+    Args:
+        classifier: the model (:class:`~robustsig.models.classifier.Classifier`).
+        dataset: a map-style dataset (``dataset[i] -> (image, label)``) or an iterable stream of
+            ``(image, label)``/``(key, image, label)``; it needs ``describe()`` (the store's key). An image of
+            ``None`` (corrupt file) is skipped, counted and listed in the manifest.
+        out_dir: the store directory.
+        layers: layer taps to record too (names from ``classifier.layers``, or ``"all"``), pooled per sample.
+        batch_size: images per forward pass.
+        num_workers: DataLoader worker processes (``None``: up to 8 per process on GPU, half the cores up to 4
+            on CPU).
+        device: where to run (``None``: this rank's GPU when there is one, else CPU).
+        dtype: stored precision of float outputs: ``float32``, ``float16`` or ``bfloat16``.
+        autocast: run the model under autocast in ``"fp16"`` or ``"bf16"`` (``None``: full precision).
+        channels_last: channels-last memory format (``None``: on for CUDA).
+        pooling: how layer outputs become one vector per sample: ``"auto"``, ``"cls"`` or ``"mean"``.
+        logits_topk: keep only the ``k`` largest logits (``topk_values``/``topk_indices``) instead of all.
+        shard_size: samples per shard file (the unit of resumption).
+        overwrite: replace a store of another key in ``out_dir`` instead of refusing.
+        progress: show a progress bar (images/s, ETA) and print a summary at the end.
+
+    Returns:
+        The finished :class:`~robustsig.extraction.store.ActivationStore`; ``store.summary`` has images, skipped,
+        seconds, images/s and the store's path.
+
+    Example:
+        >>> store = rs.extract(clf, rs.open_dataset("folder", "photos/"), "store/")   # doctest: +SKIP
+        >>> store.read("logits").argmax(1)                                              # doctest: +SKIP
+    """
+    begin = time.perf_counter()
+    num_samples, layer_names, store_dtype = _check_arguments(classifier, dataset, layers, dtype, autocast, pooling,
+                                                             logits_topk, batch_size, shard_size, num_workers)
+    streaming = isinstance(dataset, IterableDataset)
+    world = distributed.world_from_env()
+    if world.distributed and num_samples is None:
+        raise InputError("under torchrun a stream needs a length (len(dataset)) so ranks can split it; "
+                         "give the dataset __len__ or run in one process")
+    device = _resolve_device(device, world)
+    channels_last = device.type == "cuda" if channels_last is None else channels_last
+    num_workers = _default_workers(device) if num_workers is None else num_workers
+
+    has_transform_slot = hasattr(dataset, "transform")
+    own_transform = getattr(dataset, "transform", None)
+    transform = classifier.preprocess if has_transform_slot and own_transform is None else None
+    key = extraction_key(spec=classifier.spec, fingerprint=classifier.fingerprint(),
+                         dataset=describe_dataset(dataset), preprocess=describe_transform(
+                             own_transform if own_transform is not None else transform),
+                         layers=layer_names, pooling=pooling, dtype=store_dtype, autocast=autocast,
+                         logits_topk=logits_topk)
+    digest = key_digest(key)
+    out_dir = Path(out_dir)
+    writer = StoreWriter(out_dir, key, digest, shard_size, num_samples)
+    created_group = distributed.join(world, device)
+    was_training = classifier.training
+    try:
+        if _claim(writer, world, overwrite, classifier):
+            store = ActivationStore(out_dir)
+            if progress and world.is_main and progress_enabled():
+                print(f"reusing the finished store {store.path} ({store.num_rows} images)", file=sys.stderr)
+            return store
+        run = _Run(classifier, writer, world, device, layer_names, pooling, _STORE_DTYPES[store_dtype],
+                   _AUTOCAST[autocast], channels_last, logits_topk, num_samples, progress)
+        work = run.plan(streaming)
+        classifier.eval()
+        classifier.to(device)
+        if channels_last:
+            classifier.to(memory_format=torch.channels_last)
+        if work.ranges or work.stream is not None:
+            run.execute(batch_loader(dataset, transform, work.ranges, work.stream, writer.shard_size, batch_size,
+                                     num_workers, pin_memory=device.type == "cuda"),
+                        None if streaming else getattr(dataset, "samples", None))
+        seconds = time.perf_counter() - begin
+        rank_reports = distributed.gather(world, run.report(seconds))
+        _on_main(world, lambda: writer.finalize(_record(classifier, rank_reports, seconds, out_dir, batch_size,
+                                                        num_workers, device, channels_last, world)))
+        store = ActivationStore(out_dir)
+        if progress and world.is_main and progress_enabled():
+            print(_summary_line(store.summary), file=sys.stderr, flush=True)
+        return store
+    finally:
+        classifier.train(was_training)
+        writer.release()
+        distributed.leave(created_group)
+
+
+# --- argument checks -------------------------------------------------------------------------------------
+def _check_arguments(classifier: Classifier, dataset: Dataset, layers: Sequence[str] | str | None,
+                     dtype: str | torch.dtype, autocast: str | None, pooling: str, logits_topk: int | None,
+                     batch_size: int, shard_size: int, num_workers: int | None) -> tuple[int | None, list[str], str]:
+    """Validate everything before any work; returns the dataset length (``None``: a stream of unknown length),
+    the layer names and the stored dtype's name."""
+    if not isinstance(classifier, Classifier):
+        raise InputError(f"classifier must be a robustsig Classifier (rs.load_classifier), got "
+                         f"{type(classifier).__name__}")
+    if not isinstance(dataset, Dataset):
+        raise InputError(f"dataset must be a torch Dataset or IterableDataset, got {type(dataset).__name__}")
+    num_samples = _dataset_length(dataset, isinstance(dataset, IterableDataset))
+    _resolve_choice("pooling", pooling, ("auto", "cls", "mean"))
+    layer_names = _resolve_layers(classifier, layers, pooling)
+    store_dtype = _resolve_choice("dtype", dtype_name(dtype) if isinstance(dtype, torch.dtype) else dtype,
+                                  _STORE_DTYPES)
+    _resolve_choice("autocast", autocast, _AUTOCAST)
+    for name, value in (("batch_size", batch_size), ("shard_size", shard_size)):
+        if not isinstance(value, int) or value < 1:
+            raise InputError(f"{name} must be a positive integer, got {value!r}")
+    if num_workers is not None and (not isinstance(num_workers, int) or num_workers < 0):
+        raise InputError(f"num_workers must be None (automatic) or an integer >= 0, got {num_workers!r}")
+    num_classes = classifier.W.shape[0]
+    if logits_topk is not None and not (isinstance(logits_topk, int) and 1 <= logits_topk <= num_classes):
+        raise InputError(f"logits_topk must be an integer in [1, {num_classes}] (the class count), got {logits_topk!r}")
+    return num_samples, layer_names, store_dtype
+
+
+def _dataset_length(dataset: Dataset, streaming: bool) -> int | None:
+    try:
+        length = len(dataset)  # type: ignore[arg-type]
+    except TypeError:
+        if not streaming:
+            raise InputError(f"map-style dataset {type(dataset).__name__} has no len()") from None
+        return None
+    if length == 0:
+        raise InputError("the dataset is empty: nothing to extract")
+    return length
+
+
+def _resolve_layers(classifier: Classifier, layers: Sequence[str] | str | None, pooling: str) -> list[str]:
+    if layers is None:
+        return []
+    if isinstance(layers, str):
+        if layers != "all":
+            raise InputError(f"layers must be a list of layer names or 'all', got {layers!r}")
+        names = classifier.layers
+    else:
+        names = list(layers)
+    unknown = [name for name in names if name not in classifier.taps]
+    if unknown:
+        raise InputError(f"unknown layer(s) {unknown}; this model has {classifier.layers or 'no layer taps'}")
+    clashing = [name for name in names if name in ROW_KEYS or name in HEAD_KEYS]
+    if clashing:
+        raise InputError(f"layer name(s) {clashing} clash with the store's own keys {ROW_KEYS + HEAD_KEYS}; "
+                         "rename the layer taps")
+    if len(set(names)) != len(names):
+        raise InputError(f"layers lists a name twice: {names}")
+    not_tokens = [name for name in names if classifier.taps[name].layout != "tokens"]
+    if pooling == "cls" and not_tokens:
+        raise InputError(f"pooling='cls' takes the first token, but layer(s) {not_tokens} are not token sequences; "
+                         "use pooling='mean' or 'auto'")
+    return names
+
+
+def _resolve_choice(name: str, value: Any, choices: Collection[Any]) -> Any:
+    if value not in choices:
+        raise InputError(f"{name} must be one of {list(choices)}, got {value!r}")
+    return value
+
+
+def _resolve_device(device: str | torch.device | None, world: distributed.World) -> torch.device:
+    if device is None:
+        return torch.device("cuda", world.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise InputError(f"device {device!r} is not a torch device ('cpu', 'cuda', 'cuda:1'...)") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device} asked for, but CUDA is not available here; use device='cpu'")
+    return device
+
+
+def _default_workers(device: torch.device) -> int:
+    cores = (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    return min(8, cores) if device.type == "cuda" else min(4, cores // 2)
+
+
+# --- coordination ----------------------------------------------------------------------------------------
+def _on_main(world: distributed.World, action) -> Any:
+    """Run ``action`` on rank 0 and share its result; a RobustsigError it raises is raised on every rank."""
+    outcome: tuple[str, Any] = ("ok", None)
+    if world.is_main:
+        try:
+            outcome = ("ok", action())
+        except RobustsigError as error:
+            outcome = (type(error).__name__, str(error))
+            if not world.distributed:
+                raise
+    outcome = distributed.broadcast(world, outcome if world.is_main else None)
+    status, value = outcome
+    if status != "ok":
+        raise (InputError if status == "InputError" else DataError)(value)
+    return value
+
+
+def _claim(writer: StoreWriter, world: distributed.World, overwrite: bool, classifier: Classifier) -> bool:
+    """Rank 0 claims the directory; every rank learns whether the store is already finished."""
+    digests = distributed.gather(world, writer.digest)
+    if len(set(digests)) > 1:
+        raise InputError(f"the torchrun ranks disagree on what to extract (key digests {digests}): every rank must "
+                         "load the same weights and dataset with the same settings")
+    head = {"W": classifier.W} | ({"b": classifier.b} if classifier.b is not None else {})
+    done = _on_main(world, lambda: writer.prepare(overwrite, head))
+    if not done and not world.is_main:
+        writer.adopt_shard_size()
+    return done
+
+
+def _record(classifier: Classifier, rank_reports: list[dict[str, Any]], seconds: float, out_dir: Path,
+            batch_size: int, num_workers: int, device: torch.device, channels_last: bool,
+            world: distributed.World) -> dict[str, Any]:
+    """Manifest fields besides the shards: model, run settings, and the summary of this run (the writer adds
+    the store's totals of images and skipped samples)."""
+    computed = sum(r["images"] for r in rank_reports)
+    return {
+        "model": {"spec": classifier.spec, "meta": classifier.meta, "num_classes": classifier.W.shape[0],
+                  "width": classifier.W.shape[1], "classnames": classifier.classnames},
+        "run": {"batch_size": batch_size, "num_workers": num_workers, "device": device.type,
+                "channels_last": channels_last, "world_size": world.world_size, "threads": torch.get_num_threads(),
+                "torch": torch.__version__},
+        "summary": {"computed": computed, "seconds": round(seconds, 3),
+                    "images_per_s": round(computed / seconds, 2) if seconds else None,
+                    "reused_shards": sum(r["reused_shards"] for r in rank_reports),
+                    "written_shards": sum(r["written_shards"] for r in rank_reports),
+                    "world_size": world.world_size, "ranks": rank_reports, "store": str(out_dir.resolve())},
+    }
+
+
+def _summary_line(summary: dict[str, Any]) -> str:
+    return (f"stored {summary['images']} images ({summary['skipped']} skipped); computed {summary['computed']} in "
+            f"{summary['seconds']:.1f} s ({summary['images_per_s'] or 0:.1f} images/s, {summary['reused_shards']} "
+            f"shards reused) -> {summary['store']}")
+
+
+# --- the loop --------------------------------------------------------------------------------------------
+class _Run:
+    """One rank's part of an extraction: which shards to compute, the forward loop, and shard writing."""
+
+    def __init__(self, classifier: Classifier, writer: StoreWriter, world: distributed.World, device: torch.device,
+                 layers: list[str], pooling: Pooling, store_dtype: torch.dtype, autocast: torch.dtype | None,
+                 channels_last: bool, logits_topk: int | None, num_samples: int | None, progress: bool) -> None:
+        self.classifier, self.writer, self.world, self.device = classifier, writer, world, device
+        self.layers, self.pooling, self.store_dtype, self.autocast = layers, pooling, store_dtype, autocast
+        self.channels_last, self.logits_topk, self.num_samples = channels_last, logits_topk, num_samples
+        self.progress = progress
+        self.reused_shards = self.written_shards = self.images = self.skipped = self.todo = 0
+        self._writes: ThreadPoolExecutor | None = None
+        self._pending: Future | None = None
+
+    @property
+    def shard_size(self) -> int:
+        return self.writer.shard_size
+
+    def _shard_stop(self, index: int) -> int:
+        stop = (index + 1) * self.shard_size
+        return stop if self.num_samples is None else min(stop, self.num_samples)
+
+    def plan(self, streaming: bool) -> _Work:
+        """What this rank computes: whole shards it lacks (complete shards are kept)."""
+        if self.num_samples is None:  # a stream of unknown length, one process: complete shards are a prefix
+            index, last = 0, None
+            while (info := self.writer.shard_info(index)) is not None:
+                index, last = index + 1, info
+            self.reused_shards = index
+            if last is not None and int(last["stop"]) - int(last["start"]) < self.shard_size:
+                return _Work([], None)  # the stream ended in the last shard written
+            return _Work([], (index * self.shard_size, None))
+        num_shards = math.ceil(self.num_samples / self.shard_size)
+        mine = distributed.rank_shards(num_shards, self.world)
+        missing = [k for k in mine if self.writer.shard_info(k) is None]
+        if streaming and missing:  # a stream is walked forward: recompute from the first missing shard on
+            missing = list(range(missing[0], mine.stop))
+        self.reused_shards = len(mine) - len(missing)
+        ranges = [range(k * self.shard_size, self._shard_stop(k)) for k in missing]
+        self.todo = sum(len(r) for r in ranges)
+        if streaming:
+            return _Work([], (ranges[0].start, ranges[-1].stop) if ranges else None)
+        return _Work(ranges, None)
+
+    def execute(self, loader, samples: Sequence[tuple[str, int]] | None) -> None:
+        """Run the forward passes; each complete shard is written by a background thread while the next is
+        computed (at most one shard waits to be written, so memory stays bounded)."""
+        show = self.progress and self.world.is_main
+        bar = progress_bar(total=self.todo or None, desc="extract", unit="img") if show else None
+        shard: _ShardBuffer | None = None
+        autocast = (torch.autocast(self.device.type, dtype=self.autocast) if self.autocast is not None
+                    else nullcontext())
+        self._writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="robustsig-shard-writer")
+        try:
+            with torch.inference_mode(), autocast:
+                for batch in loader:
+                    index = batch.start // self.shard_size
+                    if shard is None or shard.index != index:
+                        if shard is not None and shard.covered:
+                            raise DataError(f"the data ended shard {shard.index} after {shard.covered} samples; "
+                                            "a stream must yield the same items in the same order every time")
+                        shard = _ShardBuffer(index, index * self.shard_size)
+                    self._forward(batch, shard, samples)
+                    if bar is not None:
+                        bar.update(batch.covered)
+                    if shard.covered == self._shard_stop(index) - shard.start:
+                        self._write(shard)
+                        shard = None
+            if shard is not None and shard.covered:
+                if self.num_samples is not None:
+                    raise DataError(f"the stream ended at position {shard.start + shard.covered}, but the dataset "
+                                    f"says it has {self.num_samples} samples")
+                self._write(shard)  # the last, partial shard of a stream of unknown length
+            self._wait_for_write()
+        finally:
+            self._writes.shutdown(wait=True)  # a shard being written when the run fails is finished, not torn
+            if bar is not None:
+                bar.close()
+
+    def _forward(self, batch: Batch, shard: _ShardBuffer, samples: Sequence[tuple[str, int]] | None) -> None:
+        shard.covered += batch.covered
+        if batch.skipped_keys is not None:
+            shard.skipped += [{"id": i, "key": k} for i, k in zip(batch.skipped, batch.skipped_keys)]
+        else:
+            shard.skipped += [{"id": i, "path": samples[i][0]} if samples is not None else {"id": i}
+                              for i in batch.skipped]
+        if batch.keys is not None:
+            shard.with_keys = True
+            shard.sample_keys += batch.keys
+        if batch.images is None:
+            return
+        x = batch.images.to(self.device, non_blocking=True)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        h, logits, layers = self.classifier.forward_with_layers(x, self.layers, self.pooling)
+        rows = {"h": h, "labels": batch.labels, "ids": batch.ids}
+        if self.logits_topk is None:
+            rows["logits"] = logits
+        else:
+            values, indices = logits.float().topk(self.logits_topk, dim=1)
+            rows |= {"topk_values": values, "topk_indices": indices}
+        rows |= {LAYER_PREFIX + name: value for name, value in layers.items()}
+        for name, value in rows.items():
+            shard.parts.setdefault(name, []).append(value)
+
+    def _write(self, shard: _ShardBuffer) -> None:
+        tensors = {}
+        for name, parts in shard.parts.items():
+            value = torch.cat(parts)
+            if value.is_floating_point() and name != "labels":
+                value = value.to(self.store_dtype)
+            tensors[name] = value.cpu().contiguous()
+        self._wait_for_write()
+        self._pending = self._writes.submit(self.writer.write_shard, shard.index, shard.start,
+                                            shard.start + shard.covered, tensors, shard.skipped,
+                                            shard.sample_keys if shard.with_keys else None)
+        self.written_shards += 1
+        self.images += len(tensors["ids"]) if tensors else 0
+        self.skipped += len(shard.skipped)
+
+    def _wait_for_write(self) -> None:
+        """Block until the shard being written is on disk (re-raising a write error)."""
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            pending.result()
+
+    def report(self, seconds: float) -> dict[str, Any]:
+        return {"rank": self.world.rank, "images": self.images, "skipped": self.skipped,
+                "seconds": round(seconds, 3), "reused_shards": self.reused_shards,
+                "written_shards": self.written_shards}
+
+
+class _Work(NamedTuple):
+    """Map-style: the position ranges (whole shards) to compute; a stream: ``(start, stop or None)``."""
+
+    ranges: list[range]
+    stream: tuple[int, int | None] | None
+
+
+class _ShardBuffer:
+    """The outputs gathered for one shard until it is complete (kept on the model's device until written)."""
+
+    def __init__(self, index: int, start: int) -> None:
+        self.index, self.start = index, start
+        self.covered = 0
+        self.parts: dict[str, list[torch.Tensor]] = {}
+        self.skipped: list[dict[str, Any]] = []
+        self.sample_keys: list[str] = []
+        self.with_keys = False
