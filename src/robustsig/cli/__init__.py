@@ -21,6 +21,9 @@ app = typer.Typer(
 
 # Subcommand modules, in the order `robustsig --help` lists them.
 COMMAND_MODULES: list[str] = [
+    "robustsig.cli.analyze",
+    "robustsig.cli.er",
+    "robustsig.cli.cka",
 ]
 
 for _module in COMMAND_MODULES:
