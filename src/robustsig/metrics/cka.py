@@ -66,41 +66,49 @@ def _unbiased_hsic(tr_kl: float, sum_k: float, sum_l: float, one_kl_one: float, 
 
 
 class _LinearSums:
-    """Running float64 sums from which linear CKA (biased and unbiased) follows exactly."""
+    """Running float64 sums from which linear CKA follows exactly: the biased estimator needs ``X^T Y``, ``X^T X``,
+    ``Y^T Y`` and the column sums; the unbiased one also needs sums weighted by squared row norms."""
 
-    def __init__(self) -> None:
+    def __init__(self, unbiased: bool) -> None:
+        self.unbiased_terms = unbiased
         self.n = 0
         self.shift: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def update(self, X: torch.Tensor, Y: torch.Tensor) -> None:
+        dtype = compute_dtype(X, Y)
         if self.shift is None:
-            self.shift = (X.to(torch.float64).mean(0), Y.to(torch.float64).mean(0))
+            self.shift = (X.mean(0, dtype=torch.float64), Y.mean(0, dtype=torch.float64))
             dx, dy = X.shape[1], Y.shape[1]
             z = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=X.device)  # noqa: E731
             self.xty, self.xtx, self.yty = z(dx, dy), z(dx, dx), z(dy, dy)
             self.sx, self.sy = z(dx), z(dy)
-            self.x_qx, self.x_qy, self.y_qx, self.y_qy = z(dx), z(dx), z(dy), z(dy)
-            self.qx = self.qy = self.qxqy = self.qx2 = self.qy2 = 0.0
-        dtype = compute_dtype(X, Y)
-        Xs = X.to(torch.float64) - self.shift[0]
-        Ys = Y.to(torch.float64) - self.shift[1]
-        Xc, Yc = Xs.to(dtype), Ys.to(dtype)
-        self.xty += (Xc.T @ Yc).to(torch.float64)
-        self.xtx += (Xc.T @ Xc).to(torch.float64)
-        self.yty += (Yc.T @ Yc).to(torch.float64)
-        qx, qy = Xs.square().sum(1), Ys.square().sum(1)                   # squared norms, float64
-        self.sx += Xs.sum(0)
-        self.sy += Ys.sum(0)
-        self.x_qx += Xs.T @ qx
-        self.x_qy += Xs.T @ qy
-        self.y_qx += Ys.T @ qx
-        self.y_qy += Ys.T @ qy
-        self.qx += float(qx.sum())
-        self.qy += float(qy.sum())
-        self.qxqy += float((qx * qy).sum())
-        self.qx2 += float(qx.square().sum())
-        self.qy2 += float(qy.square().sum())
+            if self.unbiased_terms:
+                self.x_qx, self.x_qy, self.y_qx, self.y_qy = z(dx), z(dx), z(dy), z(dy)
+                self.qxqy = self.qx2 = self.qy2 = 0.0
+        Xs = X.to(dtype) - self.shift[0].to(dtype)  # shifted near the mean: the sums below do not cancel
+        Ys = Y.to(dtype) - self.shift[1].to(dtype)
+        self.xty += (Xs.T @ Ys).to(torch.float64)
+        self.xtx += (Xs.T @ Xs).to(torch.float64)
+        self.yty += (Ys.T @ Ys).to(torch.float64)
+        self.sx += Xs.sum(0, dtype=torch.float64)
+        self.sy += Ys.sum(0, dtype=torch.float64)
+        if self.unbiased_terms:
+            X64, Y64 = Xs.to(torch.float64), Ys.to(torch.float64)
+            qx, qy = X64.square().sum(1), Y64.square().sum(1)                 # squared row norms
+            self.x_qx += X64.T @ qx
+            self.x_qy += X64.T @ qy
+            self.y_qx += Y64.T @ qx
+            self.y_qy += Y64.T @ qy
+            self.qxqy += float((qx * qy).sum())
+            self.qx2 += float(qx.square().sum())
+            self.qy2 += float(qy.square().sum())
         self.n += X.shape[0]
+
+    def check_finite(self) -> None:
+        """Non-finite inputs show in the column sums and the diagonals (checked once, not per entry)."""
+        for name, sums, gram in (("X", self.sx, self.xtx), ("Y", self.sy, self.yty)):
+            if not (bool(torch.isfinite(sums).all()) and bool(torch.isfinite(gram.diagonal()).all())):
+                raise InputError(f"{name} contains NaN or infinite values (or values too large for float32)")
 
     def biased(self) -> float:
         n = self.n
@@ -114,8 +122,8 @@ class _LinearSums:
     def _traces(self) -> tuple[float, float]:
         """Traces of the uncentered linear Gram matrices, ``sum_i |x_i|^2``, in the original coordinates."""
         traces = []
-        for q, s, shift in ((self.qx, self.sx, self.shift[0]), (self.qy, self.sy, self.shift[1])):
-            traces.append(q + 2.0 * float(shift @ s) + self.n * float(shift @ shift))
+        for gram, s, shift in ((self.xtx, self.sx, self.shift[0]), (self.yty, self.sy, self.shift[1])):
+            traces.append(float(gram.trace()) + 2.0 * float(shift @ s) + self.n * float(shift @ shift))
         return traces[0], traces[1]
 
     def unbiased(self) -> float:
@@ -127,9 +135,10 @@ class _LinearSums:
             one_kl_one = float(sa @ ata @ sb) - float(sa @ a_qb) - float(b_qa @ sb) + qaqb
             return _unbiased_hsic(tr_kl, float(sa @ sa) - qa, float(sb @ sb) - qb, one_kl_one, n)
 
-        xy = hsic(self.xty, self.sx, self.sy, self.x_qy, self.y_qx, self.qx, self.qy, self.qxqy)
-        xx = hsic(self.xtx, self.sx, self.sx, self.x_qx, self.x_qx, self.qx, self.qx, self.qx2)
-        yy = hsic(self.yty, self.sy, self.sy, self.y_qy, self.y_qy, self.qy, self.qy, self.qy2)
+        qx, qy = float(self.xtx.trace()), float(self.yty.trace())            # sums of squared row norms
+        xy = hsic(self.xty, self.sx, self.sy, self.x_qy, self.y_qx, qx, qy, self.qxqy)
+        xx = hsic(self.xtx, self.sx, self.sx, self.x_qx, self.x_qx, qx, qx, self.qx2)
+        yy = hsic(self.yty, self.sy, self.sy, self.y_qy, self.y_qy, qy, qy, self.qy2)
         x_trace, y_trace = self._traces()
         return _ratio(xy, xx, yy, (x_trace / n) ** 2, (y_trace / n) ** 2)
 
@@ -210,10 +219,11 @@ def cka(X: Any, Y: Any, kernel: str = "linear", unbiased: bool = False, sigma: f
     if n < low:
         raise InputError(f"{'unbiased ' if unbiased else ''}CKA needs at least {low} samples, got {n}")
     if kernel == "linear":
-        sums = _LinearSums()
+        sums = _LinearSums(unbiased)
         for (_, x), (_, y) in zip(iter_rows(X, chunk_rows), iter_rows(Y, chunk_rows)):
-            sums.update(as_matrix(x, "X (activations, samples x features)"),
-                        as_matrix(y, "Y (activations, samples x features)"))
+            sums.update(as_matrix(x, "X (activations, samples x features)", finite=False),
+                        as_matrix(y, "Y (activations, samples x features)", finite=False))
+        sums.check_finite()
         return sums.unbiased() if unbiased else sums.biased()
     if n > RBF_MAX_ROWS:
         raise InputError(f"the RBF kernel needs N x N Gram matrices; {n} samples exceed {RBF_MAX_ROWS}: use "

@@ -8,7 +8,9 @@ the others: its average precision (AP) is high. ``average_precision_matrix`` ret
     AP = 1/P * sum over positives n of  #{positives with score >= s_n} / #{samples with score >= s_n}
 
 so each direction's scores are sorted once, and per concept only its positives are ranked among themselves.
-Memory stays bounded by chunking directions and concepts (``max_elements`` per temporary tensor).
+Memory stays bounded by chunking directions and concepts (``max_elements`` entries per temporary array). The
+sorting runs on the CPU with numpy, whose vectorised sort is ~10x faster than torch's there; tensors on another
+device are copied to the host.
 
 A concept without a positive sample has no AP: NaN with a warning (sklearn returns 0.0 with a warning; NaN keeps
 such a concept from ever counting as encoded or not encoded). A concept without negatives has AP 1.
@@ -22,19 +24,20 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from robustsig.errors import InputError
 from robustsig.metrics._checks import as_matrix, to_tensor
 
-#: Default bound on the elements of one temporary tensor (~8M: ~64 MB in float64 / int64).
-MAX_ELEMENTS = 1 << 23
+#: Default bound on the entries of one temporary array (~1M entries: ~8 MB per int64 array).
+MAX_ELEMENTS = 1 << 20
 
 #: The paper's threshold: a direction encodes a concept when its AP is at least 0.9.
 AP_THRESHOLD = 0.9
 
 
-def _as_bool_labels(x: Any, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+def _as_bool_labels(x: Any, name: str, shape: tuple[int, ...]) -> np.ndarray:
     t = to_tensor(x, name)
     if tuple(t.shape) != shape:
         raise InputError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
@@ -42,85 +45,96 @@ def _as_bool_labels(x: Any, name: str, shape: tuple[int, ...]) -> torch.Tensor:
         if not bool(((t == 0) | (t == 1)).all()):
             raise InputError(f"{name} must be boolean (or 0/1) concept membership")
         t = t != 0
-    return t
+    return t.cpu().numpy()
 
 
-def _as_scores(x: Any, name: str) -> torch.Tensor:
+def _as_scores(x: Any, name: str) -> np.ndarray:
     # scores keep their float dtype: ties are compared in the precision they were stored in, as sklearn does
-    return as_matrix(x, name)
+    return as_matrix(x, name).cpu().numpy()
 
 
-def _warn_no_positives(positives: torch.Tensor) -> None:
-    empty = (positives == 0).nonzero().flatten().tolist()
+def _warn_no_positives(positives: np.ndarray) -> None:
+    empty = np.flatnonzero(positives == 0).tolist()
     if empty:
         shown = ", ".join(map(str, empty[:10])) + (" ..." if len(empty) > 10 else "")
         warnings.warn(f"{len(empty)} concept(s) have no positive sample (concepts {shown}): their AP is NaN",
                       RuntimeWarning, stacklevel=4)
 
 
-def _count_at_least(values: torch.Tensor) -> torch.Tensor:
-    """For every entry, how many entries of its last-dim row are >= it (ties counted), as int64."""
-    ascending = values.sort(dim=-1).values
-    return values.shape[-1] - torch.searchsorted(ascending, values.contiguous(), side="left")
+def _sort_last(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Sort the last axis ascending: ``(order, sorted values, start)``, where ``start[..., j]`` is the first
+    sorted position holding the value at sorted position ``j``, so ``n - start`` entries are >= it (ties counted:
+    one threshold per distinct score, as sklearn). numpy's vectorised sort is ~10x faster than torch's on the CPU."""
+    order = np.argsort(values, axis=-1)
+    ordered = np.take_along_axis(values, order, axis=-1)
+    position = np.broadcast_to(np.arange(values.shape[-1], dtype=np.int64), values.shape)
+    tied = ordered[..., 1:] == ordered[..., :-1]
+    if not tied.any():
+        return order, ordered, position
+    first = np.where(tied, 0, position[..., 1:])
+    start = np.empty(values.shape, dtype=np.int64)
+    start[..., 0] = 0
+    np.maximum.accumulate(first, axis=-1, out=start[..., 1:])
+    return order, ordered, start
 
 
-def _ap_from_counts(is_positive: torch.Tensor, positives_above: torch.Tensor, all_above: torch.Tensor,
-                    n_positive: torch.Tensor) -> torch.Tensor:
-    """``1/P * sum_{positives} positives_above / all_above`` along the last dimension, in float64."""
-    ratio = positives_above.to(torch.float64) / all_above.to(torch.float64)
-    return torch.where(is_positive, ratio, 0.0).sum(dim=-1) / n_positive.to(torch.float64)
+def _ap_sum(is_positive: np.ndarray, positives_above: np.ndarray, all_above: np.ndarray,
+            n_positive: np.ndarray) -> np.ndarray:
+    """``1/P * sum_{positives} positives_above / all_above`` over the last axis, in float64."""
+    ratio = np.divide(positives_above, all_above, out=np.zeros(is_positive.shape), where=is_positive)
+    return ratio.sum(axis=-1) / n_positive
 
 
-def _chunks_by_size(sizes: torch.Tensor, row_elements: int, max_elements: int) -> list[torch.Tensor]:
+def _chunks_by_size(sizes: np.ndarray, row_elements: int, max_elements: int) -> list[list[int]]:
     """Group item indices, in increasing ``sizes``, so each group's ``len * max(size) * row_elements`` fits."""
-    order = sizes.argsort(stable=True).tolist()
     groups: list[list[int]] = []
     current: list[int] = []
-    for i in order:
+    for i in np.argsort(sizes, kind="stable").tolist():
         if current and (len(current) + 1) * int(sizes[i]) * row_elements > max_elements:
             groups.append(current)
             current = []
         current.append(i)
     if current:
         groups.append(current)
-    return [torch.as_tensor(g, dtype=torch.int64) for g in groups]
+    return groups
 
 
-def _ap_matrix_dense(scores: torch.Tensor, labels: torch.Tensor, max_elements: int) -> torch.Tensor:
-    """AP for ``scores`` (N x D) against ``labels`` (N x C): all-sample counts per direction chunk, then per concept
-    chunk the positives ranked among themselves."""
+def _ap_matrix_dense(scores: np.ndarray, labels: np.ndarray, max_elements: int) -> np.ndarray:
+    """AP for ``scores`` (N x D) against ``labels`` (N x C): per direction chunk, every sample's count of samples
+    scoring at least as high; then per concept chunk, the positives ranked among themselves."""
     n, d = scores.shape
-    positives = labels.sum(dim=0)
+    positives = labels.sum(axis=0)
     _warn_no_positives(positives)
-    ap = torch.full((labels.shape[1], d), float("nan"), dtype=torch.float64, device=scores.device)
-    concepts = (positives > 0).nonzero().flatten().cpu()
-    if concepts.numel() == 0:
+    ap = np.full((labels.shape[1], d), np.nan)
+    concepts = np.flatnonzero(positives > 0)
+    if concepts.size == 0:
         return ap
-    labels_t = labels.T.contiguous()
-    positive_rows = [labels_t[c].nonzero().flatten() for c in concepts.tolist()]
+    labels_t = np.ascontiguousarray(labels.T)
+    positive_rows = [np.flatnonzero(labels_t[c]) for c in concepts]
     d_chunk = max(1, min(d, max_elements // n))
-    groups = _chunks_by_size(positives[concepts].cpu(), d_chunk, max_elements)
+    groups = _chunks_by_size(positives[concepts], d_chunk, max_elements)
     for d0 in range(0, d, d_chunk):
-        columns = scores[:, d0:d0 + d_chunk].T.contiguous()                 # Dc x N
-        all_above = _count_at_least(columns)                                # Dc x N
+        columns = np.ascontiguousarray(scores[:, d0:d0 + d_chunk].T)       # Dc x N
+        order, _, start = _sort_last(columns)
+        all_above = np.empty_like(start)                                     # per sample: samples scoring >= it
+        np.put_along_axis(all_above, order, n - start, axis=-1)
         for group in groups:
-            rows = [positive_rows[i] for i in group.tolist()]
+            rows = [positive_rows[i] for i in group]
             width = max(len(r) for r in rows)
-            index = torch.zeros(len(rows), width, dtype=torch.int64, device=scores.device)
-            valid = torch.zeros(len(rows), width, dtype=torch.bool, device=scores.device)
+            index = np.zeros((len(rows), width), dtype=np.int64)
+            valid = np.zeros((len(rows), width), dtype=bool)
             for j, r in enumerate(rows):
                 index[j, :len(r)] = r
                 valid[j, :len(r)] = True
-            values = columns[:, index]                                      # Dc x c x width
-            values = torch.where(valid, values, float("-inf"))             # padding ranks below every score
-            positives_above = _count_at_least(values)
-            ap_chunk = _ap_from_counts(valid.expand_as(values), positives_above, all_above[:, index],
-                                       valid.sum(dim=1))
-            ap[concepts[group].to(ap.device), d0:d0 + d_chunk] = ap_chunk.T
+            values = np.where(valid, columns[:, index], -np.inf)            # Dc x c x width; padding sorts first
+            order, ordered, start = _sort_last(values)
+            ap_chunk = _ap_sum(ordered > -np.inf, width - start, np.take_along_axis(all_above[:, index], order, -1),
+                               positives[concepts[group]])
+            ap[concepts[group], d0:d0 + d_chunk] = ap_chunk.T
     return ap
 
 
-def _ap_matrix_per_concept(scores: Sequence[Any], labels: Sequence[Any], max_elements: int) -> torch.Tensor:
+def _ap_matrix_per_concept(scores: Sequence[Any], labels: Sequence[Any], max_elements: int) -> np.ndarray:
     """AP for per-concept sample sets: ``scores[c]`` (N_c x D) with boolean ``labels[c]`` (N_c)."""
     if len(scores) != len(labels):
         raise InputError(f"scores and labels must list the same concepts, got {len(scores)} score sets and "
@@ -134,32 +148,31 @@ def _ap_matrix_per_concept(scores: Sequence[Any], labels: Sequence[Any], max_ele
             raise InputError(f"scores[{c}] has {s.shape[1]} directions, scores[0] has {d}: all concepts must be "
                              "scored on the same directions")
     flags = [_as_bool_labels(y, f"labels[{c}]", (sets[c].shape[0],)) for c, y in enumerate(labels)]
-    device, dtype = sets[0].device, sets[0].dtype
-    for s in sets[1:]:
-        dtype = torch.promote_types(dtype, s.dtype)
-    sizes = torch.as_tensor([s.shape[0] for s in sets])
-    positives = torch.as_tensor([int(y.sum()) for y in flags])
+    dtype = np.result_type(*(s.dtype for s in sets))
+    sizes = np.array([s.shape[0] for s in sets])
+    positives = np.array([int(y.sum()) for y in flags])
     _warn_no_positives(positives)
-    ap = torch.full((len(sets), d), float("nan"), dtype=torch.float64, device=device)
+    ap = np.full((len(sets), d), np.nan)
     d_chunk = max(1, min(d, max_elements // max(1, int(sizes.max()))))
     for group in _chunks_by_size(sizes, d_chunk, max_elements):
-        group = [c for c in group.tolist() if positives[c] > 0]
+        group = [c for c in group if positives[c] > 0]
         if not group:
             continue
         width = int(sizes[group].max())
-        is_positive = torch.zeros(len(group), width, dtype=torch.bool, device=device)
+        is_positive = np.zeros((len(group), 1, width), dtype=bool)
         for j, c in enumerate(group):
-            is_positive[j, :sizes[c]] = flags[c].to(device)
+            is_positive[j, 0, :sizes[c]] = flags[c]
+        n_positive = positives[group][:, None]
         for d0 in range(0, d, d_chunk):
             dc = min(d_chunk, d - d0)
-            values = torch.full((len(group), dc, width), float("-inf"), dtype=dtype, device=device)
+            values = np.full((len(group), dc, width), -np.inf, dtype=dtype)  # padding sorts first, never positive
             for j, c in enumerate(group):
-                values[j, :, :sizes[c]] = sets[c][:, d0:d0 + dc].T.to(device=device, dtype=dtype)
-            mask = is_positive[:, None, :].expand_as(values)
-            all_above = _count_at_least(values)
-            positives_above = _count_at_least(torch.where(mask, values, float("-inf")))
-            ap[group, d0:d0 + dc] = _ap_from_counts(mask, positives_above, all_above,
-                                                    positives[group].to(device)[:, None])
+                values[j, :, :sizes[c]] = sets[c][:, d0:d0 + dc].T
+            order, _, start = _sort_last(values)
+            positive = np.take_along_axis(is_positive, order, axis=-1)       # labels in sorted order
+            below = np.cumsum(positive, axis=-1, dtype=np.int64) - positive  # positives strictly before
+            positives_above = n_positive[..., None] - np.take_along_axis(below, start, axis=-1)
+            ap[group, d0:d0 + dc] = _ap_sum(positive, positives_above, width - start, n_positive)
     return ap
 
 
@@ -177,10 +190,11 @@ def average_precision_matrix(scores: Any, labels: Any, *, max_elements: int = MA
     Args:
         scores: as above; float32 or float64, finite.
         labels: as above; booleans or 0/1.
-        max_elements: bound on the elements of one temporary tensor (memory stays ~10x this in bytes).
+        max_elements: bound on the entries of one temporary array; peak memory is about 50 bytes per entry
+            (~50 MB at the default).
 
     Returns:
-        float64 tensor ``C x D``; NaN (with a warning) for a concept without positives.
+        float64 CPU tensor ``C x D``; NaN (with a warning) for a concept without positives.
 
     Example:
         >>> import torch
@@ -193,14 +207,14 @@ def average_precision_matrix(scores: Any, labels: Any, *, max_elements: int = MA
         if not isinstance(labels, (list, tuple)):
             raise InputError("scores is a list of per-concept score matrices, so labels must be a list of "
                              "per-concept boolean vectors")
-        return _ap_matrix_per_concept(scores, labels, max_elements)
+        return torch.from_numpy(_ap_matrix_per_concept(scores, labels, max_elements))
     s = _as_scores(scores, "scores (samples x directions)")
     y = to_tensor(labels, "labels")
     if y.ndim != 2:
         raise InputError(f"labels must be N x C (one column per concept), got shape {tuple(y.shape)}; for a single "
                          "concept use labels[:, None]")
     y = _as_bool_labels(y, "labels (samples x concepts)", (s.shape[0], y.shape[1]))
-    return _ap_matrix_dense(s, y.to(s.device), max_elements)
+    return torch.from_numpy(_ap_matrix_dense(s, y, max_elements))
 
 
 @dataclass(frozen=True)
