@@ -207,7 +207,7 @@ def average_precision_matrix(scores: Any, labels: Any, *, max_elements: int = MA
     Args:
         scores: as above; float32 or float64, finite.
         labels: as above; booleans or 0/1.
-        max_elements: bound on the entries of one temporary array; peak memory is about 50 bytes per entry
+        max_elements: bound on the entries of one temporary array; peak memory is about 60 bytes per entry
             (~60 MB at the default).
 
     Returns:
