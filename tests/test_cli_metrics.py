@@ -44,6 +44,8 @@ def test_er_from_the_command_line(capsys):
     np.testing.assert_allclose([m["er"] for m in doc["models"]], rs.effective_robustness([0.76, 0.6], [0.55, 0.3]))
     code, out, _ = run(capsys, "er", "--id", "0.76", "--shift", "0.55")
     assert code == 0 and "19.88" in out  # ER in points in the printed table
+    doc = run_json(capsys, "er", "--id", "0.76", "--shift", "0.55", "--b1", "1.0", "--b0", "0.0")
+    assert doc["models"][0]["er"] == pytest.approx(0.55 - 0.76) and doc["baseline"]["source"] == "options"
 
 
 def test_er_table_and_refit(capsys, tmp_path):
@@ -136,6 +138,23 @@ def test_analyze_safetensors_uses_the_linear_state_dict_bias(capsys, planted):
     expected = rs.pruning_curve(h, labels, W, b, [0, 0.5, 1])
     assert [row["accuracy"] for row in doc["pruning"]["singular"]] == expected["accuracy"].tolist()
     assert list(doc["pruning"]) == ["singular"]
+
+
+def test_analyze_scores_with_a_class_mapping(capsys, planted):
+    path, W, b, h, _ = planted
+    sets = [[0, 1], [3], [5, 6, 7]]
+    labels = torch.randint(0, 3, (600,), generator=torch.Generator().manual_seed(3))
+    np.save(path / "y3.npy", labels.numpy())
+    (path / "classes.json").write_text(json.dumps({"class_indices": sets}))
+    doc = run_json(capsys, "analyze", str(path / "h.npy"), "--head", str(path / "head.safetensors"),
+                   "--labels", str(path / "y3.npy"), "--class-indices", str(path / "classes.json"),
+                   "--orders", "singular", "--fractions", "0,0.5")
+    expected = rs.pruning_curve(h, labels, W, b, [0, 0.5], class_indices=sets)
+    assert [row["accuracy"] for row in doc["pruning"]["singular"]] == expected["accuracy"].tolist()
+    (path / "bad.json").write_text("{not json")
+    code, _, err = run(capsys, "analyze", str(path / "h.npy"), "--head", str(path / "W.npy"), "--labels",
+                       str(path / "y3.npy"), "--class-indices", str(path / "bad.json"))
+    assert code == 2 and "bad.json" in err and "not valid JSON" in err
 
 
 def test_analyze_bad_inputs(capsys, planted, tmp_path):

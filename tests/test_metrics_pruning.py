@@ -166,6 +166,8 @@ def test_bad_arguments_are_named(head_and_data):
         rs.pruning_curve(h, labels, W, order="largest")
     with pytest.raises(rs.InputError, match=r"fractions must lie in \[0, 1\]"):
         rs.pruning_curve(h, labels, W, fractions=[0.5, 80])
+    with pytest.raises(rs.InputError, match="got nan"):
+        rs.pruning_curve(h, labels, W, fractions=[float("nan")])
     with pytest.raises(rs.InputError, match="one label per row"):
         rs.pruning_curve(h, labels[:-1], W)
     with pytest.raises(rs.InputError, match="48 columns"):

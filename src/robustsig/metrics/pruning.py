@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from robustsig.errors import InputError
-from robustsig.metrics._checks import (CHUNK_ROWS, as_labels, as_matrix, as_vector, compute_dtype, iter_rows, num_rows,
-                                   to_tensor)
+from robustsig.metrics._checks import (CHUNK_ROWS, as_labels, as_matrix, as_vector, compute_dtype, iter_rows,
+                                       num_rows, to_tensor)
 from robustsig.metrics.directions import HeadSVD, as_head_svd, direction_importance
 from robustsig.metrics.robustness import PAPER_B0, PAPER_B1, effective_robustness
 from robustsig.metrics.scoring import TopOneRule
@@ -46,8 +46,10 @@ def pruned_counts(fractions: Sequence[float], rank: int) -> np.ndarray:
     f = np.asarray(fractions, dtype=np.float64)
     if f.ndim != 1 or f.size == 0:
         raise InputError(f"fractions must be a non-empty list of numbers, got {fractions!r}")
-    if not np.all((f >= 0) & (f <= 1)):
-        raise InputError(f"fractions must lie in [0, 1] (fraction of directions pruned), got {f[(f < 0) | (f > 1)][0]:g}")
+    inside = (f >= 0) & (f <= 1)
+    if not inside.all():
+        bad = f[~inside][0]
+        raise InputError(f"fractions must lie in [0, 1] (fraction of directions pruned), got {bad:g}")
     return np.floor(f * rank + 1e-9).astype(np.int64)
 
 

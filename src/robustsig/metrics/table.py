@@ -33,7 +33,8 @@ class MetricTable:
         0.5,0.7
     """
 
-    def __init__(self, columns: Mapping[str, Sequence[Any] | np.ndarray], meta: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, columns: Mapping[str, Sequence[Any] | np.ndarray],
+                 meta: Mapping[str, Any] | None = None) -> None:
         self._columns: dict[str, np.ndarray] = {}
         for name, values in columns.items():
             if hasattr(values, "detach"):
