@@ -83,6 +83,17 @@ def test_invariant_to_rotation_and_isotropic_scaling(related, kernel):
     assert rs.cka(X, np.random.default_rng(12).normal(size=Y.shape), kernel=kernel) < 0.2
 
 
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_linear_accumulator_equals_one_shot(related, unbiased):
+    X, Y = related
+    acc = rs.LinearCKA(unbiased)
+    for rows in np.array_split(np.arange(300), 7):
+        acc.update(X[rows], Y[rows])
+    assert acc.compute() == pytest.approx(rs.cka(X, Y, unbiased=unbiased), abs=1e-12)
+    with pytest.raises(rs.InputError, match="40 columns"):
+        acc.update(Y[:5], Y[:5])
+
+
 def test_memory_mapped_inputs_stream(related, tmp_path):
     X, Y = related
     np.save(tmp_path / "x.npy", X)

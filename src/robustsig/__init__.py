@@ -43,6 +43,7 @@ _PUBLIC: dict[str, str] = {
     "concept_overlaps": "robustsig.metrics.concepts",
     "cka": "robustsig.metrics.cka",
     "MinibatchCKA": "robustsig.metrics.cka",
+    "LinearCKA": "robustsig.metrics.cka",
     # models
     "Classifier": "robustsig.models.classifier",
     "LayerTap": "robustsig.models.classifier",

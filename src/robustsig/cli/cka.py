@@ -34,7 +34,7 @@ def cka_command(
     """Centered kernel alignment between two representations (1: the same up to rotation and scale)."""
     from robustsig._progress import progress, quiet
     from robustsig.cli._arrays import describe, open_array
-    from robustsig.metrics.cka import MIN_UNBIASED_ROWS, MinibatchCKA, cka
+    from robustsig.metrics.cka import MIN_UNBIASED_ROWS, LinearCKA, MinibatchCKA, cka
 
     X = open_array(a, "activations A", ACTIVATION_KEYS)
     Y = open_array(b, "activations B", ACTIVATION_KEYS)
@@ -56,8 +56,15 @@ def cka_command(
             for start, stop in progress(bounds, desc="minibatch CKA", unit="batch"):
                 estimator.update(X[start:stop], Y[start:stop])
             value = estimator.compute()
+        elif kernel == "linear":
+            streamed = LinearCKA(unbiased)
+            with progress(total=n, desc="linear CKA", unit="rows") as bar:
+                for start in range(0, n, batch_size):
+                    streamed.update(X[start:start + batch_size], Y[start:start + batch_size])
+                    bar.update(min(batch_size, n - start))
+            value = streamed.compute()
         else:
-            value = cka(X, Y, kernel=kernel, unbiased=unbiased, sigma=sigma, chunk_rows=batch_size)
+            value = cka(X, Y, kernel=kernel, unbiased=unbiased, sigma=sigma)
     method = f"minibatch of {minibatch}, unbiased" if minibatch is not None else ("unbiased" if unbiased else "biased")
     if as_json:
         emit_json({"cka": value, "kernel": kernel, "estimator": method, "samples": n,

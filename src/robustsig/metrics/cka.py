@@ -10,7 +10,8 @@ and ``Y`` (``N x d_y``).
   (Kornblith et al.'s ``threshold`` is ``sigma``); needs the ``N x N`` Gram matrices, so ``N`` is bounded.
 - ``unbiased=True``: the unbiased HSIC estimator of Song et al. (2012), also in feature space for the linear
   kernel (it needs ``N >= 4``).
-- :class:`MinibatchCKA`: Nguyen et al. (2021): unbiased HSIC summed over minibatches.
+- :class:`LinearCKA`: the streaming twin of the linear kernel (exact, batch by batch).
+- :class:`MinibatchCKA`: Nguyen et al. (2021): unbiased HSIC summed over minibatches (any kernel).
 
 Both HSIC estimators are unchanged when a constant is added to the features, so the linear path shifts the data
 by the first chunk's mean before accumulating (float64 sums, no cancellation from large activation means).
@@ -65,16 +66,40 @@ def _unbiased_hsic(tr_kl: float, sum_k: float, sum_l: float, one_kl_one: float, 
     return (tr_kl + sum_k * sum_l / ((n - 1) * (n - 2)) - 2.0 * one_kl_one / (n - 2)) / (n * (n - 3))
 
 
-class _LinearSums:
-    """Running float64 sums from which linear CKA follows exactly: the biased estimator needs ``X^T Y``, ``X^T X``,
-    ``Y^T Y`` and the column sums; the unbiased one also needs sums weighted by squared row norms."""
+class LinearCKA:
+    """Linear CKA streamed over row batches, exactly equal to :func:`cka` with the linear kernel on all rows.
 
-    def __init__(self, unbiased: bool) -> None:
+    Keeps float64 running sums of size ``d x d``: ``X^T Y``, ``X^T X``, ``Y^T Y`` and the column sums (plus, for the
+    unbiased estimator, sums weighted by squared row norms). Rows are shifted by the first batch's mean, which
+    neither estimator depends on, so large activation means do not cancel precision away.
+
+    Args:
+        unbiased: use the unbiased HSIC estimator (Song et al. 2012).
+
+    Example:
+        >>> import torch
+        >>> X, Y = torch.randn(1000, 8, dtype=torch.float64), torch.randn(1000, 4, dtype=torch.float64)
+        >>> acc = LinearCKA()
+        >>> for x, y in zip(X.split(300), Y.split(300)):
+        ...     acc.update(x, y)
+        >>> abs(acc.compute() - cka(X, Y)) < 1e-12
+        True
+    """
+
+    def __init__(self, unbiased: bool = False) -> None:
         self.unbiased_terms = unbiased
         self.n = 0
         self.shift: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def update(self, X: torch.Tensor, Y: torch.Tensor) -> None:
+    def update(self, X: Any, Y: Any) -> None:
+        """Add a batch: ``X`` (``n_b x d_x``) and ``Y`` (``n_b x d_y``) for the same samples."""
+        known = self.shift is not None
+        X = as_matrix(X, "X (activations, samples x features)", finite=False,
+                      columns=self.shift[0].shape[0] if known else None)
+        Y = as_matrix(Y, "Y (activations, samples x features)", finite=False,
+                      columns=self.shift[1].shape[0] if known else None)
+        if X.shape[0] != Y.shape[0]:
+            raise InputError(f"X and Y must hold the same samples: {X.shape[0]} and {Y.shape[0]} rows")
         dtype = compute_dtype(X, Y)
         if self.shift is None:
             self.shift = (X.mean(0, dtype=torch.float64), Y.mean(0, dtype=torch.float64))
@@ -104,13 +129,22 @@ class _LinearSums:
             self.qy2 += float(qy.square().sum())
         self.n += X.shape[0]
 
-    def check_finite(self) -> None:
+    def compute(self) -> float:
+        """CKA over the rows seen, in [0, 1]."""
+        low = MIN_UNBIASED_ROWS if self.unbiased_terms else 2
+        if self.n < low:
+            raise InputError(f"{'unbiased ' if self.unbiased_terms else ''}CKA needs at least {low} samples, "
+                             f"got {self.n}")
+        self._check_finite()
+        return self._unbiased() if self.unbiased_terms else self._biased()
+
+    def _check_finite(self) -> None:
         """Non-finite inputs show in the column sums and the diagonals (checked once, not per entry)."""
         for name, sums, gram in (("X", self.sx, self.xtx), ("Y", self.sy, self.yty)):
             if not (bool(torch.isfinite(sums).all()) and bool(torch.isfinite(gram.diagonal()).all())):
                 raise InputError(f"{name} contains NaN or infinite values (or values too large for float32)")
 
-    def biased(self) -> float:
+    def _biased(self) -> float:
         n = self.n
         cxy = self.xty - torch.outer(self.sx, self.sy) / n
         cxx = self.xtx - torch.outer(self.sx, self.sx) / n
@@ -126,7 +160,7 @@ class _LinearSums:
             traces.append(float(gram.trace()) + 2.0 * float(shift @ s) + self.n * float(shift @ shift))
         return traces[0], traces[1]
 
-    def unbiased(self) -> float:
+    def _unbiased(self) -> float:
         n = self.n
 
         def hsic(ata: torch.Tensor, sa: torch.Tensor, sb: torch.Tensor, a_qb: torch.Tensor, b_qa: torch.Tensor,
@@ -219,12 +253,10 @@ def cka(X: Any, Y: Any, kernel: str = "linear", unbiased: bool = False, sigma: f
     if n < low:
         raise InputError(f"{'unbiased ' if unbiased else ''}CKA needs at least {low} samples, got {n}")
     if kernel == "linear":
-        sums = _LinearSums(unbiased)
+        streamed = LinearCKA(unbiased)
         for (_, x), (_, y) in zip(iter_rows(X, chunk_rows), iter_rows(Y, chunk_rows)):
-            sums.update(as_matrix(x, "X (activations, samples x features)", finite=False),
-                        as_matrix(y, "Y (activations, samples x features)", finite=False))
-        sums.check_finite()
-        return sums.unbiased() if unbiased else sums.biased()
+            streamed.update(x, y)
+        return streamed.compute()
     if n > RBF_MAX_ROWS:
         raise InputError(f"the RBF kernel needs N x N Gram matrices; {n} samples exceed {RBF_MAX_ROWS}: use "
                          "kernel='linear' or rs.MinibatchCKA(kernel='rbf') over batches")
