@@ -60,6 +60,9 @@ def test_fit_baseline_equals_numpy_polyfit():
     assert r == pytest.approx(np.corrcoef(logit, np.log(acc_shift / (1 - acc_shift)))[0, 1], abs=1e-12)
     with pytest.raises(rs.InputError, match="at least 2 models"):
         rs.fit_baseline([0.5], [0.4])
+    with pytest.warns(RuntimeWarning, match="undefined"):
+        b1, b0, r = rs.fit_baseline([0.5, 0.6, 0.7], [0.4, 0.4, 0.4])
+    assert b1 == pytest.approx(0, abs=1e-12) and b0 == pytest.approx(np.log(0.4 / 0.6)) and np.isnan(r)
 
 
 def test_fit_baseline_on_the_published_testbed(reference_dir):

@@ -11,6 +11,7 @@ Accuracies are fractions. ``ACC(I)`` and every accuracy given to :func:`fit_base
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -119,8 +120,11 @@ def fit_baseline(acc_id: Any, acc_shift: Any) -> tuple[float, float, float]:
     sxx, sxy, syy = float(dx @ dx), float(dx @ dy), float(dy @ dy)
     b1 = sxy / sxx
     b0 = float(y.mean()) - b1 * float(x.mean())
-    r = sxy / np.sqrt(sxx * syy) if syy > 0 else float("nan")
-    return b1, b0, float(r)
+    if np.ptp(y) == 0:
+        warnings.warn("every shift accuracy is the same: the correlation r is undefined (NaN)", RuntimeWarning,
+                      stacklevel=2)
+        return b1, b0, float("nan")
+    return b1, b0, float(sxy / np.sqrt(sxx * syy))
 
 
 def mean_shift_accuracy(accuracies: Mapping[str, Any], sets: Sequence[str] = SHIFT_SETS) -> Any:
