@@ -55,7 +55,7 @@ def test_guards():
         top1_correct(logits, torch.tensor([0, -1, 0, 0]))
     with pytest.raises(rs.InputError, match="class numbers 0..1"):
         top1_correct(logits, torch.tensor([0, 2, 0, 0]), class_map=[[0], [1]])
-    with pytest.raises(rs.InputError, match="vector of 4"):
+    with pytest.raises(rs.InputError, match="array of 4 integer labels"):
         top1_correct(logits, torch.zeros(3, dtype=torch.long))
     with pytest.warns(RuntimeWarning, match="zero samples"):
         assert np.isnan(top1_accuracy(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)))

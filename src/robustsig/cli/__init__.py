@@ -21,8 +21,11 @@ app = typer.Typer(
 
 # Subcommand modules, in the order `robustsig --help` lists them.
 COMMAND_MODULES: list[str] = [
-    "robustsig.cli.extract",
     "robustsig.cli.study",
+    "robustsig.cli.extract",
+    "robustsig.cli.analyze",
+    "robustsig.cli.er",
+    "robustsig.cli.cka",
     "robustsig.cli.report",
 ]
 

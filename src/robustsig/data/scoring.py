@@ -25,6 +25,13 @@ def scoring_rule(dataset: Any) -> dict[str, Any]:
     return {"class_indices": getattr(dataset, "class_indices", None), "class_map": None}
 
 
+def pruning_scoring(dataset: Any) -> dict[str, Any]:
+    """:func:`scoring_rule` under the keyword names of :func:`robustsig.pruning_curve` (``class_mask``,
+    ``class_map``), so a pruning curve is scored exactly as :func:`accuracy` scores the dataset."""
+    rule = scoring_rule(dataset)
+    return {"class_mask": rule["class_indices"], "class_map": rule["class_map"]}
+
+
 def _dataset_labels(dataset: Any, rows: int) -> Tensor:
     targets = getattr(dataset, "targets", None)
     if targets is None:

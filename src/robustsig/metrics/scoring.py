@@ -1,13 +1,17 @@
 """Top-1 correctness with a dataset's class subset or class mapping applied (pure tensor math).
 
-Three scoring rules cover every set of the paper (the datasets carry theirs, see :func:`robustsig.accuracy`):
+Three scoring rules cover every set of the paper; the datasets carry theirs as attributes of the same names
+(see :func:`robustsig.accuracy` and :func:`robustsig.data.scoring.scoring_rule`):
 
 - plain: the prediction is the argmax over all logits; labels are logit indices (ImageNet val, -V2, -Sketch);
-- ``class_indices``: the argmax over those logit columns only; labels are logit indices inside that subset
-  (ImageNet-R and -A on their 200 classes);
+- ``class_indices``: the argmax over those logit columns only (indices, or a boolean mask over the logits);
+  labels are logit indices inside that subset (ImageNet-R and -A on their 200 classes);
 - ``class_map``: ``K`` lists of logit indices; class ``k`` scores the max of its logits, the prediction is the
   argmax over the ``K`` classes and labels are class numbers ``0..K-1`` (ObjectNet's 113 classes, wise-ft's
   ``project_logits``). Ties go to the first maximum, as ``torch.argmax``/``numpy.argmax`` in the references.
+
+:class:`TopOneRule` holds one rule and scores logits restricted to its :attr:`~TopOneRule.columns`, so that a
+caller computing logits itself (the pruning curve) only ever computes the scored ones.
 
 >>> import torch
 >>> logits = torch.tensor([[0.0, 5.0, 1.0, 2.0], [3.0, 0.0, 1.0, 2.0]])
@@ -21,41 +25,41 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from robustsig.errors import InputError
+from robustsig.metrics._checks import as_labels, as_matrix, to_tensor
 
 ClassIndices = Sequence[int] | Tensor
 ClassMap = Sequence[Sequence[int]]
 
 
-def _check_logits_labels(logits: Tensor, labels: Tensor) -> Tensor:
-    if logits.ndim != 2:
-        raise InputError(f"logits must be N x C, got shape {tuple(logits.shape)}")
-    labels = torch.as_tensor(labels, device=logits.device)
-    if labels.ndim != 1 or labels.shape[0] != logits.shape[0]:
-        raise InputError(f"labels must be a vector of {logits.shape[0]} class numbers (one per logits row), "
-                         f"got shape {tuple(labels.shape)}")
-    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
-        raise InputError(f"labels must be integers, got {labels.dtype}")
-    return labels.long()
+def _check_range(ids: Tensor, num_logits: int, what: str) -> None:
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_logits):
+        raise InputError(f"{what} must be logit indices in 0..{num_logits - 1}, got {int(ids.min())}.."
+                         f"{int(ids.max())}")
 
 
-def _subset_index(class_indices: ClassIndices, num_logits: int, device: torch.device) -> Tensor:
-    index = torch.as_tensor(class_indices, device=device)
+def subset_columns(class_indices: Any, num_logits: int) -> Tensor:
+    """``class_indices`` (logit indices, or a boolean mask over the ``num_logits`` logits) as an index tensor,
+    in the order given (ties in the argmax go to the first listed)."""
+    index = to_tensor(class_indices, "class_indices").cpu()
     if index.dtype == torch.bool:
         if index.shape != (num_logits,):
             raise InputError(f"a boolean class mask must have one entry per logit ({num_logits}), "
                              f"got shape {tuple(index.shape)}")
         index = index.nonzero().flatten()
+    if index.is_floating_point():
+        raise InputError("class_indices must be integer logit indices or a boolean mask")
     index = index.long().flatten()
     if index.numel() == 0:
         raise InputError("class_indices is empty: at least one class must be scored")
-    if int(index.min()) < 0 or int(index.max()) >= num_logits:
-        raise InputError(f"class_indices must be logit indices in 0..{num_logits - 1}, got {int(index.min())}.."
-                         f"{int(index.max())}")
+    _check_range(index, num_logits, "class_indices")
+    if index.unique().numel() != index.numel():
+        raise InputError("class_indices lists a logit twice; list each scored logit once")
     return index
 
 
@@ -65,10 +69,9 @@ def class_map_index(class_map: ClassMap, num_logits: int, device: torch.device |
     if not class_map or any(len(ids) == 0 for ids in class_map):
         raise InputError("class_map must list at least one logit index for every class")
     width = max(len(ids) for ids in class_map)
-    rows = [list(ids) + [ids[0]] * (width - len(ids)) for ids in class_map]
+    rows = [[int(i) for i in ids] + [int(ids[0])] * (width - len(ids)) for ids in class_map]
     index = torch.tensor(rows, dtype=torch.long, device=device)
-    if int(index.min()) < 0 or int(index.max()) >= num_logits:
-        raise InputError(f"class_map indices must be logit indices in 0..{num_logits - 1}")
+    _check_range(index, num_logits, "class_map entries")
     return index
 
 
@@ -81,11 +84,75 @@ def project_logits(logits: Tensor, class_map: ClassMap | Tensor) -> Tensor:
     """
     index = class_map if isinstance(class_map, Tensor) else class_map_index(class_map, logits.shape[1],
                                                                               logits.device)
-    return logits[:, index].amax(dim=2)
+    return logits[:, index.to(logits.device)].amax(dim=2)
 
 
-def top1_correct(logits: Tensor, labels: Tensor, class_indices: ClassIndices | None = None,
-                 class_map: ClassMap | None = None) -> Tensor:
+class TopOneRule:
+    """One scoring rule: the logit :attr:`columns` it reads, and when an argmax over them is right.
+
+    Args:
+        num_logits: number of logits of the classifier.
+        class_indices: scored logit subset (labels are logit indices), see the module notes.
+        class_map: per class, the logits it stands for (labels are class numbers).
+
+    Example:
+        >>> import torch
+        >>> rule = TopOneRule(5, class_map=[[0, 1], [3]])   # class 0 -> logits {0, 1}, class 1 -> logit 3
+        >>> rule.columns.tolist()
+        [0, 1, 3]
+        >>> logits = torch.tensor([[0.0, 2.0, 9.0, 1.0, 0.0]])   # logit 2 is not scored
+        >>> rule.correct(logits[:, rule.columns], torch.tensor([0])).tolist()
+        [True]
+    """
+
+    def __init__(self, num_logits: int, *, class_indices: Any = None, class_map: ClassMap | None = None) -> None:
+        if class_indices is not None and class_map is not None:
+            raise InputError("pass class_indices (a scored logit subset) or class_map (classes made of several "
+                             "logits), not both")
+        self.num_logits = int(num_logits)
+        self._class_positions: Tensor | None = None
+        self._label_to_position: Tensor | None = None
+        if class_map is not None:
+            index = class_map_index(class_map, self.num_logits)
+            self.columns = index.unique()
+            self._class_positions = torch.searchsorted(self.columns, index)  # K x M positions into columns
+            self.num_labels = index.shape[0]
+            return
+        self.columns = (torch.arange(self.num_logits) if class_indices is None
+                        else subset_columns(class_indices, self.num_logits))
+        self._label_to_position = torch.full((self.num_logits,), -1, dtype=torch.long)
+        self._label_to_position[self.columns] = torch.arange(len(self.columns))
+        self.num_labels = self.num_logits
+
+    def check_labels(self, labels: Tensor) -> None:
+        """Raise an :class:`InputError` when a label cannot be scored under this rule."""
+        if labels.numel() == 0:
+            return
+        low, high = int(labels.min()), int(labels.max())
+        if self._class_positions is not None:
+            if low < 0 or high >= self.num_labels:
+                raise InputError(f"with a class_map of {self.num_labels} classes, labels must be class numbers "
+                                 f"0..{self.num_labels - 1}; got {low}..{high}")
+            return
+        if low < 0 or high >= self.num_logits:
+            raise InputError(f"labels must be logit indices 0..{self.num_logits - 1}; got {low}..{high} "
+                             "(-1 marks an unlabelled image)")
+        outside = self._label_to_position[labels.cpu()] < 0
+        if bool(outside.any()):
+            raise InputError(f"{int(outside.sum())} labels (e.g. {int(labels.cpu()[outside][0])}) are not among the "
+                             f"{len(self.columns)} scored class_indices; labels must be logit indices (ImageNet-1k "
+                             "indices for ImageNet-R/-A), not positions in the subset")
+
+    def correct(self, scored_logits: Tensor, labels: Tensor) -> Tensor:
+        """Boolean vector: is the top-1 prediction right? ``scored_logits`` holds the :attr:`columns` only."""
+        labels = labels.to(scored_logits.device)
+        if self._class_positions is not None:
+            scores = scored_logits[:, self._class_positions.to(scored_logits.device)].amax(dim=2)
+            return scores.argmax(dim=1) == labels
+        return scored_logits.argmax(dim=1) == self._label_to_position.to(scored_logits.device)[labels]
+
+
+def top1_correct(logits: Any, labels: Any, class_indices: Any = None, class_map: ClassMap | None = None) -> Tensor:
     """Which rows a classifier gets right at top-1 under the dataset's scoring rule (see the module notes).
 
     Args:
@@ -95,33 +162,17 @@ def top1_correct(logits: Tensor, labels: Tensor, class_indices: ClassIndices | N
         class_map: per class, the logit columns it stands for.
 
     Returns:
-        A boolean vector of length ``N``.
+        A boolean vector of length ``N``; its mean is the accuracy.
 
     Raises:
         InputError: shapes disagree, both rules are given, or a label cannot be right under the rule (a label
             outside ``class_indices`` usually means labels in the subset's own ``0..199`` numbering).
     """
-    labels = _check_logits_labels(logits, labels)
-    if class_indices is not None and class_map is not None:
-        raise InputError("pass class_indices or class_map, not both")
-    if class_map is not None:
-        scores = project_logits(logits, class_map)
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= scores.shape[1]):
-            raise InputError(f"with a class_map of {scores.shape[1]} classes, labels must be class numbers "
-                             f"0..{scores.shape[1] - 1}; got {int(labels.min())}..{int(labels.max())}")
-        return scores.argmax(dim=1) == labels
-    if class_indices is None:
-        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= logits.shape[1]):
-            raise InputError(f"labels must be logit indices 0..{logits.shape[1] - 1}; got "
-                             f"{int(labels.min())}..{int(labels.max())} (-1 marks an unlabelled image)")
-        return logits.argmax(dim=1) == labels
-    index = _subset_index(class_indices, logits.shape[1], logits.device)
-    outside = ~torch.isin(labels, index)
-    if bool(outside.any()):
-        raise InputError(f"{int(outside.sum())} labels (e.g. {int(labels[outside][0])}) are not among the "
-                         f"{index.numel()} scored class_indices; labels must be logit indices (ImageNet-1k "
-                         "indices for ImageNet-R/-A), not positions in the subset")
-    return index[logits[:, index].argmax(dim=1)] == labels
+    logits = as_matrix(logits, "logits (samples x classes)", min_rows=0, finite=False)
+    labels = as_labels(labels, "labels", length=logits.shape[0]).to(logits.device)
+    rule = TopOneRule(logits.shape[1], class_indices=class_indices, class_map=class_map)
+    rule.check_labels(labels)
+    return rule.correct(logits[:, rule.columns.to(logits.device)], labels)
 
 
 def _fraction(correct: int, total: int) -> float:
@@ -131,8 +182,7 @@ def _fraction(correct: int, total: int) -> float:
     return correct / total
 
 
-def top1_accuracy(logits: Tensor, labels: Tensor, class_indices: ClassIndices | None = None,
-                  class_map: ClassMap | None = None) -> float:
+def top1_accuracy(logits: Any, labels: Any, class_indices: Any = None, class_map: ClassMap | None = None) -> float:
     """The fraction of rows right at top-1 under the scoring rule (a float in [0, 1]; see :func:`top1_correct`).
 
     >>> top1_accuracy(torch.eye(3), torch.tensor([0, 1, 0]))
@@ -152,7 +202,7 @@ class TopOneAccumulator:
     0.5
     """
 
-    def __init__(self, class_indices: ClassIndices | None = None, class_map: ClassMap | None = None) -> None:
+    def __init__(self, class_indices: Any = None, class_map: ClassMap | None = None) -> None:
         if class_indices is not None and class_map is not None:
             raise InputError("pass class_indices or class_map, not both")
         self.class_indices = class_indices
@@ -160,7 +210,7 @@ class TopOneAccumulator:
         self.correct = 0
         self.total = 0
 
-    def update(self, logits: Tensor, labels: Tensor) -> None:
+    def update(self, logits: Any, labels: Any) -> None:
         right = top1_correct(logits, labels, self.class_indices, self.class_map)
         self.correct += int(right.sum())
         self.total += right.numel()

@@ -1,0 +1,358 @@
+"""Concept probing: average precision of every direction for every concept, and what the AP matrix says.
+
+A direction encodes a concept when ranking images by their projection on it separates the concept's images from
+the others: its average precision (AP) is high. ``average_precision_matrix`` returns the AP of every
+(concept, direction) pair with exactly the values of ``sklearn.metrics.average_precision_score``, ties included
+(tied scores form one threshold). It never loops over pairs; it uses this identity::
+
+    AP = 1/P * sum over positives n of  #{positives with score >= s_n} / #{samples with score >= s_n}
+
+so each direction's scores are sorted once, and per concept only its positives are ranked among themselves.
+Memory stays bounded by chunking directions and concepts (``max_elements`` entries per temporary array). The
+sorting runs on the CPU with numpy, whose vectorised sort is ~10x faster than torch's there; tensors on another
+device are copied to the host.
+
+A concept without a positive sample has no AP: NaN with a warning (sklearn returns 0.0 with a warning; NaN keeps
+such a concept from ever counting as encoded or not encoded). A concept without negatives has AP 1.
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from robustsig.errors import InputError
+from robustsig.metrics._checks import as_matrix, to_tensor
+
+#: Default bound on the entries of one temporary array (~1M entries: ~8 MB per int64 array).
+MAX_ELEMENTS = 1 << 20
+
+#: The paper's threshold: a direction encodes a concept when its AP is at least 0.9.
+AP_THRESHOLD = 0.9
+
+
+def _as_bool_labels(x: Any, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    t = to_tensor(x, name)
+    if tuple(t.shape) != shape:
+        raise InputError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+    if t.dtype != torch.bool:
+        if not bool(((t == 0) | (t == 1)).all()):
+            raise InputError(f"{name} must be boolean (or 0/1) concept membership")
+        t = t != 0
+    return t.cpu().numpy()
+
+
+def _as_scores(x: Any, name: str) -> np.ndarray:
+    # scores keep their float dtype: ties are compared in the precision they were stored in, as sklearn does
+    scores = as_matrix(x, name, finite=False).cpu().numpy()
+    if not np.isfinite(scores).all():  # numpy's check: many small per-concept sets make torch's overhead show
+        raise InputError(f"{name} contains NaN or infinite values")
+    return scores
+
+
+def _warn_no_positives(positives: np.ndarray) -> None:
+    empty = np.flatnonzero(positives == 0).tolist()
+    if empty:
+        shown = ", ".join(map(str, empty[:10])) + (" ..." if len(empty) > 10 else "")
+        warnings.warn(f"{len(empty)} concept(s) have no positive sample (concepts {shown}): their AP is NaN",
+                      RuntimeWarning, stacklevel=4)
+
+
+def _counts_at_least(ordered: np.ndarray) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+    """For rows sorted ascending (``R x n``), how many entries of the row are >= the entry at each position
+    (ties counted: one threshold per distinct score, as sklearn).
+
+    Returns:
+        ``(counts, ties)``: int32 counts, and ``None`` when no row has a tie, else ``(rows, start)`` with the
+        rows holding ties and, for those rows, the first position of each entry's tie group.
+    """
+    n = ordered.shape[1]
+    counts = np.broadcast_to(np.arange(n, 0, -1, dtype=np.int32), ordered.shape).copy()
+    tied = ordered[:, 1:] == ordered[:, :-1]
+    rows = np.flatnonzero(tied.any(axis=1))
+    if rows.size == 0:  # the common case: patch only the few rows with ties
+        return counts, None
+    first = np.where(tied[rows], 0, np.arange(1, n, dtype=np.int32))
+    start = np.zeros((rows.size, n), dtype=np.int32)
+    np.maximum.accumulate(first, axis=1, out=start[:, 1:])
+    counts[rows] = n - start
+    return counts, (rows, start)
+
+
+def _ap_sum(is_positive: np.ndarray, positives_above: np.ndarray, all_above: np.ndarray,
+            n_positive: np.ndarray) -> np.ndarray:
+    """``1/P * sum_{positives} positives_above / all_above`` over the last axis, in float64."""
+    ratio = np.true_divide(positives_above, all_above, dtype=np.float64)
+    return (ratio * is_positive).sum(axis=-1) / n_positive  # faster than a masked sum
+
+
+def _chunks_by_size(sizes: np.ndarray, row_elements: int, max_elements: int) -> list[list[int]]:
+    """Group item indices, in increasing ``sizes``, so each group's ``len * max(size) * row_elements`` fits."""
+    groups: list[list[int]] = []
+    current: list[int] = []
+    for i in np.argsort(sizes, kind="stable").tolist():
+        if current and (len(current) + 1) * int(sizes[i]) * row_elements > max_elements:
+            groups.append(current)
+            current = []
+        current.append(i)
+    if current:
+        groups.append(current)
+    return groups
+
+
+def _ap_matrix_dense(scores: np.ndarray, labels: np.ndarray, max_elements: int) -> np.ndarray:
+    """AP for ``scores`` (N x D) against ``labels`` (N x C): per direction chunk, every sample's count of samples
+    scoring at least as high; then per concept chunk, the positives ranked among themselves."""
+    n, d = scores.shape
+    positives = labels.sum(axis=0)
+    _warn_no_positives(positives)
+    ap = np.full((labels.shape[1], d), np.nan)
+    concepts = np.flatnonzero(positives > 0)
+    if concepts.size == 0:
+        return ap
+    labels_t = np.ascontiguousarray(labels.T)
+    positive_rows = [np.flatnonzero(labels_t[c]) for c in concepts]
+    d_chunk = max(1, min(d, max_elements // n))
+    groups = _chunks_by_size(positives[concepts], d_chunk, max_elements)
+    for d0 in range(0, d, d_chunk):
+        columns = np.ascontiguousarray(scores[:, d0:d0 + d_chunk].T)       # Dc x N
+        order = np.argsort(columns, axis=-1)
+        counts, _ = _counts_at_least(np.sort(columns, axis=-1))            # sorting again beats gathering
+        all_above = np.empty(columns.shape, dtype=np.int32)                 # per sample: samples scoring >= it
+        np.put_along_axis(all_above, order, counts, axis=-1)
+        for group in groups:
+            rows = [positive_rows[i] for i in group]
+            width = max(len(r) for r in rows)
+            index = np.zeros((len(rows), width), dtype=np.int64)
+            valid = np.zeros((len(rows), width), dtype=bool)
+            for j, r in enumerate(rows):
+                index[j, :len(r)] = r
+                valid[j, :len(r)] = True
+            values = np.where(valid, columns[:, index], -np.inf).reshape(-1, width)  # (Dc*c) x width
+            order = np.argsort(values, axis=-1)
+            ordered = np.sort(values, axis=-1)                               # padding (-inf) first
+            positives_above, _ = _counts_at_least(ordered)
+            n_positive = np.tile(positives[concepts[group]], columns.shape[0])
+            ap_chunk = _ap_sum(ordered > -np.inf, positives_above,
+                               np.take_along_axis(all_above[:, index].reshape(-1, width), order, -1), n_positive)
+            ap[concepts[group], d0:d0 + d_chunk] = ap_chunk.reshape(columns.shape[0], len(group)).T
+    return ap
+
+
+def _ap_matrix_per_concept(scores: Sequence[Any], labels: Sequence[Any], max_elements: int) -> np.ndarray:
+    """AP for per-concept sample sets: ``scores[c]`` (N_c x D) with boolean ``labels[c]`` (N_c)."""
+    if len(scores) != len(labels):
+        raise InputError(f"scores and labels must list the same concepts, got {len(scores)} score sets and "
+                         f"{len(labels)} label vectors")
+    if len(scores) == 0:
+        raise InputError("scores is an empty list: give one score matrix per concept")
+    sets = [_as_scores(s, f"scores[{c}] (samples x directions)") for c, s in enumerate(scores)]
+    d = sets[0].shape[1]
+    for c, s in enumerate(sets):
+        if s.shape[1] != d:
+            raise InputError(f"scores[{c}] has {s.shape[1]} directions, scores[0] has {d}: all concepts must be "
+                             "scored on the same directions")
+    flags = [_as_bool_labels(y, f"labels[{c}]", (sets[c].shape[0],)) for c, y in enumerate(labels)]
+    dtype = np.result_type(*(s.dtype for s in sets))
+    sizes = np.array([s.shape[0] for s in sets])
+    positives = np.array([int(y.sum()) for y in flags])
+    _warn_no_positives(positives)
+    ap = np.full((len(sets), d), np.nan)
+    d_chunk = max(1, min(d, max_elements // max(1, int(sizes.max()))))
+    for group in _chunks_by_size(sizes, d_chunk, max_elements):
+        group = [c for c in group if positives[c] > 0]
+        if not group:
+            continue
+        width = int(sizes[group].max())
+        is_positive = np.zeros((len(group), 1, width), dtype=bool)
+        for j, c in enumerate(group):
+            is_positive[j, 0, :sizes[c]] = flags[c]
+        n_positive = positives[group]
+        for d0 in range(0, d, d_chunk):
+            dc = min(d_chunk, d - d0)
+            values = np.empty((len(group), dc, width), dtype=dtype)
+            for j, c in enumerate(group):
+                values[j, :, :sizes[c]] = sets[c][:, d0:d0 + dc].T
+                values[j, :, sizes[c]:] = -np.inf                            # padding sorts first, never positive
+            order = np.argsort(values, axis=-1)
+            all_above, ties = _counts_at_least(np.sort(values, axis=-1).reshape(-1, width))
+            positive = np.take_along_axis(is_positive, order, axis=-1).reshape(-1, width)  # labels, sorted
+            below = np.cumsum(positive, axis=-1, dtype=np.int32) - positive  # positives strictly before
+            if ties is not None:                                             # ... before the tie group
+                rows, start = ties
+                below[rows] = np.take_along_axis(below[rows], start, axis=-1)
+            n_rows = np.repeat(n_positive, dc)
+            ap[group, d0:d0 + dc] = _ap_sum(positive, n_rows[:, None] - below, all_above,
+                                            n_rows).reshape(len(group), dc)
+    return ap
+
+
+def average_precision_matrix(scores: Any, labels: Any, *, max_elements: int = MAX_ELEMENTS) -> torch.Tensor:
+    """Average precision of every direction for every concept (the values of sklearn's
+    ``average_precision_score(labels[:, c], scores[:, d])``, ties grouped by distinct score).
+
+    Two input forms:
+
+    - ``scores`` an ``N x D`` matrix (projections of N images on D directions) and ``labels`` an ``N x C`` boolean
+      matrix (which images show which concept).
+    - the paper's balanced per-concept sets: ``scores`` a list of C matrices (``N_c x D``, the concept's positive
+      and negative images) and ``labels`` a list of C boolean vectors (``N_c``, True for positives).
+
+    Args:
+        scores: as above; float32 or float64, finite.
+        labels: as above; booleans or 0/1.
+        max_elements: bound on the entries of one temporary array; peak memory is about 60 bytes per entry
+            (~60 MB at the default).
+
+    Returns:
+        float64 CPU tensor ``C x D``; NaN (with a warning) for a concept without positives.
+
+    Example:
+        >>> import torch
+        >>> scores = torch.tensor([[0.1, 0.9], [0.4, 0.8], [0.35, 0.1], [0.8, 0.2]])
+        >>> labels = torch.tensor([[False], [False], [True], [True]])
+        >>> average_precision_matrix(scores, labels)   # sklearn: 0.8333..., 0.4167...
+        tensor([[0.8333, 0.4167]], dtype=torch.float64)
+    """
+    if isinstance(scores, (list, tuple)):
+        if not isinstance(labels, (list, tuple)):
+            raise InputError("scores is a list of per-concept score matrices, so labels must be a list of "
+                             "per-concept boolean vectors")
+        return torch.from_numpy(_ap_matrix_per_concept(scores, labels, max_elements))
+    s = _as_scores(scores, "scores (samples x directions)")
+    y = to_tensor(labels, "labels")
+    if y.ndim != 2:
+        raise InputError(f"labels must be N x C (one column per concept), got shape {tuple(y.shape)}; for a single "
+                         "concept use labels[:, None]")
+    y = _as_bool_labels(y, "labels (samples x concepts)", (s.shape[0], y.shape[1]))
+    return torch.from_numpy(_ap_matrix_dense(s, y, max_elements))
+
+
+@dataclass(frozen=True)
+class ConceptSummary:
+    """What an AP matrix says at a threshold (see :func:`concept_summary`).
+
+    Attributes:
+        ap: the ``C x D`` AP matrix.
+        threshold: AP at or above which a direction encodes a concept.
+        concepts: concept names (``None``: concepts are named by their index).
+    """
+
+    ap: torch.Tensor
+    threshold: float
+    concepts: tuple[str, ...] | None = None
+
+    @property
+    def encoded(self) -> torch.Tensor:
+        """Boolean ``C x D``: direction d encodes concept c (NaN APs never do)."""
+        return self.ap >= self.threshold
+
+    @property
+    def concept_indices(self) -> torch.Tensor:
+        """Indices of the concepts encoded by at least one direction."""
+        return self.encoded.any(dim=1).nonzero().flatten()
+
+    @property
+    def unique_concepts(self) -> int:
+        """Eq. 5: the number of concepts encoded by at least one direction."""
+        return int(self.encoded.any(dim=1).sum())
+
+    @property
+    def concepts_per_direction(self) -> torch.Tensor:
+        """Number of concepts each direction encodes (length D)."""
+        return self.encoded.sum(dim=0)
+
+    @property
+    def polysemanticity(self) -> float:
+        """Mean number of concepts per direction over the directions that encode at least one (NaN if none)."""
+        counts = self.concepts_per_direction
+        active = counts[counts > 0]
+        return float(active.double().mean()) if active.numel() else float("nan")
+
+    @property
+    def polysemantic_directions(self) -> torch.Tensor:
+        """Indices of the directions that encode two concepts or more."""
+        return (self.concepts_per_direction >= 2).nonzero().flatten()
+
+    def name(self, concept: int) -> str | int:
+        """The name of concept ``concept`` (its index when no names were given)."""
+        return self.concepts[concept] if self.concepts is not None else int(concept)
+
+    def top_concepts(self, direction: int, k: int = 3) -> list[tuple[str | int, float]]:
+        """The ``k`` concepts with the highest AP on ``direction`` (encoded or not), as ``(name, ap)``."""
+        if not 0 <= direction < self.ap.shape[1]:
+            raise InputError(f"direction must be in [0, {self.ap.shape[1]}), got {direction}")
+        column = torch.nan_to_num(self.ap[:, direction], nan=-1.0)
+        best = column.argsort(descending=True, stable=True)[:k].tolist()
+        return [(self.name(c), float(self.ap[c, direction])) for c in best if column[c] >= 0]
+
+    def concept_set(self) -> set[str | int]:
+        """Names (or indices) of the encoded concepts, for overlaps between models."""
+        return {self.name(c) for c in self.concept_indices.tolist()}
+
+    def as_dict(self) -> dict[str, Any]:
+        """The summary numbers as plain values (for JSON and tables)."""
+        return {"threshold": self.threshold, "unique_concepts": self.unique_concepts,
+                "polysemanticity": self.polysemanticity,
+                "polysemantic_directions": int(self.polysemantic_directions.numel()),
+                "concepts_per_direction": self.concepts_per_direction.tolist()}
+
+
+def concept_summary(ap: Any, threshold: float = AP_THRESHOLD, concepts: Sequence[str] | None = None) -> ConceptSummary:
+    """Summarise an AP matrix: unique concepts (eq. 5), concepts per direction, polysemanticity, top concepts.
+
+    Args:
+        ap: ``C x D`` AP matrix from :func:`average_precision_matrix`.
+        threshold: a direction encodes a concept when AP >= threshold (paper: 0.9).
+        concepts: names of the C concepts.
+
+    Returns:
+        :class:`ConceptSummary`.
+
+    Example:
+        >>> import torch
+        >>> ap = torch.tensor([[0.95, 0.2], [0.91, 0.5], [0.1, 0.3]], dtype=torch.float64)
+        >>> summary = concept_summary(ap, concepts=["dog", "grass", "sky"])
+        >>> summary.unique_concepts, summary.concepts_per_direction.tolist(), summary.top_concepts(0, k=2)
+        (2, [2, 0], [('dog', 0.95), ('grass', 0.91)])
+    """
+    matrix = as_matrix(ap, "ap (concepts x directions)", dtype=torch.float64, finite=False)
+    if not 0 <= threshold <= 1:
+        raise InputError(f"threshold must be an AP in [0, 1], got {threshold}")
+    if concepts is not None and len(concepts) != matrix.shape[0]:
+        raise InputError(f"{len(concepts)} concept names for an AP matrix with {matrix.shape[0]} concepts")
+    return ConceptSummary(matrix, float(threshold), None if concepts is None else tuple(map(str, concepts)))
+
+
+def concept_overlaps(sets_by_model: Mapping[str, ConceptSummary | Iterable[Any]]) -> dict[tuple[str, ...], set[Any]]:
+    """Venn regions of the encoded concepts of several models.
+
+    Args:
+        sets_by_model: model name -> its :class:`ConceptSummary` or a set of concept names.
+
+    Returns:
+        For every non-empty combination of models, the concepts encoded by exactly those models (keys are tuples
+        of model names in the given order; an empty region is left out). ``{("a",): ..., ("a", "b"): ...}``.
+
+    Example:
+        >>> concept_overlaps({"a": {"dog", "sky"}, "b": {"sky", "car"}})
+        {('a',): {'dog'}, ('b',): {'car'}, ('a', 'b'): {'sky'}}
+    """
+    sets = {name: (s.concept_set() if isinstance(s, ConceptSummary) else set(s)) for name, s in sets_by_model.items()}
+    if not sets:
+        raise InputError("sets_by_model is empty: give at least one model")
+    names = list(sets)
+    regions: dict[tuple[str, ...], set[Any]] = {}
+    for size in range(1, len(names) + 1):
+        for combo in itertools.combinations(names, size):
+            inside = set.intersection(*(sets[m] for m in combo))
+            region = inside.difference(*(sets[m] for m in names if m not in combo))
+            if region:
+                regions[combo] = region
+    return regions

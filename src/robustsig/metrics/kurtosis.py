@@ -1,0 +1,166 @@
+"""Activation kurtosis (eq. 2 of Crabbé et al.) and the feature dimensions that carry outlier activations.
+
+For one activation vector ``h`` (``d`` components) the kurtosis is the mean of the fourth power of its
+standardized components, ``mean_i ((h_i - mean(h)) / std(h))**4`` with the population standard deviation
+(Pearson's definition: a Gaussian vector gives 3). The activation kurtosis of a set is the mean over its
+vectors. Heavy-tailed components (outlier features) push it far above 3.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, NamedTuple
+
+import torch
+
+from robustsig.errors import InputError
+from robustsig.metrics._checks import CHUNK_ROWS, as_matrix, iter_rows
+
+#: Default outlier threshold: a dimension whose mean |h_i| is at least this many times the average over dims.
+OUTLIER_FACTOR = 5.0
+
+
+class OutlierDimensions(NamedTuple):
+    """Feature dimensions with outlier activations, most extreme first.
+
+    Attributes:
+        indices: the outlier dimensions (int64), sorted by decreasing score.
+        scores: their scores, ``mean_n |h_ni| / mean_j mean_n |h_nj|`` (float64).
+        factor: the threshold the scores passed (``score >= factor``).
+    """
+
+    indices: torch.Tensor
+    scores: torch.Tensor
+    factor: float
+
+
+class KurtosisAccumulator:
+    """Streaming activation kurtosis (eq. 2) plus the per-dimension magnitudes behind outlier dimensions.
+
+    Feed activation batches (``N_b x d``) to :meth:`update`; :meth:`compute` equals :func:`activation_kurtosis`
+    on all rows at once and :meth:`outlier_dimensions` equals :func:`outlier_dimensions`. Statistics are in
+    float64. A constant vector (zero variance) has no kurtosis: it is left out of the mean with a warning.
+
+    Example:
+        >>> import torch
+        >>> acc = KurtosisAccumulator()
+        >>> for batch in torch.randn(4000, 256, dtype=torch.float64).split(1000):
+        ...     acc.update(batch)
+        >>> round(acc.compute(), 1)
+        3.0
+    """
+
+    def __init__(self) -> None:
+        self._kurtosis_sum = 0.0
+        self._vectors = 0
+        self._constant = 0
+        self._abs_sum: torch.Tensor | None = None
+        self._rows = 0
+
+    def update(self, h: Any) -> None:
+        """Add a batch of activation vectors ``h`` (``N_b x d``)."""
+        h = as_matrix(h, "h (activations, samples x features)", dtype=torch.float64,
+                      columns=None if self._abs_sum is None else self._abs_sum.shape[0])
+        centered = h - h.mean(dim=1, keepdim=True)
+        m2 = centered.square().mean(dim=1)
+        m4 = centered.square().square().mean(dim=1)
+        valid = m2 > 0
+        self._kurtosis_sum += float((m4[valid] / m2[valid].square()).sum())
+        self._vectors += int(valid.sum())
+        self._constant += int((~valid).sum())
+        abs_sum = h.abs().sum(dim=0)
+        self._abs_sum = abs_sum if self._abs_sum is None else self._abs_sum + abs_sum
+        self._rows += h.shape[0]
+
+    def compute(self) -> float:
+        """The mean kurtosis of the vectors seen so far (NaN with a warning when there is none)."""
+        if self._constant:
+            warnings.warn(f"{self._constant} activation vector(s) are constant (zero variance) and have no "
+                          "kurtosis; they are left out of the mean", RuntimeWarning, stacklevel=2)
+        if self._vectors == 0:
+            warnings.warn("no non-constant activation vector was seen: kurtosis is undefined (NaN)",
+                          RuntimeWarning, stacklevel=2)
+            return float("nan")
+        return self._kurtosis_sum / self._vectors
+
+    @property
+    def rows(self) -> int:
+        """Number of activation vectors seen (constant ones included)."""
+        return self._rows
+
+    def mean_abs(self) -> torch.Tensor:
+        """Mean absolute activation of every feature dimension over the rows seen (float64, length ``d``)."""
+        if self._abs_sum is None:
+            raise InputError("no activations were given: call update(h) before asking for statistics")
+        return self._abs_sum / self._rows
+
+    def outlier_dimensions(self, factor: float = OUTLIER_FACTOR) -> OutlierDimensions:
+        """The dimensions whose mean |activation| is at least ``factor`` times the mean over all dimensions."""
+        if factor <= 0:
+            raise InputError(f"factor must be positive, got {factor}")
+        mean_abs = self.mean_abs()
+        overall = mean_abs.mean()
+        if overall == 0:
+            warnings.warn("every activation is zero: no dimension can be an outlier", RuntimeWarning, stacklevel=2)
+            empty = torch.empty(0, dtype=torch.int64, device=mean_abs.device)
+            return OutlierDimensions(empty, empty.to(torch.float64), float(factor))
+        score = mean_abs / overall
+        indices = (score >= factor).nonzero().flatten()
+        order = score[indices].argsort(descending=True, stable=True)
+        return OutlierDimensions(indices[order], score[indices[order]], float(factor))
+
+
+def _accumulate(h: Any, chunk_rows: int) -> KurtosisAccumulator:
+    acc = KurtosisAccumulator()
+    for _, chunk in iter_rows(h, chunk_rows):
+        acc.update(chunk)
+    if acc.rows == 0:
+        raise InputError("h (activations) has no rows")
+    return acc
+
+
+def activation_kurtosis(h: Any, *, chunk_rows: int = CHUNK_ROWS) -> float:
+    """Activation kurtosis of a set of vectors (eq. 2): the mean over rows of each row's Pearson kurtosis.
+
+    Args:
+        h: activations, ``N x d`` (tensor, numpy array or memory map; read ``chunk_rows`` rows at a time).
+        chunk_rows: rows per chunk.
+
+    Returns:
+        The mean kurtosis (3 for Gaussian vectors; far above 3 with outlier features).
+
+    Example:
+        >>> import torch
+        >>> h = torch.randn(2000, 512, dtype=torch.float64)
+        >>> round(activation_kurtosis(h), 1)
+        3.0
+        >>> h[:, 7] += 40.0   # one outlier feature
+        >>> activation_kurtosis(h) > 100
+        True
+    """
+    return _accumulate(h, chunk_rows).compute()
+
+
+def outlier_dimensions(h: Any, factor: float = OUTLIER_FACTOR, *, chunk_rows: int = CHUNK_ROWS) -> OutlierDimensions:
+    """Feature dimensions that carry outlier activations.
+
+    The score of dimension ``i`` is its mean absolute activation over the set relative to the mean of that
+    quantity over all dimensions, ``mean_n |h_ni| / mean_j mean_n |h_nj|``; dimensions scoring at least
+    ``factor`` are outliers.
+
+    Args:
+        h: activations, ``N x d``.
+        factor: threshold on the score (default 5: five times the average magnitude).
+        chunk_rows: rows per chunk.
+
+    Returns:
+        :class:`OutlierDimensions` ``(indices, scores, factor)``, most extreme first.
+
+    Example:
+        >>> import torch
+        >>> h = torch.randn(1000, 64)
+        >>> h[:, 3] += 30.0
+        >>> outlier_dimensions(h).indices.tolist()
+        [3]
+    """
+    return _accumulate(h, chunk_rows).outlier_dimensions(factor)

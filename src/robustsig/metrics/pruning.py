@@ -1,0 +1,241 @@
+"""Pruning curves: accuracy of a linear head after removing its least important singular directions.
+
+Pruning ``k`` directions replaces ``W = sum_i s_i u_i v_i^T`` by the sum over the directions kept. With the
+directions in pruning order ``p_1, p_2, ...`` (first pruned first), the logits at level ``k`` are::
+
+    z_k = b + sum_{j > k} s_{p_j} (h . v_{p_j}) u_{p_j}
+
+so every level comes from one projection ``P = h V`` and cumulative sums over blocks of directions: the curve
+walks from the most pruned level to the least, adding one block ``P[:, block] @ (U s)[:, block]^T`` per level.
+All levels together cost one head evaluation, whatever their number; ``W`` is never rebuilt.
+
+Orders: ``"singular"`` prunes the smallest singular values first (the paper's curve), ``"importance"`` the
+least important directions first (eq. 4), ``"random"`` a seeded random order (the control).
+
+A fraction ``f`` of a head of rank ``r`` prunes ``floor(f * r)`` directions (``f = 1`` prunes all: the logits are
+the bias alone).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from robustsig.errors import InputError
+from robustsig.metrics._checks import (CHUNK_ROWS, as_labels, as_matrix, as_vector, compute_dtype, iter_rows,
+                                       num_rows, to_tensor)
+from robustsig.metrics.directions import HeadSVD, as_head_svd, direction_importance
+from robustsig.metrics.robustness import PAPER_B0, PAPER_B1, effective_robustness
+from robustsig.metrics.scoring import TopOneRule
+from robustsig.metrics.table import MetricTable
+
+#: Pruning orders: smallest singular values first, least important first, random (seeded).
+ORDERS: tuple[str, ...] = ("singular", "importance", "random")
+
+#: Default levels: 0, 1/64, ..., 1 (65 fractions).
+DEFAULT_FRACTIONS: tuple[float, ...] = tuple(i / 64 for i in range(65))
+
+
+def pruned_counts(fractions: Sequence[float], rank: int) -> np.ndarray:
+    """Number of directions each fraction prunes: ``floor(f * rank)`` (robust to rounding, e.g. 0.8 * 50 = 40)."""
+    f = np.asarray(fractions, dtype=np.float64)
+    if f.ndim != 1 or f.size == 0:
+        raise InputError(f"fractions must be a non-empty list of numbers, got {fractions!r}")
+    inside = (f >= 0) & (f <= 1)
+    if not inside.all():
+        bad = f[~inside][0]
+        raise InputError(f"fractions must lie in [0, 1] (fraction of directions pruned), got {bad:g}")
+    return np.floor(f * rank + 1e-9).astype(np.int64)
+
+
+def pruning_order(svd: HeadSVD, order: str, importance: Any = None, seed: int = 0) -> torch.Tensor:
+    """Direction indices (in the order of :func:`~robustsig.metrics.directions.head_svd`) in pruning order,
+    first pruned first.
+
+    Args:
+        svd: the head's decomposition.
+        order: ``"singular"``, ``"importance"`` or ``"random"``.
+        importance: importance per direction, required for ``"importance"``.
+        seed: seed of the ``"random"`` order.
+    """
+    r = svd.rank
+    if order == "singular":
+        return torch.arange(r - 1, -1, -1)
+    if order == "importance":
+        if importance is None:
+            raise InputError('order="importance" needs the importance of every direction '
+                             "(rs.direction_importance(W, h) on the in-distribution activations)")
+        imp = as_vector(importance, "importance", length=r).cpu()
+        return imp.argsort(stable=True)
+    if order == "random":
+        return torch.randperm(r, generator=torch.Generator().manual_seed(int(seed)))
+    raise InputError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
+
+
+class PruningAccumulator:
+    """Streaming pruning curve: feed ``(h, labels)`` batches, get the accuracy at every pruning level.
+
+    Args:
+        W: head weight ``classes x features``, or its :class:`~robustsig.metrics.directions.HeadSVD`.
+        b: head bias (length ``classes``) or ``None``.
+        fractions: fractions of directions to prune (any order; each gives one row).
+        order: ``"singular"``, ``"importance"`` or ``"random"``.
+        importance: importance of every direction (required for ``order="importance"``).
+        seed: seed of the random order.
+        class_mask: restrict the argmax to these logits (a boolean mask or logit indices; labels are logit
+            indices), as a dataset's ``class_indices``; see :class:`~robustsig.metrics.scoring.TopOneRule`.
+        class_map: per class, the logits it stands for (labels are class numbers), as a dataset's ``class_map``
+            (ObjectNet).
+
+    Only the scored logits are ever computed (200 for ImageNet-R, 125 for ObjectNet). Logits are computed in
+    float32 (float64 when ``h`` is float64) on ``h``'s device; correct counts are exact integers.
+    """
+
+    def __init__(self, W: Any, b: Any = None, fractions: Sequence[float] = DEFAULT_FRACTIONS,
+                 order: str = "singular", *, importance: Any = None, seed: int = 0, class_mask: Any = None,
+                 class_map: Sequence[Sequence[int]] | None = None) -> None:
+        self.svd = as_head_svd(W)
+        num_classes, r = self.svd.U.shape
+        self.fractions = np.asarray(fractions, dtype=np.float64)
+        self.counts = pruned_counts(self.fractions, r)
+        self.order = order
+        self.rule = TopOneRule(num_classes, class_indices=class_mask, class_map=class_map)
+        permutation = pruning_order(self.svd, order, importance, seed).to(self.svd.s.device)
+        columns = self.rule.columns.to(self.svd.U.device)
+        self._V = self.svd.V[:, permutation]                                # features x r, pruning order
+        self._A = (self.svd.U[columns] * self.svd.s)[:, permutation]        # scored classes x r
+        bias = torch.zeros(num_classes, dtype=torch.float64) if b is None else as_vector(b, "b (head bias)",
+                                                                                           length=num_classes)
+        self._b = bias.to(self._A.device)[columns]
+        self._levels = np.unique(self.counts)[::-1]                         # most pruned first
+        self._correct = {int(k): 0 for k in self._levels}
+        self._samples = 0
+        self._cast: dict[tuple[torch.dtype, torch.device], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def _operands(self, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        key = (dtype, device)
+        if key not in self._cast:
+            self._cast[key] = tuple(t.to(device=device, dtype=dtype) for t in (self._V, self._A, self._b))
+        return self._cast[key]
+
+    def update(self, h: Any, labels: Any) -> None:
+        """Add a batch: activations ``h`` (``N_b x features``) and their integer labels."""
+        h = as_matrix(h, "h (activations, samples x features)", columns=self._V.shape[0])
+        labels = as_labels(labels, "labels", length=h.shape[0]).to(h.device)
+        self.rule.check_labels(labels)
+        V, A, b = self._operands(compute_dtype(h), h.device)
+        projections = h.to(V.dtype) @ V                                     # N_b x r, once per batch
+        logits = b.expand(h.shape[0], -1).clone()
+        kept_from = A.shape[1]
+        for k in self._levels:
+            if k < kept_from:
+                logits.addmm_(projections[:, k:kept_from], A[:, k:kept_from].T)
+                kept_from = int(k)
+            self._correct[int(k)] += int(self.rule.correct(logits, labels).sum())
+        self._samples += h.shape[0]
+
+    def compute(self) -> MetricTable:
+        """The curve: columns ``fraction``, ``n_pruned``, ``n_kept``, ``accuracy`` (one row per fraction given);
+        ``meta`` holds ``order``, ``rank`` and ``n_samples``."""
+        if self._samples == 0:
+            raise InputError("no activations were given: call update(h, labels) before compute()")
+        r = self.svd.rank
+        correct = np.array([self._correct[int(k)] for k in self.counts], dtype=np.int64)
+        return MetricTable({"fraction": self.fractions, "n_pruned": self.counts, "n_kept": r - self.counts,
+                            "accuracy": correct / self._samples},
+                           meta={"order": self.order, "rank": r, "n_samples": self._samples})
+
+
+def pruning_curve(h: Any, labels: Any, W: Any, b: Any = None, fractions: Sequence[float] = DEFAULT_FRACTIONS,
+                  order: str = "singular", class_mask: Any = None, *,
+                  class_map: Sequence[Sequence[int]] | None = None, importance: Any = None,
+                  seed: int = 0, chunk_rows: int = CHUNK_ROWS) -> MetricTable:
+    """Accuracy after pruning each fraction of the head's least important singular directions, in one pass.
+
+    Args:
+        h: activations ``N x features`` (tensor, numpy array or memory map; streamed ``chunk_rows`` at a time).
+        labels: ``N`` integer labels.
+        W: head weight ``classes x features``, or its :class:`~robustsig.metrics.directions.HeadSVD`.
+        b: head bias or ``None``.
+        fractions: fractions of directions to prune (default 65 levels, 0 to 1).
+        order: ``"singular"`` (smallest singular values first), ``"importance"`` or ``"random"``.
+        class_mask: restrict scoring to these logits (ImageNet-R/A: 200 classes; labels are logit indices): a
+            boolean mask or logit indices, e.g. a dataset's ``class_indices``.
+        class_map: per class, the logits it stands for (ObjectNet; labels are class numbers), e.g. a dataset's
+            ``class_map``. ``**robustsig.data.scoring.pruning_scoring(dataset)`` passes the right one.
+        importance: importance per direction for ``order="importance"``; when omitted it is computed from ``h``
+            (one more pass). To prune a shift set in the in-distribution order, pass the importance computed on
+            the in-distribution activations.
+        seed: seed of the random order.
+        chunk_rows: rows per batch.
+
+    Returns:
+        :class:`~robustsig.metrics.table.MetricTable` with columns ``fraction``, ``n_pruned``, ``n_kept``,
+        ``accuracy`` (one row per requested fraction) and ``meta`` ``{"order", "rank", "n_samples"}``.
+
+    Example:
+        >>> import torch
+        >>> W, h = torch.randn(5, 16), torch.randn(300, 16)
+        >>> labels = (h @ W.T).argmax(1)
+        >>> curve = pruning_curve(h, labels, W, fractions=[0.0, 0.4, 1.0])
+        >>> curve["accuracy"][0], curve["n_pruned"].tolist()
+        (np.float64(1.0), [0, 2, 5])
+    """
+    n = num_rows(h, "h (activations)")
+    if not hasattr(labels, "shape"):
+        labels = to_tensor(labels, "labels")
+    if len(labels.shape) != 1 or labels.shape[0] != n:
+        raise InputError(f"labels must be a 1-D array with one label per row of h ({n}), got shape "
+                         f"{tuple(labels.shape)}")
+    svd = as_head_svd(W)
+    if order == "importance" and importance is None:
+        importance = direction_importance(svd, h, chunk_rows=chunk_rows)
+    acc = PruningAccumulator(svd, b, fractions, order, importance=importance, seed=seed, class_mask=class_mask,
+                             class_map=class_map)
+    for start, chunk in iter_rows(h, chunk_rows):
+        acc.update(chunk, labels[start:start + chunk_rows])
+    return acc.compute()
+
+
+def pruning_effective_robustness(id_curve: MetricTable, shift_curves: Mapping[str, MetricTable],
+                                 b1: float = PAPER_B1, b0: float = PAPER_B0) -> MetricTable:
+    """Effective robustness at every pruning level, from the in-distribution curve and the shift-set curves.
+
+    Args:
+        id_curve: :func:`pruning_curve` on the in-distribution set (ImageNet val).
+        shift_curves: dataset name -> :func:`pruning_curve` on it (same head, order and fractions); ACC(S) is
+            their mean (the paper averages its five shift sets).
+        b1, b0: the baseline line (see :func:`~robustsig.metrics.robustness.effective_robustness`).
+
+    Returns:
+        MetricTable with ``fraction``, ``n_pruned``, ``acc_id``, ``acc_<name>`` per shift set, ``acc_shift``, ``er``.
+        Levels where the in-distribution accuracy is exactly 0 or 1 (infinite logit) get ``er = NaN`` and a warning.
+    """
+    if not shift_curves:
+        raise InputError("shift_curves is empty: give at least one shift-set curve")
+    for name, curve in shift_curves.items():
+        if not np.array_equal(curve["n_pruned"], id_curve["n_pruned"]):
+            raise InputError(f"the curve of {name!r} was computed at other pruning levels than the in-distribution "
+                             "curve: use the same head and fractions")
+        if curve.meta.get("order") != id_curve.meta.get("order"):
+            raise InputError(f"the curve of {name!r} uses order {curve.meta.get('order')!r}, the in-distribution "
+                             f"curve {id_curve.meta.get('order')!r}")
+    acc_id = id_curve["accuracy"].astype(np.float64)
+    columns: dict[str, Any] = {"fraction": id_curve["fraction"], "n_pruned": id_curve["n_pruned"], "acc_id": acc_id}
+    for name, curve in shift_curves.items():
+        columns[f"acc_{name}"] = curve["accuracy"]
+    acc_shift = np.mean([curve["accuracy"] for curve in shift_curves.values()], axis=0)
+    columns["acc_shift"] = acc_shift
+    finite = (acc_id > 0) & (acc_id < 1)
+    if not finite.all():
+        warnings.warn(f"ER is undefined (NaN) at {int((~finite).sum())} level(s) where the in-distribution accuracy "
+                      "is exactly 0 or 1", RuntimeWarning, stacklevel=2)
+    er = np.full_like(acc_id, math.nan)
+    er[finite] = effective_robustness(acc_id[finite], acc_shift[finite], b1, b0)
+    columns["er"] = er
+    return MetricTable(columns, meta={**id_curve.meta, "b1": b1, "b0": b0, "shift_sets": list(shift_curves)})

@@ -1,0 +1,116 @@
+"""Concept AP matrix against sklearn (random and heavily tied scores, both input forms, chunking), degenerate
+concepts, and the summary (eq. 5, polysemanticity, top concepts, Venn regions)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import average_precision_score
+
+import robustsig as rs
+
+
+def sklearn_matrix(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    return np.array([[average_precision_score(labels[:, c], scores[:, d]) for d in range(scores.shape[1])]
+                     for c in range(labels.shape[1])])
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("max_elements", [1 << 23, 2000])
+def test_dense_form_equals_sklearn(ties, max_elements):
+    rng = np.random.default_rng(7)
+    scores = rng.normal(size=(500, 24))
+    if ties:
+        scores = np.round(scores * 2) / 2  # ~13 distinct values per column: heavy ties
+    labels = rng.random((500, 30)) < rng.uniform(0.01, 0.6, size=30)
+    labels[:, 3] = True  # a concept present everywhere: AP 1
+    ap = rs.average_precision_matrix(torch.tensor(scores), torch.tensor(labels), max_elements=max_elements)
+    assert ap.dtype == torch.float64 and ap.shape == (30, 24)
+    assert np.abs(ap.numpy() - sklearn_matrix(scores, labels)).max() <= 1e-9
+    assert bool((ap[3] == 1).all())
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_per_concept_sets_equal_sklearn(ties):
+    rng = np.random.default_rng(8)
+    sets, flags = [], []
+    for c in range(40):
+        n = int(rng.integers(6, 120))
+        s = rng.normal(size=(n, 16)).astype(np.float32)
+        if ties:
+            s = np.round(s)
+        sets.append(s)
+        flags.append(rng.random(n) < 0.5)
+        flags[-1][0] = True
+    ap = rs.average_precision_matrix(sets, flags, max_elements=5000)
+    expected = np.array([[average_precision_score(flags[c], sets[c][:, d]) for d in range(16)] for c in range(40)])
+    assert np.abs(ap.numpy() - expected).max() <= 1e-9
+
+
+def test_per_concept_sets_equal_the_dense_form_on_the_same_images():
+    rng = np.random.default_rng(9)
+    scores = torch.tensor(rng.normal(size=(200, 10)))
+    labels = torch.tensor(rng.random((200, 5)) < 0.3)
+    dense = rs.average_precision_matrix(scores, labels)
+    per_concept = rs.average_precision_matrix([scores] * 5, list(labels.T))
+    torch.testing.assert_close(per_concept, dense, rtol=0, atol=1e-15)
+
+
+def test_concept_without_positives_is_nan_with_a_warning():
+    scores = torch.randn(50, 4, dtype=torch.float64)
+    labels = torch.zeros(50, 3, dtype=torch.bool)
+    labels[::3, 1] = True
+    with pytest.warns(RuntimeWarning, match=r"2 concept\(s\) have no positive sample \(concepts 0, 2\)"):
+        ap = rs.average_precision_matrix(scores, labels)
+    assert torch.isnan(ap[[0, 2]]).all() and not torch.isnan(ap[1]).any()
+    with pytest.warns(RuntimeWarning, match="no positive"):
+        per_concept = rs.average_precision_matrix([scores, scores], [labels[:, 1], labels[:, 0]])
+    assert torch.isnan(per_concept[1]).all()
+    torch.testing.assert_close(per_concept[0], ap[1], rtol=0, atol=1e-15)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert average_precision_score(np.zeros(5), np.arange(5.0)) == 0.0  # sklearn's value, documented
+
+
+def test_bad_inputs_are_named():
+    with pytest.raises(rs.InputError, match="boolean"):
+        rs.average_precision_matrix(torch.randn(5, 2), torch.full((5, 1), 2))
+    with pytest.raises(rs.InputError, match="shape"):
+        rs.average_precision_matrix(torch.randn(5, 2), torch.ones(4, 1, dtype=torch.bool))
+    with pytest.raises(rs.InputError, match="NaN"):
+        rs.average_precision_matrix(torch.tensor([[float("nan")], [1.0]]), torch.ones(2, 1, dtype=torch.bool))
+    with pytest.raises(rs.InputError, match="same directions"):
+        rs.average_precision_matrix([torch.randn(4, 2), torch.randn(4, 3)], [torch.ones(4, dtype=torch.bool)] * 2)
+    with pytest.raises(rs.InputError, match="N x C"):
+        rs.average_precision_matrix(torch.randn(4, 2), torch.ones(4, dtype=torch.bool))
+
+
+def test_concept_summary_counts():
+    ap = torch.tensor([[0.95, 0.10, 0.92],
+                       [0.30, 0.20, 0.91],
+                       [0.10, 0.15, 0.40],
+                       [float("nan"), 0.99, 0.10]], dtype=torch.float64)
+    summary = rs.concept_summary(ap, concepts=["dog", "grass", "sky", "car"])
+    assert summary.unique_concepts == 3  # eq. 5: dog, grass, car
+    assert summary.concept_indices.tolist() == [0, 1, 3]
+    assert summary.concepts_per_direction.tolist() == [1, 1, 2]
+    assert summary.polysemanticity == pytest.approx(4 / 3)
+    assert summary.polysemantic_directions.tolist() == [2]
+    assert summary.top_concepts(2, k=2) == [("dog", 0.92), ("grass", 0.91)]
+    assert summary.top_concepts(0, k=5)[-1][0] == "sky"  # NaN AP is never a top concept
+    assert summary.concept_set() == {"dog", "grass", "car"}
+    assert rs.concept_summary(ap, threshold=0.96).unique_concepts == 1
+    assert summary.as_dict()["unique_concepts"] == 3
+    with pytest.raises(rs.InputError, match="3 concept names"):
+        rs.concept_summary(ap, concepts=["a", "b", "c"])
+
+
+def test_concept_overlaps_are_exclusive_venn_regions():
+    ap_a = torch.tensor([[0.95], [0.2], [0.93]], dtype=torch.float64)
+    names = ["dog", "grass", "sky"]
+    regions = rs.concept_overlaps({"a": rs.concept_summary(ap_a, concepts=names),
+                                   "b": {"sky", "car"}, "c": {"sky", "dog", "tree"}})
+    assert regions == {("b",): {"car"}, ("c",): {"tree"}, ("a", "c"): {"dog"}, ("a", "b", "c"): {"sky"}}
