@@ -23,6 +23,8 @@ app = typer.Typer(
 COMMAND_MODULES: list[str] = [
     "robustsig.cli.study",
     "robustsig.cli.report",
+    "robustsig.cli.train",
+    "robustsig.cli.wiseft",
 ]
 
 for _module in COMMAND_MODULES:
