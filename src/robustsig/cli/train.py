@@ -102,7 +102,7 @@ def _train(command: str, base: str, options: dict[str, Any]) -> None:
     from robustsig.train.start import finetune_start, scratch_start
 
     name_or_file = options["recipe"]
-    overrides = {key: options[key] for key in _RECIPE_FIELDS}
+    overrides = {key: options[key] for key in _RECIPE_FIELDS if options[key] is not None}
     if name_or_file is not None and name_or_file.strip().lower() in RECIPES:
         recipe = load_recipe(name_or_file, **overrides)
     else:

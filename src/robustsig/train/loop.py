@@ -139,6 +139,7 @@ def train_classifier(clf: Classifier, dataset: Any, recipe: Recipe, out_dir: str
     if workers < 0 or checkpoint_every < 0:
         raise InputError(f"workers and checkpoint_every must be >= 0, got {workers} and {checkpoint_every}")
     world = world_from_env(device)
+    per_rank_batch(recipe.batch_size, world.size)  # every process refuses an uneven split before joining the group
     with process_group(world):
         trainer = _Trainer(clf, dataset, recipe, Path(out_dir), world, workers, checkpoint_every, on_step)
         with _deterministic_algorithms(recipe.deterministic):
@@ -199,7 +200,7 @@ class _Trainer:
         model: nn.Module = self.clf
         if self.world.distributed:
             index = [self.world.device.index] if self.world.device.type == "cuda" else None
-            model = DistributedDataParallel(self.clf, device_ids=index)
+            model = DistributedDataParallel(self.clf, device_ids=index, gradient_as_bucket_view=True)
         self.clf.train()
         try:
             while self.position.epoch < self.recipe.epochs:

@@ -118,13 +118,13 @@ class Recipe:
 
 
 def load_recipe(base: str | Recipe = "finetune", path: str | os.PathLike | None = None, **overrides: Any) -> Recipe:
-    """A recipe: ``base``, then the values of a YAML file, then keyword overrides (``None`` values are ignored).
+    """A recipe: ``base``, then the values of a YAML file, then keyword overrides.
 
     Args:
         base: ``"finetune"`` (D.1), ``"supervised"`` (D.2), or a :class:`Recipe`. A YAML file may name its own base
             with a ``base:`` key.
         path: a YAML file holding a mapping of recipe fields (e.g. ``lr: 1.0e-5``); unknown keys are errors.
-        **overrides: recipe fields.
+        **overrides: recipe fields (``grad_clip=None``, ``crop_scale=None``... set them to none).
 
     Returns:
         the validated :class:`Recipe`.
@@ -144,11 +144,11 @@ def load_recipe(base: str | Recipe = "finetune", path: str | os.PathLike | None 
         values.update(_read_yaml(Path(path)))
         base = values.pop("base", base)
     recipe = _base(base, source)
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    unknown = [key for key in values if key not in FIELDS or key == "name"]
+    values.update(overrides)
+    unknown = [key for key in values if key not in FIELDS]
     if unknown:
-        raise InputError(_message(source, [f"{key}: unknown recipe key{_close(key)}; recipe keys: "
-                                           f"{', '.join(k for k in FIELDS if k != 'name')}" for key in unknown]))
+        raise InputError(_message(source, [f"{key}: unknown recipe key{_close(key)}; recipe keys: base, "
+                                           f"{', '.join(FIELDS)}" for key in unknown]))
     problems: list[str] = []
     converted = {}
     for key, value in values.items():
@@ -169,6 +169,8 @@ def load_recipe(base: str | Recipe = "finetune", path: str | os.PathLike | None 
 def _problems(recipe: Any) -> list[str]:
     """Every range or consistency problem of a recipe (already converted to the right types)."""
     problems = []
+    if not isinstance(recipe.name, str) or not recipe.name.strip():
+        problems.append(f"name: expected a non-empty name; got {recipe.name!r}")
 
     def check(ok: bool, key: str, expected: str) -> None:
         if not ok:
@@ -294,7 +296,7 @@ def _is_none(value: Any) -> bool:
 
 
 _CONVERTERS: dict[str, Callable[[Any], Any]] = {
-    "epochs": _to_int, "batch_size": _to_int, "lr": _to_float, "weight_decay": _to_float, "betas": _to_pair,
+    "name": str, "epochs": _to_int, "batch_size": _to_int, "lr": _to_float, "weight_decay": _to_float, "betas": _to_pair,
     "eps": _to_float, "warmup_steps": _to_int, "schedule": _to_choice(SCHEDULES), "lr_milestones": _to_int_tuple,
     "lr_gamma": _to_float, "label_smoothing": _to_float, "grad_clip": _to_optional_float,
     "crop_scale": _to_optional_pair, "hflip": _to_bool, "image_size": _to_optional_int,
