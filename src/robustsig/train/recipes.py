@@ -138,7 +138,7 @@ def load_recipe(base: str | Recipe = "finetune", path: str | os.PathLike | None 
         (1, 2)
     """
     values: dict[str, Any] = {}
-    source = "recipe overrides"
+    source = f"the {base.name if isinstance(base, Recipe) else base!r} recipe with the values given"
     if path is not None:
         source = str(path)
         values.update(_read_yaml(Path(path)))
@@ -186,9 +186,11 @@ def _problems(recipe: Any) -> list[str]:
     check(_is_int(recipe.warmup_steps) and recipe.warmup_steps >= 0, "warmup_steps", "an integer >= 0")
     check(recipe.schedule in SCHEDULES, "schedule", f"one of {', '.join(SCHEDULES)}")
     milestones = recipe.lr_milestones
-    check(isinstance(milestones, tuple) and all(_is_int(m) for m in milestones)
-          and list(milestones) == sorted(set(milestones))
-          and all(0 < m < recipe.epochs for m in milestones if _is_int(recipe.epochs)),
+    well_formed = (isinstance(milestones, tuple) and all(_is_int(m) for m in milestones)
+                   and list(milestones) == sorted(set(milestones)))
+    in_range = (not well_formed or recipe.schedule != "step" or not _is_int(recipe.epochs)
+                or all(0 < m < recipe.epochs for m in milestones))  # milestones only matter to the step schedule
+    check(well_formed and in_range,
           "lr_milestones", f"strictly increasing epochs between 1 and epochs - 1 = {recipe.epochs - 1} (when "
           "changing epochs, change the milestones too, or use schedule 'constant' or 'cosine')")
     if recipe.schedule == "step" and not milestones and not problems:
