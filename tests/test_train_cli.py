@@ -210,3 +210,12 @@ def test_help(capsys, monkeypatch, command, options):
     assert code == 0 and all(option in stdout for option in options)
     if command == "train":
         assert "--new-head" not in stdout and "D.2" in stdout
+
+
+def test_an_imagenet_root_holding_val_is_not_trained_on(tmp_path, capsys):
+    for split in ("train", "val"):
+        write_colour_folder(tmp_path / "imagenet" / split, per_class=1, classes=("red",))
+        (tmp_path / "imagenet" / split / "red").rename(tmp_path / "imagenet" / split / "n01440764")
+    code, _, stderr = run(capsys, "finetune", "timm:test_convnext", "--data", f"imagenet:{tmp_path / 'imagenet'}")
+    assert code == 2 and f"opened the validation folder {tmp_path / 'imagenet' / 'val'}" in stderr
+    assert f"imagenet:{tmp_path / 'imagenet' / 'train'}" in stderr

@@ -16,6 +16,7 @@ from typing import Any
 import typer
 
 from robustsig.cli._output import emit_json
+from robustsig.errors import InputError
 
 _KW = inspect.Parameter.KEYWORD_ONLY
 
@@ -26,7 +27,8 @@ def _param(name: str, annotation: Any, default: Any) -> inspect.Parameter:
 
 _COMMON = [
     inspect.Parameter("spec", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=str,
-                      default=typer.Argument(..., metavar="SPEC", help="the model spec, e.g. openclip:ViT-B-32@openai")),
+                      default=typer.Argument(..., metavar="SPEC",
+                                             help="the model spec, e.g. openclip:ViT-B-32@openai")),
     _param("data", str, typer.Option(..., "--data", metavar="KIND:ROOT",
                                      help="the training set, e.g. imagenet:/data/imagenet/train or folder:train/ "
                                           "(class sub-folders)")),
@@ -110,6 +112,10 @@ def _train(command: str, base: str, options: dict[str, Any]) -> None:
     world = world_from_env(options["device"])
     kind, root = parse_dataset_spec(options["data"])
     dataset = open_dataset(kind, root)
+    opened = Path(dataset.root or root).resolve()
+    if opened != Path(root).resolve() and "val" in opened.name.lower():
+        raise InputError(f"--data {options['data']} opened the validation folder {opened}; pass the training "
+                         f"folder itself (e.g. {kind}:{Path(root) / 'train'})")
     if command == "finetune":
         clf = finetune_start(options["spec"], dataset, device=world.device, classnames=options["classnames"],
                              templates=options["templates"], new_head=options["new_head"], seed=recipe.seed)
