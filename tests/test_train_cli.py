@@ -6,7 +6,6 @@ the matching spec and give the same logits as the trained state, the zero-shot i
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import open_clip
@@ -20,8 +19,7 @@ from robustsig.cli import main
 from robustsig.train.start import finetune_start, scratch_start
 from robustsig.train.state import load_train_state
 
-sys.path.insert(0, str(Path(__file__).parent))
-from train_helpers import write_colour_folder  # noqa: E402
+from train_helpers import write_colour_folder
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*randomly initialised", "ignore:.*Grad strides do not match")
 TINY_CLIP = {"embed_dim": 16,

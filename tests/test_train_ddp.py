@@ -5,8 +5,9 @@ batch ends.
 Where the two agree: every step sees the same global batch (the sampler test in ``test_train_recipes.py``), and
 DistributedDataParallel averages the two half-batch gradients, which equals the whole-batch gradient up to the
 order of floating-point sums. So for a model without batch-dependent layers (``timm:test_convnext``: LayerNorm,
-no BatchNorm, no dropout) the weights agree to rounding (~1e-7 after 8 AdamW steps that move them by ~5e-3), not bit for bit. A
-model with BatchNorm would differ by design: each process normalises with the statistics of its half batch.
+no BatchNorm, no dropout) the weights agree to rounding (~1e-7 after 8 AdamW steps that move them by ~5e-3), not
+bit for bit. A model with BatchNorm would differ by design: each process normalises with the statistics of its
+half batch.
 """
 
 from __future__ import annotations
@@ -26,8 +27,7 @@ from robustsig.cli import main
 from robustsig.train.start import finetune_start
 from robustsig.train.state import load_train_state
 
-sys.path.insert(0, str(Path(__file__).parent))
-from train_helpers import write_colour_folder  # noqa: E402
+from train_helpers import write_colour_folder
 
 pytestmark = [pytest.mark.torchrun,
               pytest.mark.filterwarnings("ignore:.*randomly initialised", "ignore:.*Grad strides do not match")]

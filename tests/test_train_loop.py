@@ -20,11 +20,11 @@ from robustsig.train.loop import CHECKPOINT_NAME, LOG_COLUMNS, train_classifier
 from robustsig.train.recipes import load_recipe
 from robustsig.train.state import load_train_state
 
-sys.path.insert(0, str(Path(__file__).parent))
-from train_helpers import tiny_classifier, write_colour_folder  # noqa: E402
+from train_helpers import tiny_classifier, write_colour_folder
 
 pytestmark = pytest.mark.filterwarnings("ignore:this classifier records no architecture")
-RECIPE = dict(epochs=3, batch_size=4, lr=0.05, warmup_steps=2, lr_milestones=[1, 2], label_smoothing=0.0)  # 24 images: 6 steps/epoch
+# 24 images, batches of 4: 6 steps per epoch
+RECIPE = dict(epochs=3, batch_size=4, lr=0.05, warmup_steps=2, lr_milestones=[1, 2], label_smoothing=0.0)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -77,29 +77,33 @@ def test_loss_goes_down_and_the_log_has_one_row_per_epoch(reference):
     assert not clf.training
 
 
-def test_exception_mid_epoch_resumes_to_identical_weights(reference, colours, tmp_path):
+@pytest.mark.parametrize("stop, resume, position", [
+    (9, 8, (1, 2, 8)),  # mid-epoch: epoch 2, after its batch 2
+    (13, 12, (1, 6, 12)),  # checkpointed after the last batch of epoch 2, before its log row was written
+])
+def test_exception_mid_epoch_resumes_to_identical_weights(reference, colours, tmp_path, stop, resume, position):
     expected, reference_result = reference
     recipe = load_recipe("supervised", **RECIPE)
 
     class Stop(Exception):
         pass
 
-    def stop_at_step_9(step: int) -> None:
-        if step == 9:  # epoch 2, batch 3; the last checkpoint was at step 8 (epoch 2, batch 2)
+    def stop_at(step: int) -> None:
+        if step == stop:
             raise Stop
 
     with pytest.raises(Stop):
         train_classifier(tiny_classifier(), rs.open_dataset("folder", colours), recipe, tmp_path, workers=0,
-                         checkpoint_every=4, on_step=stop_at_step_9)
+                         checkpoint_every=4, on_step=stop_at)
     state = load_train_state(tmp_path / CHECKPOINT_NAME)
-    assert (state.position.epoch, state.position.batch, state.position.step) == (1, 2, 8)
-    assert state.epoch_totals.count == 8 and len(state.history) == 1
+    assert (state.position.epoch, state.position.batch, state.position.step) == position
+    assert state.epoch_totals.count == 4 * position[1] and len(state.history) == 1
     assert len(_log_rows(tmp_path / "train_log.csv")) == 1
 
     resumed = tiny_classifier(seed=5)  # other initial weights: they must all come from the checkpoint
     result = train_classifier(resumed, rs.open_dataset("folder", colours), recipe, tmp_path, workers=0,
                               checkpoint_every=4)
-    assert result.resumed_from_step == 8 and result.steps == 18
+    assert result.resumed_from_step == resume and result.steps == 18
     assert _states_equal(resumed.state_dict(), expected.state_dict())
     assert _log_rows(result.log_path) == _log_rows(reference_result.log_path)
     final = load_train_state(tmp_path / CHECKPOINT_NAME)

@@ -50,7 +50,8 @@ def test_yaml_then_keyword_overrides(tmp_path):
 def test_every_problem_is_reported_with_its_key(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("epochs: 0\nlr: -1\nlable_smoothing: 0.1\n")
-    with pytest.raises(rs.InputError, match=r"lable_smoothing: unknown recipe key \(did you mean 'label_smoothing'\?\)"):
+    with pytest.raises(rs.InputError,
+                       match=r"lable_smoothing: unknown recipe key \(did you mean 'label_smoothing'\?\)"):
         load_recipe("finetune", path)
     path.write_text("epochs: 0\nlr: -1\nlabel_smoothing: 1.5\nschedule: linear\ncrop_scale: [0.9, 0.1]\n")
     with pytest.raises(rs.InputError) as info:

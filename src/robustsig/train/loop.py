@@ -310,7 +310,7 @@ class _Trainer:
         if self.world.is_main:
             self._write_log()
 
-    # --- files (rank 0) and provenance -------------------------------------------------------------------------------------
+    # --- files (rank 0) and provenance --------------------------------------------------------------------------
     def _save_checkpoint(self, seconds: float = 0.0) -> None:
         """A collective (every process calls it; epoch totals are summed over them); rank 0 writes."""
         loss_sum, correct, count, skipped = all_reduce_sum(self.totals.clone(), self.world).tolist()

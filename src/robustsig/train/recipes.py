@@ -298,7 +298,8 @@ def _is_none(value: Any) -> bool:
 
 
 _CONVERTERS: dict[str, Callable[[Any], Any]] = {
-    "name": str, "epochs": _to_int, "batch_size": _to_int, "lr": _to_float, "weight_decay": _to_float, "betas": _to_pair,
+    "name": str, "epochs": _to_int, "batch_size": _to_int, "lr": _to_float, "weight_decay": _to_float,
+    "betas": _to_pair,
     "eps": _to_float, "warmup_steps": _to_int, "schedule": _to_choice(SCHEDULES), "lr_milestones": _to_int_tuple,
     "lr_gamma": _to_float, "label_smoothing": _to_float, "grad_clip": _to_optional_float,
     "crop_scale": _to_optional_pair, "hflip": _to_bool, "image_size": _to_optional_int,

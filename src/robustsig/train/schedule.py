@@ -13,7 +13,7 @@ uninterrupted run would, and the scheduler's state in a checkpoint is just the s
 Example:
     >>> from robustsig.train.recipes import load_recipe
     >>> recipe = load_recipe("supervised", warmup_steps=0)
-    >>> [learning_rate(recipe, step, steps_per_epoch=10) for step in (0, 299, 300, 600)]
+    >>> [round(learning_rate(recipe, step, steps_per_epoch=10), 12) for step in (0, 299, 300, 600)]
     [0.001, 0.001, 0.0001, 1e-05]
 """
 

@@ -56,9 +56,9 @@ def preprocess_settings(preprocess: Callable[[Any], Any]) -> PreprocessSettings:
     resize = next((t for t in steps if isinstance(t, T.Resize)), None)
     square_resize = resize is not None and not isinstance(resize.size, int)
     if normalize is None or (crop is None and not square_resize):
-        raise InputError(f"cannot read the crop size and normalisation of this classifier's preprocess ({preprocess!r}); "
-                         "training builds its augmentation from them and needs a torchvision Compose with a "
-                         "Normalize and a CenterCrop (or a square Resize)")
+        raise InputError(f"cannot read the crop size and normalisation of this classifier's preprocess "
+                         f"({preprocess!r}); training builds its augmentation from them and needs a torchvision "
+                         "Compose with a Normalize and a CenterCrop (or a square Resize)")
     size = _square(crop.size if crop is not None else resize.size, preprocess)
     interpolation = resize.interpolation if resize is not None else getattr(crop, "interpolation",
                                                                            InterpolationMode.BILINEAR)
