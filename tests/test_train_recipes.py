@@ -165,17 +165,27 @@ def test_training_transforms_follow_the_recipe():
 
     eval_tf = T.Compose([T.Resize(40), T.CenterCrop(32), T.ToTensor(), T.Normalize([0.5] * 3, [0.25] * 3)])
     d1 = training_transform(eval_tf, FINETUNE)
-    kinds = [type(t) for t in d1.transforms]
-    assert kinds == [T.RandomResizedCrop, T.ToTensor, T.Normalize]  # wise-ft / open_clip is_train: no flip
-    assert d1.transforms[0].scale == (0.9, 1.0) and d1.transforms[0].size == (32, 32)
+    assert [type(t) for t in d1.per_image.transforms] == [T.RandomResizedCrop, T.PILToTensor]  # wise-ft: no flip
+    assert d1.per_image.transforms[0].scale == (0.9, 1.0) and d1.per_image.transforms[0].size == (32, 32)
+    assert (d1.mean, d1.std) == ((0.5,) * 3, (0.25,) * 3)
     d2 = training_transform(eval_tf, load_recipe("supervised", image_size=24))
-    assert [type(t) for t in d2.transforms] == [T.RandomResizedCrop, T.RandomHorizontalFlip, T.ToTensor, T.Normalize]
-    assert d2.transforms[0].scale == (0.08, 1.0) and d2.transforms[0].size == (24, 24)
-    image = Image.new("RGB", (50, 40), (255, 0, 0))
-    out = d2(image)
-    assert out.shape == (3, 24, 24)
-    torch.testing.assert_close(out[0], torch.full((24, 24), 2.0))  # (1 - 0.5) / 0.25: the model's normalisation
-    assert training_transform(eval_tf, load_recipe("finetune", crop_scale=None)) is eval_tf
+    assert [type(t) for t in d2.per_image.transforms] == [T.RandomResizedCrop, T.RandomHorizontalFlip,
+                                                          T.PILToTensor]
+    assert d2.per_image.transforms[0].scale == (0.08, 1.0) and d2.per_image.transforms[0].size == (24, 24)
+
+    # uint8 out of the workers, normalised on the device: exactly ToTensor + Normalize of the same crop
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8))
+    torch.manual_seed(5)
+    crop = d2.per_image(image)
+    assert crop.dtype == torch.uint8 and crop.shape == (3, 24, 24)
+    torch.manual_seed(5)
+    classic = T.Compose([*d2.per_image.transforms[:-1], T.ToTensor(), T.Normalize([0.5] * 3, [0.25] * 3)])(image)
+    torch.testing.assert_close(d2.on_device(crop.unsqueeze(0))[0], classic, rtol=0, atol=0)
+
+    plain = training_transform(eval_tf, load_recipe("finetune", crop_scale=None))
+    assert plain.per_image is eval_tf and plain.mean is None
+    x = torch.rand(2, 3, 4, 4)
+    assert plain.on_device(x) is x
     with pytest.raises(rs.InputError, match="image_size needs crop_scale"):
         training_transform(eval_tf, load_recipe("finetune", crop_scale=None, image_size=16))
 

@@ -27,7 +27,7 @@ import random
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -142,11 +142,8 @@ def train_classifier(clf: Classifier, dataset: Any, recipe: Recipe, out_dir: str
     per_rank_batch(recipe.batch_size, world.size)  # every process refuses an uneven split before joining the group
     with process_group(world):
         trainer = _Trainer(clf, dataset, recipe, Path(out_dir), world, workers, checkpoint_every, on_step)
-        with _deterministic_algorithms(recipe.deterministic):
-            if world.is_main:
-                return trainer.run(restart)
-            with quiet():
-                return trainer.run(restart)
+        with _deterministic_algorithms(recipe.deterministic), nullcontext() if world.is_main else quiet():
+            return trainer.run(restart)
 
 
 class _Trainer:
@@ -159,8 +156,9 @@ class _Trainer:
         per_rank = per_rank_batch(recipe.batch_size, world.size)
         check_training_set(dataset, clf.head.out_features, recipe.batch_size)
         self.amp_dtype, use_scaler = _precision(recipe.precision, world.device)
-        self.loader, self.sampler = training_loader(dataset, training_transform(clf.preprocess, recipe), world,
-                                                    per_rank, recipe.seed, workers)
+        self.transform = training_transform(clf.preprocess, recipe)
+        self.loader, self.sampler = training_loader(dataset, self.transform.per_image, world, per_rank, recipe.seed,
+                                                    workers)
         self.steps_per_epoch = self.sampler.batches_per_epoch
         self.total_steps = recipe.epochs * self.steps_per_epoch
         clf.to(world.device)
@@ -276,7 +274,7 @@ class _Trainer:
             group["lr"] = self.lr
         _seed_everything(derived_seed(self.recipe.seed, 1, step, self.world.rank))
         device = self.world.device
-        images = images.to(device, non_blocking=True)
+        images = self.transform.on_device(images.to(device, non_blocking=True))
         labels = labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             logits = model(images)

@@ -3,9 +3,9 @@ recipe's random augmentation.
 
 The eval ``preprocess`` of every family (torchvision's ``ImageClassification``, timm's and open_clip's
 ``Compose([Resize, CenterCrop, ..., ToTensor, Normalize])``) is read for its crop size, interpolation, mean and
-std; the training transform is then ``RandomResizedCrop(size, scale=crop_scale)`` (+ ``RandomHorizontalFlip``)
-+ ``ToTensor`` + ``Normalize``. A recipe without ``crop_scale`` trains on the eval preprocessing itself (with a
-flip in front when ``hflip`` is set).
+std; the training transform is then ``RandomResizedCrop(size, scale=crop_scale)`` (+ ``RandomHorizontalFlip``) to
+a uint8 tensor in the data-loading workers, normalised with the model's mean and std on the model's device. A recipe
+without ``crop_scale`` trains on the eval preprocessing itself (with a flip in front when ``hflip`` is set).
 
 Example:
     >>> from torchvision import transforms as T
@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
@@ -65,25 +66,51 @@ def preprocess_settings(preprocess: Callable[[Any], Any]) -> PreprocessSettings:
     return PreprocessSettings(size, interpolation, _floats(normalize.mean), _floats(normalize.std))
 
 
-def training_transform(preprocess: Callable[[Any], Any], recipe: Recipe) -> Callable[[Any], Any]:
+@dataclass(frozen=True)
+class TrainingTransform:
+    """How a training image reaches the model, in two parts.
+
+    Attributes:
+        per_image: PIL image -> tensor, run in the data-loading workers (the random augmentation). It ends in a
+            ``uint8`` tensor when ``mean``/``std`` are set: a quarter of the bytes of float32 to ship from the
+            workers, and the normalisation runs on the model's device (:meth:`on_device`).
+        mean, std: the classifier's normalisation, or ``None`` when ``per_image`` already normalises (training on
+            the model's own eval preprocessing).
+    """
+
+    per_image: Callable[[Any], torch.Tensor]
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    def on_device(self, images: torch.Tensor) -> torch.Tensor:
+        """Finish a batch where the model runs: ``(images / 255 - mean) / std`` (as ``ToTensor`` + ``Normalize``)."""
+        if self.mean is None or self.std is None:
+            return images
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=torch.float32, device=images.device).view(1, -1, 1, 1)
+        return images.to(torch.float32).div_(255).sub_(mean).div_(std)
+
+
+def training_transform(preprocess: Callable[[Any], Any], recipe: Recipe) -> TrainingTransform:
     """The transform a recipe trains with, for a classifier whose eval transform is ``preprocess``.
 
     Returns:
-        ``RandomResizedCrop(+flip) + ToTensor + Normalize`` with the classifier's statistics when the recipe sets
-        ``crop_scale``; otherwise ``preprocess`` itself (after a random flip when ``hflip`` is set).
+        ``RandomResizedCrop`` (+ ``RandomHorizontalFlip``) to a uint8 tensor, normalised on the device with the
+        classifier's statistics, when the recipe sets ``crop_scale``; otherwise ``preprocess`` itself (after a
+        random flip when ``hflip`` is set).
     """
     if recipe.crop_scale is None:
         if recipe.image_size is not None:
             raise InputError("image_size needs crop_scale: without a random resized crop, training uses the "
                              "model's eval preprocessing at its own size")
-        return T.Compose([T.RandomHorizontalFlip(), preprocess]) if recipe.hflip else preprocess
+        return TrainingTransform(T.Compose([T.RandomHorizontalFlip(), preprocess]) if recipe.hflip else preprocess)
     settings = preprocess_settings(preprocess)
     size = recipe.image_size or settings.size
     steps: list[Any] = [T.RandomResizedCrop(size, scale=recipe.crop_scale, interpolation=settings.interpolation)]
     if recipe.hflip:
         steps.append(T.RandomHorizontalFlip())
-    steps += [T.ToTensor(), T.Normalize(settings.mean, settings.std)]
-    return T.Compose(steps)
+    steps.append(T.PILToTensor())
+    return TrainingTransform(T.Compose(steps), settings.mean, settings.std)
 
 
 def _square(size: int | Sequence[int], preprocess: Any) -> int:
