@@ -37,7 +37,8 @@ _COMMON = [
 ]
 _FINETUNE_ONLY = [
     _param("classnames", Path | None, typer.Option(None, "--classnames", help="OpenCLIP: a text file of class "
-                                                   "names for the zero-shot head (default: the class folders)")),
+                                                   "names for the zero-shot head, one per class folder in sorted "
+                                                   "folder order (default: the folder names)")),
     _param("templates", Path | None, typer.Option(None, "--templates", help="OpenCLIP: a text file of prompt "
                                                   "templates with {} (default: OpenAI's 80)")),
     _param("new_head", bool, typer.Option(False, "--new-head", help="timm/torchvision/bundled: replace a trained "
