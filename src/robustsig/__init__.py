@@ -54,6 +54,12 @@ _PUBLIC: dict[str, str] = {
     "zero_shot_head": "robustsig.models.zeroshot",
     "interpolate": "robustsig.models.wiseft",
     "interpolation_path": "robustsig.models.wiseft",
+    # training (the model pool: finetuning, from scratch, Wise-FT sweeps)
+    "Recipe": "robustsig.train.recipes",
+    "load_recipe": "robustsig.train.recipes",
+    "train_classifier": "robustsig.train.loop",
+    "parse_alphas": "robustsig.train.sweep",
+    "save_wiseft_sweep": "robustsig.train.sweep",
     # data
     "open_dataset": "robustsig.data.registry",
     "accuracy": "robustsig.data.scoring",

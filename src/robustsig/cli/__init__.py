@@ -27,6 +27,8 @@ COMMAND_MODULES: list[str] = [
     "robustsig.cli.er",
     "robustsig.cli.cka",
     "robustsig.cli.report",
+    "robustsig.cli.train",
+    "robustsig.cli.wiseft",
 ]
 
 for _module in COMMAND_MODULES:

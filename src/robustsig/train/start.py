@@ -1,0 +1,116 @@
+"""The classifier a training run starts from: a model with weights (finetuning) or a fresh one (from scratch).
+
+- :func:`finetune_start`: the spec's classifier with its weights. For OpenCLIP the head is the zero-shot head
+  built for the training set's class names (wise-ft's initialisation); other families keep their trained head
+  when it has one output per class, or get a new randomly initialised head when asked (``new_head``).
+- :func:`scratch_start`: the spec's architecture with random weights and a randomly initialised head of one
+  output per class (an OpenCLIP model's zero-shot head from a random text tower is not kept).
+
+Both seed torch first, so new weights are the same in every process of a ``torchrun`` job and in every rerun.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from robustsig.errors import InputError
+from robustsig.models.classifier import Classifier
+from robustsig.models.factory import load_classifier
+from robustsig.models.prompts import ClassnamesLike, TemplatesLike
+from robustsig.models.spec import ModelSpec
+
+
+def finetune_start(spec: str | ModelSpec, dataset: Any, *, device: str | torch.device | None = None,
+                   classnames: ClassnamesLike = None, templates: TemplatesLike = None, new_head: bool = False,
+                   seed: int = 0, cache_dir: str | None = None) -> Classifier:
+    """The classifier finetuning starts from.
+
+    Args:
+        spec: a model spec with weights (``openclip:ViT-B-32@openai``, ``timm:resnet50@/w.pt``...).
+        dataset: the training set (its ``classnames`` name the classes, one per head output).
+        device: where to build it.
+        classnames: OpenCLIP: the class names the zero-shot head is built for (default: the dataset's).
+        templates: OpenCLIP: the prompt templates (default: OpenAI's 80).
+        new_head: replace a trained head whose size does not match the dataset by a random one.
+        seed: seeds any new weights.
+        cache_dir: the zero-shot head cache.
+
+    Raises:
+        InputError: a trained head with another number of outputs than the dataset has classes (without
+            ``new_head``), or class names of the wrong count.
+    """
+    parsed = _trainable(spec)
+    names = _dataset_classnames(dataset)
+    torch.manual_seed(seed)
+    if parsed.family == "openclip":
+        clf = load_classifier(parsed, device=device, classnames=classnames if classnames is not None else names,
+                              templates=templates, cache_dir=cache_dir)
+        if clf.head.out_features != len(names):
+            raise InputError(f"{len(clf.classnames)} class names for the zero-shot head, but the training set has "
+                             f"{len(names)} classes; pass one name per class folder")
+        return clf
+    if classnames is not None or templates is not None:
+        raise InputError(f"classnames and templates build zero-shot heads of OpenCLIP models; {parsed} has a trained "
+                         "head")
+    clf = load_classifier(parsed, device=device)
+    if clf.head.out_features != len(names):
+        if not new_head:
+            raise InputError(f"{parsed} has a head of {clf.head.out_features} outputs but the training set has "
+                             f"{len(names)} classes; pass --new-head to replace the head by a randomly initialised "
+                             f"one of {len(names)} outputs")
+        replace_head(clf, names)
+    return clf
+
+
+def scratch_start(spec: str | ModelSpec, dataset: Any, *, device: str | torch.device | None = None,
+                  seed: int = 0) -> Classifier:
+    """A randomly initialised classifier of the spec's architecture with one output per class of ``dataset``.
+
+    Raises:
+        InputError: the spec names weights (training from scratch starts from none; finetune from weights instead).
+    """
+    parsed = _trainable(spec)
+    if not parsed.random_init:
+        raise InputError(f"training from scratch starts from random weights, but {parsed} names weights "
+                         f"({parsed.weights or 'bundled'}); drop '@...' from the spec (e.g. "
+                         f"'{parsed.family}:{parsed.name}'), or use `robustsig finetune` to start from them")
+    names = _dataset_classnames(dataset)
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*randomly initialised", category=UserWarning)
+        if parsed.family == "openclip":  # a cheap head (one template, no cache): it is replaced below
+            clf = load_classifier(parsed, device=device, classnames=names, templates=["{}"], use_cache=False)
+        else:
+            clf = load_classifier(parsed, device=device)
+    if parsed.family == "openclip" or clf.head.out_features != len(names):
+        replace_head(clf, names)
+    return clf
+
+
+def replace_head(clf: Classifier, classnames: Sequence[str]) -> None:
+    """Give ``clf`` a new ``nn.Linear`` head (PyTorch's default initialisation, bias as before) of one output per
+    class name, on the old head's device."""
+    old = clf.head
+    clf.head = nn.Linear(old.in_features, len(classnames), bias=old.bias is not None).to(old.weight.device)
+    clf.classnames = list(classnames)
+
+
+def _trainable(spec: str | ModelSpec) -> ModelSpec:
+    parsed = ModelSpec.parse(spec)
+    if parsed.family == "hf":
+        raise InputError(f"{parsed}: Hugging Face models do not load back from a robustsig checkpoint, so a trained "
+                         "copy could not be used; train an openclip, timm, torchvision or bundled model")
+    return parsed
+
+
+def _dataset_classnames(dataset: Any) -> list[str]:
+    names = list(getattr(dataset, "classnames", []) or [])
+    if not names:
+        raise InputError(f"the training set at {getattr(dataset, 'root', None)!r} has no class names (an unlabelled "
+                         "folder?); training needs class sub-folders or a labelled csv")
+    return names
