@@ -1,71 +1,82 @@
-"""`robustsig extract SPEC KIND:ROOT --out DIR`, with the model factory and dataset registry stood in by test
-doubles (the real ones live in other modules; here only the command's own wiring is under test)."""
+"""`robustsig extract SPEC KIND:ROOT --out DIR`: the real dataset registry and model factory behind the command
+(one test stands in a tiny model for the factory, to check the options without a large network)."""
 
 from __future__ import annotations
 
 import json
-import sys
-import types
 
 import pytest
-import typer
+import skimage.data
+from PIL import Image
 from typer.testing import CliRunner
 
 import robustsig as rs
-from robustsig.cli.extract import register
+import robustsig.models.factory
+from robustsig.cli import app
 
 from extract_helpers import image_folder, tiny_classifier
 
 
 @pytest.fixture
-def app():
-    """A command group holding `extract` (the shared app is a group once every command is registered)."""
-    group = typer.Typer()
-    group.callback()(lambda: None)
-    register(group)
-    return group
+def tiny_model(monkeypatch):
+    real = robustsig.models.factory.load_classifier
+
+    def load_classifier(spec, **kwargs):
+        return tiny_classifier() if spec == "test:tiny" else real(spec, **kwargs)
+
+    monkeypatch.setattr(robustsig.models.factory, "load_classifier", load_classifier)
 
 
-@pytest.fixture
-def factories(tmp_path, monkeypatch):
-    folder = image_folder(tmp_path / "images", 7, corrupt=(2,))
-    opened = []
-
-    def load_classifier(spec):
-        if spec != "test:tiny":
-            raise rs.InputError(f"unknown model spec {spec!r}")
-        return tiny_classifier()
-
-    def open_dataset(kind, root, **options):
-        opened.append((kind, root))
-        return folder
-
-    monkeypatch.setitem(sys.modules, "robustsig.models.factory", types.SimpleNamespace(load_classifier=load_classifier))
-    monkeypatch.setitem(sys.modules, "robustsig.data.registry", types.SimpleNamespace(open_dataset=open_dataset))
-    return opened
-
-
-def test_extract_command_writes_a_store(tmp_path, factories, app):
+def test_extract_command_writes_a_store(tmp_path, tiny_model):
+    image_folder(tmp_path / "images", 7, corrupt=(2,))
     out = tmp_path / "store"
-    result = CliRunner().invoke(app, ["extract", "test:tiny", f"folder:{tmp_path / 'images'}", "--out", str(out),
-                                      "--layers", "conv1,conv2", "--batch-size", "3", "--workers", "0",
-                                      "--topk", "2", "--json"])
+    argv = ["extract", "test:tiny", f"folder:{tmp_path / 'images'}", "--out", str(out), "--layers", "conv1,conv2",
+            "--batch-size", "3", "--workers", "0", "--topk", "2"]
+    result = CliRunner().invoke(app, argv + ["--json"])
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
-    assert factories == [("folder", str(tmp_path / "images"))]
     assert document["rows"] == 6 and document["summary"]["skipped"] == 1
+    assert document["skipped"][0]["path"].endswith("img0002.jpg")
     assert set(document["keys"]) >= {"h", "topk_values", "topk_indices", "conv1", "conv2"}
     store = rs.ActivationStore(out)
     assert store.manifest["key"]["logits_topk"] == 2 and store.layers == ["conv1", "conv2"]
-    table = CliRunner().invoke(app, ["extract", "test:tiny", f"folder:{tmp_path / 'images'}", "--out", str(out),
-                                     "--layers", "conv1,conv2", "--topk", "2"])
+    assert store.read("labels").tolist() == [0, 0, 1, 1, 3, 4]  # class folders in order; class2 held only the corrupt file
+    table = CliRunner().invoke(app, argv)
     assert table.exit_code == 0 and "images/s" in table.stdout and str(out.resolve()) in table.stdout
+    # a dataset option reaches the dataset: strict decoding turns the corrupt file into an error naming it
+    strict = CliRunner().invoke(app, argv[:5] + ["--out", str(tmp_path / "strict"), "-O", "strict=true"])
+    assert isinstance(strict.exception, rs.CorruptImageError) and "img0002.jpg" in str(strict.exception)
 
 
-def test_extract_command_errors_name_the_input(tmp_path, factories, app):
-    for argv, message in [(["extract", "test:tiny", "photos", "--out", str(tmp_path / "s")], "must be KIND:ROOT"),
-                          (["extract", "nope:x", "folder:x", "--out", str(tmp_path / "s")], "unknown model spec"),
-                          (["extract", "test:tiny", "folder:x", "--out", str(tmp_path / "s"), "--dtype", "int8"],
-                           "dtype must be one of")]:
+def test_extract_command_errors_name_the_input(tmp_path, tiny_model):
+    image_folder(tmp_path / "x", 3)
+    folder = f"folder:{tmp_path / 'x'}"
+    for argv, message in [(["extract", "test:tiny", "photos", "--out", str(tmp_path / "s")], "is not KIND:ROOT"),
+                          (["extract", "nope:x", folder, "--out", str(tmp_path / "s")], "nope"),
+                          (["extract", "test:tiny", folder, "--out", str(tmp_path / "s"), "--dtype", "int8"],
+                           "dtype must be one of"),
+                          (["extract", "test:tiny", folder, "--out", str(tmp_path / "s"), "-O", "colour=red"],
+                           "has no option 'colour'"),
+                          (["extract", "test:tiny", folder, "--out", str(tmp_path / "s"), "-O", "strict"],
+                           "is not KEY=VALUE")]:
         result = CliRunner().invoke(app, argv)
-        assert isinstance(result.exception, rs.InputError) and message in str(result.exception)
+        assert isinstance(result.exception, rs.InputError) and message in str(result.exception), result.output
+
+
+def test_real_mobilenet_through_folder_store_and_logits(tmp_path):
+    """The path users take: a folder of photos -> `robustsig extract bundled:mobilenet_v2` -> stored logits."""
+    Image.fromarray(skimage.data.coffee()).save(tmp_path / "coffee.jpg")
+    Image.fromarray(skimage.data.chelsea()).save(tmp_path / "chelsea.png")
+    photos = tmp_path / "photos"
+    for name, source in (("cup", "coffee.jpg"), ("cat", "chelsea.png")):
+        (photos / name).mkdir(parents=True)
+        (tmp_path / source).rename(photos / name / source)
+    result = CliRunner().invoke(app, ["extract", "bundled:mobilenet_v2", f"folder:{photos}", "--out",
+                                      str(tmp_path / "store"), "--workers", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    store = rs.ActivationStore(tmp_path / "store")
+    logits, labels = store.read("logits"), store.read("labels")
+    assert store.read("h").shape == (2, 1280) and logits.shape == (2, 1000)
+    by_class = dict(zip(labels.tolist(), logits.argmax(1).tolist()))  # folder labels: cat = 0, cup = 1
+    assert by_class[1] == 967  # espresso
+    assert 281 <= by_class[0] <= 285  # a domestic cat

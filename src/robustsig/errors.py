@@ -22,8 +22,10 @@ class DataError(RobustsigError):
 class CorruptImageError(DataError):
     """An image file could not be decoded (truncated, not an image, unreadable)."""
 
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"cannot decode image {path!r}: {reason}")
+    def __init__(self, path: str, reason: str | None = None) -> None:
+        # With one argument it is a whole message: that is how a DataLoader worker re-raises the error in the
+        # main process, which keeps it a CorruptImageError (printed cleanly by the CLI) instead of a RuntimeError.
+        super().__init__(path if reason is None else f"cannot decode image {path!r}: {reason}")
         self.path = path
         self.reason = reason
 

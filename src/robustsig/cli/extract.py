@@ -8,20 +8,14 @@ from pathlib import Path
 import typer
 
 from robustsig.cli._output import emit_json, format_table
-from robustsig.errors import InputError
-
-
-def _dataset_argument(text: str) -> tuple[str, str]:
-    kind, sep, root = text.partition(":")
-    if not sep or not kind or not root:
-        raise InputError(f"dataset {text!r} must be KIND:ROOT, e.g. folder:photos/ or imagenet-r:/data/imagenet-r")
-    return kind, root
 
 
 def extract_command(
     spec: str = typer.Argument(..., help="Model spec: openclip:ViT-B-32@openai, timm:resnet50, torchvision:resnet50, "
                                          "hf:PATH, bundled:mobilenet_v2."),
-    dataset: str = typer.Argument(..., help="KIND:ROOT, e.g. folder:photos/ or imagenet-val:/data/imagenet/val."),
+    dataset: str = typer.Argument(..., help="KIND:ROOT, e.g. folder:photos/ or imagenet:/data/imagenet/val."),
+    data_option: list[str] = typer.Option([], "--data-option", "-O", help="Dataset option KEY=VALUE (repeatable), "
+                                          "e.g. -O ground_truth=/data/LOC_val_solution.csv or -O mappings=DIR."),
     out: Path = typer.Option(..., "--out", "-o", help="Store directory (created; reused when it holds this "
                                                       "extraction, resumed when unfinished)."),
     layers: str = typer.Option("", help="Layer taps to record too: comma-separated names, or 'all'."),
@@ -42,14 +36,14 @@ def extract_command(
     Example: `robustsig extract bundled:mobilenet_v2 folder:photos/ --out store/`.
     """
     from robustsig._progress import quiet
-    from robustsig.data.registry import open_dataset
+    from robustsig.data.registry import open_dataset, parse_dataset_options, parse_dataset_spec
     from robustsig.extraction.distributed import world_from_env
     from robustsig.extraction.extractor import extract
     from robustsig.models.factory import load_classifier
 
-    kind, root = _dataset_argument(dataset)
+    kind, root = parse_dataset_spec(dataset)
+    data = open_dataset(kind, root, **parse_dataset_options(data_option))
     classifier = load_classifier(spec)
-    data = open_dataset(kind, root)
     with quiet() if as_json else nullcontext():
         store = extract(classifier, data, out, layers=("all" if layers == "all" else
                                                        [name.strip() for name in layers.split(",") if name.strip()]),

@@ -32,6 +32,8 @@ _COMMON = [
     _param("data", str, typer.Option(..., "--data", metavar="KIND:ROOT",
                                      help="the training set, e.g. imagenet:/data/imagenet/train or folder:train/ "
                                           "(class sub-folders)")),
+    _param("data_option", list[str], typer.Option([], "--data-option", "-O", help="dataset option KEY=VALUE "
+                                                  "(repeatable), e.g. -O ground_truth=/data/LOC_train_solution.csv")),
     _param("out", Path | None, typer.Option(None, "--out", "-o", help="output folder: model.safetensors, "
                                             "checkpoint.pt, train_log.csv, recipe.yaml (default: ./COMMAND-SPEC)")),
 ]
@@ -98,7 +100,7 @@ def _command(name: str, base: str, doc: str, extra: list[inspect.Parameter]):
 
 def _train(command: str, base: str, options: dict[str, Any]) -> None:
     from robustsig._progress import quiet
-    from robustsig.data.registry import open_dataset, parse_dataset_spec
+    from robustsig.data.registry import open_dataset, parse_dataset_options, parse_dataset_spec
     from robustsig.train.distributed import world_from_env
     from robustsig.train.loop import train_classifier
     from robustsig.train.recipes import RECIPES, load_recipe
@@ -112,7 +114,7 @@ def _train(command: str, base: str, options: dict[str, Any]) -> None:
         recipe = load_recipe(base, name_or_file, **overrides)
     world = world_from_env(options["device"])
     kind, root = parse_dataset_spec(options["data"])
-    dataset = open_dataset(kind, root)
+    dataset = open_dataset(kind, root, **parse_dataset_options(options["data_option"]))
     opened = Path(dataset.root or root).resolve()
     if opened != Path(root).resolve() and "val" in opened.name.lower():
         raise InputError(f"--data {options['data']} opened the validation folder {opened}; pass the training "

@@ -16,8 +16,10 @@ from __future__ import annotations
 import importlib
 import inspect
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
+
+import yaml
 
 from robustsig.errors import InputError
 
@@ -86,3 +88,25 @@ def parse_dataset_spec(spec: str) -> tuple[str, str]:
         raise InputError(f"dataset {spec!r} is not KIND:ROOT (e.g. folder:photos/); kinds: {', '.join(KINDS)}")
     dataset_factory(kind)
     return kind, root
+
+
+def parse_dataset_options(pairs: Sequence[str]) -> dict[str, Any]:
+    """The command-line form of dataset options, ``KEY=VALUE`` strings, as keyword arguments of
+    :func:`open_dataset`; values are read as YAML scalars (``workers=4`` is an int, ``strict=true`` a bool,
+    paths stay strings).
+
+    >>> parse_dataset_options(["ground_truth=/data/LOC_val_solution.csv", "strict=true"])
+    {'ground_truth': '/data/LOC_val_solution.csv', 'strict': True}
+    """
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key.isidentifier():
+            raise InputError(f"dataset option {pair!r} is not KEY=VALUE (e.g. ground_truth=/data/val.txt)")
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            parsed = value
+        options[key] = parsed if isinstance(parsed, (bool, int, float)) else value
+    return options
