@@ -22,10 +22,10 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch.utils.data import Dataset, IterableDataset
 
+from robustsig import distributed
 from robustsig._progress import progress as progress_bar
 from robustsig._progress import progress_enabled
 from robustsig.errors import DataError, InputError, RobustsigError
-from robustsig import distributed
 from robustsig.extraction.key import describe_dataset, describe_transform, extraction_key, key_digest
 from robustsig.extraction.loader import Batch, batch_loader
 from robustsig.extraction.ranks import rank_shards

@@ -38,11 +38,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from robustsig._progress import progress, quiet
+from robustsig.distributed import World, all_reduce_sum, barrier, process_group, resolve_device, world_from_env
 from robustsig.errors import DataError, InputError
 from robustsig.models.checkpoint import load_into, save_classifier
 from robustsig.models.classifier import Classifier
 from robustsig.study.results import atomic_write_text
-from robustsig.distributed import World, all_reduce_sum, barrier, process_group, resolve_device, world_from_env
 from robustsig.train.data import check_training_set, derived_seed, per_rank_batch, training_loader
 from robustsig.train.recipes import Recipe
 from robustsig.train.schedule import learning_rate
