@@ -1,8 +1,10 @@
-"""Shared fixtures: deterministic seeds, real image files written in temporary folders, the reference data."""
+"""Shared fixtures: deterministic seeds, real image files written in temporary folders, the reference data, a free
+port for process groups."""
 
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -32,3 +34,11 @@ def reference_dir() -> Path:
     if not REFERENCE.is_dir():
         pytest.skip("../shared/reference is not present in this checkout")
     return REFERENCE
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port nobody listens on now, for a process group's ``MASTER_PORT``."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import robustsig as rs
-from robustsig.extraction.distributed import World, rank_shards
+from robustsig.distributed import World
+from robustsig.extraction.ranks import rank_shards
 
 from extract_helpers import CrashAt, assert_same_store, image_folder, reopen_folder, tiny_classifier
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -35,20 +34,14 @@ ARGS = ["--new-head", "--image-size", "32", "--epochs", "2", "--batch-size", "6"
         "2", "--workers", "0", "--device", "cpu", "--checkpoint-every", "3"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_two_process_gloo_job_matches_one_process(tmp_path, monkeypatch, capsys):
+def test_two_process_gloo_job_matches_one_process(tmp_path, monkeypatch, capsys, free_port):
     data = write_colour_folder(tmp_path / "colours")
     spec = "timm:test_convnext"
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "ROBUSTSIG_PROGRESS": "0",
            "PYTHONPATH": str(Path(rs.__file__).parents[1])}
     job = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                          "127.0.0.1", "--master_port", str(_free_port()), "-m", "robustsig", "finetune", spec,
+                          "127.0.0.1", "--master_port", str(free_port), "-m", "robustsig", "finetune", spec,
                           "--data", f"folder:{data}", "--out", str(out), "--json", *ARGS],
                          env=env, capture_output=True, text=True, timeout=300)
     assert job.returncode == 0, job.stderr[-3000:]

@@ -10,8 +10,8 @@ import torch
 from torchvision import transforms as T
 
 import robustsig as rs
-from robustsig.train.data import EpochSampler, SeededSamples, derived_seed
-from robustsig.train.distributed import World, per_rank_batch, world_from_env
+from robustsig.distributed import World
+from robustsig.train.data import EpochSampler, SeededSamples, derived_seed, per_rank_batch
 from robustsig.train.recipes import FINETUNE, SUPERVISED, load_recipe
 from robustsig.train.schedule import learning_rate
 from robustsig.train.sweep import alpha_file_name, parse_alphas
@@ -190,30 +190,15 @@ def test_training_transforms_follow_the_recipe():
         training_transform(eval_tf, load_recipe("finetune", crop_scale=None, image_size=16))
 
 
-def test_global_batch_split_and_world_from_env(monkeypatch):
+def test_global_batch_split():
     assert per_rank_batch(1024, 8) == 128 and per_rank_batch(6, 1) == 6
     with pytest.raises(rs.InputError, match=r"batch_size 10 is the global batch and must split evenly over the 4 "
                                             r"processes \(WORLD_SIZE\); pick a multiple of 4, e.g. 8"):
         per_rank_batch(10, 4)
-    monkeypatch.setenv("WORLD_SIZE", "4")
-    monkeypatch.setenv("RANK", "2")
-    monkeypatch.setenv("LOCAL_RANK", "0")
-    world = world_from_env("cpu")
-    assert (world.rank, world.size, world.is_main, world.distributed) == (2, 4, False, True)
-    monkeypatch.setenv("RANK", "5")
-    with pytest.raises(rs.InputError, match=r"RANK=5 is not in \[0, WORLD_SIZE=4\)"):
-        world_from_env("cpu")
-    monkeypatch.setenv("RANK", "two")
-    with pytest.raises(rs.InputError, match="RANK='two' is not an integer"):
-        world_from_env("cpu")
-    monkeypatch.delenv("RANK")
-    monkeypatch.delenv("WORLD_SIZE")
-    with pytest.raises(rs.InputError, match="unknown device 'gpu0'"):
-        world_from_env("gpu0")
 
 
 def _batches(n: int, world_size: int, rank: int, per_rank: int, epoch: int, start: int = 0) -> list[list[int]]:
-    sampler = EpochSampler(range(n), World(rank, world_size, rank, torch.device("cpu")), per_rank, seed=7)
+    sampler = EpochSampler(range(n), World(rank, world_size, rank), per_rank, seed=7)
     sampler.set_epoch(epoch, start_batch=start)
     keys = list(sampler)
     assert len(keys) == len(sampler) and all(e == epoch for e, _ in keys)

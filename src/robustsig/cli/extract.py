@@ -21,7 +21,8 @@ def extract_command(
     layers: str = typer.Option("", help="Layer taps to record too: comma-separated names, or 'all'."),
     batch_size: int = typer.Option(64, help="Images per forward pass."),
     workers: int = typer.Option(-1, help="DataLoader workers (-1: automatic)."),
-    device: str = typer.Option("", help="cpu, cuda, cuda:1 ... (default: this rank's GPU if any, else CPU)."),
+    device: str = typer.Option("", help="auto, cpu, cuda (this rank's GPU) or cuda:N (default: "
+                                        "auto: this rank's GPU if any, else CPU)."),
     dtype: str = typer.Option("float32", help="Stored precision: float32, float16 or bfloat16."),
     autocast: str = typer.Option("", help="Run the model under autocast: fp16 or bf16 (default: off)."),
     pooling: str = typer.Option("auto", help="Layer pooling: auto, cls or mean."),
@@ -37,20 +38,22 @@ def extract_command(
     """
     from robustsig._progress import quiet
     from robustsig.data.registry import open_dataset, parse_dataset_options, parse_dataset_spec
-    from robustsig.extraction.distributed import world_from_env
+    from robustsig.distributed import resolve_device, world_from_env
     from robustsig.extraction.extractor import extract
     from robustsig.models.factory import load_classifier
 
+    world = world_from_env()
+    target = resolve_device(device or None, world)
     kind, root = parse_dataset_spec(dataset)
     data = open_dataset(kind, root, **parse_dataset_options(data_option))
-    classifier = load_classifier(spec)
+    classifier = load_classifier(spec, device=target)
     with quiet() if as_json else nullcontext():
         store = extract(classifier, data, out, layers=("all" if layers == "all" else
                                                        [name.strip() for name in layers.split(",") if name.strip()]),
-                        batch_size=batch_size, num_workers=None if workers < 0 else workers, device=device or None,
+                        batch_size=batch_size, num_workers=None if workers < 0 else workers, device=target,
                         dtype=dtype, autocast=autocast or None, pooling=pooling, logits_topk=topk or None,
                         shard_size=shard_size, overwrite=overwrite, progress=not as_json)
-    if not world_from_env().is_main:
+    if not world.is_main:
         return
     summary = store.summary
     if as_json:

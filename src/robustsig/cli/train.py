@@ -101,7 +101,7 @@ def _command(name: str, base: str, doc: str, extra: list[inspect.Parameter]):
 def _train(command: str, base: str, options: dict[str, Any]) -> None:
     from robustsig._progress import quiet
     from robustsig.data.registry import open_dataset, parse_dataset_options, parse_dataset_spec
-    from robustsig.train.distributed import world_from_env
+    from robustsig.distributed import resolve_device
     from robustsig.train.loop import train_classifier
     from robustsig.train.recipes import RECIPES, load_recipe
     from robustsig.train.start import finetune_start, scratch_start
@@ -112,7 +112,7 @@ def _train(command: str, base: str, options: dict[str, Any]) -> None:
         recipe = load_recipe(name_or_file, **overrides)
     else:
         recipe = load_recipe(base, name_or_file, **overrides)
-    world = world_from_env(options["device"])
+    device = resolve_device(options["device"])
     kind, root = parse_dataset_spec(options["data"])
     dataset = open_dataset(kind, root, **parse_dataset_options(options["data_option"]))
     opened = Path(dataset.root or root).resolve()
@@ -120,12 +120,12 @@ def _train(command: str, base: str, options: dict[str, Any]) -> None:
         raise InputError(f"--data {options['data']} opened the validation folder {opened}; pass the training "
                          f"folder itself (e.g. {kind}:{Path(root) / 'train'})")
     if command == "finetune":
-        clf = finetune_start(options["spec"], dataset, device=world.device, classnames=options["classnames"],
+        clf = finetune_start(options["spec"], dataset, device=device, classnames=options["classnames"],
                              templates=options["templates"], new_head=options["new_head"], seed=recipe.seed)
     else:
-        clf = scratch_start(options["spec"], dataset, device=world.device, seed=recipe.seed)
+        clf = scratch_start(options["spec"], dataset, device=device, seed=recipe.seed)
     out = options["out"] or Path(f"{command}-{re.sub(r'[^A-Za-z0-9._-]+', '-', options['spec']).strip('-')}")
-    run = dict(device=world.device, workers=options["workers"], checkpoint_every=options["checkpoint_every"],
+    run = dict(device=device, workers=options["workers"], checkpoint_every=options["checkpoint_every"],
                restart=options["restart"])
     with quiet() if options["json_output"] else nullcontext():
         result = train_classifier(clf, dataset, recipe, out, **run)

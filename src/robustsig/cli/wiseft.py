@@ -20,7 +20,7 @@ def wiseft(zero_shot: str = typer.Argument(..., metavar="ZERO_SHOT",
                                     "files"),
            templates: Path | None = typer.Option(None, "--templates", help="OpenCLIP: prompt templates of the "
                                                  "zero-shot head (default: OpenAI's 80)"),
-           device: str = typer.Option("cpu", "--device", help="where to mix the weights (cpu, cuda)"),
+           device: str = typer.Option("cpu", "--device", help="where to mix the weights: cpu, cuda, cuda:N or auto"),
            json_output: bool = typer.Option(False, "--json", help="print a JSON summary")) -> None:
     """Write one classifier per alpha, each loadable with FAMILY:ARCH@FILE. The zero-shot head is built for the
     finetuned classifier's class names, so both heads score the same classes."""

@@ -4,7 +4,7 @@ The loop is the only expensive step of a study. It records, per sample, ``h`` (t
 (or their top-k), the label, the dataset position (``ids``) and optional pooled layer taps, into a sharded
 :class:`~robustsig.extraction.store.ActivationStore` that is keyed by everything that determines it (see
 :mod:`robustsig.extraction.key`), resumable after any interruption, and writable by many torchrun ranks at once
-(see :mod:`robustsig.extraction.distributed`).
+(see :mod:`robustsig.extraction.ranks`).
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ from typing import Any, Literal, NamedTuple
 import torch
 from torch.utils.data import Dataset, IterableDataset
 
+from robustsig import distributed
 from robustsig._progress import progress as progress_bar
 from robustsig._progress import progress_enabled
 from robustsig.errors import DataError, InputError, RobustsigError
-from robustsig.extraction import distributed
 from robustsig.extraction.key import describe_dataset, describe_transform, extraction_key, key_digest
 from robustsig.extraction.loader import Batch, batch_loader
+from robustsig.extraction.ranks import rank_shards
 from robustsig.extraction.store import HEAD_KEYS, LAYER_PREFIX, ROW_KEYS, ActivationStore
 from robustsig.extraction.writer import StoreWriter, dtype_name
 from robustsig.models.classifier import Classifier, Pooling
@@ -64,7 +65,8 @@ def extract(classifier: Classifier, dataset: Dataset, out_dir: str | os.PathLike
         batch_size: images per forward pass.
         num_workers: DataLoader worker processes (``None``: up to 8 per process on GPU, half the cores up to 4
             on CPU).
-        device: where to run (``None``: this rank's GPU when there is one, else CPU).
+        device: where to run (``None``/``"auto"``: this rank's GPU when there is one, else CPU; ``"cuda"``:
+            this rank's GPU; see :func:`robustsig.distributed.resolve_device`).
         dtype: stored precision of float outputs: ``float32``, ``float16`` or ``bfloat16``.
         autocast: run the model under autocast in ``"fp16"`` or ``"bf16"`` (``None``: full precision).
         channels_last: channels-last memory format (``None``: on for CUDA).
@@ -90,7 +92,7 @@ def extract(classifier: Classifier, dataset: Dataset, out_dir: str | os.PathLike
     if world.distributed and num_samples is None:
         raise InputError("under torchrun a stream needs a length (len(dataset)) so ranks can split it; "
                          "give the dataset __len__ or run in one process")
-    device = _resolve_device(device, world)
+    device = distributed.resolve_device(device, world)
     channels_last = device.type == "cuda" if channels_last is None else channels_last
     num_workers = _default_workers(device) if num_workers is None else num_workers
 
@@ -105,37 +107,36 @@ def extract(classifier: Classifier, dataset: Dataset, out_dir: str | os.PathLike
     digest = key_digest(key)
     out_dir = Path(out_dir)
     writer = StoreWriter(out_dir, key, digest, shard_size, num_samples)
-    created_group = distributed.join(world, device)
     was_training = classifier.training
-    try:
-        if _claim(writer, world, overwrite, classifier):
+    with distributed.process_group(world, device):
+        try:
+            if _claim(writer, world, overwrite, classifier):
+                store = ActivationStore(out_dir)
+                if progress and world.is_main and progress_enabled():
+                    print(f"reusing the finished store {store.path} ({store.num_rows} images)", file=sys.stderr)
+                return store
+            run = _Run(classifier, writer, world, device, layer_names, pooling, _STORE_DTYPES[store_dtype],
+                       _AUTOCAST[autocast], channels_last, logits_topk, num_samples, progress)
+            work = run.plan(streaming)
+            classifier.eval()
+            classifier.to(device)
+            if channels_last:
+                classifier.to(memory_format=torch.channels_last)
+            if work.ranges or work.stream is not None:
+                run.execute(batch_loader(dataset, transform, work.ranges, work.stream, writer.shard_size, batch_size,
+                                         num_workers, pin_memory=device.type == "cuda"),
+                            None if streaming else getattr(dataset, "samples", None))
+            seconds = time.perf_counter() - begin
+            rank_reports = distributed.gather(world, run.report(seconds))
+            _on_main(world, lambda: writer.finalize(_record(classifier, rank_reports, seconds, out_dir, batch_size,
+                                                            num_workers, device, channels_last, world)))
             store = ActivationStore(out_dir)
             if progress and world.is_main and progress_enabled():
-                print(f"reusing the finished store {store.path} ({store.num_rows} images)", file=sys.stderr)
+                print(_summary_line(store.summary), file=sys.stderr, flush=True)
             return store
-        run = _Run(classifier, writer, world, device, layer_names, pooling, _STORE_DTYPES[store_dtype],
-                   _AUTOCAST[autocast], channels_last, logits_topk, num_samples, progress)
-        work = run.plan(streaming)
-        classifier.eval()
-        classifier.to(device)
-        if channels_last:
-            classifier.to(memory_format=torch.channels_last)
-        if work.ranges or work.stream is not None:
-            run.execute(batch_loader(dataset, transform, work.ranges, work.stream, writer.shard_size, batch_size,
-                                     num_workers, pin_memory=device.type == "cuda"),
-                        None if streaming else getattr(dataset, "samples", None))
-        seconds = time.perf_counter() - begin
-        rank_reports = distributed.gather(world, run.report(seconds))
-        _on_main(world, lambda: writer.finalize(_record(classifier, rank_reports, seconds, out_dir, batch_size,
-                                                        num_workers, device, channels_last, world)))
-        store = ActivationStore(out_dir)
-        if progress and world.is_main and progress_enabled():
-            print(_summary_line(store.summary), file=sys.stderr, flush=True)
-        return store
-    finally:
-        classifier.train(was_training)
-        writer.release()
-        distributed.leave(created_group)
+        finally:
+            classifier.train(was_training)
+            writer.release()
 
 
 # --- argument checks -------------------------------------------------------------------------------------
@@ -209,18 +210,6 @@ def _resolve_choice(name: str, value: Any, choices: Collection[Any]) -> Any:
     return value
 
 
-def _resolve_device(device: str | torch.device | None, world: distributed.World) -> torch.device:
-    if device is None:
-        return torch.device("cuda", world.local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise InputError(f"device {device!r} is not a torch device ('cpu', 'cuda', 'cuda:1'...)") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device} asked for, but CUDA is not available here; use device='cpu'")
-    return device
-
-
 def _default_workers(device: torch.device) -> int:
     cores = (os.cpu_count() or 1) // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
     return min(8, cores) if device.type == "cuda" else min(4, cores // 2)
@@ -267,13 +256,13 @@ def _record(classifier: Classifier, rank_reports: list[dict[str, Any]], seconds:
         "model": {"spec": classifier.spec, "meta": classifier.meta, "num_classes": classifier.W.shape[0],
                   "width": classifier.W.shape[1], "classnames": classifier.classnames},
         "run": {"batch_size": batch_size, "num_workers": num_workers, "device": device.type,
-                "channels_last": channels_last, "world_size": world.world_size, "threads": torch.get_num_threads(),
+                "channels_last": channels_last, "world_size": world.size, "threads": torch.get_num_threads(),
                 "torch": torch.__version__},
         "summary": {"computed": computed, "seconds": round(seconds, 3),
                     "images_per_s": round(computed / seconds, 2) if seconds else None,
                     "reused_shards": sum(r["reused_shards"] for r in rank_reports),
                     "written_shards": sum(r["written_shards"] for r in rank_reports),
-                    "world_size": world.world_size, "ranks": rank_reports, "store": str(out_dir.resolve())},
+                    "world_size": world.size, "ranks": rank_reports, "store": str(out_dir.resolve())},
     }
 
 
@@ -317,7 +306,7 @@ class _Run:
                 return _Work([], None)  # the stream ended in the last shard written
             return _Work([], (index * self.shard_size, None))
         num_shards = math.ceil(self.num_samples / self.shard_size)
-        mine = distributed.rank_shards(num_shards, self.world)
+        mine = rank_shards(num_shards, self.world)
         missing = [k for k in mine if self.writer.shard_info(k) is None]
         if streaming and missing:  # a stream is walked forward: recompute from the first missing shard on
             missing = list(range(missing[0], mine.stop))

@@ -7,6 +7,7 @@ import os
 
 import torch
 
+from robustsig.distributed import resolve_device
 from robustsig.errors import InputError
 from robustsig.models.classifier import Classifier
 from robustsig.models.fetch import downloads_allowed
@@ -34,7 +35,9 @@ def load_classifier(spec: str | ModelSpec, *, device: str | torch.device | None 
             ``hf:PATH_OR_NAME``, ``bundled:mobilenet_v2``/``bundled:efficientnet_lite0`` (see
             :mod:`robustsig.models.spec`). No weights: a random-init model, with a warning and
             ``meta["random_init"] = True``.
-        device: where the model runs and the zero-shot head is built (default: ``cuda`` when available).
+        device: where the model runs and the zero-shot head is built (default ``None``/``"auto"``: this
+            process's GPU, ``cuda:LOCAL_RANK`` under torchrun, when CUDA is available, else CPU; see
+            :func:`robustsig.distributed.resolve_device`).
         classnames: class names (a list, or a text file with one per line). Zero-shot (OpenCLIP) heads are
             built for them (default: ImageNet-1k); for trained heads they only rename the logits and must
             match their count.
@@ -50,7 +53,8 @@ def load_classifier(spec: str | ModelSpec, *, device: str | torch.device | None 
 
     Raises:
         InputError: unknown family, architecture, tag or weights enum (with close matches); a missing or
-            unreadable weights file; named weights that are not cached when downloads are off or fail.
+            unreadable weights file; named weights that are not cached when downloads are off or fail; a device
+            torch does not know or this machine lacks.
         UnsafeCheckpointError: a weights file that would run pickled code.
 
     Example:
@@ -62,21 +66,9 @@ def load_classifier(spec: str | ModelSpec, *, device: str | torch.device | None 
     parsed = ModelSpec.parse(spec)
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
-    target = _device(device)
+    target = resolve_device(device)
     options = LoadOptions(device=target, classnames=classnames, templates=templates, cache_dir=cache_dir,
                           use_cache=use_cache, batch_size=batch_size, allow_download=downloads_allowed(allow_download))
     loader = importlib.import_module(_LOADERS[parsed.family])
     clf = loader.load(parsed, options)
     return clf.to(target).eval()
-
-
-def _device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        target = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise InputError(f"unknown device {device!r} ({err}); use 'cpu', 'cuda' or 'cuda:N'") from None
-    if target.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} asked for, but torch sees no CUDA GPU here; use device='cpu'")
-    return target

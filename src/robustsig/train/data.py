@@ -10,6 +10,11 @@
 
 Together they let a run killed mid-epoch resume at the exact batch and see exactly the batches (and crops) an
 uninterrupted run sees.
+
+The global batch is split evenly (:func:`per_rank_batch`): each of ``W`` processes takes ``batch_size / W``
+samples per step, and DistributedDataParallel averages their gradients, so one step sees the same samples (and, up
+to the order of floating-point sums and per-process BatchNorm statistics, the same gradient) as one process with
+the whole batch.
 """
 
 from __future__ import annotations
@@ -26,8 +31,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, get_worker_info
 
 from robustsig.data.base import collate_skip_corrupt
+from robustsig.distributed import World
 from robustsig.errors import InputError
-from robustsig.train.distributed import World
 
 
 def derived_seed(*parts: int) -> int:
@@ -79,6 +84,23 @@ class SeededSamples(Dataset):
         with seeded_rngs(derived_seed(self.seed, epoch, index)):
             image, label = self.dataset[index]
         return index, image, label
+
+
+def per_rank_batch(batch_size: int, world_size: int) -> int:
+    """Each process's share of the global batch.
+
+    Raises:
+        InputError: ``batch_size`` is not a multiple of ``world_size``.
+
+    Example:
+        >>> per_rank_batch(256, 8)
+        32
+    """
+    if batch_size % world_size:
+        raise InputError(f"batch_size {batch_size} is the global batch and must split evenly over the "
+                         f"{world_size} processes (WORLD_SIZE); pick a multiple of {world_size}, e.g. "
+                         f"{max(world_size, batch_size // world_size * world_size)}")
+    return batch_size // world_size
 
 
 class EpochSampler(DistributedSampler):
@@ -138,7 +160,7 @@ def check_training_set(dataset: Any, num_classes: int, batch_size: int) -> None:
 
 
 def training_loader(dataset: Any, transform: Callable[[Any], Any], world: World, batch_size: int, seed: int,
-                    workers: int) -> tuple[DataLoader, EpochSampler]:
+                    workers: int, *, pin_memory: bool) -> tuple[DataLoader, EpochSampler]:
     """A DataLoader of ``(ids, images, labels, skipped)`` batches of this process's share, and its sampler.
 
     Args:
@@ -148,12 +170,13 @@ def training_loader(dataset: Any, transform: Callable[[Any], Any], world: World,
         batch_size: this process's share of the global batch.
         seed: the recipe's seed (data order and augmentation).
         workers: DataLoader worker processes (the batches do not depend on it).
+        pin_memory: page-locked batches, for faster copies to a GPU.
     """
     augmented = copy.copy(dataset)
     augmented.transform = transform
     samples = SeededSamples(augmented, seed)
     sampler = EpochSampler(samples, world, batch_size, seed)
     loader = DataLoader(samples, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                        collate_fn=collate_skip_corrupt, pin_memory=world.device.type == "cuda",
+                        collate_fn=collate_skip_corrupt, pin_memory=pin_memory,
                         persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed))
     return loader, sampler

@@ -38,13 +38,12 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from robustsig._progress import progress, quiet
+from robustsig.distributed import World, all_reduce_sum, barrier, process_group, resolve_device, world_from_env
 from robustsig.errors import DataError, InputError
 from robustsig.models.checkpoint import load_into, save_classifier
 from robustsig.models.classifier import Classifier
 from robustsig.study.results import atomic_write_text
-from robustsig.train.data import check_training_set, derived_seed, training_loader
-from robustsig.train.distributed import (World, all_reduce_sum, barrier, per_rank_batch, process_group,
-                                         world_from_env)
+from robustsig.train.data import check_training_set, derived_seed, per_rank_batch, training_loader
 from robustsig.train.recipes import Recipe
 from robustsig.train.schedule import learning_rate
 from robustsig.train.state import (EpochTotals, Position, TrainState, check_resumable, load_train_state,
@@ -138,10 +137,11 @@ def train_classifier(clf: Classifier, dataset: Any, recipe: Recipe, out_dir: str
     """
     if workers < 0 or checkpoint_every < 0:
         raise InputError(f"workers and checkpoint_every must be >= 0, got {workers} and {checkpoint_every}")
-    world = world_from_env(device)
+    world = world_from_env()
+    target = resolve_device(device, world)
     per_rank_batch(recipe.batch_size, world.size)  # every process refuses an uneven split before joining the group
-    with process_group(world):
-        trainer = _Trainer(clf, dataset, recipe, Path(out_dir), world, workers, checkpoint_every, on_step)
+    with process_group(world, target):
+        trainer = _Trainer(clf, dataset, recipe, Path(out_dir), world, target, workers, checkpoint_every, on_step)
         with _deterministic_algorithms(recipe.deterministic), nullcontext() if world.is_main else quiet():
             return trainer.run(restart)
 
@@ -149,28 +149,29 @@ def train_classifier(clf: Classifier, dataset: Any, recipe: Recipe, out_dir: str
 class _Trainer:
     """One training run: set-up, resume, epochs, checkpoints (see :func:`train_classifier`)."""
 
-    def __init__(self, clf: Classifier, dataset: Any, recipe: Recipe, out_dir: Path, world: World, workers: int,
-                 checkpoint_every: int, on_step: StepCallback | None) -> None:
-        self.clf, self.dataset, self.recipe, self.out_dir, self.world = clf, dataset, recipe, out_dir, world
+    def __init__(self, clf: Classifier, dataset: Any, recipe: Recipe, out_dir: Path, world: World,
+                 device: torch.device, workers: int, checkpoint_every: int, on_step: StepCallback | None) -> None:
+        self.clf, self.dataset, self.recipe, self.out_dir = clf, dataset, recipe, out_dir
+        self.world, self.device = world, device
         self.checkpoint_every, self.on_step = checkpoint_every, on_step
         per_rank = per_rank_batch(recipe.batch_size, world.size)
         check_training_set(dataset, clf.head.out_features, recipe.batch_size)
-        self.amp_dtype, use_scaler = _precision(recipe.precision, world.device)
+        self.amp_dtype, use_scaler = _precision(recipe.precision, device)
         self.transform = training_transform(clf.preprocess, recipe)
         self.loader, self.sampler = training_loader(dataset, self.transform.per_image, world, per_rank, recipe.seed,
-                                                    workers)
+                                                    workers, pin_memory=device.type == "cuda")
         self.steps_per_epoch = self.sampler.batches_per_epoch
         self.total_steps = recipe.epochs * self.steps_per_epoch
-        clf.to(world.device)
+        clf.to(device)
         self.params = [p for p in clf.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=recipe.lr, betas=recipe.betas, eps=recipe.eps,
                                            weight_decay=recipe.weight_decay)
-        self.scaler = torch.amp.GradScaler(world.device.type, enabled=use_scaler)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
         self.identity = _identity(clf, dataset)
         self.position = Position()
         self.history: list[dict[str, Any]] = []
-        self.totals = torch.zeros(4, dtype=torch.float64, device=world.device)  # loss sum, correct, count, skipped
+        self.totals = torch.zeros(4, dtype=torch.float64, device=device)  # loss sum, correct, count, skipped
         self.seconds = 0.0  # of the current epoch before this process started it (rank 0's clock)
         self.lr = learning_rate(recipe, 0, self.steps_per_epoch)
         self.rebuildable = bool(clf.meta.get("family") and clf.meta.get("arch"))
@@ -197,7 +198,7 @@ class _Trainer:
         resumed = self._start(restart)
         model: nn.Module = self.clf
         if self.world.distributed:
-            index = [self.world.device.index] if self.world.device.type == "cuda" else None
+            index = [self.device.index] if self.device.type == "cuda" else None
             model = DistributedDataParallel(self.clf, device_ids=index, gradient_as_bucket_view=True)
         self.clf.train()
         try:
@@ -230,7 +231,7 @@ class _Trainer:
             if self.world.is_main:
                 totals = state.epoch_totals
                 self.totals = torch.tensor([totals.loss_sum, totals.correct, totals.count, totals.skipped],
-                                           dtype=torch.float64, device=self.world.device)
+                                           dtype=torch.float64, device=self.device)
                 self.seconds = totals.seconds
             resumed = self.position.step
         barrier(self.world)  # every process has read the checkpoint before rank 0 may replace it
@@ -273,7 +274,7 @@ class _Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
         _seed_everything(derived_seed(self.recipe.seed, 1, step, self.world.rank))
-        device = self.world.device
+        device = self.device
         images = self.transform.on_device(images.to(device, non_blocking=True))
         labels = labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
@@ -296,7 +297,7 @@ class _Trainer:
         self.position.batch += 1
 
     def _end_epoch(self, seconds: float) -> None:
-        loss_sum, correct, count, skipped = all_reduce_sum(self.totals.clone(), self.world).tolist()
+        loss_sum, correct, count, skipped = all_reduce_sum(self.totals, self.world).tolist()
         self.history.append({"epoch": self.position.epoch + 1, "step": self.position.step,
                              "loss": loss_sum / count if count else float("nan"),
                              "accuracy": correct / count if count else float("nan"), "lr": self.lr,
@@ -311,7 +312,7 @@ class _Trainer:
     # --- files (rank 0) and provenance --------------------------------------------------------------------------
     def _save_checkpoint(self, seconds: float = 0.0) -> None:
         """A collective (every process calls it; epoch totals are summed over them); rank 0 writes."""
-        loss_sum, correct, count, skipped = all_reduce_sum(self.totals.clone(), self.world).tolist()
+        loss_sum, correct, count, skipped = all_reduce_sum(self.totals, self.world).tolist()
         if not self.world.is_main:
             return
         state = TrainState(
