@@ -5,11 +5,14 @@ show, 5-class checkpoints of a timm test model, and the study config naming them
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import pytest
 import yaml
 from PIL import Image
 
@@ -117,3 +120,20 @@ def write_config(root: Path, data: dict[str, Any], name: str = "study.yaml") -> 
     path = root / name
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path
+
+
+@contextmanager
+def counting_forwards() -> Iterator[list[int]]:
+    """Count the images every classifier forward pass sees."""
+    from robustsig.models.classifier import Classifier
+
+    images: list[int] = []
+    original = Classifier.forward_with_layers
+
+    def counted(self, x, *args, **kwargs):
+        images.append(x.shape[0])
+        return original(self, x, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Classifier, "forward_with_layers", counted)
+        yield images
