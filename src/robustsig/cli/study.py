@@ -126,8 +126,11 @@ def _print_summary(summary: RunSummary) -> None:
         typer.echo(f"{len(summary.failures)} step(s) failed and {len(summary.blocked)} could not run"
                    f"{' (models: ' + ', '.join(failed) + ')' if failed else ''}; the other results are complete:",
                    err=True)
-        for step in summary.failures:
-            typer.echo(f"  [{step.tag}] {step.label}: {step.message}", err=True)
+        by_message: dict[str, list[str]] = {}
+        for step in summary.failures:  # one model failing on every dataset: its message once
+            by_message.setdefault(step.message, []).append(f"[{step.tag}] {step.label}")
+        for message, labels in by_message.items():
+            typer.echo(f"  {', '.join(labels)}: {message}", err=True)
         typer.echo("fix these and rerun the same command: finished steps are not redone", err=True)
 
 

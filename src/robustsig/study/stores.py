@@ -18,12 +18,13 @@ Layers are stored only for the models of CKA pairs, on the CKA dataset.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Literal
 
+from robustsig.errors import DataError
 from robustsig.extraction.key import describe_dataset, key_differences
 from robustsig.extraction.store import MANIFEST, ActivationStore, read_json, shard_index
-from robustsig.errors import DataError
 from robustsig.study.results import jsonable
 from robustsig.study.subjects import Subject
 from robustsig.study.tasks import Outcome, RunContext, Task
@@ -121,9 +122,10 @@ class ExtractTask(Task):
                 ctx.log.line(self.tag, self.label, f"resuming the unfinished store in {path} ({len(shards)} "
                                                    "shard(s) already written)")
         config = ctx.config
+        # extract's own bar where bars show (a terminal); its closing line would repeat this step's log line
         store = extract(classifier, dataset, path, layers=layers, batch_size=config.batch_size,
                         num_workers=config.workers, device=ctx.device, autocast=ctx.autocast, pooling=self.pooling,
-                        overwrite=overwrite, progress=ctx.progress)
+                        overwrite=overwrite, progress=ctx.progress and sys.stderr.isatty())
         digest = key_digest(key)
         ctx.ledger.mark_store(name, digest, identity)
         ctx.verify(self.subject, self.dataset, store, digest)

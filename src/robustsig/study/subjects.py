@@ -74,9 +74,15 @@ def random_init_seed(name: str) -> int:
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big") >> 1
 
 
-def _file_stamp(path: str | os.PathLike) -> list[int] | None:
+def _file_stamp(path: str | os.PathLike) -> Any:
+    """Size and modification time of a file; of every file under a folder (a local OpenCLIP or Hugging Face
+    model folder); None when it cannot be read."""
+    path = Path(path).expanduser()
     try:
-        stat = Path(path).expanduser().stat()
+        if path.is_dir():
+            return {str(item.relative_to(path)): _file_stamp(item) for item in sorted(path.rglob("*"))
+                    if item.is_file()}
+        stat = path.stat()
     except OSError:
         return None
     return [stat.st_size, stat.st_mtime_ns]
@@ -85,7 +91,8 @@ def _file_stamp(path: str | os.PathLike) -> list[int] | None:
 def model_identity(entry: ModelEntry) -> dict[str, Any]:
     """What determines a pool model's weights, known without loading it: the spec, the size and modification
     time of the files it reads (weights, class names, templates), and for a random-init model its seed and the
-    torch version that draws it."""
+    torch version that draws it. Weights named by a tag (downloaded once, then cached) or shipped in a package
+    are identified by the spec alone."""
     from robustsig.models.spec import ModelSpec
 
     spec = ModelSpec.parse(entry.spec)
@@ -135,20 +142,21 @@ class Classifiers:
 
         self._point = None
         zero_shot, finetuned = self._model(subject.zero_shot), self._model(subject.finetuned)
-        mixed = interpolate(zero_shot, finetuned, subject.alpha)
+        try:
+            mixed = interpolate(zero_shot, finetuned, subject.alpha)
+        except RobustsigError as error:
+            raise type(error)(f"Wise-FT between {subject.zero_shot!r} and {subject.finetuned!r}: {error}") from None
         self._point = (subject, mixed)
         return mixed
 
     def _model(self, name: str) -> Classifier:
         if name in self._failed:
-            error = self._failed[name]
-            raise type(error)(str(error))
+            raise self._failed[name]
         if name in self._pool:
             self._pool.move_to_end(name)
             return self._pool[name]
         while len(self._pool) >= POOL_CAPACITY:
             self._pool.popitem(last=False)
-            self._point = None
         try:
             classifier = self._build(self.config.model(name))
         except RobustsigError as error:
