@@ -4,6 +4,8 @@ estimators; the ledger; when a store of another key still serves."""
 
 from __future__ import annotations
 
+import doctest
+import importlib
 from pathlib import Path
 
 import pytest
@@ -156,3 +158,10 @@ def test_a_store_with_more_layers_serves_a_store_with_fewer():
     assert not _covers({**key, "layers": ["b0", "b1"], "pooling": "mean"}, key)
     assert not _covers({**key, "model": {"spec": "s", "fingerprint": "g"}}, key)
     assert not _covers(None, key)
+
+
+@pytest.mark.parametrize("name", ["ledger", "baseline", "analyses.cka", "results"])
+def test_docstring_examples_run(name):
+    module = importlib.import_module(f"robustsig.study.{name}")
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

@@ -29,6 +29,7 @@ from robustsig.study.results import (AccuracyRow, CkaRow, ConceptRow, ConceptTop
 from robustsig.study.runner import run_study
 from robustsig.study.subjects import random_init_seed
 
+from browser import CHROMIUM, check_page
 from study_helpers import build_world, counting_forwards, study_data, write_config
 
 MODELS = ("zs", "ft", "ctrl", "mnv2")
@@ -270,6 +271,15 @@ def test_the_report_has_every_section(study):
     figures = {path.name for path in (study.config.report_dir / "figures").glob("*.png")}
     assert {"fig1_robustness.png", "fig2_importance.png", "fig3_pruning_accuracy.png", "fig5_cka_depth.png",
             "fig11_wiseft.png", "fig4_venn_singular_0.png"} <= figures
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+def test_the_report_renders_in_chromium(study):
+    seen = check_page(study.summary.report)
+    assert seen.errors == [] and seen.dialogs == [] and seen.scripts == 0
+    assert seen.images and all(image["complete"] and image["width"] > 0 for image in seen.images)
+    assert seen.title == f"robustsig study: {study.config.output_dir.name}"
 
 
 def csv_bytes(study) -> dict[str, bytes]:
