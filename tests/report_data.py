@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from robustsig.study.results import (AccuracyRow, CkaRow, ConceptRow, ConceptTopRow, DatasetRow, ImportanceRow,
-                                     InputRecord, KurtosisRow, ModelRow, PrivilegedRow, PruningRow, Results,
-                                     RobustnessRow, VennRow, WiseFtRow)
+                                     InputRecord, KurtosisRow, ModelRow, OutlierRow, PrivilegedRow, PruningRow,
+                                     Results, RobustnessRow, VennRow, WiseFtRow)
 
 XSS = "<script>alert(1)</script>"
 
@@ -44,6 +44,7 @@ def write_results(root: Path) -> Results:
     results.record(RobustnessRow, inputs, {"b1": 0.76, "b0": -1.49})
     results.write(KurtosisRow, [KurtosisRow(m, "val", k, 1000, 64) for m, k in KURTOSIS.items()])
     results.record(KurtosisRow, [InputRecord(m, "val", f"key-{m}-val", 1000) for m in KURTOSIS])
+    results.write(OutlierRow, [OutlierRow("rn50-oa-zs", "val", 17, 9.5), OutlierRow("rn50-oa-zs", "val", 3, 6.25)])
     importance = []
     for i, model in enumerate(MODELS):
         for direction in range(8):

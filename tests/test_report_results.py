@@ -117,7 +117,7 @@ def test_provenance_merges_inputs_and_keeps_the_config(tmp_path):
     assert document["versions"]["python"] and document["versions"]["numpy"] == np.__version__
     assert document["created"] <= document["updated"]
     assert [field.name for field in dataclasses.fields(InputRecord)] == ["model", "dataset", "store_key",
-                                                                         "num_samples"]
+                                                                         "num_samples", "skipped"]
     (tmp_path / "provenance.json").write_text("{not json")
     with pytest.raises(rs.DataError, match="provenance.json is not readable JSON"):
         results.provenance()

@@ -70,6 +70,8 @@ _PUBLIC: dict[str, str] = {
     # study and report
     "StudyConfig": "robustsig.study.config",
     "load_study_config": "robustsig.study.config",
+    "run_study": "robustsig.study.runner",
+    "RunSummary": "robustsig.study.runner",
     "Results": "robustsig.study.results",
     "build_report": "robustsig.report.html",
     # errors

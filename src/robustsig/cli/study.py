@@ -1,18 +1,22 @@
-"""``robustsig study``: write a study config from a preset, validate one (``study run`` joins this group)."""
+"""``robustsig study``: write a study config from a preset, validate one, run one."""
 
 from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from robustsig.cli._output import emit_json
+from robustsig.cli._output import emit_json, format_table
 from robustsig.errors import InputError
+
+if TYPE_CHECKING:
+    from robustsig.study.runner import RunSummary
 
 study_app = typer.Typer(name="study", no_args_is_help=True, add_completion=False,
                         help="The main job: one YAML file names a model pool, datasets and analyses "
-                             "(init writes one, validate checks it).")
+                             "(init writes one, validate checks it, run runs it).")
 
 
 @study_app.command("init")
@@ -70,6 +74,64 @@ def validate(config_path: Path = typer.Argument(..., metavar="STUDY.yaml", help=
                f"{', '.join(entry.name for entry in config.datasets.evaluation())}"
                f"{' + ' + config.datasets.broden.name if config.datasets.broden else ''}; "
                f"analyses: {', '.join(config.enabled_analyses())}")
+
+
+@study_app.command("run")
+def run(config_path: Path = typer.Argument(..., metavar="STUDY.yaml", help="the study config"),
+        only: str | None = typer.Option(None, "--only", help="run only these analyses and/or models, comma-separated "
+                                                             "(e.g. kurtosis,pruning or ViT-B-32-zs)"),
+        device: str | None = typer.Option(None, "--device", help="where models run (cpu, cuda, cuda:1, mps, auto), "
+                                                                 "instead of the config's device"),
+        json_output: bool = typer.Option(False, "--json", help="print a JSON summary (no progress bars)")) -> None:
+    """Extract what the activation stores lack, compute every analysis, write results/ and the HTML report.
+
+    Rerunning redoes nothing already done; a changed setting reruns only what depends on it."""
+    from robustsig._progress import quiet
+    from robustsig.study.runner import run_study
+
+    try:
+        if json_output:
+            with quiet():
+                summary = run_study(config_path, only=only, device=device, progress=False)
+            emit_json(summary.to_dict())
+        else:
+            summary = run_study(config_path, only=only, device=device)
+            _print_summary(summary)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: every step finished so far is kept; rerun the same command to resume", err=True)
+        raise typer.Exit(130) from None
+    if not summary.ok:
+        raise typer.Exit(1)
+
+
+def _percent(value: float | None) -> float | None:
+    return None if value is None else 100 * value
+
+
+def _print_summary(summary: RunSummary) -> None:
+    """The terminal summary: one row per model, then where the report is and what failed."""
+    rows = [{"model": row["model"], "ACC(I) %": _percent(row["acc_id"]), "ACC(S) %": _percent(row["acc_shift"]),
+             "ER (points)": _percent(row["er"]), "kurtosis": row["kurtosis"], "#privileged": row["privileged"],
+             "unique concepts": row["unique_concepts"]} for row in summary.rows]
+    counts = summary.counts()
+    typer.echo(format_table(rows, floatfmt=".2f"))
+    typer.echo(f"{counts['done']} step(s) computed, {counts['reused']} reused in {summary.seconds:.1f} s; "
+               f"results in {summary.results_dir}")
+    if summary.report is not None:
+        typer.echo(f"report: {summary.report}")
+    else:
+        typer.echo(f"the report could not be built: {summary.report_error}", err=True)
+    if summary.failures or summary.blocked:
+        failed = sorted({model for step in summary.failures + summary.blocked for model in step.models})
+        typer.echo(f"{len(summary.failures)} step(s) failed and {len(summary.blocked)} could not run"
+                   f"{' (models: ' + ', '.join(failed) + ')' if failed else ''}; the other results are complete:",
+                   err=True)
+        by_message: dict[str, list[str]] = {}
+        for step in summary.failures:  # one model failing on every dataset: its message once
+            by_message.setdefault(step.message, []).append(f"[{step.tag}] {step.label}")
+        for message, labels in by_message.items():
+            typer.echo(f"  {', '.join(labels)}: {message}", err=True)
+        typer.echo("fix these and rerun the same command: finished steps are not redone", err=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -96,14 +96,8 @@ def extract(classifier: Classifier, dataset: Dataset, out_dir: str | os.PathLike
     channels_last = device.type == "cuda" if channels_last is None else channels_last
     num_workers = _default_workers(device) if num_workers is None else num_workers
 
-    has_transform_slot = hasattr(dataset, "transform")
-    own_transform = getattr(dataset, "transform", None)
-    transform = classifier.preprocess if has_transform_slot and own_transform is None else None
-    key = extraction_key(spec=classifier.spec, fingerprint=classifier.fingerprint(),
-                         dataset=describe_dataset(dataset), preprocess=describe_transform(
-                             own_transform if own_transform is not None else transform),
-                         layers=layer_names, pooling=pooling, dtype=store_dtype, autocast=autocast,
-                         logits_topk=logits_topk)
+    transform = _loader_transform(classifier, dataset)
+    key = _store_key(classifier, dataset, layer_names, pooling, store_dtype, autocast, logits_topk)
     digest = key_digest(key)
     out_dir = Path(out_dir)
     writer = StoreWriter(out_dir, key, digest, shard_size, num_samples)
@@ -137,6 +131,48 @@ def extract(classifier: Classifier, dataset: Dataset, out_dir: str | os.PathLike
         finally:
             classifier.train(was_training)
             writer.release()
+
+
+def store_key(classifier: Classifier, dataset: Dataset, layers: Sequence[str] | Literal["all"] | None = None, *,
+              pooling: Pooling = "auto", dtype: str | torch.dtype = torch.float32,
+              autocast: Literal["fp16", "bf16"] | None = None, logits_topk: int | None = None) -> dict[str, Any]:
+    """The key :func:`extract` gives a store of these arguments, computed without any forward pass.
+
+    Compare it with a store's ``manifest["key"]`` to know beforehand whether :func:`extract` would reuse the store
+    (equal keys), resume it, or refuse it (another key; see :mod:`robustsig.extraction.writer`).
+
+    Args:
+        classifier, dataset, layers, pooling, dtype, autocast, logits_topk: as for :func:`extract`.
+
+    Returns:
+        The key as plain JSON data (its digest is :func:`robustsig.extraction.key.key_digest` of it).
+
+    Example:
+        >>> key = store_key(clf, dataset, layers="all")                  # doctest: +SKIP
+        >>> key == rs.ActivationStore("store/").manifest["key"]          # doctest: +SKIP
+        True
+    """
+    _, layer_names, store_dtype = _check_arguments(classifier, dataset, layers, dtype, autocast, pooling,
+                                                   logits_topk, 1, 1, None)
+    return _store_key(classifier, dataset, layer_names, pooling, store_dtype, autocast, logits_topk)
+
+
+def _loader_transform(classifier: Classifier, dataset: Dataset) -> Any:
+    """What the loader applies to each decoded image: the classifier's preprocess when the dataset has a
+    ``transform`` slot left empty, else nothing (the dataset transforms its images itself)."""
+    if hasattr(dataset, "transform") and dataset.transform is None:
+        return classifier.preprocess
+    return None
+
+
+def _store_key(classifier: Classifier, dataset: Dataset, layer_names: list[str], pooling: str, store_dtype: str,
+               autocast: str | None, logits_topk: int | None) -> dict[str, Any]:
+    own_transform = getattr(dataset, "transform", None)
+    preprocess = own_transform if own_transform is not None else _loader_transform(classifier, dataset)
+    return extraction_key(spec=classifier.spec, fingerprint=classifier.fingerprint(),
+                          dataset=describe_dataset(dataset), preprocess=describe_transform(preprocess),
+                          layers=layer_names, pooling=pooling, dtype=store_dtype, autocast=autocast,
+                          logits_topk=logits_topk)
 
 
 # --- argument checks -------------------------------------------------------------------------------------

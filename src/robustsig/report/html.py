@@ -31,8 +31,9 @@ from robustsig.report import figures, tables
 from robustsig.report.pool import KIND_TITLES, model_groups
 from robustsig.study.config import StudyConfig, validate_study_config
 from robustsig.study.results import (AccuracyRow, CkaRow, ConceptRow, ConceptTopRow, DatasetRow, ImportanceRow,
-                                     KurtosisRow, ModelRow, PrivilegedRow, PruningRow, Results, RobustnessRow,
-                                     VennRow, WiseFtRow, atomic_write_text, jsonable, package_versions, study_rows)
+                                     KurtosisRow, ModelRow, OutlierRow, PrivilegedRow, PruningRow, Results,
+                                     RobustnessRow, VennRow, WiseFtRow, atomic_write_text, jsonable, package_versions,
+                                     study_rows)
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2rem auto; max-width: 72rem;
@@ -109,10 +110,11 @@ class _Page:
             if inputs:
                 body = "".join(f"<tr><td>{_e(item.get('model'))}</td><td>{_e(item.get('dataset'))}</td>"
                                f"<td><code>{_e(item.get('store_key') or '')}</code></td>"
-                               f"<td class=\"num\">{_e(_blank_none(item.get('num_samples')))}</td></tr>"
+                               f"<td class=\"num\">{_e(_blank_none(item.get('num_samples')))}</td>"
+                               f"<td class=\"num\">{_e(_blank_none(item.get('skipped')))}</td></tr>"
                                for item in inputs)
-                parts.append("<table><tr><th>model</th><th>dataset</th><th>store key</th><th>samples</th></tr>"
-                             f"{body}</table>")
+                parts.append("<table><tr><th>model</th><th>dataset</th><th>store key</th><th>samples</th>"
+                             f"<th>skipped images</th></tr>{body}</table>")
         return f"<details class=\"provenance\"><summary>Computed on</summary>{''.join(parts)}</details>"
 
     def table(self, table: tables.ReportTable) -> str:
@@ -201,7 +203,18 @@ def _kurtosis_section(page: _Page, models: Sequence[ModelRow]) -> str | None:
     dataset = _id_dataset(page, rows)
     if dataset not in {row.dataset for row in rows}:
         dataset = rows[0].dataset
-    return page.table(tables.kurtosis_table(models, rows, dataset))
+    text = page.table(tables.kurtosis_table(models, rows, dataset))
+    outliers = page.read(OutlierRow)
+    if outliers:
+        listed = []
+        for model in models:
+            dims = [row for row in outliers if row.model == model.model]
+            if dims:
+                shown = ", ".join(f"{row.dimension} ({row.score:.1f}x)" for row in dims[:5])
+                listed.append(f"{model.model}: {len(dims)} ({shown}{', ...' if len(dims) > 5 else ''})")
+        text += (f"<p class=\"caption\">Outlier dimensions of h (mean |h_i| at least 5 times the average dimension's; "
+                 f"results/outliers.csv): {_e('; '.join(listed) or 'none')}.</p>")
+    return text
 
 
 def _importance_section(page: _Page, models: Sequence[ModelRow]) -> str | None:
@@ -250,7 +263,9 @@ def _concepts_section(page: _Page, models: Sequence[ModelRow]) -> str | None:
     summary, top, venn = page.read(ConceptRow), page.read(ConceptTopRow), page.read(VennRow)
     if not summary:
         return None
-    text = ""
+    text = ("<p class=\"caption\">The full AP matrices (concepts x directions, one per model and basis) are in "
+            "results/concept_ap/MODEL_BASIS.npy, with the concept names and categories in the .json file next to "
+            "each: a rerun with another threshold reads them instead of recomputing.</p>")
     bases = list(dict.fromkeys(row.basis for row in summary))
     for basis in bases:
         text += page.table(tables.concepts_table(models, summary, basis))

@@ -7,6 +7,7 @@ Layout of ``OUTPUT_DIR/results/``::
     accuracy.csv    model, dataset, accuracy, num_samples
     robustness.csv  model, acc_id, acc_shift, er, b1, b0
     kurtosis.csv    model, dataset, kurtosis, num_samples, dim
+    outliers.csv    model, dataset, dimension, score
     importance.csv  model, direction, singular_value, importance, privileged
     privileged.csv  model, num_directions, num_privileged, top_direction, top_ratio, spearman
     pruning.csv     model, order, fraction, dataset, accuracy, er
@@ -17,6 +18,8 @@ Layout of ``OUTPUT_DIR/results/``::
     wiseft.csv      pair, alpha, acc_id, acc_shift, er, kurtosis, unique_concepts
     provenance.json what each table was computed on (models, datasets, store keys, sample counts), the config,
                     package versions
+    concept_ap/     the full AP matrices of the concepts analysis (see robustsig.study.analyses.concepts)
+    ledger.json     what ``robustsig study run`` has finished (see robustsig.study.ledger), and run.log its log
 
 Each table is a frozen dataclass (a row type) whose fields are its columns in order; :data:`TABLES` lists them.
 Accuracies are fractions in [0, 1]. Floats are written with Python's shortest round-trip repr, so a table reads
@@ -126,6 +129,18 @@ class KurtosisRow:
     kurtosis: float = _column("mean over samples of the kurtosis of h (Gaussian = 3)")
     num_samples: int = _column("activation vectors averaged")
     dim: int = _column("width of h")
+
+
+@dataclass(frozen=True)
+class OutlierRow:
+    """A feature dimension of h carrying outlier activations (mean |h_i| far above the average dimension's)."""
+
+    TABLE: ClassVar[str] = "outliers"
+    KEY: ClassVar[tuple[str, ...]] = ("model", "dataset", "dimension")
+    model: str = _column("model name")
+    dataset: str = _column("dataset the activations come from")
+    dimension: int = _column("index of the dimension of h")
+    score: float = _column("mean |h_i| over the mean of mean |h_j| over all dimensions (>= 5: an outlier)")
 
 
 @dataclass(frozen=True)
@@ -241,8 +256,8 @@ class WiseFtRow:
 
 
 TABLES: dict[str, type] = {row.TABLE: row for row in (
-    ModelRow, DatasetRow, AccuracyRow, RobustnessRow, KurtosisRow, ImportanceRow, PrivilegedRow, PruningRow,
-    ConceptRow, ConceptTopRow, VennRow, CkaRow, WiseFtRow)}
+    ModelRow, DatasetRow, AccuracyRow, RobustnessRow, KurtosisRow, OutlierRow, ImportanceRow, PrivilegedRow,
+    PruningRow, ConceptRow, ConceptTopRow, VennRow, CkaRow, WiseFtRow)}
 """Table name -> row type; the CSV file is ``NAME.csv``."""
 
 Row = TypeVar("Row")
@@ -343,6 +358,8 @@ class InputRecord:
     dataset: str
     store_key: str = ""
     num_samples: int | None = None
+    skipped: int | None = None
+    """images of the dataset that could not be decoded (left out of num_samples)."""
 
 
 class Results:
@@ -394,6 +411,22 @@ class Results:
         new = {_key(row): row for row in rows}
         kept = [new.pop(_key(row), row) for row in (self.read(table) if self.has(table) else [])]
         return self.write(table, kept + [row for row in rows if _key(row) in new])
+
+    def replace(self, table: type[Row], rows: Iterable[Row], **match: Any) -> Path:
+        """Replace the rows whose columns equal ``match`` (e.g. ``model="a"``: all of model a's rows) by ``rows``;
+        other rows are kept in place, the new ones appended. This is how a rerun of one model's analysis drops
+        its rows that no longer exist (a fraction or dataset removed from the config).
+
+        Raises:
+            InputError: ``match`` names a column the table does not have.
+        """
+        unknown = sorted(set(match) - set(columns(table)))
+        if unknown:
+            raise InputError(f"{_table_name(table)}.csv has no column {', '.join(unknown)}; its columns are "
+                             f"{columns(table)}")
+        kept = [row for row in (self.read(table) if self.has(table) else [])
+                if any(getattr(row, name) != value for name, value in match.items())]
+        return self.write(table, kept + list(rows))
 
     def read(self, table: type[Row]) -> list[Row]:
         """All rows of ``table``, typed.

@@ -1,0 +1,42 @@
+"""The analyses of a study, one module each, and :func:`build_plan`, which turns a config into the plan's tasks.
+
+Per-model analyses (``accuracy``, ``kurtosis``, ``importance``, ``pruning``, ``concepts``) add their tasks model by
+model; pair analyses (``cka``, ``wiseft``) and the Venn overlaps of ``concepts`` come after every model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from robustsig.study.analyses import accuracy, cka, concepts, importance, kurtosis, pruning, wiseft
+from robustsig.study.config import ModelEntry, StudyConfig
+from robustsig.study.plan import Planner
+from robustsig.study.tasks import Task
+
+PER_MODEL: dict[str, Callable[[Planner, StudyConfig, ModelEntry], None]] = {
+    "accuracy": accuracy.plan, "kurtosis": kurtosis.plan, "importance": importance.plan, "pruning": pruning.plan,
+    "concepts": concepts.plan}
+"""Analysis name -> adds the tasks of one model."""
+
+PER_POOL: dict[str, Callable[[Planner, StudyConfig], None]] = {
+    "concepts": concepts.plan_venn, "cka": cka.plan, "wiseft": wiseft.plan}
+"""Analysis name -> adds the tasks that compare models (after every model's own)."""
+
+
+def build_plan(full: StudyConfig, selected: StudyConfig) -> list[Task]:
+    """The tasks of a run of ``selected`` (the config, or its ``--only`` selection), in execution order.
+
+    Args:
+        full: the whole config; it decides which stores hold layers (CKA), so a selection never changes a store.
+        selected: what to run.
+    """
+    planner = Planner(cka.layer_requests(full), full.analyses.cka.pooling if full.analyses.cka else "auto")
+    enabled = selected.enabled_analyses()
+    for entry in selected.models:
+        for name in enabled:
+            if name in PER_MODEL:
+                PER_MODEL[name](planner, selected, entry)
+    for name in enabled:
+        if name in PER_POOL:
+            PER_POOL[name](planner, selected)
+    return planner.tasks()

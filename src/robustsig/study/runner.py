@@ -1,0 +1,313 @@
+"""``robustsig study run``: validate a study config, plan its DAG, execute it, write ``results/`` and the report.
+
+The run, in order:
+
+1. the config is read and validated (keys, then every path it names), and restricted to ``only`` (analyses and/or
+   models, as ``--only``);
+2. ``results/models.csv``, ``datasets.csv`` and the config in ``provenance.json`` are written, rows of models or
+   pairs no longer in the config are dropped, and the ER baseline line is fixed (refit from ``baseline.fit_csv``);
+3. the plan (:func:`robustsig.study.analyses.build_plan`) is executed task by task: extractions (each store reused,
+   resumed or re-extracted, see :mod:`robustsig.study.stores`), AP matrices, analyses (each skipped when the ledger
+   says it finished on the same inputs and parameters, see :mod:`robustsig.study.ledger`);
+4. the HTML report is built from whatever ``results/`` holds.
+
+A failing task (a model that cannot be built, a dataset that cannot be read) is logged with what to do; the tasks
+that need its output are skipped, every other task still runs, and the run reports the failure at the end (the
+command exits non-zero). Rerunning redoes nothing already done.
+
+Example:
+    >>> summary = run_study("study.yaml", only=["kurtosis"])      # doctest: +SKIP
+    >>> summary.ok, summary.report                                 # doctest: +SKIP
+    (True, PosixPath('out/report/report.html'))
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import traceback
+from collections.abc import Iterable
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from robustsig._progress import progress as progress_bar
+from robustsig._progress import quiet
+from robustsig.errors import DataError, InputError, RobustsigError
+from robustsig.study.config import StudyConfig, load_study_config, select
+from robustsig.study.ledger import Ledger
+from robustsig.study.results import (TABLES, AccuracyRow, CkaRow, ConceptRow, DatasetRow, KurtosisRow, ModelRow,
+                                     PrivilegedRow, Results, RobustnessRow, WiseFtRow, study_rows)
+from robustsig.study.runlog import RunLog
+from robustsig.study.tasks import RunContext, Task
+
+StepStatus = Literal["done", "reused", "failed", "blocked"]
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """How one task of the plan ended.
+
+    Attributes:
+        id: the task id (``extract:MODEL:DATASET``, ``kurtosis:MODEL``...).
+        tag, label: what the log line shows (``[tag] label: message``).
+        status: ``done`` (computed now), ``reused`` (already done), ``failed``, or ``blocked`` (not run: a task it
+            needs failed).
+        seconds: wall time.
+        message: the log line's text (what was computed, or what went wrong and what to do).
+        models: the pool models it concerns.
+    """
+
+    id: str
+    tag: str
+    label: str
+    status: StepStatus
+    seconds: float
+    message: str
+    models: tuple[str, ...] = ()
+
+
+@dataclass
+class RunSummary:
+    """What a study run did.
+
+    Attributes:
+        config: the study as run (after ``only``).
+        results_dir: the ``results/`` folder.
+        report: the HTML report (None when it could not be built: see ``report_error``).
+        steps: every task of the plan, in execution order.
+        rows: per model of the run: ``model, acc_id, acc_shift, er, kurtosis, privileged, unique_concepts`` (None
+            where not computed), read back from ``results/``.
+        report_error: why the report could not be built.
+        seconds: wall time of the run.
+    """
+
+    config: StudyConfig
+    results_dir: Path
+    report: Path | None
+    steps: list[StepRecord] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    report_error: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def failures(self) -> list[StepRecord]:
+        """The tasks that failed (each names its model, dataset and what to do)."""
+        return [step for step in self.steps if step.status == "failed"]
+
+    @property
+    def blocked(self) -> list[StepRecord]:
+        return [step for step in self.steps if step.status == "blocked"]
+
+    @property
+    def ok(self) -> bool:
+        """Every task done or reused, and the report built."""
+        return not self.failures and not self.blocked and self.report is not None
+
+    def counts(self) -> dict[str, int]:
+        """Number of tasks per status."""
+        return {status: sum(step.status == status for step in self.steps)
+                for status in ("done", "reused", "failed", "blocked")}
+
+    def ran(self, tag: str | None = None) -> list[str]:
+        """Ids of the tasks computed in this run (of one tag: ``extract``, ``concepts``...)."""
+        return [step.id for step in self.steps if step.status == "done" and tag in (None, step.tag)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON data (``--json``)."""
+        return {"ok": self.ok, "results": str(self.results_dir), "report": str(self.report) if self.report else None,
+                "report_error": self.report_error, "seconds": round(self.seconds, 3), "counts": self.counts(),
+                "summary": self.rows, "failures": [asdict(step) for step in self.failures],
+                "steps": [asdict(step) for step in self.steps]}
+
+
+def _device(device: str | None, config: StudyConfig) -> str | None:
+    """The device models run on: ``device`` (``--device``), else the config's; None for ``auto``."""
+    choice = device or config.device
+    if choice == "auto":
+        return None
+    import torch
+
+    try:
+        parsed = torch.device(choice)
+    except (RuntimeError, TypeError):
+        raise InputError(f"--device: expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'; got {choice!r}") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {choice!r} asked for, but torch sees no CUDA GPU here; use --device cpu")
+    return choice
+
+
+def run_study(config_or_path: StudyConfig | str | os.PathLike, *, only: Iterable[str] | str | None = None,
+              device: str | None = None, progress: bool = True) -> RunSummary:
+    """Run a study: extract what the stores lack, compute every enabled analysis, write ``results/`` and the report.
+
+    Args:
+        config_or_path: the study YAML file, or a validated :class:`~robustsig.study.config.StudyConfig`.
+        only: analyses and/or model names to run (each item may hold several, comma-separated); None: all.
+        device: where models run (``cpu``, ``cuda``, ``cuda:1``...), instead of the config's ``device``.
+        progress: show progress bars and log lines on stderr (the log is always appended to
+            ``results/run.log``).
+
+    Returns:
+        A :class:`RunSummary`; ``summary.ok`` is False when a task failed (the others still ran).
+
+    Raises:
+        InputError: the config is invalid, or ``only``/``device`` name something that does not exist.
+        DataError: a path the config names does not exist.
+    """
+    full = config_or_path if isinstance(config_or_path, StudyConfig) else load_study_config(config_or_path)
+    full.require_paths()
+    if isinstance(only, str):
+        only = [only]
+    selected = select(full, only) if only else full
+    run_device = _device(device, full)
+    results = Results(full.results_dir)
+    with (nullcontext() if progress else quiet()):
+        log = RunLog(results.root / "run.log", echo=progress)
+        try:
+            return _run(full, selected, results, log, run_device, progress, list(only or []))
+        finally:
+            log.close()
+
+
+def _run(full: StudyConfig, selected: StudyConfig, results: Results, log: RunLog, device: str | None,
+         progress: bool, only: list[str]) -> RunSummary:
+    from robustsig.study.analyses import build_plan
+    from robustsig.study.baseline import study_baseline
+    from robustsig.study.subjects import Classifiers
+
+    begin = time.perf_counter()
+    selection = f" (--only {','.join(only)})" if only else ""
+    log.write(f"=== robustsig study run: {len(selected.models)} model(s), analyses: "
+              f"{', '.join(selected.enabled_analyses())}{selection}; device {device or 'auto'}; "
+              f"results in {results.root} ===")
+    ledger = Ledger(results.root)
+    if ledger.problem:
+        log.line("ledger", "", ledger.problem)
+    _drop_stale_rows(results, full, log)
+    models, datasets = study_rows(full)
+    results.write(ModelRow, models)
+    results.write(DatasetRow, datasets)
+    results.set_config(full.to_dict())
+    baseline = study_baseline(full.baseline)
+    log.line("baseline", "", f"ER from logit(ACC(S)) = {baseline.b1:.4f} logit(ACC(I)) {baseline.b0:+.4f} "
+                             f"({baseline.source}{f', r = {baseline.r:.3f}' if baseline.r is not None else ''})")
+    ctx = RunContext(selected, results, ledger, log, baseline, Classifiers(full, device, log), device=device,
+                     progress=progress)
+    tasks = build_plan(full, selected)
+    steps = _execute(tasks, ctx)
+    report, report_error = _report(full, results, log)
+    summary = RunSummary(selected, results.root, report, steps, summary_rows(results, selected), report_error,
+                         time.perf_counter() - begin)
+    counts = summary.counts()
+    log.write(f"=== {counts['done']} step(s) computed, {counts['reused']} reused, {counts['failed']} failed, "
+              f"{counts['blocked']} not run, in {summary.seconds:.1f} s ===")
+    return summary
+
+
+def _execute(tasks: list[Task], ctx: RunContext) -> list[StepRecord]:
+    """Run the tasks in order; a task whose needs failed is not run; a failure never stops the others."""
+    status: dict[str, StepStatus] = {}
+    steps: list[StepRecord] = []
+    bar = progress_bar(total=len(tasks), desc="study", unit="step", leave=False)
+    try:
+        for task in tasks:
+            begin = time.perf_counter()
+            failed = [need for need in task.needs if status.get(need) in ("failed", "blocked")]
+            if failed:
+                step_status: StepStatus = "blocked"
+                message = f"not run: it needs {failed[0]}, which did not finish (see above)"
+            else:
+                try:
+                    outcome = task.execute(ctx)
+                    step_status, message = outcome.status, outcome.message
+                except KeyboardInterrupt:
+                    ctx.log.line(task.tag, task.label, "interrupted; rerun the same command to resume")
+                    raise
+                except RobustsigError as error:
+                    step_status, message = "failed", str(error)
+                except Exception as error:  # noqa: BLE001 (one failing task must not lose the others' results)
+                    step_status = "failed"
+                    message = (f"{type(error).__name__}: {error} (an unexpected error: the traceback is in "
+                               f"{ctx.log.path}; if it is a memory error, lower batch_size in the config)")
+                    ctx.log.detail(traceback.format_exc())
+            seconds = time.perf_counter() - begin
+            status[task.id] = step_status
+            steps.append(StepRecord(task.id, task.tag, task.label, step_status, seconds, message, task.models))
+            shown = {"failed": f"FAILED: {message}", "blocked": message}.get(step_status, message)
+            ctx.log.line(task.tag, task.label, shown + (f" [{seconds:.1f} s]" if step_status == "done" else ""))
+            bar.update(1)
+    finally:
+        bar.close()
+    return steps
+
+
+def _report(config: StudyConfig, results: Results, log: RunLog) -> tuple[Path | None, str | None]:
+    from robustsig.report.html import build_report
+
+    try:
+        files = build_report(results.root, config.report_dir / "report.html", config=config,
+                             title=f"robustsig study: {config.output_dir.name}")
+    except RobustsigError as error:
+        log.line("report", "", f"FAILED: {error}")
+        return None, str(error)
+    absent = [name for name, shown in files.sections.items() if not shown]
+    log.line("report", "", f"{files.html} ({len(files.tables) // 3} tables, {len(files.figures) // 2} figures"
+                           f"{'; no results for ' + ', '.join(absent) if absent else ''})")
+    return files.html, None
+
+
+def _drop_stale_rows(results: Results, config: StudyConfig, log: RunLog) -> None:
+    """Drop the rows of models and pairs that are no longer in the config (the config is the source of truth);
+    a table written by another robustsig version is deleted (it is recomputed)."""
+    models = set(config.model_names())
+    cka_pairs = {(p.model_a, p.model_b) for p in config.analyses.cka.pairs} if config.analyses.cka else set()
+    wiseft_pairs = {p.name for p in config.analyses.wiseft.pairs} if config.analyses.wiseft else set()
+
+    def kept(row: Any) -> bool:
+        if isinstance(row, CkaRow):
+            return (row.model_a, row.model_b) in cka_pairs
+        if isinstance(row, WiseFtRow):
+            return row.pair in wiseft_pairs
+        return getattr(row, "model", None) in models
+
+    for table in TABLES.values():
+        if table in (ModelRow, DatasetRow) or not results.has(table):
+            continue
+        try:
+            rows = results.read(table)
+        except DataError as error:
+            results.path(table).unlink()
+            log.line("results", "", f"{error}; deleted, it will be recomputed")
+            continue
+        keep = [row for row in rows if kept(row)]
+        if len(keep) < len(rows):
+            results.write(table, keep)
+            log.line("results", "", f"dropped {len(rows) - len(keep)} row(s) of {results.path(table).name} for "
+                                    "models or pairs no longer in the config")
+
+
+def summary_rows(results: Results, config: StudyConfig) -> list[dict[str, Any]]:
+    """The terminal summary: per model, ACC(I), ACC(S), ER, kurtosis, privileged directions, unique concepts
+    (singular basis, else neuron) as read from ``results/`` (None where not computed)."""
+    def read(table: type) -> list:
+        return results.read(table) if results.has(table) else []
+
+    accuracy = {(row.model, row.dataset): row.accuracy for row in read(AccuracyRow)}
+    er = {row.model: row.er for row in read(RobustnessRow)}
+    kurtosis = {row.model: row.kurtosis for row in read(KurtosisRow)}
+    privileged = {row.model: row.num_privileged for row in read(PrivilegedRow)}
+    concepts = {(row.model, row.basis): row.unique_concepts for row in read(ConceptRow)}
+    id_name = config.datasets.id.name
+    shifts = [entry.name for entry in config.datasets.shift]
+    rows = []
+    for name in config.model_names():
+        shift_values = [accuracy.get((name, shift)) for shift in shifts]
+        acc_shift = (math.fsum(shift_values) / len(shifts)
+                     if shifts and all(value is not None for value in shift_values) else None)
+        rows.append({"model": name, "acc_id": accuracy.get((name, id_name)), "acc_shift": acc_shift,
+                     "er": er.get(name), "kurtosis": kurtosis.get(name), "privileged": privileged.get(name),
+                     "unique_concepts": concepts.get((name, "singular"), concepts.get((name, "neuron")))})
+    return rows

@@ -1,0 +1,136 @@
+"""Extraction steps: one activation store per subject (model or Wise-FT point) and dataset, reused across runs.
+
+The store of ``SUBJECT`` on ``DATASET`` lives in ``STORE_DIR/SUBJECT/DATASET``. Its own key (model spec and weight
+fingerprint, dataset file list, preprocessing, layers...; see :mod:`robustsig.extraction.key`) decides whether it
+is still valid. An extraction step, in order:
+
+1. *reused without loading the model*: the store is finished, and the ledger recorded that this store was checked
+   against the same identity (spec, sizes and times of the weights, class-name and template files, random-init
+   seed, dataset description, layers), so nothing that determines its key changed;
+2. otherwise the model is built and its store key computed (no forward pass): a finished store of that key, or of
+   that key with more layers than needed, is *reused*;
+3. an unfinished store of that key is *resumed* from its complete shards;
+4. a store made for other inputs (a changed checkpoint, dataset or layers) is *re-extracted into*, overwriting
+   it: the config is the source of truth, and the log says which fields changed.
+
+Layers are stored only for the models of CKA pairs, on the CKA dataset.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from robustsig.errors import DataError
+from robustsig.extraction.key import describe_dataset, key_differences
+from robustsig.extraction.store import MANIFEST, ActivationStore, read_json, shard_index
+from robustsig.study.results import jsonable
+from robustsig.study.subjects import Subject
+from robustsig.study.tasks import Outcome, RunContext, Task
+
+LayerRequest = tuple[str, ...] | Literal["all"]
+"""Layers a store must hold: names, ``"all"`` (every tap of the model), or ``()`` (none)."""
+
+
+def _manifest(path: Path) -> dict[str, Any] | None:
+    """The store's manifest, or None when there is none (or it is unreadable: extraction will say why)."""
+    if not (path / MANIFEST).is_file():
+        return None
+    try:
+        return read_json(path / MANIFEST)
+    except DataError:
+        return None
+
+
+def _covers(stored: Any, wanted: dict[str, Any]) -> bool:
+    """Whether a finished store of key ``stored`` holds what a store of key ``wanted`` would: the same key, or the
+    same key with more layers (then pooled alike)."""
+    if not isinstance(stored, dict):
+        return False
+    if stored == wanted:
+        return True
+    rest = ("layers", "pooling")
+    same_rest = {k: v for k, v in stored.items() if k not in rest} == {k: v for k, v in wanted.items() if k not in rest}
+    layers = stored.get("layers") or []
+    return (same_rest and set(wanted["layers"]) <= set(layers)
+            and (not wanted["layers"] or stored.get("pooling") == wanted["pooling"]))
+
+
+class ExtractTask(Task):
+    """Make sure the store of ``subject`` on ``dataset`` exists and matches the config (see the module docstring).
+
+    Args:
+        subject: the model or Wise-FT point.
+        dataset: the dataset name.
+        layers: the layer taps the store must hold.
+        pooling: how layer outputs are pooled (CKA's option).
+    """
+
+    tag = "extract"
+
+    def __init__(self, subject: Subject, dataset: str, layers: LayerRequest = (), pooling: str = "auto") -> None:
+        super().__init__(f"extract:{subject.name}:{dataset}", f"{subject.name} on {dataset}",
+                         models=subject.models)
+        self.subject = subject
+        self.dataset = dataset
+        self.layers = layers
+        self.pooling = pooling
+
+    def _identity(self, ctx: RunContext, dataset: Any) -> dict[str, Any]:
+        layers = self.layers if self.layers == "all" else list(self.layers)
+        return jsonable({"subject": ctx.classifiers.identity(self.subject), "dataset": describe_dataset(dataset),
+                         "layers": layers, "pooling": self.pooling if layers else None, "autocast": ctx.autocast})
+
+    def _reuse(self, ctx: RunContext, path: Path, digest: str, how: str) -> Outcome:
+        store = ActivationStore(path)
+        ctx.verify(self.subject, self.dataset, store, digest)
+        skipped = len(store.skipped)
+        note = f", {skipped} undecodable image(s) skipped" if skipped else ""
+        return Outcome("reused", f"{how} ({store.num_rows} images{note})")
+
+    def execute(self, ctx: RunContext) -> Outcome:
+        from robustsig.extraction.extractor import extract, store_key
+        from robustsig.extraction.key import key_digest
+
+        dataset = ctx.dataset(self.dataset)
+        path = ctx.store_path(self.subject, self.dataset)
+        name = f"{self.subject.name}/{self.dataset}"
+        identity = self._identity(ctx, dataset)
+        manifest = _manifest(path)
+        checked = ctx.ledger.store(name)
+        if (manifest is not None and manifest.get("complete") and checked is not None
+                and checked["identity"] == identity and checked["digest"] == manifest.get("key_digest")):
+            return self._reuse(ctx, path, checked["digest"], "reused")
+
+        classifier = ctx.classifiers.get(self.subject)
+        layers = None if not self.layers else ("all" if self.layers == "all" else list(self.layers))
+        key = store_key(classifier, dataset, layers, pooling=self.pooling, autocast=ctx.autocast)
+        overwrite = False
+        if manifest is not None:
+            stored = manifest.get("key")
+            if manifest.get("complete") and _covers(stored, key):
+                ctx.ledger.mark_store(name, manifest["key_digest"], identity)
+                return self._reuse(ctx, path, manifest["key_digest"], "reused (checked against the model)")
+            shards = [p for p in path.iterdir() if shard_index(p.name) is not None]
+            if stored != key and (manifest.get("complete") or shards):
+                changed = "; ".join(key_differences(stored, key)) or "another key"
+                ctx.log.line(self.tag, self.label, f"the store in {path} was made for other inputs ({changed}); "
+                                                   "re-extracting into it (the config is the source of truth)")
+                overwrite = True
+            elif shards:
+                ctx.log.line(self.tag, self.label, f"resuming the unfinished store in {path} ({len(shards)} "
+                                                   "shard(s) already written)")
+        config = ctx.config
+        # extract's own bar where bars show (a terminal); its closing line would repeat this step's log line
+        store = extract(classifier, dataset, path, layers=layers, batch_size=config.batch_size,
+                        num_workers=config.workers, device=ctx.device, autocast=ctx.autocast, pooling=self.pooling,
+                        overwrite=overwrite, progress=ctx.progress and sys.stderr.isatty())
+        digest = key_digest(key)
+        ctx.ledger.mark_store(name, digest, identity)
+        ctx.verify(self.subject, self.dataset, store, digest)
+        summary = store.summary
+        skipped = len(store.skipped)
+        note = f", {skipped} undecodable image(s) skipped" if skipped else ""
+        return Outcome("done", f"extracted {summary['computed']} images in {summary['seconds']:.1f} s "
+                               f"({summary['images_per_s'] or 0:.1f} images/s{note}; {store.num_rows} stored)")

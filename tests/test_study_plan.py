@@ -1,0 +1,167 @@
+"""The study plan without running it: the DAG's order and needs, which stores hold layers (decided on the whole
+config, whatever --only selects), Wise-FT end points sharing the pool models' stores; the CKA layer matching and
+estimators; the ledger; when a store of another key still serves."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+from pathlib import Path
+
+import pytest
+import torch
+
+import robustsig as rs
+from robustsig.study.analyses import build_plan
+from robustsig.study.analyses.cka import _bounds, layer_cka, match_layers
+from robustsig.study.config import select, validate_study_config
+from robustsig.study.ledger import Ledger, provenance_digest
+from robustsig.study.stores import ExtractTask, _covers
+
+from study_helpers import study_data
+
+
+@pytest.fixture
+def config(tmp_path):
+    return validate_study_config(study_data(tmp_path), base_dir=tmp_path)
+
+
+def ids(tasks) -> list[str]:
+    return [task.id for task in tasks]
+
+
+def test_the_plan_is_a_topological_order_model_by_model(config):
+    tasks = build_plan(config, config)
+    position = {task.id: i for i, task in enumerate(tasks)}
+    assert len(position) == len(tasks)
+    for task in tasks:
+        assert all(position[need] < position[task.id] for need in task.needs), task.id
+    # a model's extractions and analyses come before the next model's
+    owners = [task.id.split(":")[1] for task in tasks if task.id.split(":")[0] != "venn"]
+    first = {model: owners.index(model) for model in ("zs", "ft", "ctrl", "mnv2")}
+    assert first["zs"] < first["ft"] < first["ctrl"] < first["mnv2"]
+    assert all(owner == "zs" for owner in owners[:first["ft"]])
+    # Broden is extracted for the AP steps only; every AP step reads its subject's Broden store
+    broden = [task for task in tasks if isinstance(task, ExtractTask) and task.dataset == "broden"]
+    assert {task.subject.name for task in broden} == {"zs", "ft", "ctrl", "mnv2", "zs@alpha=0.5"}
+    for task in tasks:
+        if task.tag == "concept_ap":
+            assert task.needs == (f"extract:{task.subject.name}:broden",)
+    # the Wise-FT end points are the pool models: their stores are shared, only alpha 0.5 has its own
+    wiseft = next(task for task in tasks if task.tag == "wiseft")
+    assert {"extract:zs:photos", "extract:ft:shift-b", "extract:zs@alpha=0.5:photos",
+            "concept_ap:zs@alpha=0.5:singular", "concept_ap:ft:singular"} <= set(wiseft.needs)
+    layers = {(task.subject.name, task.dataset): task.layers for task in tasks if isinstance(task, ExtractTask)}
+    assert layers[("zs", "photos")] == layers[("ctrl", "photos")] == layers[("ft", "photos")] == "all"
+    assert layers[("zs", "shift-a")] == layers[("mnv2", "photos")] == layers[("zs@alpha=0.5", "photos")] == ()
+
+
+def test_a_selection_keeps_the_stores_of_the_whole_config(config):
+    kurtosis = select(config, ["kurtosis"])
+    tasks = build_plan(config, kurtosis)
+    assert ids(tasks) == [f"{kind}:{model}{suffix}" for model in ("zs", "ft", "ctrl", "mnv2")
+                          for kind, suffix in (("extract", ":photos"), ("kurtosis", ""))]
+    assert tasks[0].layers == "all"  # the CKA store of zs keeps its layers under --only kurtosis
+    assert build_plan(kurtosis, kurtosis)[0].layers == ()
+    two = select(config, ["concepts,zs", "ft"])
+    venn = build_plan(config, two)[-1]
+    assert venn.id == "venn" and venn.groups == [("tiny-vit / synthetic", ["zs", "ft"])]
+    assert venn.needs == ("concepts:zs", "concepts:ft")
+
+
+def test_custom_layers_and_datasets(tmp_path):
+    data = study_data(tmp_path, kurtosis={"dataset": "shift-b"},
+                      cka={"pairs": [{"model_a": "zs", "model_b": "ctrl", "layers": ["block1"],
+                                      "layers_b": ["stage0", "stage3"]},
+                                     {"model_a": "zs", "model_b": "ft", "layers": ["block4", "block1"]}],
+                           "dataset": "shift-a", "pooling": "mean"})
+    config = validate_study_config(data, base_dir=tmp_path)
+    tasks = {task.id: task for task in build_plan(config, config)}
+    assert tasks["extract:zs:shift-a"].layers == ("block1", "block4")
+    assert tasks["extract:ctrl:shift-a"].layers == ("stage0", "stage3")
+    assert tasks["extract:ft:shift-a"].layers == ("block4", "block1")
+    assert tasks["extract:zs:shift-a"].pooling == "mean" and tasks["extract:zs:photos"].layers == ()
+    assert tasks["kurtosis:zs"].needs == ("extract:zs:shift-b",)
+
+
+def test_match_layers_in_order_by_relative_depth_or_all_pairs():
+    a, b = ["a0", "a1", "a2", "a3"], ["b0", "b1"]
+    assert match_layers(a, ["b0", "b1", "b2", "b3"], False) == [("a0", "b0"), ("a1", "b1"), ("a2", "b2"), ("a3", "b3")]
+    assert match_layers(a, b, False) == [("a0", "b0"), ("a3", "b1")]
+    assert match_layers(b, a, False) == [("b0", "a0"), ("b1", "a3")]
+    assert match_layers(["a0", "a1", "a2"], ["b0", "b1", "b2", "b3", "b4", "b5", "b6"], False) == [
+        ("a0", "b0"), ("a1", "b3"), ("a2", "b6")]
+    assert match_layers(a, b, True) == [(x, y) for x in a for y in b]
+
+
+def test_minibatch_bounds_never_leave_a_batch_too_small_for_the_unbiased_estimator():
+    assert _bounds(10, 4) == [(0, 4), (4, 10)]
+    assert _bounds(12, 4) == [(0, 4), (4, 8), (8, 12)]
+    assert _bounds(3, 4) == [(0, 3)]
+    assert _bounds(515, 256) == [(0, 256), (256, 515)]
+    assert _bounds(517, 256) == [(0, 256), (256, 512), (512, 517)]
+
+
+class ArrayStore:
+    """The part of ActivationStore that layer_cka reads, over in-memory layers."""
+
+    def __init__(self, **layers: torch.Tensor) -> None:
+        self.layers = layers
+        self.num_rows = next(iter(layers.values())).shape[0]
+        self.manifest = {"tensors": {name: {"shape": list(t.shape)} for name, t in layers.items()}}
+
+    def read(self, key: str, rows: slice) -> torch.Tensor:
+        return self.layers[key][rows]
+
+
+def test_layer_cka_streams_the_linear_kernel_exactly_and_rbf_by_minibatches():
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 12, generator=generator, dtype=torch.float64)
+    a = ArrayStore(l0=x, l1=torch.tanh(x @ torch.randn(12, 7, generator=generator, dtype=torch.float64)))
+    b = ArrayStore(m0=x[:, :5] ** 2, m1=x + 0.1 * torch.randn(300, 12, generator=generator, dtype=torch.float64))
+    pairs = match_layers(["l0", "l1"], ["m0", "m1"], cross=True)
+    for unbiased in (False, True):
+        linear = layer_cka(a, b, pairs, "linear", unbiased)
+        for la, lb in pairs:
+            assert linear[(la, lb)] == pytest.approx(rs.cka(a.layers[la], b.layers[lb], unbiased=unbiased), abs=1e-12)
+    rbf = layer_cka(a, b, pairs, "rbf", False)
+    for la, lb in pairs:
+        expected = rs.MinibatchCKA("rbf")
+        for start, stop in ((0, 256), (256, 300)):
+            expected.update(a.layers[la][start:stop], b.layers[lb][start:stop])
+        assert rbf[(la, lb)] == pytest.approx(expected.compute(), abs=1e-12)
+    assert rbf[("l0", "m1")] > 0.9 > rbf[("l0", "m0")]
+
+
+def test_the_ledger_records_steps_atomically_and_sets_a_broken_one_aside(tmp_path):
+    ledger = Ledger(tmp_path)
+    digest = provenance_digest({"store": "abc", "threshold": 0.9})
+    assert digest == provenance_digest({"threshold": 0.9, "store": "abc"})  # key order does not matter
+    ledger.mark("concepts:zs", digest, {"store": "abc", "threshold": 0.9})
+    ledger.mark_store("zs/photos", "k1", {"spec": "timm:test_vit"})
+    again = Ledger(tmp_path)
+    assert again.finished("concepts:zs", digest) and not again.finished("concepts:zs", provenance_digest({}))
+    assert again.store("zs/photos") == {"digest": "k1", "identity": {"spec": "timm:test_vit"}}
+    assert again.problem is None and not list(Path(tmp_path).glob(".*tmp"))
+    (tmp_path / "ledger.json").write_text("{not json")
+    broken = Ledger(tmp_path)
+    assert "is not a readable ledger" in broken.problem and broken.digest("concepts:zs") is None
+
+
+def test_a_store_with_more_layers_serves_a_store_with_fewer():
+    key = {"model": {"spec": "s", "fingerprint": "f"}, "dataset": {"files_digest": "d"}, "layers": ["b0"],
+           "pooling": "auto", "dtype": "float32", "autocast": None, "logits_topk": None, "preprocess": "p"}
+    assert _covers(key, key)
+    assert _covers({**key, "layers": ["b0", "b1"]}, key)
+    assert _covers({**key, "layers": ["b0"]}, {**key, "layers": [], "pooling": None})
+    assert not _covers({**key, "layers": ["b1"]}, key)
+    assert not _covers({**key, "layers": ["b0", "b1"], "pooling": "mean"}, key)
+    assert not _covers({**key, "model": {"spec": "s", "fingerprint": "g"}}, key)
+    assert not _covers(None, key)
+
+
+@pytest.mark.parametrize("name", ["ledger", "baseline", "analyses.cka", "results"])
+def test_docstring_examples_run(name):
+    module = importlib.import_module(f"robustsig.study.{name}")
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

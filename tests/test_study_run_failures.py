@@ -1,0 +1,158 @@
+"""``robustsig study run`` when things go wrong: a model that cannot be built (reported, the others finish, the run
+exits non-zero, a fixed model is picked up by the rerun), an interrupted run (resumed without redoing anything), a
+checkpoint changed in place (its stores are re-extracted into), a refit baseline line, --json, bad options."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+import robustsig as rs
+from robustsig.cli import main
+from robustsig.metrics.robustness import fit_baseline
+from robustsig.study.analyses.importance import ImportanceTask
+from robustsig.study.results import AccuracyRow, KurtosisRow, RobustnessRow
+from robustsig.study.runner import run_study
+
+from study_helpers import build_world, counting_forwards, study_data, write_checkpoint, write_config
+
+TINY = {"name": "zs", "spec": "timm:test_vit@ckpt/zs.safetensors", "backbone": "tiny-vit", "pretraining": "synthetic",
+        "kind": "zero-shot"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    return build_world(tmp_path_factory.mktemp("world"))
+
+
+def config(root: Path, name: str, models: list[dict], analyses: dict, **top) -> Path:
+    """A study of ``models`` in ``root`` writing to ``out-NAME``; every study of the module shares one store
+    folder (the zs model's stores are extracted once)."""
+    data = study_data(root, **analyses)
+    data["analyses"] = analyses
+    data.update(models=models, output_dir=f"out-{name}", **top)
+    return write_config(root, data, f"{name}.yaml")
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    """``robustsig ARGS`` in this process: (exit code, stdout, stderr)."""
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_a_broken_model_is_reported_and_the_others_finish(world, capsys):
+    (world / "ckpt" / "broken.safetensors").write_bytes(b"these bytes are not a checkpoint")
+    broken = {"name": "broken", "spec": "timm:test_resnet@ckpt/broken.safetensors", "backbone": "tiny-resnet",
+              "pretraining": "synthetic", "kind": "finetuned"}
+    path = config(world, "broken", [TINY, broken], {"accuracy": None, "kurtosis": None})
+    code, out, err = run(capsys, "study", "run", str(path))
+    assert code == 1
+    assert "[extract] broken on photos: FAILED: model 'broken' (timm:test_resnet@" in err
+    assert "cannot be built" in err
+    assert "[accuracy] broken: not run: it needs extract:broken:photos, which did not finish" in err
+    assert "3 step(s) failed and 2 could not run (models: broken); the other results are complete:" in err
+    assert "fix these and rerun the same command" in err
+    results = rs.Results(world / "out-broken" / "results")
+    assert {row.model for row in results.read(AccuracyRow)} == {"zs"}
+    assert {row.model for row in results.read(KurtosisRow)} == {"zs"}
+    table = out.splitlines()
+    assert table[2].split()[0] == "zs" and len(table[2].split()) == 5  # model, ACC(I), ACC(S), ER, kurtosis
+    assert table[3].split() == ["broken"]
+    assert "report: " in out and (world / "out-broken" / "report" / "report.html").is_file()
+
+    write_checkpoint(world / "ckpt" / "broken.safetensors", "test_resnet", seed=3)
+    code, out, err = run(capsys, "study", "run", str(path))
+    assert code == 0, err
+    assert "[accuracy] zs: unchanged since the last run" in err
+    assert "[accuracy] broken: ACC(I)" in err
+    assert {row.model for row in results.read(AccuracyRow)} == {"zs", "broken"}
+
+
+def test_an_interrupted_run_resumes_without_redoing_anything(world, monkeypatch):
+    path = config(world, "interrupted", [TINY], {"accuracy": None, "kurtosis": None, "importance": None})
+
+    def interrupt(self, ctx):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ImportanceTask, "compute", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(path, progress=False)
+    monkeypatch.undo()
+    log = (world / "out-interrupted" / "results" / "run.log").read_text()
+    assert "[importance] zs on photos: interrupted; rerun the same command to resume" in log
+    with counting_forwards() as images:
+        resumed = run_study(path, progress=False)
+    assert images == [] and resumed.ok
+    assert resumed.ran() == ["importance:zs"]
+    assert {step.status for step in resumed.steps if step.id != "importance:zs"} == {"reused"}
+
+
+def test_a_checkpoint_changed_in_place_is_re_extracted(world):
+    shutil.copy(world / "ckpt" / "zs.safetensors", world / "ckpt" / "moving.safetensors")
+    moving = {**TINY, "name": "moving", "spec": "timm:test_vit@ckpt/moving.safetensors"}
+    path = config(world, "moving", [moving], {"accuracy": None})
+    first = run_study(path, progress=False)
+    assert first.ok and sorted(first.ran("extract")) == [f"extract:moving:{d}" for d in ("photos", "shift-a",
+                                                                                          "shift-b")]
+    write_checkpoint(world / "ckpt" / "moving.safetensors", "test_vit", seed=7)  # other weights, same file
+    second = run_study(path, progress=False)
+    assert second.ok and len(second.ran("extract")) == 3 and second.ran("accuracy") == ["accuracy:moving"]
+    log = (world / "out-moving" / "results" / "run.log").read_text()
+    assert "[extract] moving on photos: the store in" in log
+    assert "was made for other inputs (model.fingerprint: stored" in log
+    assert "re-extracting into it (the config is the source of truth)" in log
+    store = rs.ActivationStore(world / "store" / "moving" / "photos")
+    fresh = rs.load_classifier(f"timm:test_vit@{world / 'ckpt' / 'moving.safetensors'}", device="cpu")
+    assert store.manifest["key"]["model"]["fingerprint"] == fresh.fingerprint()
+    photos = rs.open_dataset("folder", world / "data" / "id")
+    expected = rs.accuracy(store.read("logits"), photos, labels=store.read("labels"))
+    rows = rs.Results(world / "out-moving" / "results").read(AccuracyRow)
+    assert [row.accuracy for row in rows if row.dataset == "photos"] == [expected]
+
+
+def test_a_refit_baseline_and_json_output(world, capsys):
+    (world / "baseline.csv").write_text("model,acc_id,acc_shift\na,0.5,0.3\nb,0.6,0.35\nc,0.7,0.5\n")
+    path = config(world, "json", [TINY], {"accuracy": None}, baseline={"fit_csv": "baseline.csv"})
+    code, out, err = run(capsys, "study", "run", str(path), "--json", "--device", "cpu")
+    assert code == 0, err
+    document = json.loads(out)
+    assert document["ok"] and document["counts"]["failed"] == 0
+    assert [row["model"] for row in document["summary"]] == ["zs"]
+    b1, b0, _ = fit_baseline([0.5, 0.6, 0.7], [0.3, 0.35, 0.5])
+    row = rs.Results(world / "out-json" / "results").read(RobustnessRow)[0]
+    assert (row.b1, row.b0) == (pytest.approx(b1, abs=1e-12), pytest.approx(b0, abs=1e-12))
+    assert row.er == pytest.approx(rs.effective_robustness(row.acc_id, row.acc_shift, b1, b0), abs=1e-15)
+    assert document["summary"][0]["er"] == row.er
+    assert "[baseline] ER from logit(ACC(S)) =" in (world / "out-json" / "results" / "run.log").read_text()
+    # no analysis of these studies reads Broden, so no model was run on it
+    assert sorted(path.name for path in (world / "store" / "zs").iterdir()) == ["photos", "shift-a", "shift-b"]
+
+
+def test_bad_inputs_are_refused_before_anything_runs(world, capsys):
+    path = config(world, "bad", [TINY], {"accuracy": None},
+                  datasets={"id": {"name": "photos", "kind": "folder", "root": "data/no-such-folder"}})
+    code, _, err = run(capsys, "study", "run", str(path))
+    assert code == 2 and "datasets.id.root:" in err and "no-such-folder does not exist" in err
+    good = config(world, "good", [TINY], {"accuracy": None})
+    code, _, err = run(capsys, "study", "run", str(good), "--only", "kurtosis,zz")
+    assert code == 2 and "'zz' is neither an analysis" in err
+    code, _, err = run(capsys, "study", "run", str(good), "--device", "gpu")
+    assert code == 2 and "--device: expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'; got 'gpu'" in err
+    assert not (world / "out-good").exists() and not (world / "out-bad").exists()
