@@ -39,12 +39,13 @@ def visible_fraction(crop: Sequence[float], box: Sequence[float]) -> float:
 def random_box(rng: np.random.Generator, size: tuple[int, int], scale: tuple[float, float],
                ratio: tuple[float, float]) -> Box:
     """A crop covering a ``scale`` fraction of the image's area with width/height in ``ratio`` (log-uniform),
-    placed uniformly (torchvision's RandomResizedCrop draw, clipped to the image)."""
+    placed uniformly (torchvision's RandomResizedCrop draw; a crop larger than the image shrinks, its aspect kept)."""
     width, height = size
     target = width * height * rng.uniform(*scale)
     aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
-    w = min(width, max(8, round(math.sqrt(target * aspect))))
-    h = min(height, max(8, round(math.sqrt(target / aspect))))
+    shrink = min(1.0, width / math.sqrt(target * aspect), height / math.sqrt(target / aspect))
+    w = min(width, max(8, round(math.sqrt(target * aspect) * shrink)))
+    h = min(height, max(8, round(math.sqrt(target / aspect) * shrink)))
     left = int(rng.integers(0, width - w + 1))
     top = int(rng.integers(0, height - h + 1))
     return left, top, left + w, top + h
