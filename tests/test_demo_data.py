@@ -163,6 +163,10 @@ def test_build_is_deterministic_and_cached(tmp_path, monkeypatch):
     monkeypatch.setattr(demo_build, "_write", refuse)
     again = build_demo_data(tmp_path / "a", size="tiny", seed=3)
     assert again.reused and again == first
+    removed = next((first.root / "sketch").glob("*/*.jpg"))
+    removed.unlink()
+    with pytest.raises(AssertionError, match="rebuilt"):  # a deleted image rebuilds
+        build_demo_data(tmp_path / "a", size="tiny", seed=3)
     with pytest.raises(AssertionError, match="rebuilt"):  # another seed rebuilds
         build_demo_data(tmp_path / "a", size="tiny", seed=4)
     with pytest.raises(AssertionError, match="rebuilt"):  # so does another size
@@ -180,6 +184,7 @@ def test_changed_parameters_replace_the_folder(tmp_path):
     other = build_demo_data(tmp_path / "data", size="tiny", seed=1)
     assert not other.reused and other.digest != first.digest and tree_digest(other.root) != before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # no temporary folder left behind
+    assert (other.root.stat().st_mode & 0o777) == 0o755
 
 
 def test_a_crash_mid_build_leaves_nothing_that_looks_built(tmp_path, monkeypatch):

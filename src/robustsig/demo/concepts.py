@@ -111,10 +111,12 @@ class BrodenWriter:
         concepts: category -> its concept names; label numbers are given in that order from 1 (colours first).
 
     Example:
-        >>> writer = BrodenWriter(Path("broden"), {"color": COLOR_NAMES, "object": ["cat"], "texture": []})
-        ... # doctest: +SKIP
-        >>> writer.add("demo/cat_000", image, objects=["cat"])  # doctest: +SKIP
-        >>> writer.finish()  # doctest: +SKIP
+        >>> import tempfile
+        >>> writer = BrodenWriter(Path(tempfile.mkdtemp()) / "broden", {"color": COLOR_NAMES, "object": ["cat"]})
+        >>> writer.add("photos/cat_000", Image.new("RGB", (8, 8), (200, 30, 30)), objects=["cat"])
+        >>> positives = writer.finish()
+        >>> positives["red"], positives["cat"], positives["blue"]
+        (1, 1, 0)
     """
 
     root: Path
