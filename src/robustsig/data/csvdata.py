@@ -6,7 +6,9 @@
 - ``concepts``: concept names separated by ``;`` (``sky;tree``); the dataset is then a
   :class:`~robustsig.data.concepts.ConceptImageDataset` with ``.concept_matrix`` and ``.concepts`` (sorted names).
 
-Columns other than these are ignored. Example file::
+Columns other than these are ignored. ``class_map=`` (a JSON file: label -> ImageNet-1k indices; see
+:mod:`robustsig.data.classmap`) scores a ``path,label`` file's classes on an ImageNet-1k head, as ObjectNet is
+scored. Example file::
 
     path,label
     images/0001.jpg,cat
@@ -27,6 +29,7 @@ from PIL import Image
 
 from robustsig.data._layout import examples
 from robustsig.data.base import ImageDataset
+from robustsig.data.classmap import ClassMapSource, read_class_map
 from robustsig.data.concepts import ConceptImageDataset
 from robustsig.errors import DataError
 
@@ -55,7 +58,7 @@ def _read_rows(path: Path) -> tuple[str, list[tuple[Path, str]]]:
     return column, [(p.resolve(), value) for p, value in rows]
 
 
-def _labelled(rows: list[tuple[Path, str]], **source: Any) -> ImageDataset:
+def _labelled(rows: list[tuple[Path, str]], class_map: ClassMapSource | None, **source: Any) -> ImageDataset:
     values = [value for _, value in rows if value]
     if all(_INTEGER.match(v) for v in values):
         labels = [int(value) if value else -1 for _, value in rows]
@@ -64,7 +67,9 @@ def _labelled(rows: list[tuple[Path, str]], **source: Any) -> ImageDataset:
         classnames = sorted(set(values))
         position = {name: k for k, name in enumerate(classnames)}
         labels = [position[value] if value else -1 for _, value in rows]
-    return ImageDataset([(p, label) for (p, _), label in zip(rows, labels)], classnames=classnames, **source)
+    mapped = read_class_map(class_map, classnames) if class_map is not None else None
+    return ImageDataset([(p, label) for (p, _), label in zip(rows, labels)], classnames=classnames,
+                        class_map=mapped, **source)
 
 
 def _with_concepts(rows: list[tuple[Path, str]], **source: Any) -> ConceptImageDataset:
@@ -77,12 +82,14 @@ def _with_concepts(rows: list[tuple[Path, str]], **source: Any) -> ConceptImageD
     return ConceptImageDataset([(p, -1) for p, _ in rows], concept_matrix=matrix, concepts=concepts, **source)
 
 
-def open_csv(root: str | os.PathLike, *, transform: Callable[[Image.Image], Any] | None = None,
-             strict: bool = False) -> ImageDataset:
+def open_csv(root: str | os.PathLike, *, class_map: ClassMapSource | None = None,
+             transform: Callable[[Image.Image], Any] | None = None, strict: bool = False) -> ImageDataset:
     """Images listed in a CSV file (``path,label`` or ``path,concepts``; see the module notes).
 
     Args:
         root: the CSV file.
+        class_map: for a ``path,label`` file, a JSON file (or mapping) from each label to its ImageNet-1k
+            indices (see :mod:`robustsig.data.classmap`); the dataset then has ``.class_map``.
         transform, strict: see :class:`~robustsig.data.base.ImageSource`.
     """
     path = Path(root).expanduser()
@@ -90,4 +97,8 @@ def open_csv(root: str | os.PathLike, *, transform: Callable[[Image.Image], Any]
         raise DataError(f"csv: {path}: no such file; expected {_EXPECTED}")
     column, rows = _read_rows(path)
     source = {"transform": transform, "strict": strict, "kind": "csv", "root": path.resolve().parent}
-    return _labelled(rows, **source) if column == "label" else _with_concepts(rows, **source)
+    if column == "label":
+        return _labelled(rows, class_map, **source)
+    if class_map is not None:
+        raise DataError(f"csv: {path}: a class_map applies to a 'path,label' file; this one lists concepts")
+    return _with_concepts(rows, **source)

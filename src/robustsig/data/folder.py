@@ -3,6 +3,9 @@
 Classes are the sub-folder names in sorted order (label = position, empty class folders included, as
 ImageFolder's ``class_to_idx``); images are found recursively inside each class folder. A folder holding images
 and no sub-folders is an unlabelled set (label ``-1``), e.g. a few photos to run a model on.
+
+``class_map=`` (a JSON file: folder name -> ImageNet-1k indices; see :mod:`robustsig.data.classmap`) scores the
+folder's classes on an ImageNet-1k head, as ObjectNet is scored.
 """
 
 from __future__ import annotations
@@ -15,16 +18,19 @@ from PIL import Image
 
 from robustsig.data._layout import examples, images_in, layout_error, list_images, require_dir, subfolders
 from robustsig.data.base import ImageDataset
+from robustsig.data.classmap import ClassMapSource, read_class_map
 
 _EXPECTED = "class sub-folders of images (cat/1.jpg, dog/2.jpg, ...) or a flat folder of images"
 
 
-def open_folder(root: str | os.PathLike, *, transform: Callable[[Image.Image], Any] | None = None,
-                strict: bool = False) -> ImageDataset:
+def open_folder(root: str | os.PathLike, *, class_map: ClassMapSource | None = None,
+                transform: Callable[[Image.Image], Any] | None = None, strict: bool = False) -> ImageDataset:
     """Images in class sub-folders (labels by sorted folder name) or directly in ``root`` (unlabelled).
 
     Args:
         root: the folder.
+        class_map: a JSON file (or mapping) from each class folder's name to its ImageNet-1k indices; the
+            dataset then has ``.class_map`` and is scored as ObjectNet is (see :mod:`robustsig.data.classmap`).
         transform, strict: see :class:`~robustsig.data.base.ImageSource`.
 
     >>> ds = open_folder("photos/")          # doctest: +SKIP
@@ -39,10 +45,15 @@ def open_folder(root: str | os.PathLike, *, transform: Callable[[Image.Image], A
         raise layout_error(kind, folder, f"both loose images ({examples(p.name for p in loose)}) and "
                            f"sub-folders ({examples(c.name for c in classes)})", _EXPECTED)
     if loose:
+        if class_map is not None:
+            raise layout_error(kind, folder, "a class_map was given for a flat folder of unlabelled images",
+                               "class sub-folders named as the class map's keys")
         return ImageDataset([(path, -1) for path in loose], transform=transform, strict=strict, kind=kind,
                             root=folder)
     samples = [(path, label) for label, sub in enumerate(classes) for path in list_images(sub)]
     if not samples:
         raise layout_error(kind, folder, "no images", _EXPECTED)
-    return ImageDataset(samples, classnames=[c.name for c in classes], transform=transform, strict=strict,
+    classnames = [c.name for c in classes]
+    mapped = read_class_map(class_map, classnames) if class_map is not None else None
+    return ImageDataset(samples, classnames=classnames, class_map=mapped, transform=transform, strict=strict,
                         kind=kind, root=folder)

@@ -55,7 +55,8 @@ def open_dataset(kind: str, root: str | os.PathLike, **options: Any) -> Any:
             ``imagenet-sketch``, ``objectnet``, ``broden``, ``folder``, ``csv``, ``webdataset``).
         root: the dataset's folder (or file, for ``csv``) in the layout of the official download.
         **options: the kind's options (``transform``, ``strict`` for all; e.g. ``ground_truth=`` for
-            ``imagenet``, ``mappings=`` for ``objectnet``, ``cache_dir=`` for ``broden``).
+            ``imagenet``, ``mappings=`` for ``objectnet``, ``cache_dir=`` for ``broden``, ``class_map=`` for
+            ``folder`` and ``csv``).
 
     Returns:
         A torch ``Dataset`` of ``(image, label)`` with ``.samples``, ``.classnames``, ``.class_indices`` (and
