@@ -69,7 +69,7 @@ def test_flat_val_with_devkit_ground_truth(tmp_path):
 
 def test_flat_val_with_kaggle_solution(tmp_path):
     top = tmp_path / "imagenet-object-localization-challenge"
-    val = flat_val(top / "ILSVRC" / "Data" / "CLS-LOC" / "val", 3)
+    flat_val(top / "ILSVRC" / "Data" / "CLS-LOC" / "val", 3)
     rows = [("ILSVRC2012_val_00000002", "n09193705 1 2 3 4"), ("ILSVRC2012_val_00000001", "n01751748 5 6 7 8 n01751748 1 1 2 2"),
             ("ILSVRC2012_val_00000003", "n02105855 0 0 9 9")]
     (top / "LOC_val_solution.csv").write_text("ImageId,PredictionString\n" + "".join(f"{a},{b}\n" for a, b in rows))

@@ -27,12 +27,12 @@ def init(preset: str = typer.Option("paper", "--preset", help="the preset to wri
     """Write a commented study config from a preset; fill in its /path/to/... placeholders."""
     from robustsig.study.config import load_study_config
     from robustsig.study.presets import preset_yaml
-    from robustsig.study.results import atomic_write_text
+    from robustsig._atomic import write_text_atomic
 
     text = preset_yaml(preset)
     if out.exists() and not force:
         raise InputError(f"{out} already exists; pass --force to overwrite it or --out to write another file")
-    atomic_write_text(out, text)
+    write_text_atomic(out, text)
     config = load_study_config(out)
     missing = config.check_paths()
     kinds = Counter(model.kind for model in config.models)

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from robustsig._atomic import atomic_output
 from robustsig._progress import progress
 from robustsig.data._layout import examples, layout_error, locate, require_dir
 from robustsig.data.concepts import ConceptImageDataset
@@ -204,9 +205,8 @@ def _load_cache(path: Path, rows: int, numbers: list[int]) -> tuple[np.ndarray, 
 
 def _save_cache(path: Path, indptr: np.ndarray, indices: np.ndarray, numbers: list[int]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.stem}.{os.getpid()}.partial.npz")
-    np.savez_compressed(partial, indptr=indptr, indices=indices, numbers=np.asarray(numbers, dtype=np.int64))
-    os.replace(partial, path)  # atomic: a reader sees the whole cache or none
+    with atomic_output(path) as temporary, open(temporary, "wb") as stream:
+        np.savez_compressed(stream, indptr=indptr, indices=indices, numbers=np.asarray(numbers, dtype=np.int64))
 
 
 def open_broden(root: str | os.PathLike, *, split: str | None = None, cache_dir: str | os.PathLike | None = None,

@@ -30,13 +30,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from robustsig._atomic import write_bytes_atomic
 from robustsig.errors import DataError, InputError
 
 MANIFEST = "manifest.json"
 HEAD_FILE = "head.safetensors"
 STORE_FORMAT = "robustsig.activation-store"
 STORE_VERSION = 1
-TEMP_PREFIX = ".tmp-"
 LAYER_PREFIX = "layer."
 # the keys every store row has, besides the layers; top-k stores have topk_* instead of logits
 ROW_KEYS = ("h", "logits", "topk_values", "topk_indices", "labels", "ids")
@@ -66,30 +66,8 @@ def shard_index(name: str) -> int | None:
 
 
 # --- atomic files -----------------------------------------------------------------------------------------
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:  # platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that ``path`` is either absent/old or complete: temp file, fsync, rename."""
-    temp = path.with_name(f"{TEMP_PREFIX}{os.getpid()}-{path.name}")
-    with open(temp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
-    _fsync_dir(path.parent)
-
-
 def write_json_atomic(path: Path, document: Mapping[str, Any]) -> None:
-    write_atomic(path, (json.dumps(document, indent=1, sort_keys=True, default=str) + "\n").encode())
+    write_bytes_atomic(path, (json.dumps(document, indent=1, sort_keys=True, default=str) + "\n").encode())
 
 
 def read_json(path: Path) -> dict[str, Any]:

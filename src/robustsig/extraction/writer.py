@@ -26,11 +26,12 @@ from typing import Any, Literal
 import safetensors.torch
 import torch
 
+from robustsig._atomic import TEMP_PREFIX, write_bytes_atomic
 from robustsig.errors import DataError, InputError
 from robustsig.extraction.key import key_differences
 from robustsig.extraction.store import (HEAD_FILE, LAYER_PREFIX, MANIFEST, ROW_KEYS, STORE_FORMAT, STORE_VERSION,
-                                     TEMP_PREFIX, read_json, safetensors_header, shard_index, shard_name,
-                                     torch_dtype, write_atomic, write_json_atomic)
+                                     read_json, safetensors_header, shard_index, shard_name,
+                                     torch_dtype, write_json_atomic)
 
 try:
     import fcntl
@@ -86,7 +87,7 @@ class StoreWriter:
                 "format": STORE_FORMAT, "version": STORE_VERSION, "complete": False, "key": self.key,
                 "key_digest": self.digest, "shard_size": self.shard_size, "num_samples": self.num_samples})
         if not (self.path / HEAD_FILE).is_file():  # written after the manifest: a crash in between resumes
-            write_atomic(self.path / HEAD_FILE, safetensors.torch.save(
+            write_bytes_atomic(self.path / HEAD_FILE, safetensors.torch.save(
                 {name: t.detach().float().cpu().contiguous() for name, t in head.items()}))
         return False
 
@@ -172,7 +173,7 @@ class StoreWriter:
                     "rows": str(len(tensors["ids"]) if tensors else 0), "skipped": json.dumps(list(skipped))}
         if sample_keys is not None:
             metadata["sample_keys"] = json.dumps(list(sample_keys))
-        write_atomic(self.path / shard_name(index), safetensors.torch.save(dict(tensors), metadata=metadata))
+        write_bytes_atomic(self.path / shard_name(index), safetensors.torch.save(dict(tensors), metadata=metadata))
 
     # --- finishing (rank 0 only) ------------------------------------------------------------------------
     def finalize(self, record: Mapping[str, Any]) -> None:

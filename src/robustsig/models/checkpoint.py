@@ -29,6 +29,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from robustsig._atomic import atomic_output
 from robustsig.errors import InputError, UnsafeCheckpointError
 
 if TYPE_CHECKING:
@@ -237,15 +238,11 @@ def save_classifier(clf: Classifier, path: str | os.PathLike) -> Path:
     }
     state = _unshared({k: v.detach().cpu().contiguous() for k, v in clf.state_dict().items()})
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_output(path) as temporary:
         if path.suffix.lower() == ".safetensors":
-            save_file(state, str(tmp), metadata={"format": FORMAT, "robustsig": json.dumps(meta)})
+            save_file(state, str(temporary), metadata={"format": FORMAT, "robustsig": json.dumps(meta)})
         else:
-            torch.save({"format": FORMAT, "robustsig": json.dumps(meta), "state_dict": state}, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+            torch.save({"format": FORMAT, "robustsig": json.dumps(meta), "state_dict": state}, temporary)
     return path
 
 

@@ -21,6 +21,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from robustsig._atomic import atomic_output
 from robustsig._progress import progress
 from robustsig.errors import InputError
 from robustsig.models.classifier import state_fingerprint
@@ -148,12 +149,8 @@ def _write_cached(path: Path, weight: torch.Tensor, bias: torch.Tensor | None) -
     tensors = {"weight": weight.detach().cpu().contiguous()}
     if bias is not None:
         tensors["bias"] = bias.detach().cpu().contiguous().clone()
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata={"format": _CACHE_VERSION})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_output(path) as temporary:
+        save_file(tensors, str(temporary), metadata={"format": _CACHE_VERSION})
 
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor | None, device: torch.device) -> nn.Linear:

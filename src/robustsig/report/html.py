@@ -25,6 +25,7 @@ from typing import Any
 import yaml
 
 from robustsig import __version__
+from robustsig._atomic import write_text_atomic
 from robustsig._progress import progress
 from robustsig.errors import DataError, InputError
 from robustsig.report import figures, tables
@@ -32,7 +33,7 @@ from robustsig.report.pool import KIND_TITLES, model_groups
 from robustsig.study.config import StudyConfig, validate_study_config
 from robustsig.study.results import (AccuracyRow, CkaRow, ConceptRow, ConceptTopRow, DatasetRow, ImportanceRow,
                                      KurtosisRow, ModelRow, OutlierRow, PrivilegedRow, PruningRow, Results,
-                                     RobustnessRow, VennRow, WiseFtRow, atomic_write_text, jsonable, package_versions,
+                                     RobustnessRow, VennRow, WiseFtRow, jsonable, package_versions,
                                      study_rows)
 
 _CSS = """
@@ -397,5 +398,5 @@ def build_report(results_dir: str | os.PathLike, out_html: str | os.PathLike, *,
         f"<h1>{_e(title)}</h1><p class=\"caption\">Results: {_e(results_dir.resolve())}; built {_e(built)}. "
         "Accuracies and ER in percent.</p>"
         f"<nav><ul>{''.join(nav)}</ul></nav>{''.join(body)}</body></html>\n")
-    atomic_write_text(out_html, document)
+    write_text_atomic(out_html, document)
     return page.files

@@ -24,9 +24,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from robustsig._atomic import write_text_atomic
 from robustsig.report.pool import KIND_TITLES, cells, kinds_present, layout_rows
 from robustsig.study.results import (AccuracyRow, ConceptRow, ConceptTopRow, KurtosisRow, ModelRow, PrivilegedRow,
-                                     RobustnessRow, WiseFtRow, atomic_write_text)
+                                     RobustnessRow, WiseFtRow)
 
 MISSING_TEXT = "–"  # shown for an empty cell in Markdown and HTML ("--" in LaTeX, "" in CSV)
 
@@ -258,6 +259,6 @@ def write_table(table: ReportTable, directory: str | Path) -> list[Path]:
     for suffix, render in ((".csv", to_csv), (".md", to_markdown), (".tex", to_latex)):
         path = directory / f"{table.name}{suffix}"
         text = render(table)
-        atomic_write_text(path, text if text.endswith("\n") else text + "\n")
+        write_text_atomic(path, text if text.endswith("\n") else text + "\n")
         paths.append(path)
     return paths

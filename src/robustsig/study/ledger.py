@@ -31,7 +31,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from robustsig.study.results import atomic_write_text, jsonable
+from robustsig._atomic import write_text_atomic
+from robustsig.study.results import jsonable
 
 LEDGER_FORMAT = 1
 
@@ -101,4 +102,4 @@ class Ledger:
 
     def save(self) -> None:
         document = {"format": LEDGER_FORMAT, "steps": self._steps, "stores": self._stores}
-        atomic_write_text(self.path, json.dumps(document, indent=1, sort_keys=True, allow_nan=False) + "\n")
+        write_text_atomic(self.path, json.dumps(document, indent=1, sort_keys=True, allow_nan=False) + "\n")

@@ -46,15 +46,15 @@ import operator
 import os
 import platform
 import sys
-import tempfile
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from robustsig._atomic import write_text_atomic
 from robustsig.errors import DataError, InputError
 
 if TYPE_CHECKING:
@@ -319,21 +319,6 @@ def _parse_cell(text: str, kind: Any, where: str) -> Any:
 
 # --------------------------------------------------------------------------- files
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so that readers see the old file or the new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def package_versions() -> dict[str, str]:
     """Python, platform and the versions of the packages that determine the results."""
     versions = {"python": sys.version.split()[0], "platform": platform.platform()}
@@ -401,7 +386,7 @@ class Results:
             writer.writerow(_format_cell(getattr(row, column), hints[column], f"{name}.csv row {i}, {column}")
                             for column in names)
         target = self.path(table)
-        atomic_write_text(target, buffer.getvalue())
+        write_text_atomic(target, buffer.getvalue())
         return target
 
     def upsert(self, table: type[Row], rows: Iterable[Row]) -> Path:
@@ -474,7 +459,7 @@ class Results:
     def _save_provenance(self, document: dict[str, Any]) -> None:
         document["updated"] = _now()
         document["created"] = document.get("created") or document["updated"]
-        atomic_write_text(self.root / self.PROVENANCE, json.dumps(document, indent=2, sort_keys=False,
+        write_text_atomic(self.root / self.PROVENANCE, json.dumps(document, indent=2, sort_keys=False,
                                                                   default=str, allow_nan=False) + "\n")
 
     def set_config(self, config: Mapping[str, Any] | None, versions: Mapping[str, str] | None = None) -> None:

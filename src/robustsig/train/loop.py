@@ -42,7 +42,7 @@ from robustsig.distributed import World, all_reduce_sum, barrier, process_group,
 from robustsig.errors import DataError, InputError
 from robustsig.models.checkpoint import load_into, save_classifier
 from robustsig.models.classifier import Classifier
-from robustsig.study.results import atomic_write_text
+from robustsig._atomic import write_text_atomic
 from robustsig.train.data import check_training_set, derived_seed, per_rank_batch, training_loader
 from robustsig.train.recipes import Recipe
 from robustsig.train.schedule import learning_rate
@@ -239,7 +239,7 @@ class _Trainer:
             if resumed is None:
                 for stale in (self.checkpoint_path, self.model_path, self.log_path):
                     stale.unlink(missing_ok=True)
-            atomic_write_text(self.out_dir / RECIPE_NAME, self.recipe.to_yaml())
+            write_text_atomic(self.out_dir / RECIPE_NAME, self.recipe.to_yaml())
             self._write_log()
         return resumed
 
@@ -333,7 +333,7 @@ class _Trainer:
         writer.writeheader()
         for row in self.history:
             writer.writerow({key: repr(value) if isinstance(value, float) else value for key, value in row.items()})
-        atomic_write_text(self.log_path, text.getvalue())
+        write_text_atomic(self.log_path, text.getvalue())
 
     def _record_training(self) -> None:
         kind, root = getattr(self.dataset, "kind", "images"), getattr(self.dataset, "root", None)

@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from robustsig._atomic import atomic_output
 from robustsig.errors import InputError, UnsafeCheckpointError
 from robustsig.train.recipes import Recipe
 
@@ -84,15 +85,8 @@ def save_train_state(state: TrainState, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     document = {"format": FORMAT, "version": VERSION, **asdict(state)}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as stream:
-            torch.save(document, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_output(path) as temporary:
+        torch.save(document, temporary)
     return path
 
 

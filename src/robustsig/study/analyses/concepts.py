@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from robustsig._atomic import atomic_output, write_text_atomic
 from robustsig.errors import DataError
 from robustsig.extraction.store import ActivationStore
 from robustsig.metrics.concepts import average_precision_matrix, concept_overlaps, concept_summary
@@ -43,7 +44,7 @@ from robustsig.study.analyses import importance as importance_analysis
 from robustsig.study.analyses._streams import gather_rows, store_head_svd, store_importance, store_kurtosis
 from robustsig.study.config import ConceptsOptions, ModelEntry, StudyConfig
 from robustsig.study.plan import Planner
-from robustsig.study.results import ConceptRow, ConceptTopRow, VennRow, atomic_write_text, study_rows
+from robustsig.study.results import ConceptRow, ConceptTopRow, VennRow, study_rows
 from robustsig.study.subjects import Subject, model_subject
 from robustsig.study.tasks import AnalysisTask, RunContext, files_present, has_rows
 
@@ -155,12 +156,9 @@ class ConceptApTask(AnalysisTask):
         ap, names, categories = concept_ap_matrix(verified.store, ctx.dataset(self.dataset), self.basis,
                                                   min_positives=self.min_positives, seed=self.seed)
         npy, sidecar = ap_paths(ctx.results.root, self.subject.name, self.basis)
-        npy.parent.mkdir(parents=True, exist_ok=True)
-        partial = npy.with_name(f".{npy.name}.{os.getpid()}.tmp")
-        with open(partial, "wb") as handle:
+        with atomic_output(npy) as temporary, open(temporary, "wb") as handle:
             np.save(handle, ap.numpy(), allow_pickle=False)
-        os.replace(partial, npy)
-        atomic_write_text(sidecar, json.dumps({
+        write_text_atomic(sidecar, json.dumps({
             "subject": self.subject.name, "basis": self.basis, "dataset": self.dataset, "store_key": verified.digest,
             "min_positives": self.min_positives, "seed": self.seed, "rows": "concepts", "columns": "directions",
             "sign": SIGN_CONVENTION if self.basis == "singular" else None,
