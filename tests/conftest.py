@@ -28,6 +28,18 @@ def _seed():
     np.random.seed(0)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op torch thread for a test module. Bit-for-bit comparisons need equal thread counts (reductions
+    are split by thread), and torchrun workers and test subprocesses run one thread each; on a busy 2-core machine
+    one thread is also the fast choice for small tensors. Module-scoped, so the module's other module-scoped
+    fixtures run on one thread too: ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture
 def reference_dir() -> Path:
     """``../shared/reference`` (published tables and class maps); the test is skipped where it is absent."""

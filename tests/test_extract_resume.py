@@ -21,14 +21,7 @@ TESTS = Path(__file__).resolve().parent
 SRC = TESTS.parent / "src"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Bit-for-bit equality holds for equal thread counts (reductions split by thread); the subprocesses and
-    torchrun workers run one thread each, so the in-process runs do too."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # bit-for-bit equality with the one-thread subprocesses
 
 
 def run(clf, ds, out, **options):

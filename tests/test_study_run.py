@@ -38,12 +38,7 @@ IMAGES = {"photos": 30, "shift-a": 19, "shift-b": 20, "broden": 40}  # decoded i
 SECTIONS = ("accuracy", "kurtosis", "importance", "pruning", "concepts", "cka", "wiseft")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 
 import robustsig as rs
 from robustsig.cli import main
@@ -24,12 +23,7 @@ TINY = {"name": "zs", "spec": "timm:test_vit@ckpt/zs.safetensors", "backbone": "
         "kind": "zero-shot"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

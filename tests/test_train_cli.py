@@ -21,7 +21,8 @@ from robustsig.train.state import load_train_state
 
 from train_helpers import write_colour_folder
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*randomly initialised", "ignore:.*Grad strides do not match")
+pytestmark = [pytest.mark.filterwarnings("ignore:.*randomly initialised", "ignore:.*Grad strides do not match"),
+              pytest.mark.usefixtures("one_thread")]
 TINY_CLIP = {"embed_dim": 16,
              "vision_cfg": {"layers": 2, "width": 32, "patch_size": 8, "image_size": 32, "head_width": 16},
              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
@@ -30,13 +31,8 @@ FAST = ["--epochs", "1", "--batch-size", "6", "--lr", "1e-3", "--warmup-steps", 
 
 
 @pytest.fixture(autouse=True)
-def _offline(monkeypatch, tmp_path):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def _own_cache(monkeypatch, tmp_path):
     monkeypatch.setenv("ROBUSTSIG_CACHE", str(tmp_path / "cache"))
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

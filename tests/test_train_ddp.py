@@ -34,7 +34,7 @@ ARGS = ["--new-head", "--image-size", "32", "--epochs", "2", "--batch-size", "6"
         "2", "--workers", "0", "--device", "cpu", "--checkpoint-every", "3"]
 
 
-def test_two_process_gloo_job_matches_one_process(tmp_path, monkeypatch, capsys, free_port):
+def test_two_process_gloo_job_matches_one_process(tmp_path, monkeypatch, capsys, free_port, one_thread):
     data = write_colour_folder(tmp_path / "colours")
     spec = "timm:test_convnext"
     out = tmp_path / "ddp"
@@ -64,8 +64,6 @@ def test_two_process_gloo_job_matches_one_process(tmp_path, monkeypatch, capsys,
         torch.testing.assert_close(ddp(x), reference(x), rtol=0, atol=0)
 
     # one process, same global batch, same seed
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    torch.set_num_threads(1)
     with pytest.raises(SystemExit) as done:
         main(["finetune", spec, "--data", f"folder:{data}", "--out", str(tmp_path / "single"), "--json", *ARGS])
     assert done.value.code == 0

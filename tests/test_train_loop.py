@@ -22,18 +22,12 @@ from robustsig.train.state import load_train_state
 
 from train_helpers import tiny_classifier, write_colour_folder
 
-pytestmark = pytest.mark.filterwarnings("ignore:this classifier records no architecture")
+pytestmark = [pytest.mark.filterwarnings("ignore:this classifier records no architecture"),
+              pytest.mark.usefixtures("one_thread")]
 # 24 images, batches of 4: 6 steps per epoch
 RECIPE = dict(epochs=3, batch_size=4, lr=0.05, warmup_steps=2, lr_milestones=[1, 2], label_smoothing=0.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: fast on a shared 2-core machine, and the same in the subprocesses below."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
