@@ -42,7 +42,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from robustsig._progress import progress, quiet
 from robustsig.distributed import World, all_reduce_sum, barrier, process_group, resolve_device, world_from_env
-from robustsig.errors import DataError, InputError
+from robustsig.errors import DataError, InputError, RobustsigError
 from robustsig.models.checkpoint import load_into, save_classifier
 from robustsig.models.classifier import Classifier
 from robustsig.study.results import atomic_write_text
@@ -149,6 +149,25 @@ def train_classifier(clf: Classifier, dataset: Any, recipe: Recipe, out_dir: str
         trainer = _Trainer(clf, dataset, recipe, Path(out_dir), world, target, workers, checkpoint_every, on_step)
         with _deterministic_algorithms(recipe.deterministic), nullcontext() if world.is_main else quiet():
             return trainer.run(restart)
+
+
+def checkpoint_matches(out_dir: str | os.PathLike, clf: Classifier, dataset: Any, recipe: Recipe) -> bool:
+    """Whether ``out_dir`` holds a checkpoint that :func:`train_classifier` would resume for this classifier,
+    dataset and recipe (same recipe, model spec and head, training files and class map); False when there is none
+    or it is unreadable.
+
+    Example:
+        >>> checkpoint_matches("runs/ft", clf, dataset, load_recipe("finetune"))  # doctest: +SKIP
+        True
+    """
+    path = Path(out_dir) / CHECKPOINT_NAME
+    if not path.is_file():
+        return False
+    try:
+        check_resumable(load_train_state(path), recipe, _identity(clf, dataset), path)
+    except RobustsigError:  # another run's, damaged, or not a training checkpoint
+        return False
+    return True
 
 
 class _Trainer:
