@@ -79,7 +79,8 @@ def test_the_report_shows_every_section_and_what_the_data_is(first_run):
         "fig4_venn_neuron_0.png", "fig4_venn_singular_0.png", "fig5_cka_depth.png", "fig9_pruning_er.png"]
     statement = summary["data"]["statement"]
     assert "No ImageNet image is used" in statement and "6 classes" in statement
-    assert "No ImageNet image is used" in html.split('<nav>')[0]  # the study's description, above the contents
+    head = html.split("<nav>")[0]  # the study's description, above the contents: the data, then the pool's layout
+    assert "No ImageNet image is used" in head and "the supervised column is empty" in head
     # the pool reads as the paper's layout: one MobileNetV2 row with the pretrained and finetuned models
     pool = sections["pool"]
     assert re.search(r"<td>mobilenet_v2-ft</td><td><code>bundled:mobilenet_v2@[^<]*model\.safetensors</code></td>"

@@ -43,6 +43,15 @@ ZERO_SHOT, FINETUNED, RANDOM, EFFICIENTNET = ("mobilenet_v2", "mobilenet_v2-ft",
                                               "efficientnet_lite0")
 
 
+POOL_NOTE = ("Pool: the zero-shot column holds models applied to the demo's classes through the class map without "
+             "training on a demo image: the ImageNet-1k MobileNetV2 and EfficientNet-Lite0 (real weights from "
+             "packages) and, on its own random-init row, an untrained MobileNetV2 as a control. The finetuned column "
+             "holds that MobileNetV2 finetuned on the demo's training crops by robustsig's training loop; the Wise-FT "
+             "sweep and the all-layer CKA compare it with the model it started from. No model is trained from "
+             "scratch on the demo's classes, so the supervised column is empty.")
+"""The pool's layout in words (the demo's report shows it under the data statement)."""
+
+
 def demo_models(finetuned: str | os.PathLike) -> list[dict[str, str]]:
     """The pool, with the finetuned MobileNetV2 loaded from ``finetuned`` (a ``model.safetensors``); see the module
     notes for why each model sits in its row and column."""

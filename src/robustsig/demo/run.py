@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from robustsig.demo.build import SIZES, TRAIN_SET, DemoData, DemoSize, build_demo_data
-from robustsig.demo.config import demo_config
+from robustsig.demo.config import POOL_NOTE, demo_config
 from robustsig.demo.finetune import DemoFinetune, finetune_demo_model
 from robustsig.demo.provenance import NO_CLAIMS
 from robustsig.demo.shifts import SHIFTS
@@ -145,7 +145,8 @@ def run_demo(out_dir: str | os.PathLike = "robustsig-demo", *, size: str | DemoS
     finetune = finetune_demo_model(data, out / "finetune", device=device)
     timings["finetune"] = time.perf_counter() - started
     study_file = out / STUDY_FILE
-    config = demo_config(data, out, finetuned=finetune.model_path, device=device, description=data_statement(data))
+    config = demo_config(data, out, finetuned=finetune.model_path, device=device,
+                         description=f"{data_statement(data)}\n\n{POOL_NOTE}")
     atomic_write_text(study_file, _HEADER.format(path=study_file)
                       + yaml.safe_dump(config, sort_keys=False, allow_unicode=True, width=110))
     summary = run_study(study_file, device=device, progress=progress)
