@@ -246,3 +246,19 @@ def test_real_mobilenet_finetuned_on_the_demo_photos_raises_their_set_likelihood
     assert tuned.head.out_features == 1000 and tuned.classnames == rs.load_classifier("bundled:mobilenet_v2").classnames
     after = _set_log_likelihood(tuned, root, class_map)
     assert after > before + 0.1, (before, after)
+
+
+def test_the_demo_finetune_is_reused_only_for_the_same_data(tmp_path):
+    from robustsig.demo import build_demo_data, finetune_demo_model
+
+    first_data = build_demo_data(tmp_path / "data0", size="tiny", seed=0)
+    first = finetune_demo_model(first_data, tmp_path / "ft", workers=0)
+    assert not first.reused and first.result.steps == 2 and first.recipe.batch_size == 12  # the tiny split: 12 images
+    again = finetune_demo_model(first_data, tmp_path / "ft", workers=0)
+    assert again.reused and again.result.resumed_from_step == 2
+    other_data = build_demo_data(tmp_path / "data1", size="tiny", seed=1)  # same file names, other crops
+    other = finetune_demo_model(other_data, tmp_path / "ft", workers=0)
+    assert not other.reused and other.result.resumed_from_step is None
+    (tmp_path / "ft" / "notes.txt").write_text("mine")
+    with pytest.raises(rs.InputError, match="holds other files than a demo finetune"):
+        finetune_demo_model(other_data, tmp_path / "ft", workers=0)

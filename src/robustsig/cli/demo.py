@@ -18,13 +18,14 @@ _SIZES = ("default", "small", "tiny")
 
 def demo(out: Path = typer.Option(Path("robustsig-demo"), "--out", "-o", help="the demo's folder (data, finetuned "
                                   "model, study.yaml, stores, results, report)"),
-         size: str = typer.Option("default", "--size", help="default (the demo, ~5 min on 2 CPU cores) | small | "
+         size: str = typer.Option("default", "--size", help="default (the demo, ~3 min on 2 CPU cores) | small | "
                                   "tiny (smoke tests: the numbers mean even less)"),
          device: str = typer.Option("cpu", "--device", help="where the finetune and the extractions run (cpu, "
                                     "cuda, cuda:1...)"),
          json_output: bool = typer.Option(False, "--json", help="print a JSON summary (no progress bars)")) -> None:
-    """Run the whole study on the embedded demo: real packaged photos and ImageNet weights, a finetune, every
-    analysis, the HTML report. Offline; rerunning reuses every finished stage."""
+    """Run the whole study offline on packaged photos and ImageNet weights, with a finetune; report in OUT/report.
+
+    Writes OUT/study.yaml (rerun or edit it with `robustsig study run`); a rerun reuses every finished stage."""
     from robustsig._progress import quiet
     from robustsig.demo.run import run_demo
     from robustsig.errors import InputError

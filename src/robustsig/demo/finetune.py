@@ -8,9 +8,9 @@ on 2 CPU cores: 2 epochs of the 240 training photos in batches of 16 (30 steps, 
 D.1's rate 3e-5 for batches of 256 scaled to batches of 16 by the square-root rule (7.5e-6, rounded to 1e-5).
 fp32 on every device, so that a GPU run finetunes the same model.
 
-Measured on the default demo data (2 CPU cores): the training split's set likelihood rises within the first
-epoch; the in-distribution accuracy goes from 85% to over 99% while the shifted sets' mean accuracy drops from
-~41% to ~21%. Most of that drop is BatchNorm's running statistics moving to the training photos' statistics
+Measured on the default demo data (2 CPU cores): the training loss (the negative log set likelihood) averages 0.42
+over the first epoch and 0.12 over the second; the in-distribution accuracy goes from 85% to 99.7% while the
+shifted sets' mean accuracy drops from 41% to 21%. Most of that drop is BatchNorm's running statistics moving to the training photos' statistics
 (only updating them, without a weight step, costs nearly as much on the shifts); larger rates (1e-4 for 3 epochs)
 learn the six scenes so well that every set improves and the in-distribution accuracy reaches 100%, where
 effective robustness is undefined.
@@ -43,6 +43,7 @@ DEMO_RECIPE: Recipe = load_recipe("finetune", name="demo-finetune", epochs=2, ba
 """D.1 shortened for the demo (see the module notes)."""
 DATA_MARK = "demo_data.txt"
 """The digest of the demo data a finetune folder was trained on."""
+_OWN_FILES = frozenset({DATA_MARK, CHECKPOINT_NAME, MODEL_NAME, "train_log.csv", "recipe.yaml"})
 
 
 @dataclass(frozen=True)
@@ -103,9 +104,7 @@ def finetune_demo_model(data: DemoData, out_dir: str | os.PathLike, *, device: s
         out.mkdir(parents=True, exist_ok=True)
         mark.write_text(data.digest + "\n")
     result = train_classifier(clf, dataset, recipe, out, device=device, workers=workers, checkpoint_every=10)
-    model_path = result.model_path if result.model_path is not None else out / MODEL_NAME
+    model_path = out / MODEL_NAME  # a bundled model records its architecture: the loop always writes it
     reused = result.resumed_from_step is not None and result.resumed_from_step == result.steps
     return DemoFinetune(model_path, f"{BASE_SPEC}@{model_path}", recipe, result, reused)
 
-
-_OWN_FILES = frozenset({DATA_MARK, CHECKPOINT_NAME, MODEL_NAME, "train_log.csv", "recipe.yaml"})

@@ -118,7 +118,7 @@ def run_demo(out_dir: str | os.PathLike = "robustsig-demo", *, size: str | DemoS
 
     Args:
         out_dir: the demo's folder; absent, empty, or written by an earlier demo run.
-        size: ``default`` (the demo: about 5 minutes on 2 CPU cores), ``small`` or ``tiny`` (tests), or a
+        size: ``default`` (the demo: about 3 minutes on 2 CPU cores), ``small`` or ``tiny`` (tests), or a
             :class:`~robustsig.demo.build.DemoSize`.
         device: where the finetune and the extractions run (``cpu``, ``cuda``...).
         progress: progress bars and the study's log lines on stderr.
