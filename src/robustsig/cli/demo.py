@@ -32,13 +32,18 @@ def demo(out: Path = typer.Option(Path("robustsig-demo"), "--out", "-o", help="t
 
     if size not in _SIZES:
         raise InputError(f"--size: expected one of {', '.join(_SIZES)}; got {size!r}")
-    if json_output:
-        with quiet():
-            run = run_demo(out, size=size, device=device, progress=False)
-        emit_json(run.to_dict())
-    else:
-        run = run_demo(out, size=size, device=device)
-        _print(run)
+    try:
+        if json_output:
+            with quiet():
+                run = run_demo(out, size=size, device=device, progress=False)
+            emit_json(run.to_dict())
+        else:
+            run = run_demo(out, size=size, device=device)
+            _print(run)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: the data, the finetune checkpoint and every finished study step are kept; rerun the "
+                   "same command to resume", err=True)
+        raise typer.Exit(130) from None
     if not run.ok:
         raise typer.Exit(1)
 
