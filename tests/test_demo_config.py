@@ -1,5 +1,6 @@
-"""The demo's study config validates and names only what exists (paths, layers, an interpolable Wise-FT pair); the
-real packaged MobileNetV2 scores the built in-distribution photos far above chance and the sketches lower."""
+"""The demo's study config validates and names only what exists (paths, layers, a Wise-FT pair of the real
+MobileNetV2 and a finetuned copy loaded with ``bundled:mobilenet_v2@PATH``); the real packaged MobileNetV2 scores the
+built in-distribution photos far above chance and the sketches lower."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import yaml
 
 import robustsig as rs
 from robustsig.demo import demo_config
-from robustsig.demo.config import EFFICIENTNET_LITE0_LAYERS, MOBILENET_V2_LAYERS, MODELS, layers_at_depths
+from robustsig.demo.config import (EFFICIENTNET_LITE0_LAYERS, FINETUNED, MOBILENET_V2_LAYERS, demo_models,
+                                   layers_at_depths)
 from robustsig.data.base import image_loader
 from robustsig.study.config import load_study_config, validate_study_config
 
@@ -19,15 +21,34 @@ from demo_helpers import small_demo  # noqa: F401 (a fixture)
 
 
 @pytest.fixture(scope="module")
-def classifiers():
+def finetuned(tmp_path_factory):
+    """A stand-in for the finetuned model: the real MobileNetV2 with a changed head, saved as a classifier."""
+    clf = rs.load_classifier("bundled:mobilenet_v2")
+    with torch.no_grad():
+        clf.head.weight.mul_(0.5)
+    path = tmp_path_factory.mktemp("ft") / "model.safetensors"
+    rs.save_classifier(clf, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def classifiers(finetuned):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the random-init control's warning
-        return {m["name"]: rs.load_classifier(m["spec"]) for m in MODELS}
+        return {m["name"]: rs.load_classifier(m["spec"]) for m in demo_models(finetuned)}
 
 
-def test_demo_config_validates_and_names_existing_paths(small_demo, tmp_path):
-    data = demo_config(small_demo, tmp_path / "study")
+def test_demo_config_validates_and_names_existing_paths(small_demo, finetuned, tmp_path):
+    data = demo_config(small_demo, tmp_path / "study", finetuned=finetuned, description="what the data is")
     config = validate_study_config(data)
+    assert config.description == "what the data is"
+    assert config.model(FINETUNED).spec == f"bundled:mobilenet_v2@{finetuned}"
+    assert [(m.name, m.kind, m.pretraining) for m in config.models] == [
+        ("mobilenet_v2", "zero-shot", "imagenet-1k"), ("mobilenet_v2-ft", "finetuned", "imagenet-1k"),
+        ("mobilenet_v2-random", "zero-shot", "random-init"), ("efficientnet_lite0", "zero-shot", "imagenet-1k")]
+    pair = config.analyses.wiseft.pairs[0]
+    assert (pair.zero_shot, pair.finetuned) == ("mobilenet_v2", "mobilenet_v2-ft")
+    assert config.analyses.wiseft.alphas == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert config.check_paths() == []
     assert config.enabled_analyses() == ["accuracy", "kurtosis", "importance", "pruning", "concepts", "cka", "wiseft"]
     assert [d.name for d in config.datasets.evaluation()] == ["photos", "sketch", "cartoon", "rephoto", "viewpoint",
@@ -42,15 +63,17 @@ def test_demo_config_validates_and_names_existing_paths(small_demo, tmp_path):
 
 
 def test_layers_pairs_and_pool_exist(classifiers):
-    assert list(MOBILENET_V2_LAYERS) == classifiers["mobilenet_v2"].layers == classifiers["mobilenet_v2-random"].layers
+    assert (list(MOBILENET_V2_LAYERS) == classifiers["mobilenet_v2"].layers == classifiers["mobilenet_v2-random"].layers
+            == classifiers["mobilenet_v2-ft"].layers)
     assert list(EFFICIENTNET_LITE0_LAYERS) == classifiers["efficientnet_lite0"].layers
     assert layers_at_depths(MOBILENET_V2_LAYERS, [0.0, 0.5, 1.0]) == ["features0", "features9", "features18"]
     assert layers_at_depths(EFFICIENTNET_LITE0_LAYERS, [0.0, 0.2, 1.0]) == ["block0", "block3", "block15"]
-    real, control = classifiers["mobilenet_v2"], classifiers["mobilenet_v2-random"]
-    assert control.meta["random_init"] and not real.meta["random_init"]
-    assert {k: v.shape for k, v in real.state_dict().items()} == {k: v.shape for k, v in control.state_dict().items()}
-    half = rs.interpolate(control, real, 0.5)
-    assert torch.allclose(half.W, (control.W + real.W) / 2)
+    real, tuned, control = (classifiers[name] for name in ("mobilenet_v2", "mobilenet_v2-ft", "mobilenet_v2-random"))
+    assert control.meta["random_init"] and not real.meta["random_init"] and not tuned.meta["random_init"]
+    assert torch.equal(tuned.W, real.W * 0.5) and torch.equal(tuned.encoder.features[0][0].weight,
+                                                             real.encoder.features[0][0].weight)
+    half = rs.interpolate(real, tuned, 0.5)
+    assert torch.allclose(half.W, (real.W + tuned.W) / 2)
 
 
 def accuracy_on(clf, root, class_map):

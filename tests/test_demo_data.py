@@ -54,11 +54,13 @@ def test_labelled_sets_load_with_their_class_map(small_demo):
     assert {k: v for k, v in written.items() if k != "other"} == CLASS_IDS
     mapped = {i for ids in CLASS_IDS.values() for i in ids}
     assert written["other"] == [i for i in range(1000) if i not in mapped] and len(written["other"]) == 982
-    for name, root in [("photos", small_demo.id_root), *small_demo.shift_roots.items()]:
+    for name, root in [("photos", small_demo.id_root), *small_demo.shift_roots.items(),
+                       ("photos-train", small_demo.train_root)]:
         ds = rs.open_dataset("folder", root, class_map=small_demo.class_map_path)
         assert ds.classnames == CLASSES
         assert ds.class_map == [written[c] for c in CLASSES]
-        per_class = size.id_per_class if name == "photos" else size.shift_per_class
+        per_class = {"photos": size.id_per_class, "photos-train": size.train_per_class}.get(name,
+                                                                                           size.shift_per_class)
         counts = np.bincount(ds.targets, minlength=len(CLASSES)).tolist()
         assert counts == [0 if c == "other" else per_class for c in CLASSES]
         assert small_demo.counts[name] == len(ds)
@@ -93,6 +95,26 @@ def test_images_are_sane_and_shifts_differ_from_the_photos(small_demo):
     for path, _ in rs.open_dataset("folder", small_demo.shift_roots["sketch"]).samples:
         sketch = np.asarray(Image.open(path), np.int64)
         assert np.abs(sketch - sketch.mean(axis=-1, keepdims=True)).max() <= 3  # gray, up to JPEG chroma rounding
+
+
+def test_the_training_split_is_none_of_the_evaluated_images(small_demo):
+    def digests(root):
+        return {hashlib.sha256(path.read_bytes()).hexdigest() for path in root.glob("*/*.jpg")}
+
+    train = digests(small_demo.train_root)
+    assert len(train) == small_demo.counts["photos-train"]
+    for root in [small_demo.id_root, *small_demo.shift_roots.values(), small_demo.concepts_root / "images"]:
+        assert not train & digests(root), root
+    train_ds = rs.open_dataset("folder", small_demo.train_root)
+    id_ds = rs.open_dataset("folder", small_demo.id_root)
+
+    def thumbs(ds):
+        return np.stack([np.asarray(ds[i][0].resize((24, 24)), np.float64) for i in range(len(ds))])
+
+    nearest = np.abs(thumbs(train_ds)[:, None] - thumbs(id_ds)[None]).mean(axis=(2, 3, 4)).min(axis=1)
+    assert nearest.min() > 1  # other crops of the same photos, not the same crops re-encoded
+    record = small_demo.provenance["sets"]["photos-train"]
+    assert record["images"] == small_demo.counts["photos-train"] and "never an image of" in record["does"]
 
 
 def read_index(root):

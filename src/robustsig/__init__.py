@@ -58,6 +58,7 @@ _PUBLIC: dict[str, str] = {
     "Recipe": "robustsig.train.recipes",
     "load_recipe": "robustsig.train.recipes",
     "train_classifier": "robustsig.train.loop",
+    "set_cross_entropy": "robustsig.train.objective",
     "parse_alphas": "robustsig.train.sweep",
     "save_wiseft_sweep": "robustsig.train.sweep",
     # data
@@ -74,6 +75,7 @@ _PUBLIC: dict[str, str] = {
     "RunSummary": "robustsig.study.runner",
     "Results": "robustsig.study.results",
     "build_report": "robustsig.report.html",
+    "run_demo": "robustsig.demo.run",
     # errors
     "RobustsigError": "robustsig.errors",
     "InputError": "robustsig.errors",

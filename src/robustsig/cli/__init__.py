@@ -21,6 +21,7 @@ app = typer.Typer(
 
 # Subcommand modules, in the order `robustsig --help` lists them.
 COMMAND_MODULES: list[str] = [
+    "robustsig.cli.demo",
     "robustsig.cli.study",
     "robustsig.cli.extract",
     "robustsig.cli.analyze",

@@ -33,7 +33,9 @@ _COMMON = [
                                      help="the training set, e.g. imagenet:/data/imagenet/train or folder:train/ "
                                           "(class sub-folders)")),
     _param("data_option", list[str], typer.Option([], "--data-option", "-O", help="dataset option KEY=VALUE "
-                                                  "(repeatable), e.g. -O ground_truth=/data/LOC_train_solution.csv")),
+                                                  "(repeatable), e.g. -O ground_truth=/data/LOC_train_solution.csv; "
+                                                  "-O class_map=map.json trains your classes as sets of an "
+                                                  "ImageNet head's outputs (the whole head is kept)")),
     _param("out", Path | None, typer.Option(None, "--out", "-o", help="output folder: model.safetensors, "
                                             "checkpoint.pt, train_log.csv, recipe.yaml (default: ./COMMAND-SPEC)")),
 ]
@@ -44,7 +46,8 @@ _FINETUNE_ONLY = [
     _param("templates", Path | None, typer.Option(None, "--templates", help="OpenCLIP: a text file of prompt "
                                                   "templates with {} (default: OpenAI's 80)")),
     _param("new_head", bool, typer.Option(False, "--new-head", help="timm/torchvision/bundled: replace a trained "
-                                          "head whose size differs from the number of classes by a random one")),
+                                          "head whose size differs from the number of classes by a random one "
+                                          "(not with a class_map, which names the trained head's outputs)")),
 ]
 _RECIPE = [
     _param("recipe", str | None, typer.Option(None, "--recipe", help="a YAML file of recipe values (e.g. 'lr: "

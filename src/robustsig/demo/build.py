@@ -1,5 +1,6 @@
-"""Build the demo's data folder: a labelled in-distribution set, its shifted versions and a Broden-format concept
-set, all cut from real packaged photos, with a class map onto ImageNet-1k and a provenance record.
+"""Build the demo's data folder: a labelled in-distribution set, its shifted versions, a training split (for the
+demo's finetuned model) and a Broden-format concept set, all cut from real packaged photos, with a class map onto
+ImageNet-1k and a provenance record.
 
 The build is deterministic (every image draws from a generator seeded by ``(seed, set, class, index)``; same
 bytes on a rerun with the same package versions) and cached: the folder's ``manifest.json`` holds a digest of the
@@ -11,6 +12,7 @@ Layout (``ROOT``)::
 
     manifest.json  provenance.json  provenance.md  class_map.json
     photos/<class>/*.jpg                     the in-distribution set (``folder`` kind + class_map; other/ is empty)
+    photos-train/<class>/*.jpg               the training split: its own seeded crops of the same photos
     sketch/ cartoon/ rephoto/ viewpoint/ occlusion/   the shifted sets, same classes
     concepts/                                the concept set (``broden`` kind)
 
@@ -38,17 +40,20 @@ from robustsig._progress import progress
 from robustsig.demo.concepts import COLOR_NAMES, JPEG_QUALITY, BrodenWriter
 from robustsig.demo.crops import augmented_view, concept_crop, random_box
 from robustsig.demo.provenance import provenance, provenance_markdown
-from robustsig.demo.shifts import SHIFTS
+from robustsig.demo.shifts import SHIFTS, Shift
 from robustsig.demo.sources import (COLOR_IMAGES, DEMO_CLASSES, OTHER_CLASS, PHOTOS, TEXTURES, PackagedImage,
                                     demo_class_map, load_image, source_versions, textile_files)
 from robustsig.errors import InputError
 
-FORMAT = 1
+FORMAT = 2
 """Version of what the build writes; bump it when a change to the code changes the images."""
 ID_SET = "photos"
+TRAIN_SET = "photos-train"
 CONCEPT_SET = "concepts"
 MANIFEST = "manifest.json"
 CLASS_MAP = "class_map.json"
+TRAIN_SET_CODE = 50
+"""The training split's seed code (the labelled sets use 0-5, the concept set 100 and 200)."""
 CLUTTER_TEXTILES = 4
 """Textile images used as clutter (backgrounds and occluders) next to the textures and the coins."""
 
@@ -61,6 +66,8 @@ class DemoSize:
     """in-distribution images per class."""
     shift_per_class: int = 30
     """images per class in each shifted set."""
+    train_per_class: int = 40
+    """images per class in the training split."""
     concept_crops: int = 24
     """concept-set crops of each photo, texture and colour image."""
     textiles: int = 30
@@ -71,16 +78,16 @@ class DemoSize:
     """side of the square concept images (Broden's broden1_224)."""
 
     def __post_init__(self) -> None:
-        counts = (self.id_per_class, self.shift_per_class, self.concept_crops, self.textiles)
+        counts = (self.id_per_class, self.shift_per_class, self.train_per_class, self.concept_crops, self.textiles)
         if min(counts) < 1 or min(self.short_side, self.concept_side) < 32:
             raise InputError(f"demo size {self}: expected counts >= 1 and image sides >= 32 pixels")
 
 
 SIZES: dict[str, DemoSize] = {
     "default": DemoSize(),
-    "small": DemoSize(id_per_class=12, shift_per_class=8, concept_crops=8, textiles=10),
-    "tiny": DemoSize(id_per_class=3, shift_per_class=2, concept_crops=3, textiles=3, short_side=96,
-                     concept_side=64),
+    "small": DemoSize(id_per_class=12, shift_per_class=8, train_per_class=8, concept_crops=8, textiles=10),
+    "tiny": DemoSize(id_per_class=3, shift_per_class=2, train_per_class=2, concept_crops=3, textiles=3,
+                     short_side=96, concept_side=64),
 }
 """Named sizes: ``default`` (the demo: 360 labelled images, 5 x 180 shifted, 390 concept images; extracting them
 with the demo's 3 models and 2 interior Wise-FT alphas took 140 s on 2 CPU cores), ``small`` and ``tiny``
@@ -95,7 +102,7 @@ class DemoData:
     digest: str
     """digest of the build parameters and source versions (the cache key)."""
     counts: dict[str, int]
-    """images per set: ``photos``, each shift, ``concepts``."""
+    """images per set: ``photos``, each shift, ``photos-train``, ``concepts``."""
     concept_positives: dict[str, int]
     """positive images per concept."""
     provenance: dict[str, Any]
@@ -106,6 +113,11 @@ class DemoData:
     @property
     def id_root(self) -> Path:
         return self.root / ID_SET
+
+    @property
+    def train_root(self) -> Path:
+        """The training split (``folder`` kind with :attr:`class_map_path`), disjoint from every evaluated image."""
+        return self.root / TRAIN_SET
 
     @property
     def shift_roots(self) -> dict[str, Path]:
@@ -141,10 +153,12 @@ def _save(image: Image.Image, path: Path) -> None:
 
 def _labelled_sets(root: Path, size: DemoSize, seed: int, photos: dict[str, Image.Image],
                    clutter: list[Image.Image], tick: Callable[[], Any]) -> None:
-    """Write the in-distribution set and every shift (``tick()`` after each image)."""
-    for set_code, shift in enumerate([None, *SHIFTS]):
-        name = ID_SET if shift is None else shift.name
-        count = size.id_per_class if shift is None else size.shift_per_class
+    """Write the in-distribution set, every shift and the training split (``tick()`` after each image). Each set
+    draws its crops from its own seeds, so no image of one set is an image of another."""
+    sets: list[tuple[int, str, Shift | None, int]] = [(0, ID_SET, None, size.id_per_class)]
+    sets += [(code, shift.name, shift, size.shift_per_class) for code, shift in enumerate(SHIFTS, start=1)]
+    sets.append((TRAIN_SET_CODE, TRAIN_SET, None, size.train_per_class))
+    for set_code, name, shift, count in sets:
         (root / name / OTHER_CLASS).mkdir(parents=True)
         for label, demo_class in enumerate(DEMO_CLASSES):
             for i in range(count):
@@ -203,6 +217,7 @@ def _write(root: Path, size: DemoSize, seed: int, params: dict[str, Any]) -> dic
     photos = {name: images[name] for name in PHOTOS}
     classes = len(DEMO_CLASSES)
     counts = {ID_SET: size.id_per_class * classes, **{s.name: size.shift_per_class * classes for s in SHIFTS},
+              TRAIN_SET: size.train_per_class * classes,
               CONCEPT_SET: (len(PHOTOS) + len(TEXTURES) + len(COLOR_IMAGES)) * size.concept_crops + size.textiles}
     with progress(total=sum(counts.values()), desc="demo data", unit="img") as bar:
         _labelled_sets(root, size, seed, photos, clutter, bar.update)
@@ -230,7 +245,8 @@ def _from_manifest(root: Path, manifest: dict[str, Any], reused: bool) -> DemoDa
 
 def _is_complete(root: Path, counts: dict[str, int]) -> bool:
     """Whether every set holds the number of images its manifest counts (a deleted file means a rebuild)."""
-    found = {name: sum(1 for _ in (root / name).glob("*/*.jpg")) for name in [ID_SET, *(s.name for s in SHIFTS)]}
+    found = {name: sum(1 for _ in (root / name).glob("*/*.jpg"))
+             for name in [ID_SET, *(s.name for s in SHIFTS), TRAIN_SET]}
     found[CONCEPT_SET] = sum(1 for _ in (root / CONCEPT_SET / "images").glob("*/*.jpg"))
     return found == counts and (root / CLASS_MAP).is_file()
 

@@ -1,13 +1,30 @@
-"""The demo's study: the model pool that runs offline (real ImageNet-1k MobileNetV2 and EfficientNet-Lite0 from
-packages, a random-init MobileNetV2 control, a Wise-FT sweep between the control and the real MobileNetV2, CKA
-pairs) on the demo data, as a study config that :func:`robustsig.study.config.validate_study_config` accepts.
+"""The demo's study: the model pool that runs offline on the demo data, as a study config that
+:func:`robustsig.study.config.validate_study_config` accepts.
+
+The pool (:func:`demo_models`), in the paper's layout (rows: backbone x pretraining; columns: zero-shot /
+finetuned / supervised):
+
+- ``mobilenet_v2``: torchvision's ImageNet-1k MobileNetV2 (a package's real weights), in the *zero-shot* column: it
+  scores the demo's classes through the class map without having seen a demo image, as the paper's zero-shot CLIP
+  models score ImageNet without training on it;
+- ``mobilenet_v2-ft``: the same network finetuned on the demo's training split by :mod:`robustsig.demo.finetune`,
+  in the *finetuned* column of the same row: the paper's zero-shot -> finetuned pair, sharing an initialisation,
+  which is what the Wise-FT sweep and the all-layer CKA compare;
+- ``efficientnet_lite0``: ImageNet-1k EfficientNet-Lite0 (a package's real weights), zero-shot on its own row;
+- ``mobilenet_v2-random``: a random-init MobileNetV2, a control with no training at all, on its own
+  ``random-init`` row (zero-shot column: it too is applied to the classes untrained). It is what kurtosis,
+  importance and concepts look like when nothing was learnt.
+
+No model of the demo is trained from scratch on its classes, so the *supervised* column is empty.
 
 Extraction settings are the fastest measured on 2 CPU cores: batch 16 (batches of 32 and 64 run 1.5-2x slower
-per image there), one loader worker.
+per image there), images decoded in the main process (as fast as one loader worker on these 180-390 image sets,
+and it saves the worker's start, about 0.6 s for each of the demo's 49 stores).
 
->>> config = demo_config(build_demo_data("robustsig-demo/data"), "robustsig-demo")   # doctest: +SKIP
->>> [m["name"] for m in config["models"]]                                         # doctest: +SKIP
-['mobilenet_v2', 'mobilenet_v2-random', 'efficientnet_lite0']
+>>> config = demo_config(build_demo_data("robustsig-demo/data"), "robustsig-demo",
+...                      finetuned="robustsig-demo/finetune/model.safetensors")             # doctest: +SKIP
+>>> [m["name"] for m in config["models"]]                                                  # doctest: +SKIP
+['mobilenet_v2', 'mobilenet_v2-ft', 'mobilenet_v2-random', 'efficientnet_lite0']
 """
 
 from __future__ import annotations
@@ -20,22 +37,41 @@ from typing import Any
 from robustsig.demo.build import CONCEPT_SET, ID_SET, DemoData
 from robustsig.study.config import PAPER_BASELINE
 
-MODELS: tuple[dict[str, str], ...] = (
-    {"name": "mobilenet_v2", "spec": "bundled:mobilenet_v2", "backbone": "MobileNetV2",
-     "pretraining": "imagenet-1k", "kind": "supervised"},
-    {"name": "mobilenet_v2-random", "spec": "torchvision:mobilenet_v2", "backbone": "MobileNetV2",
-     "pretraining": "random-init", "kind": "supervised"},
-    {"name": "efficientnet_lite0", "spec": "bundled:efficientnet_lite0", "backbone": "EfficientNet-Lite0",
-     "pretraining": "imagenet-1k", "kind": "supervised"},
-)
-"""The pool. The random-init control has no trained weights; the study schema has no 'control' kind, so it sits in
-the supervised column on its own ``random-init`` row."""
+BASE_SPEC = "bundled:mobilenet_v2"
+"""The model the demo finetunes (and the Wise-FT sweep starts from)."""
+ZERO_SHOT, FINETUNED, RANDOM, EFFICIENTNET = ("mobilenet_v2", "mobilenet_v2-ft", "mobilenet_v2-random",
+                                              "efficientnet_lite0")
+
+
+POOL_NOTE = ("Pool: the zero-shot column holds models applied to the demo's classes through the class map without "
+             "training on a demo image: the ImageNet-1k MobileNetV2 and EfficientNet-Lite0 (real weights from "
+             "packages) and, on its own random-init row, an untrained MobileNetV2 as a control. The finetuned column "
+             "holds that MobileNetV2 finetuned on the demo's training crops by robustsig's training loop; the Wise-FT "
+             "sweep and the all-layer CKA compare it with the model it started from. No model is trained from "
+             "scratch on the demo's classes, so the supervised column is empty.")
+"""The pool's layout in words (the demo's report shows it under the data statement)."""
+
+
+def demo_models(finetuned: str | os.PathLike) -> list[dict[str, str]]:
+    """The pool, with the finetuned MobileNetV2 loaded from ``finetuned`` (a ``model.safetensors``); see the module
+    notes for why each model sits in its row and column."""
+    return [
+        {"name": ZERO_SHOT, "spec": BASE_SPEC, "backbone": "MobileNetV2", "pretraining": "imagenet-1k",
+         "kind": "zero-shot"},
+        {"name": FINETUNED, "spec": f"{BASE_SPEC}@{Path(finetuned).expanduser().absolute()}",
+         "backbone": "MobileNetV2", "pretraining": "imagenet-1k", "kind": "finetuned"},
+        {"name": RANDOM, "spec": "torchvision:mobilenet_v2", "backbone": "MobileNetV2", "pretraining": "random-init",
+         "kind": "zero-shot"},
+        {"name": EFFICIENTNET, "spec": "bundled:efficientnet_lite0", "backbone": "EfficientNet-Lite0",
+         "pretraining": "imagenet-1k", "kind": "zero-shot"},
+    ]
+
 
 MOBILENET_V2_LAYERS = tuple(f"features{i}" for i in range(19))
 EFFICIENTNET_LITE0_LAYERS = tuple(f"block{i}" for i in range(16))
 DEPTHS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 """Relative depths at which MobileNetV2 and EfficientNet-Lite0 are compared by CKA."""
-WISEFT_ALPHAS = (0.0, 0.5, 0.9, 1.0)
+WISEFT_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 PRUNING_FRACTIONS = tuple(round(0.1 * i, 1) for i in range(10))
 
 
@@ -48,28 +84,33 @@ def layers_at_depths(layers: Sequence[str], depths: Sequence[float]) -> list[str
     return [layers[round(depth * (len(layers) - 1))] for depth in depths]
 
 
-def demo_config(data: DemoData, out_dir: str | os.PathLike, *, device: str = "cpu") -> dict[str, Any]:
+def demo_config(data: DemoData, out_dir: str | os.PathLike, *, finetuned: str | os.PathLike, device: str = "cpu",
+                description: str | None = None) -> dict[str, Any]:
     """The demo's study config (a mapping for :func:`~robustsig.study.config.validate_study_config`).
 
     Args:
         data: the built demo data (:func:`~robustsig.demo.build.build_demo_data`).
         out_dir: the study's output folder (``results/``, ``report/``; the activation store in ``store/``).
+        finetuned: the finetuned MobileNetV2 (:func:`~robustsig.demo.finetune.finetune_demo_model`'s
+            ``model.safetensors``).
         device: where to extract (the demo is sized for the CPU).
+        description: the note the report shows at its top (what the data is).
 
     Returns:
         The config as plain data (absolute paths), ready to validate, run or dump as YAML.
     """
     out = Path(out_dir).expanduser().absolute()
     class_map = {"class_map": str(data.class_map_path)}
-    return {
+    models = demo_models(finetuned)
+    config: dict[str, Any] = {
         "version": 1,
         "output_dir": str(out),
         "store_dir": str(out / "store"),
         "device": device,
         "batch_size": 16,
-        "workers": 1,
+        "workers": 0,
         "autocast": "none",
-        "models": [dict(model) for model in MODELS],
+        "models": models,
         "datasets": {
             "id": {"name": ID_SET, "kind": "folder", "root": str(data.id_root), "options": class_map},
             "shift": [{"name": name, "kind": "folder", "root": str(root), "options": class_map}
@@ -83,16 +124,18 @@ def demo_config(data: DemoData, out_dir: str | os.PathLike, *, device: str = "cp
             "importance": {},
             "pruning": {"fractions": list(PRUNING_FRACTIONS), "orders": ["singular", "importance", "random"]},
             "concepts": {"threshold": 0.9, "min_positives": 10, "bases": ["singular", "neuron"], "top_k": 3,
-                         "venn_groups": [[m["name"] for m in MODELS]]},
+                         "venn_groups": [[ZERO_SHOT, FINETUNED, RANDOM]]},
             "cka": {"kernel": "linear", "pairs": [
-                {"model_a": "mobilenet_v2", "model_b": "mobilenet_v2-random", "layers": "all"},
-                {"model_a": "mobilenet_v2", "model_b": "efficientnet_lite0",
+                {"model_a": ZERO_SHOT, "model_b": FINETUNED, "layers": "all"},
+                {"model_a": ZERO_SHOT, "model_b": EFFICIENTNET,
                  "layers": layers_at_depths(MOBILENET_V2_LAYERS, DEPTHS),
                  "layers_b": layers_at_depths(EFFICIENTNET_LITE0_LAYERS, DEPTHS)},
             ]},
             "wiseft": {"alphas": list(WISEFT_ALPHAS), "pairs": [
-                {"name": "mobilenet_v2-random-to-imagenet", "zero_shot": "mobilenet_v2-random",
-                 "finetuned": "mobilenet_v2"},
+                {"name": "mobilenet_v2-wiseft", "zero_shot": ZERO_SHOT, "finetuned": FINETUNED},
             ]},
         },
     }
+    if description is not None:
+        config["description"] = description
+    return config

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -34,7 +35,10 @@ from robustsig.study.results import CkaRow, ImportanceRow, ModelRow, PruningRow,
 
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">")
 _ORDER_STYLES = {"singular": "-", "importance": "--", "random": ":"}
-_PERCENT_TICKS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+_PERCENT_TICKS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98,
+                  0.99, 0.995, 0.998, 0.999)
+_MAX_TICKS = 12
+"""A logit axis keeps a tick only when it is at least 1/12 of the axis (in logit units) past the last one kept."""
 _CLIP = 1e-3
 
 
@@ -58,7 +62,12 @@ def _grid(count: int, panel: tuple[float, float] = (3.6, 2.8), columns: int = 4)
 
 
 def _percent_axis(axis, low: float, high: float) -> None:
-    ticks = [tick for tick in _PERCENT_TICKS if low <= tick <= high] or [low, high]
+    ticks: list[float] = []
+    spacing = (_logit(high) - _logit(low)) / _MAX_TICKS
+    for tick in (tick for tick in _PERCENT_TICKS if low <= tick <= high):
+        if not ticks or _logit(tick) - _logit(ticks[-1]) >= spacing:
+            ticks.append(tick)
+    ticks = ticks or [low, high]
     axis.set_major_locator(FixedLocator(ticks))
     axis.set_major_formatter(FuncFormatter(lambda value, _: f"{100 * value:g}%"))
     axis.set_minor_locator(NullLocator())
@@ -191,8 +200,15 @@ def venn_figure(sets: Mapping[str, set[str]], title: str) -> Figure:
             draw, regions = venn2, layout.venn2.DefaultLayoutAlgorithm(fixed_subset_sizes=(1,) * 3)
         else:
             draw, regions = venn3, layout.venn3.DefaultLayoutAlgorithm(fixed_subset_sizes=(1,) * 7)
-        draw([set(sets[label]) for label in labels], set_labels=labels, ax=ax, layout_algorithm=regions)
-        ax.set_title(title, fontsize=10)
+        names = [label.replace(" (", "\n(") for label in labels]  # "model (kind)" on two lines
+        diagram = draw([set(sets[label]) for label in labels], set_labels=names, ax=ax, layout_algorithm=regions)
+        for text in diagram.set_labels or []:
+            if text is not None:
+                text.set_fontsize(9)
+        (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()  # room for the set labels outside the circles
+        ax.set_xlim(x0 - 0.3 * (x1 - x0), x1 + 0.3 * (x1 - x0))
+        ax.set_ylim(y0 - 0.12 * (y1 - y0), y1 + 0.12 * (y1 - y0))
+        ax.set_title(textwrap.fill(title, 60), fontsize=10)
         return figure
     return _upset_figure(sets, title)
 

@@ -327,6 +327,13 @@ _SECTIONS: tuple[tuple[str, str, tuple[str, ...], Callable[[_Page, Sequence[Mode
 
 # --------------------------------------------------------------------------- the page
 
+def _description(config: Mapping[str, Any] | None) -> str:
+    """The config's ``description`` as escaped paragraphs (blank lines separate them), or nothing."""
+    text = str((config or {}).get("description") or "").strip()
+    paragraphs = [" ".join(part.split()) for part in text.split("\n\n") if part.strip()]
+    return "".join(f"<p class=\"note\">{_e(paragraph)}</p>" for paragraph in paragraphs)
+
+
 def _config_mapping(config: StudyConfig | Mapping[str, Any] | None) -> Mapping[str, Any] | None:
     if config is None or isinstance(config, Mapping):
         return jsonable(config) if config is not None else None
@@ -397,6 +404,7 @@ def build_report(results_dir: str | os.PathLike, out_html: str | os.PathLike, *,
         f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"
         f"<h1>{_e(title)}</h1><p class=\"caption\">Results: {_e(results_dir.resolve())}; built {_e(built)}. "
         "Accuracies and ER in percent.</p>"
+        f"{_description(page.config)}"
         f"<nav><ul>{''.join(nav)}</ul></nav>{''.join(body)}</body></html>\n")
     write_text_atomic(out_html, document)
     return page.files

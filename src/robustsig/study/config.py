@@ -369,6 +369,8 @@ class StudyConfig(_Section):
     """A whole study: where to write, how to extract, the model pool, the datasets, the baseline, the analyses."""
 
     version: Literal[1] = Field(default=1, description="the config format version, 1")
+    description: str | None = Field(default=None, description="a note shown at the top of the report (what the "
+                                                              "study is, what data it runs on)")
     output_dir: StudyPath = Field(description="the folder results/ and report/ are written to")
     store_dir: StudyPath = Field(description="the activation store folder (reused across runs)")
     device: Annotated[str, AfterValidator(_check_device)] = "auto"

@@ -135,24 +135,37 @@ class EpochSampler(DistributedSampler):
         return (self.batches_per_epoch - self.start_batch) * self.batch_size
 
 
-def check_training_set(dataset: Any, num_classes: int, batch_size: int) -> None:
+def check_training_set(dataset: Any, num_logits: int, batch_size: int) -> None:
     """Refuse datasets training cannot use, saying why.
 
+    Args:
+        dataset: the training set.
+        num_logits: the head's number of outputs.
+        batch_size: the global batch.
+
     Raises:
-        InputError: a streamed dataset (needs random access), labels that are not logit indices ``0..K-1``
-            (unlabelled images, ObjectNet-style class maps), or fewer images than one global batch.
+        InputError: a streamed dataset (needs random access), labels that are not logit indices ``0..C-1`` (or,
+            with a ``class_map``, class numbers ``0..K-1``; unlabelled images), a class map naming an id beyond the
+            head, or fewer images than one global batch.
     """
     what = f"the {getattr(dataset, 'kind', 'training')} dataset at {getattr(dataset, 'root', None)!r}"
     if isinstance(dataset, IterableDataset) or not hasattr(dataset, "samples"):
         raise InputError(f"{what} is streamed; training needs a map-style dataset (folder, csv, imagenet) so that "
                          "it can shuffle and resume")
-    if getattr(dataset, "class_map", None) is not None:
-        raise InputError(f"{what} labels classes that each stand for several logits; training needs one logit per "
-                         "label (a folder or csv dataset with one class per head output)")
+    class_map = getattr(dataset, "class_map", None)
     labels = [label for _, label in dataset.samples]
-    bad = sorted({label for label in labels if not 0 <= label < num_classes})
+    if class_map is not None:
+        beyond = sorted({int(i) for ids in class_map for i in ids if not 0 <= int(i) < num_logits})
+        if beyond:
+            raise InputError(f"{what} has a class map naming logit ids {beyond[:5]} beyond the head's {num_logits} "
+                             f"outputs (0..{num_logits - 1}); a class map names the outputs of an ImageNet-1k head: "
+                             "start from a model with one, or train without class_map (one output per class)")
+        num_labels, unit = len(class_map), f"the {len(class_map)} classes of its class map"
+    else:
+        num_labels, unit = num_logits, f"the head's {num_logits} outputs"
+    bad = sorted({label for label in labels if not 0 <= label < num_labels})
     if bad:
-        raise InputError(f"{what} has labels {bad[:5]} outside the head's {num_classes} outputs (0..{num_classes - 1})"
+        raise InputError(f"{what} has labels {bad[:5]} outside {unit} (0..{num_labels - 1})"
                          + ("; unlabelled images (label -1) cannot be trained on" if -1 in bad else ""))
     if len(labels) < batch_size:
         raise InputError(f"{what} has {len(labels)} images, fewer than one global batch of {batch_size}; lower "

@@ -5,6 +5,9 @@ head) with AdamW on a labelled image dataset, following a :class:`~robustsig.tra
 
 - mixed precision on GPUs (``torch.autocast`` in bf16, or fp16 with a ``GradScaler``), optional gradient
   clipping, label smoothing, the recipe's learning-rate schedule;
+- cross-entropy over the head's outputs, or, for a training set with a ``class_map`` (your classes as sets of a
+  head's ImageNet-1k outputs), the likelihood of each image's set with the whole head kept
+  (:mod:`robustsig.train.objective`); the training accuracy is counted with the set's scoring rule;
 - DistributedDataParallel under ``torchrun`` (``nccl`` on GPUs, ``gloo`` on CPUs), the global batch split evenly
   over the processes; only rank 0 writes files;
 - a checkpoint every ``checkpoint_every`` steps and at the end (:mod:`robustsig.train.state`); started again with
@@ -39,11 +42,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from robustsig._progress import progress, quiet
 from robustsig.distributed import World, all_reduce_sum, barrier, process_group, resolve_device, world_from_env
-from robustsig.errors import DataError, InputError
+from robustsig.errors import DataError, InputError, RobustsigError
 from robustsig.models.checkpoint import load_into, save_classifier
 from robustsig.models.classifier import Classifier
 from robustsig._atomic import write_text_atomic
 from robustsig.train.data import check_training_set, derived_seed, per_rank_batch, training_loader
+from robustsig.train.objective import training_objective
 from robustsig.train.recipes import Recipe
 from robustsig.train.schedule import learning_rate
 from robustsig.train.state import (EpochTotals, Position, TrainState, check_resumable, load_train_state,
@@ -108,10 +112,11 @@ def train_classifier(clf: Classifier, dataset: Any, recipe: Recipe, out_dir: str
 
     Args:
         clf: the classifier to train (changed in place; left in eval mode). Its head's outputs are the classes:
-            dataset labels must be logit indices ``0..K-1``.
+            dataset labels must be logit indices ``0..K-1``, unless the dataset has a ``class_map`` (then labels
+            are class numbers and the map's ids must be head outputs).
         dataset: a map-style labelled image dataset (:func:`robustsig.open_dataset` of kind ``folder``, ``csv``,
-            ``imagenet``...); its own transform is ignored: the recipe's augmentation is built from
-            ``clf.preprocess``.
+            ``imagenet``...; ``folder``/``csv`` with ``class_map=`` train the set likelihood); its own transform is
+            ignored: the recipe's augmentation is built from ``clf.preprocess``.
         recipe: the training recipe (:func:`robustsig.train.recipes.load_recipe`).
         out_dir: the output folder (see the module docstring). A checkpoint there is resumed when it was made
             with the same recipe, model spec and training set, and refused otherwise.
@@ -146,6 +151,25 @@ def train_classifier(clf: Classifier, dataset: Any, recipe: Recipe, out_dir: str
             return trainer.run(restart)
 
 
+def checkpoint_matches(out_dir: str | os.PathLike, clf: Classifier, dataset: Any, recipe: Recipe) -> bool:
+    """Whether ``out_dir`` holds a checkpoint that :func:`train_classifier` would resume for this classifier,
+    dataset and recipe (same recipe, model spec and head, training files and class map); False when there is none
+    or it is unreadable.
+
+    Example:
+        >>> checkpoint_matches("runs/ft", clf, dataset, load_recipe("finetune"))  # doctest: +SKIP
+        True
+    """
+    path = Path(out_dir) / CHECKPOINT_NAME
+    if not path.is_file():
+        return False
+    try:
+        check_resumable(load_train_state(path), recipe, _identity(clf, dataset), path)
+    except RobustsigError:  # another run's, damaged, or not a training checkpoint
+        return False
+    return True
+
+
 class _Trainer:
     """One training run: set-up, resume, epochs, checkpoints (see :func:`train_classifier`)."""
 
@@ -167,7 +191,7 @@ class _Trainer:
         self.optimizer = torch.optim.AdamW(self.params, lr=recipe.lr, betas=recipe.betas, eps=recipe.eps,
                                            weight_decay=recipe.weight_decay)
         self.scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=recipe.label_smoothing)
+        self.objective = training_objective(dataset, clf.head.out_features, recipe.label_smoothing)
         self.identity = _identity(clf, dataset)
         self.position = Position()
         self.history: list[dict[str, Any]] = []
@@ -196,19 +220,22 @@ class _Trainer:
     # --- the run --------------------------------------------------------------------------------------------
     def run(self, restart: bool) -> TrainResult:
         resumed = self._start(restart)
-        model: nn.Module = self.clf
-        if self.world.distributed:
-            index = [self.device.index] if self.device.type == "cuda" else None
-            model = DistributedDataParallel(self.clf, device_ids=index, gradient_as_bucket_view=True)
-        self.clf.train()
-        try:
-            while self.position.epoch < self.recipe.epochs:
-                self._epoch(model)
-        finally:
-            self.clf.eval()
-        self._save_checkpoint()
+        finished = self.position.epoch >= self.recipe.epochs  # a finished run started again: nothing to redo
+        if not finished:
+            model: nn.Module = self.clf
+            if self.world.distributed:
+                index = [self.device.index] if self.device.type == "cuda" else None
+                model = DistributedDataParallel(self.clf, device_ids=index, gradient_as_bucket_view=True)
+            self.clf.train()
+            try:
+                while self.position.epoch < self.recipe.epochs:
+                    self._epoch(model)
+            finally:
+                self.clf.eval()
+            self._save_checkpoint()
+        self.clf.eval()
         self._record_training()
-        if self.world.is_main and self.rebuildable:
+        if self.world.is_main and self.rebuildable and not (finished and self.model_path.is_file()):
             save_classifier(self.clf, self.model_path)
         barrier(self.world)
         return TrainResult(self.out_dir, self.model_path if self.rebuildable else None, self.checkpoint_path,
@@ -279,7 +306,7 @@ class _Trainer:
         labels = labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None):
             logits = model(images)
-        loss = self.criterion(logits.float(), labels)
+        loss = self.objective.loss(logits.float(), labels)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.recipe.grad_clip is not None:
@@ -289,7 +316,7 @@ class _Trainer:
         self.scaler.update()
         with torch.no_grad():
             count = labels.numel()
-            correct = (logits.argmax(dim=1) == labels).sum()
+            correct = self.objective.correct(logits, labels)
             self.totals += torch.stack([loss.detach().double() * count, correct.double(),
                                         torch.tensor(float(count), dtype=torch.float64, device=device),
                                         torch.tensor(float(skipped), dtype=torch.float64, device=device)])
@@ -384,10 +411,14 @@ def _seed_everything(seed: int) -> None:
 
 def _identity(clf: Classifier, dataset: Any) -> dict[str, Any]:
     """What a checkpoint must match to be resumed: the model's spec and head, the training set's files (by their
-    paths relative to its root, so a copy of the set elsewhere, e.g. on a node's local disk, still matches)."""
+    paths relative to its root, so a copy of the set elsewhere, e.g. on a node's local disk, still matches) and its
+    class map when it has one (it decides the loss)."""
     described = dataset.describe() if hasattr(dataset, "describe") else {}
-    return {"spec": clf.spec, "head": [clf.head.out_features, clf.head.in_features],
-            "data": {key: described.get(key) for key in ("kind", "num_samples", "num_classes", "files_digest")}}
+    data = {key: described.get(key) for key in ("kind", "num_samples", "num_classes", "files_digest")}
+    class_map = getattr(dataset, "class_map", None)
+    if class_map is not None:
+        data["class_map"] = [[int(i) for i in ids] for ids in class_map]
+    return {"spec": clf.spec, "head": [clf.head.out_features, clf.head.in_features], "data": data}
 
 
 def _to_cpu(value: Any) -> Any:

@@ -6,6 +6,12 @@
 - :func:`scratch_start`: the spec's architecture with random weights and a randomly initialised head of one
   output per class (an OpenCLIP model's zero-shot head from a random text tower is not kept).
 
+A training set with a ``class_map`` (its classes as sets of ImageNet-1k indices, see
+:mod:`robustsig.data.classmap`) is trained through the whole ImageNet head with the set likelihood
+(:mod:`robustsig.train.objective`): :func:`finetune_start` keeps the model's full head (OpenCLIP: the zero-shot
+head of the 1,000 ImageNet class names) and checks that it covers the map's ids; :func:`scratch_start` gives the
+model a random head of one output per ImageNet-1k class.
+
 Both seed torch first, so new weights are the same in every process of a ``torchrun`` job and in every rerun.
 """
 
@@ -19,6 +25,7 @@ import torch
 from torch import nn
 
 from robustsig.errors import InputError
+from robustsig.data.classes import imagenet_classnames
 from robustsig.models.classifier import Classifier
 from robustsig.models.factory import load_classifier
 from robustsig.models.prompts import ClassnamesLike, TemplatesLike
@@ -32,21 +39,33 @@ def finetune_start(spec: str | ModelSpec, dataset: Any, *, device: str | torch.d
 
     Args:
         spec: a model spec with weights (``openclip:ViT-B-32@openai``, ``timm:resnet50@/w.pt``...).
-        dataset: the training set (its ``classnames`` name the classes, one per head output).
+        dataset: the training set (its ``classnames`` name the classes, one per head output; with a
+            ``class_map``, its classes are sets of the head's outputs and the whole head is kept).
         device: where to build it.
-        classnames: OpenCLIP: the class names the zero-shot head is built for (default: the dataset's).
+        classnames: OpenCLIP: the class names the zero-shot head is built for (default: the dataset's; with a
+            class map, ImageNet-1k's).
         templates: OpenCLIP: the prompt templates (default: OpenAI's 80).
-        new_head: replace a trained head whose size does not match the dataset by a random one.
+        new_head: replace a trained head whose size does not match the dataset by a random one (not with a class
+            map: the map names the outputs of the head it would replace).
         seed: seeds any new weights.
         cache_dir: the zero-shot head cache.
 
     Raises:
         InputError: a trained head with another number of outputs than the dataset has classes (without
-            ``new_head``), or class names of the wrong count.
+            ``new_head``), class names of the wrong count, or, with a class map, ``new_head`` or a map id beyond
+            the head.
+
+    Example:
+        >>> ds = rs.open_dataset("folder", "photos/", class_map="class_map.json")   # doctest: +SKIP
+        >>> finetune_start("bundled:mobilenet_v2", ds).head.out_features            # doctest: +SKIP
+        1000
     """
     parsed = _trainable(spec)
     names = _dataset_classnames(dataset)
     torch.manual_seed(seed)
+    if getattr(dataset, "class_map", None) is not None:
+        return _class_map_start(parsed, dataset, device=device, classnames=classnames, templates=templates,
+                                new_head=new_head, cache_dir=cache_dir)
     if parsed.family == "openclip":
         clf = load_classifier(parsed, device=device, classnames=classnames if classnames is not None else names,
                               templates=templates, cache_dir=cache_dir)
@@ -80,6 +99,8 @@ def scratch_start(spec: str | ModelSpec, dataset: Any, *, device: str | torch.de
                          f"({parsed.weights or 'bundled'}); drop '@...' from the spec (e.g. "
                          f"'{parsed.family}:{parsed.name}'), or use `robustsig finetune` to start from them")
     names = _dataset_classnames(dataset)
+    if getattr(dataset, "class_map", None) is not None:
+        names = list(imagenet_classnames())  # the map's ids are ImageNet-1k indices: one output per ImageNet class
     torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*randomly initialised", category=UserWarning)
@@ -89,6 +110,32 @@ def scratch_start(spec: str | ModelSpec, dataset: Any, *, device: str | torch.de
             clf = load_classifier(parsed, device=device)
     if parsed.family == "openclip" or clf.head.out_features != len(names):
         replace_head(clf, names)
+    return clf
+
+
+def _class_map_start(parsed: ModelSpec, dataset: Any, *, device: str | torch.device | None,
+                     classnames: ClassnamesLike, templates: TemplatesLike, new_head: bool,
+                     cache_dir: str | None) -> Classifier:
+    """:func:`finetune_start` for a dataset with a class map: the full head, checked to cover the map's ids."""
+    where = f"the training set at {getattr(dataset, 'root', None)!r}"
+    if new_head:
+        raise InputError(f"{where} has a class map: its classes are scored as sets of the head's ImageNet-1k "
+                         "outputs, which --new-head would replace by random ones; drop --new-head to finetune the "
+                         "whole head on the map, or drop the class map to train a head of one output per class")
+    if parsed.family == "openclip":
+        clf = load_classifier(parsed, device=device, classnames=classnames, templates=templates, cache_dir=cache_dir)
+    else:
+        if classnames is not None or templates is not None:
+            raise InputError(f"classnames and templates build zero-shot heads of OpenCLIP models; {parsed} has a "
+                             "trained head")
+        clf = load_classifier(parsed, device=device)
+    outputs = clf.head.out_features
+    beyond = sorted({int(i) for ids in dataset.class_map for i in ids if int(i) >= outputs})
+    if beyond:
+        raise InputError(f"{where} has a class map naming head outputs {beyond[:5]}, but {parsed} has a head of "
+                         f"{outputs} outputs; a class map names ImageNet-1k indices: start from a model with an "
+                         "ImageNet-1k head, or drop the class map and pass --new-head for a head of one output per "
+                         "class")
     return clf
 
 

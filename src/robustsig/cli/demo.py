@@ -1,0 +1,72 @@
+"""``robustsig demo``: the whole study on the embedded demo (packaged photos and weights, offline, CPU)."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from robustsig.cli._output import emit_json
+
+if TYPE_CHECKING:
+    from robustsig.demo.run import DemoRun
+
+_SIZES = ("default", "small", "tiny")
+
+
+def demo(out: Path = typer.Option(Path("robustsig-demo"), "--out", "-o", help="the demo's folder (data, finetuned "
+                                  "model, study.yaml, stores, results, report)"),
+         size: str = typer.Option("default", "--size", help="default (the demo, ~3 min on 2 CPU cores) | small | "
+                                  "tiny (smoke tests: the numbers mean even less)"),
+         device: str = typer.Option("cpu", "--device", help="where the finetune and the extractions run (cpu, "
+                                    "cuda, cuda:1...)"),
+         json_output: bool = typer.Option(False, "--json", help="print a JSON summary (no progress bars)")) -> None:
+    """Run the whole study offline on packaged photos and ImageNet weights, with a finetune; report in OUT/report.
+
+    Writes OUT/study.yaml (rerun or edit it with `robustsig study run`); a rerun reuses every finished stage."""
+    from robustsig._progress import quiet
+    from robustsig.demo.run import run_demo
+    from robustsig.errors import InputError
+
+    if size not in _SIZES:
+        raise InputError(f"--size: expected one of {', '.join(_SIZES)}; got {size!r}")
+    try:
+        if json_output:
+            with quiet():
+                run = run_demo(out, size=size, device=device, progress=False)
+            emit_json(run.to_dict())
+        else:
+            run = run_demo(out, size=size, device=device)
+            _print(run)
+    except KeyboardInterrupt:
+        typer.echo("interrupted: the data, the finetune checkpoint and every finished study step are kept; rerun the "
+                   "same command to resume", err=True)
+        raise typer.Exit(130) from None
+    if not run.ok:
+        raise typer.Exit(1)
+
+
+def _print(run: DemoRun) -> None:
+    from robustsig.cli.study import _print_summary
+
+    typer.echo("")
+    typer.echo(textwrap.fill(run.statement(), width=110))
+    ft = run.finetune
+    last = ft.result.history[-1] if ft.result.history else {}
+    typer.echo(f"Finetuned {ft.spec.split('@')[0]} on {run.data.counts['photos-train']} training crops: "
+               f"{ft.result.steps} steps, last epoch loss {last.get('loss', float('nan')):.3f}"
+               f"{' (reused)' if ft.reused else ''}.")
+    t = run.timings
+    typer.echo(f"Time: data {t['data']:.1f} s{' (reused)' if run.data.reused else ''}, finetune {t['finetune']:.1f} s"
+               f"{' (reused)' if ft.reused else ''}, extraction {t['extract']:.1f} s, analyses {t['analyses']:.1f} s, "
+               f"report {t['report']:.1f} s; total {t['total']:.1f} s.")
+    typer.echo("")
+    _print_summary(run.summary)
+    typer.echo(f"study config: {run.study_file} (edit it and rerun with `robustsig study run {run.study_file}`)")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``robustsig demo`` to the app."""
+    app.command("demo")(demo)

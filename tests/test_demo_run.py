@@ -1,0 +1,193 @@
+"""``robustsig demo`` end to end at the tiny size through the command line: the report holds every section's tables
+and figures and says what data it ran on, results/ has rows for every model, pair and alpha, the Wise-FT ends are
+the pool models themselves, ``study.yaml`` reruns as written; a rerun computes nothing (no forward pass, no
+training step), a study failure exits 1, and a folder that is not the demo's is refused."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import re
+from dataclasses import replace
+
+import pytest
+
+import robustsig as rs
+from robustsig.cli import main
+from robustsig.demo import run as demo_run
+from robustsig.demo.config import EFFICIENTNET, FINETUNED, RANDOM, WISEFT_ALPHAS, ZERO_SHOT
+from robustsig.study.config import load_study_config
+from robustsig.study.results import (AccuracyRow, CkaRow, ConceptRow, KurtosisRow, PrivilegedRow, PruningRow,
+                                     Results, RobustnessRow, WiseFtRow)
+from robustsig.study.runner import StepRecord
+
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:.*randomly initialised")]
+MODELS = [ZERO_SHOT, FINETUNED, RANDOM, EFFICIENTNET]
+SETS = ["photos", "sketch", "cartoon", "rephoto", "viewpoint", "occlusion"]
+# section id -> (its tables, its number of figures)
+SECTIONS = {"pool": ((), 0), "accuracy": (("accuracy", "accuracy_by_dataset"), 1), "kurtosis": (("kurtosis",), 0),
+            "importance": (("privileged",), 1), "pruning": ((), 2),
+            "concepts": (("concepts_singular", "concepts_neuron", "concept_top"), 2), "cka": ((), 1),
+            "wiseft": (("wiseft",), 1), "config": ((), 0), "versions": ((), 0)}
+
+
+def demo(capsys, *args: str) -> tuple[int, str, str]:
+    try:
+        main(["demo", *args])
+        code = 0
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.fixture(scope="module")
+def first_run(tmp_path_factory):
+    """The tiny demo run once from an empty folder: (folder, exit code, --json summary)."""
+    out = tmp_path_factory.mktemp("demo") / "out"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        try:
+            main(["demo", "--size", "tiny", "--out", str(out), "--json"])
+            code = 0
+        except SystemExit as done:
+            code = done.code
+    return out, code, json.loads(stdout.getvalue())
+
+
+def _sections(html: str) -> dict[str, str]:
+    parts = re.split(r'<section id="([a-z]+)">', html)
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
+def test_the_report_shows_every_section_and_what_the_data_is(first_run):
+    out, code, summary = first_run
+    assert code == 0 and summary["ok"], summary["study"]["failures"]
+    report = out / "report" / "report.html"
+    assert summary["report"] == str(report)
+    html = report.read_text()
+    sections = _sections(html)
+    assert list(sections) == list(SECTIONS)
+    for name, (tables, figures) in SECTIONS.items():
+        body = sections[name]
+        assert "Not run" not in body, name
+        assert re.findall(r'<table id="table-([a-z_]+)">', body) == list(tables), name
+        assert body.count('<figure><img src="data:image/png;base64,') == figures, name
+    assert sorted(p.name for p in (out / "report" / "figures").glob("*.png")) == [
+        "fig11_wiseft.png", "fig1_robustness.png", "fig2_importance.png", "fig3_pruning_accuracy.png",
+        "fig4_venn_neuron_0.png", "fig4_venn_singular_0.png", "fig5_cka_depth.png", "fig9_pruning_er.png"]
+    statement = summary["data"]["statement"]
+    assert "No ImageNet image is used" in statement and "6 classes" in statement
+    head = html.split("<nav>")[0]  # the study's description, above the contents: the data, then the pool's layout
+    assert "No ImageNet image is used" in head and "the supervised column is empty" in head
+    # the pool reads as the paper's layout: one MobileNetV2 row with the pretrained and finetuned models
+    pool = sections["pool"]
+    assert re.search(r"<td>mobilenet_v2-ft</td><td><code>bundled:mobilenet_v2@[^<]*model\.safetensors</code></td>"
+                     r"<td>MobileNetV2</td><td>imagenet-1k</td><td>Finetuned</td>", pool)
+    assert "<td>mobilenet_v2</td><td><code>bundled:mobilenet_v2</code></td><td>MobileNetV2</td>" \
+           "<td>imagenet-1k</td><td>Zero-shot</td>" in pool
+
+
+def test_results_have_rows_for_every_model_pair_and_alpha(first_run):
+    out, _, summary = first_run
+    results = Results(out / "results")
+    accuracy = {(row.model, row.dataset) for row in results.read(AccuracyRow)}
+    assert accuracy == {(model, name) for model in MODELS for name in SETS}
+    for table in (KurtosisRow, PrivilegedRow, PruningRow):
+        assert {row.model for row in results.read(table)} == set(MODELS), table.__name__
+    # the random control scores 0 on the in-distribution set, where eq. 1 is undefined: no ER row for it
+    assert {row.model for row in results.read(RobustnessRow)} == set(MODELS) - {RANDOM}
+    assert all(row.accuracy == 0 for row in results.read(AccuracyRow) if row.model == RANDOM)
+    assert {(row.model, row.basis) for row in results.read(ConceptRow)} == {(m, b) for m in MODELS
+                                                                              for b in ("singular", "neuron")}
+    cka = results.read(CkaRow)
+    assert {(row.model_a, row.model_b) for row in cka} == {(ZERO_SHOT, FINETUNED), (ZERO_SHOT, EFFICIENTNET)}
+    assert len([row for row in cka if row.model_b == FINETUNED]) == 19  # every MobileNetV2 block, layer to layer
+    wiseft = sorted(results.read(WiseFtRow), key=lambda row: row.alpha)
+    assert [row.alpha for row in wiseft] == list(WISEFT_ALPHAS)
+    by_model = {row.model: row for row in results.read(RobustnessRow)}
+    acc_id = {(row.model, row.dataset): row.accuracy for row in results.read(AccuracyRow)}
+    assert wiseft[0].acc_id == acc_id[(ZERO_SHOT, "photos")] and wiseft[-1].acc_id == acc_id[(FINETUNED, "photos")]
+    assert wiseft[0].acc_shift == pytest.approx(by_model[ZERO_SHOT].acc_shift)
+    assert wiseft[-1].acc_shift == pytest.approx(by_model[FINETUNED].acc_shift)
+    assert [row["model"] for row in summary["study"]["summary"]] == MODELS
+    assert summary["finetune"]["steps"] == 2 and not summary["finetune"]["reused"]
+    assert summary["finetune"]["spec"] == f"bundled:mobilenet_v2@{out / 'finetune' / 'model.safetensors'}"
+
+
+def test_study_yaml_is_the_study_that_ran(first_run):
+    out, _, summary = first_run
+    config = load_study_config(out / "study.yaml")
+    assert config.model_names() == MODELS
+    assert config.to_dict() == json.loads((out / "results" / "provenance.json").read_text())["config"]
+    assert config.model(FINETUNED).spec == summary["finetune"]["spec"]
+    assert rs.load_classifier(config.model(FINETUNED).spec).head.out_features == 1000
+
+
+def test_a_rerun_reuses_everything(first_run, capsys, monkeypatch):
+    out, _, _ = first_run
+    finetune = out / "finetune"
+    stamps = {name: (finetune / name).stat().st_mtime_ns for name in ("checkpoint.pt", "model.safetensors")}
+
+    def no_step(*args, **kwargs):
+        raise AssertionError("a training step was taken by a rerun")
+
+    monkeypatch.setattr("robustsig.train.loop._Trainer._step", no_step)
+    code, stdout, stderr = demo(capsys, "--size", "tiny", "--out", str(out), "--json")
+    assert code == 0, stderr
+    again = json.loads(stdout)
+    assert again["data"]["reused"] and again["finetune"]["reused"]
+    assert again["study"]["counts"]["done"] == 0 and again["study"]["counts"]["reused"] > 0
+    assert not [step for step in again["study"]["steps"] if step["tag"] == "extract" and step["status"] != "reused"]
+    assert {name: (finetune / name).stat().st_mtime_ns for name in stamps} == stamps
+    # the terminal form: the data statement, timings, the summary table and where the report is
+    code, stdout, _ = demo(capsys, "--size", "tiny", "--out", str(out))
+    assert code == 0
+    assert "No ImageNet image is used" in stdout and "Time: data" in stdout and "(reused)" in stdout
+    assert f"report: {out / 'report' / 'report.html'}" in stdout
+    assert re.search(r"^mobilenet_v2-ft +\d", stdout, re.MULTILINE)
+
+
+def test_a_study_failure_exits_1(first_run, capsys, monkeypatch):
+    out, _, _ = first_run
+    real = demo_run.run_study
+
+    def failing(*args, **kwargs):
+        summary = real(*args, **kwargs)
+        summary.steps.append(StepRecord("extract:efficientnet_lite0:photos", "extract", "efficientnet_lite0 on photos",
+                                        "failed", 0.0, "the weights are missing", ("efficientnet_lite0",)))
+        return replace(summary)
+
+    monkeypatch.setattr(demo_run, "run_study", failing)
+    code, _, stderr = demo(capsys, "--size", "tiny", "--out", str(out))
+    assert code == 1 and "the weights are missing" in stderr
+
+
+def test_a_folder_that_is_not_the_demos_is_refused(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("keep me")
+    code, _, stderr = demo(capsys, "--size", "tiny", "--out", str(tmp_path))
+    assert code == 2 and "is not a robustsig demo folder" in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    code, _, stderr = demo(capsys, "--size", "huge", "--out", str(tmp_path / "new"))
+    assert code == 2 and "--size: expected one of default, small, tiny" in stderr
+
+
+def test_the_description_is_escaped_and_the_logit_ticks_do_not_crowd(first_run, tmp_path):
+    out, _, _ = first_run
+    config = json.loads((out / "results" / "provenance.json").read_text())["config"]
+    config["description"] = "First <b>paragraph</b>.\n\nSecond & last."
+    html = rs.build_report(out / "results", tmp_path / "report.html", config=config).html.read_text()
+    head = html.split("<nav>")[0]
+    assert ('<p class="note">First &lt;b&gt;paragraph&lt;/b&gt;.</p><p class="note">Second &amp; last.</p>' in head)
+    from robustsig.report.figures import _logit, robustness_figure
+    from robustsig.study.results import ModelRow
+
+    models = [ModelRow("a", "x:a", "A", "t", "zero-shot"), ModelRow("b", "x:b", "A", "t", "finetuned")]
+    rows = [RobustnessRow("a", 0.15, 0.12, 0.0, 0.76, -1.49), RobustnessRow("b", 0.997, 0.2, 0.0, 0.76, -1.49)]
+    axis = robustness_figure(models, rows).axes[0]
+    ticks = [tick for tick in axis.get_xticks()]
+    low, high = axis.get_xlim()
+    gaps = [_logit(b) - _logit(a) for a, b in zip(ticks, ticks[1:])]
+    assert len(ticks) >= 6 and min(gaps) >= (_logit(high) - _logit(low)) / 12 - 1e-9
+    assert 0.995 in ticks  # the axis reaches past 99%: so do its labels
