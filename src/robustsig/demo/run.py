@@ -32,7 +32,7 @@ from robustsig.demo.provenance import NO_CLAIMS
 from robustsig.demo.shifts import SHIFTS
 from robustsig.demo.sources import DEMO_CLASSES
 from robustsig.errors import InputError
-from robustsig.study.results import atomic_write_text
+from robustsig._atomic import write_text_atomic
 from robustsig.study.runner import RunSummary, run_study
 
 MARK = "demo.json"
@@ -109,7 +109,7 @@ def _check_out(out: Path) -> None:
 
 
 def _mark(out: Path, record: dict[str, Any]) -> None:
-    atomic_write_text(out / MARK, json.dumps({"robustsig_demo": 1, **record}, indent=1) + "\n")
+    write_text_atomic(out / MARK, json.dumps({"robustsig_demo": 1, **record}, indent=1) + "\n")
 
 
 def run_demo(out_dir: str | os.PathLike = "robustsig-demo", *, size: str | DemoSize = "default",
@@ -147,7 +147,7 @@ def run_demo(out_dir: str | os.PathLike = "robustsig-demo", *, size: str | DemoS
     study_file = out / STUDY_FILE
     config = demo_config(data, out, finetuned=finetune.model_path, device=device,
                          description=f"{data_statement(data)}\n\n{POOL_NOTE}")
-    atomic_write_text(study_file, _HEADER.format(path=study_file)
+    write_text_atomic(study_file, _HEADER.format(path=study_file)
                       + yaml.safe_dump(config, sort_keys=False, allow_unicode=True, width=110))
     summary = run_study(study_file, device=device, progress=progress)
     steps = {"extract": 0.0, "analyses": 0.0}
