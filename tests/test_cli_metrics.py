@@ -14,20 +14,14 @@ import torch
 from safetensors.torch import save_file
 
 import robustsig as rs
-from robustsig.cli import main
+
+from cli_helpers import run_cli
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exit_info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return exit_info.value.code or 0, out, err
-
-
 def run_json(capsys, *args: str):
-    code, out, err = run(capsys, *args, "--json")
+    code, out, err = run_cli(capsys, *args, "--json")
     assert code == 0, err
     return json.loads(out)
 
@@ -42,7 +36,7 @@ def test_er_from_the_command_line(capsys):
     doc = run_json(capsys, "er", "--id", "0.76", "--shift", "0.55", "--id", "0.6", "--shift", "0.3")
     assert doc["baseline"] == {"b1": 0.76, "b0": -1.49, "source": "paper"}
     np.testing.assert_allclose([m["er"] for m in doc["models"]], rs.effective_robustness([0.76, 0.6], [0.55, 0.3]))
-    code, out, _ = run(capsys, "er", "--id", "0.76", "--shift", "0.55")
+    code, out, _ = run_cli(capsys, "er", "--id", "0.76", "--shift", "0.55")
     assert code == 0 and "19.88" in out  # ER in points in the printed table
     doc = run_json(capsys, "er", "--id", "0.76", "--shift", "0.55", "--b1", "1.0", "--b0", "0.0")
     assert doc["models"][0]["er"] == pytest.approx(0.55 - 0.76) and doc["baseline"]["source"] == "options"
@@ -69,22 +63,22 @@ def test_er_table_and_refit(capsys, tmp_path):
 
 
 def test_er_bad_inputs_exit_2_and_say_what_is_wrong(capsys, tmp_path):
-    code, _, err = run(capsys, "er", "--id", "76", "--shift", "0.5")
+    code, _, err = run_cli(capsys, "er", "--id", "76", "--shift", "0.5")
     assert code == 2 and "acc_id" in err and "divided by 100" in err
     percent = write_csv(tmp_path / "p.csv", ["model", "imagenet", "shift"], [["a", 76.0, 50.0]])
-    code, _, err = run(capsys, "er", str(percent))
+    code, _, err = run_cli(capsys, "er", str(percent))
     assert code == 2 and "p.csv" in err and "'imagenet'" in err and "--percent" in err
-    code, out, _ = run(capsys, "er", str(percent), "--percent")
+    code, out, _ = run_cli(capsys, "er", str(percent), "--percent")
     assert code == 0 and "76.00" in out
     no_shift = write_csv(tmp_path / "n.csv", ["model", "imagenet", "imagenet-r"], [["a", 0.7, 0.5]])
-    code, _, err = run(capsys, "er", str(no_shift))
+    code, _, err = run_cli(capsys, "er", str(no_shift))
     assert code == 2 and "n.csv" in err and "imagenet-v2" in err and "--shift-columns" in err
-    code, _, err = run(capsys, "er", str(tmp_path / "missing.csv"))
+    code, _, err = run_cli(capsys, "er", str(tmp_path / "missing.csv"))
     assert code == 2 and "missing.csv" in err and "does not exist" in err
-    code, _, err = run(capsys, "er", "--id", "0.7")
+    code, _, err = run_cli(capsys, "er", "--id", "0.7")
     assert code == 2 and "--shift" in err
     text = write_csv(tmp_path / "t.csv", ["model", "imagenet", "shift"], [["a", "high", 0.5]])
-    code, _, err = run(capsys, "er", str(text))
+    code, _, err = run_cli(capsys, "er", str(text))
     assert code == 2 and "line 2" in err and "'high' is not a number" in err
 
 
@@ -126,7 +120,7 @@ def test_analyze_npy(capsys, planted):
         expected = rs.pruning_curve(h, labels, W, b, [0, 0.5, 1], order)
         assert [row["accuracy"] for row in doc["pruning"][order]] == expected["accuracy"].tolist()
     assert doc["pruning"]["singular"][0]["accuracy"] == 1.0
-    code, out, _ = run(capsys, "analyze", str(path / "h.npy"), "--head", str(path / "W.npy"))
+    code, out, _ = run_cli(capsys, "analyze", str(path / "h.npy"), "--head", str(path / "W.npy"))
     assert code == 0 and "activation kurtosis" in out and "privileged directions" in out
 
 
@@ -152,7 +146,7 @@ def test_analyze_scores_with_a_class_mapping(capsys, planted):
     expected = rs.pruning_curve(h, labels, W, b, [0, 0.5], class_map=sets)
     assert [row["accuracy"] for row in doc["pruning"]["singular"]] == expected["accuracy"].tolist()
     (path / "bad.json").write_text("{not json")
-    code, _, err = run(capsys, "analyze", str(path / "h.npy"), "--head", str(path / "W.npy"), "--labels",
+    code, _, err = run_cli(capsys, "analyze", str(path / "h.npy"), "--head", str(path / "W.npy"), "--labels",
                        str(path / "y3.npy"), "--scoring", str(path / "bad.json"))
     assert code == 2 and "bad.json" in err and "not valid JSON" in err
 
@@ -161,25 +155,25 @@ def test_analyze_bad_inputs(capsys, planted, tmp_path):
     path, *_ = planted
     h, W = str(path / "h.npy"), str(path / "W.npy")
     np.save(tmp_path / "Wt.npy", np.load(path / "W.npy").T)
-    code, _, err = run(capsys, "analyze", h, "--head", str(tmp_path / "Wt.npy"))
+    code, _, err = run_cli(capsys, "analyze", h, "--head", str(tmp_path / "Wt.npy"))
     assert code == 2 and "Wt.npy" in err and "classes x 48" in err
     np.save(tmp_path / "short.npy", np.zeros(10, dtype=np.int64))
-    code, _, err = run(capsys, "analyze", h, "--head", W, "--labels", str(tmp_path / "short.npy"))
+    code, _, err = run_cli(capsys, "analyze", h, "--head", W, "--labels", str(tmp_path / "short.npy"))
     assert code == 2 and "short.npy" in err and "600 rows" in err
     np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    code, _, err = run(capsys, "analyze", str(tmp_path / "objects.npy"), "--head", W)
+    code, _, err = run_cli(capsys, "analyze", str(tmp_path / "objects.npy"), "--head", W)
     assert code == 2 and "objects.npy" in err and "pickled" in err
-    code, _, err = run(capsys, "analyze", str(path / "store.safetensors:nope"), "--head", W)
+    code, _, err = run_cli(capsys, "analyze", str(path / "store.safetensors:nope"), "--head", W)
     assert code == 2 and "no tensor 'nope'" in err and "h, labels" in err
     save_file({"a": torch.zeros(2, 2), "b": torch.zeros(2, 2)}, str(tmp_path / "two.safetensors"))
-    code, _, err = run(capsys, "analyze", str(tmp_path / "two.safetensors"), "--head", W)
+    code, _, err = run_cli(capsys, "analyze", str(tmp_path / "two.safetensors"), "--head", W)
     assert code == 2 and "two.safetensors:KEY" in err
     (tmp_path / "h.txt").write_text("1 2 3")
-    code, _, err = run(capsys, "analyze", str(tmp_path / "h.txt"), "--head", W)
+    code, _, err = run_cli(capsys, "analyze", str(tmp_path / "h.txt"), "--head", W)
     assert code == 2 and ".npy or .safetensors" in err
-    code, _, err = run(capsys, "analyze", h, "--head", W, "--orders", "largest")
+    code, _, err = run_cli(capsys, "analyze", h, "--head", W, "--orders", "largest")
     assert code == 2 and "largest" in err
-    code, _, err = run(capsys, "analyze", h, "--head", W, "--labels", str(path / "y.npy"), "--fractions", "0:2:x")
+    code, _, err = run_cli(capsys, "analyze", h, "--head", W, "--labels", str(path / "y.npy"), "--fractions", "0:2:x")
     assert code == 2 and "--fractions" in err
 
 
@@ -198,9 +192,9 @@ def test_cka_files(capsys, tmp_path):
         mb.update(a[start:stop], b[start:stop])
     assert doc["cka"] == pytest.approx(mb.compute(), abs=1e-9)
     np.save(tmp_path / "c.npy", a[:10])
-    code, _, err = run(capsys, "cka", str(tmp_path / "a.npy"), str(tmp_path / "c.npy"))
+    code, _, err = run_cli(capsys, "cka", str(tmp_path / "a.npy"), str(tmp_path / "c.npy"))
     assert code == 2 and "400 rows" in err and "c.npy" in err
-    code, _, err = run(capsys, "cka", str(tmp_path / "a.npy"), str(tmp_path / "a.npy"), "--minibatch", "3")
+    code, _, err = run_cli(capsys, "cka", str(tmp_path / "a.npy"), str(tmp_path / "a.npy"), "--minibatch", "3")
     assert code == 2 and "at least 4" in err
 
 

@@ -22,6 +22,8 @@ from robustsig.study.results import (AccuracyRow, CkaRow, ConceptRow, KurtosisRo
                                      Results, RobustnessRow, WiseFtRow)
 from robustsig.study.runner import StepRecord
 
+from cli_helpers import run_cli
+
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:.*randomly initialised")]
 MODELS = [ZERO_SHOT, FINETUNED, RANDOM, EFFICIENTNET]
 SETS = ["photos", "sketch", "cartoon", "rephoto", "viewpoint", "occlusion"]
@@ -30,16 +32,6 @@ SECTIONS = {"pool": ((), 0), "accuracy": (("accuracy", "accuracy_by_dataset"), 1
             "importance": (("privileged",), 1), "pruning": ((), 2),
             "concepts": (("concepts_singular", "concepts_neuron", "concept_top"), 2), "cka": ((), 1),
             "wiseft": (("wiseft",), 1), "config": ((), 0), "versions": ((), 0)}
-
-
-def demo(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        main(["demo", *args])
-        code = 0
-    except SystemExit as done:
-        code = done.code if isinstance(done.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +126,7 @@ def test_a_rerun_reuses_everything(first_run, capsys, monkeypatch):
         raise AssertionError("a training step was taken by a rerun")
 
     monkeypatch.setattr("robustsig.train.loop._Trainer._step", no_step)
-    code, stdout, stderr = demo(capsys, "--size", "tiny", "--out", str(out), "--json")
+    code, stdout, stderr = run_cli(capsys, "demo", "--size", "tiny", "--out", str(out), "--json")
     assert code == 0, stderr
     again = json.loads(stdout)
     assert again["data"]["reused"] and again["finetune"]["reused"]
@@ -142,7 +134,7 @@ def test_a_rerun_reuses_everything(first_run, capsys, monkeypatch):
     assert not [step for step in again["study"]["steps"] if step["tag"] == "extract" and step["status"] != "reused"]
     assert {name: (finetune / name).stat().st_mtime_ns for name in stamps} == stamps
     # the terminal form: the data statement, timings, the summary table and where the report is
-    code, stdout, _ = demo(capsys, "--size", "tiny", "--out", str(out))
+    code, stdout, _ = run_cli(capsys, "demo", "--size", "tiny", "--out", str(out))
     assert code == 0
     assert "No ImageNet image is used" in stdout and "Time: data" in stdout and "(reused)" in stdout
     assert f"report: {out / 'report' / 'report.html'}" in stdout
@@ -160,16 +152,16 @@ def test_a_study_failure_exits_1(first_run, capsys, monkeypatch):
         return replace(summary)
 
     monkeypatch.setattr(demo_run, "run_study", failing)
-    code, _, stderr = demo(capsys, "--size", "tiny", "--out", str(out))
+    code, _, stderr = run_cli(capsys, "demo", "--size", "tiny", "--out", str(out))
     assert code == 1 and "the weights are missing" in stderr
 
 
 def test_a_folder_that_is_not_the_demos_is_refused(tmp_path, capsys):
     (tmp_path / "notes.txt").write_text("keep me")
-    code, _, stderr = demo(capsys, "--size", "tiny", "--out", str(tmp_path))
+    code, _, stderr = run_cli(capsys, "demo", "--size", "tiny", "--out", str(tmp_path))
     assert code == 2 and "is not a robustsig demo folder" in stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
-    code, _, stderr = demo(capsys, "--size", "huge", "--out", str(tmp_path / "new"))
+    code, _, stderr = run_cli(capsys, "demo", "--size", "huge", "--out", str(tmp_path / "new"))
     assert code == 2 and "--size: expected one of default, small, tiny" in stderr
 
 

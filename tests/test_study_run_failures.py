@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 import robustsig as rs
-from robustsig.cli import main
 from robustsig.metrics.robustness import fit_baseline
 from robustsig.study.analyses.importance import ImportanceTask
 from robustsig.study.results import AccuracyRow, KurtosisRow, RobustnessRow
 from robustsig.study.runner import run_study
 
+from cli_helpers import run_cli
 from study_helpers import build_world, counting_forwards, study_data, write_checkpoint, write_config
 
 TINY = {"name": "zs", "spec": "timm:test_vit@ckpt/zs.safetensors", "backbone": "tiny-vit", "pretraining": "synthetic",
@@ -40,23 +40,12 @@ def config(root: Path, name: str, models: list[dict], analyses: dict, **top) -> 
     return write_config(root, data, f"{name}.yaml")
 
 
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    """``robustsig ARGS`` in this process: (exit code, stdout, stderr)."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as done:
-        code = done.code if isinstance(done.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def test_a_broken_model_is_reported_and_the_others_finish(world, capsys):
     (world / "ckpt" / "broken.safetensors").write_bytes(b"these bytes are not a checkpoint")
     broken = {"name": "broken", "spec": "timm:test_resnet@ckpt/broken.safetensors", "backbone": "tiny-resnet",
               "pretraining": "synthetic", "kind": "finetuned"}
     path = config(world, "broken", [TINY, broken], {"accuracy": None, "kurtosis": None})
-    code, out, err = run(capsys, "study", "run", str(path))
+    code, out, err = run_cli(capsys, "study", "run", str(path))
     assert code == 1
     assert "[extract] broken on photos: FAILED: model 'broken' (timm:test_resnet@" in err
     assert "cannot be built" in err
@@ -72,7 +61,7 @@ def test_a_broken_model_is_reported_and_the_others_finish(world, capsys):
     assert "report: " in out and (world / "out-broken" / "report" / "report.html").is_file()
 
     write_checkpoint(world / "ckpt" / "broken.safetensors", "test_resnet", seed=3)
-    code, out, err = run(capsys, "study", "run", str(path))
+    code, out, err = run_cli(capsys, "study", "run", str(path))
     assert code == 0, err
     assert "[accuracy] zs: unchanged since the last run" in err
     assert "[accuracy] broken: ACC(I)" in err
@@ -124,7 +113,7 @@ def test_a_checkpoint_changed_in_place_is_re_extracted(world):
 def test_a_refit_baseline_and_json_output(world, capsys):
     (world / "baseline.csv").write_text("model,acc_id,acc_shift\na,0.5,0.3\nb,0.6,0.35\nc,0.7,0.5\n")
     path = config(world, "json", [TINY], {"accuracy": None}, baseline={"fit_csv": "baseline.csv"})
-    code, out, err = run(capsys, "study", "run", str(path), "--json", "--device", "cpu")
+    code, out, err = run_cli(capsys, "study", "run", str(path), "--json", "--device", "cpu")
     assert code == 0, err
     document = json.loads(out)
     assert document["ok"] and document["counts"]["failed"] == 0
@@ -142,11 +131,11 @@ def test_a_refit_baseline_and_json_output(world, capsys):
 def test_bad_inputs_are_refused_before_anything_runs(world, capsys):
     path = config(world, "bad", [TINY], {"accuracy": None},
                   datasets={"id": {"name": "photos", "kind": "folder", "root": "data/no-such-folder"}})
-    code, _, err = run(capsys, "study", "run", str(path))
+    code, _, err = run_cli(capsys, "study", "run", str(path))
     assert code == 2 and "datasets.id.root:" in err and "no-such-folder does not exist" in err
     good = config(world, "good", [TINY], {"accuracy": None})
-    code, _, err = run(capsys, "study", "run", str(good), "--only", "kurtosis,zz")
+    code, _, err = run_cli(capsys, "study", "run", str(good), "--only", "kurtosis,zz")
     assert code == 2 and "'zz' is neither an analysis" in err
-    code, _, err = run(capsys, "study", "run", str(good), "--device", "gpu")
+    code, _, err = run_cli(capsys, "study", "run", str(good), "--device", "gpu")
     assert code == 2 and "--device: expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'; got 'gpu'" in err
     assert not (world / "out-good").exists() and not (world / "out-bad").exists()

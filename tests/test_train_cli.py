@@ -15,10 +15,10 @@ from open_clip.model import CLIPTextCfg, CLIPVisionCfg
 from safetensors.torch import save_file
 
 import robustsig as rs
-from robustsig.cli import main
 from robustsig.train.start import finetune_start, scratch_start
 from robustsig.train.state import load_train_state
 
+from cli_helpers import run_cli
 from train_helpers import write_colour_folder
 
 pytestmark = [pytest.mark.filterwarnings("ignore:.*randomly initialised", "ignore:.*Grad strides do not match"),
@@ -54,17 +54,6 @@ def tiny_clip(tmp_path_factory) -> str:
     return f"openclip:rs-tiny-clip@{folder / 'zero-shot.safetensors'}"
 
 
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    """``robustsig ARGS`` in this process: (exit code, stdout, stderr)."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as done:
-        code = done.code if isinstance(done.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def _same_logits(spec: str, state: dict[str, torch.Tensor], size: int = 32) -> None:
     """The classifier ``spec`` loads has exactly ``state`` and computes the same logits as ``state`` loaded into
     the same architecture."""
@@ -81,7 +70,7 @@ def _same_logits(spec: str, state: dict[str, torch.Tensor], size: int = 32) -> N
 
 def test_finetune_writes_a_model_that_loads_with_its_spec(colours, tmp_path, capsys):
     out = tmp_path / "ft"
-    code, stdout, stderr = run(capsys, "finetune", "timm:test_convnext", "--data", f"folder:{colours}", "--out",
+    code, stdout, stderr = run_cli(capsys, "finetune", "timm:test_convnext", "--data", f"folder:{colours}", "--out",
                                str(out), "--new-head", "--image-size", "32", "--checkpoint-every", "2", "--json",
                                *FAST)
     assert code == 0, stderr
@@ -102,7 +91,7 @@ def test_finetune_writes_a_model_that_loads_with_its_spec(colours, tmp_path, cap
 
 def test_train_from_scratch_with_batchnorm(colours, tmp_path, capsys):
     out = tmp_path / "sup"
-    code, stdout, stderr = run(capsys, "train", "timm:test_resnet", "--data", f"folder:{colours}", "--out", str(out),
+    code, stdout, stderr = run_cli(capsys, "train", "timm:test_resnet", "--data", f"folder:{colours}", "--out", str(out),
                                "--image-size", "32", "--epochs", "2", "--lr-milestones", "1", "--batch-size", "6",
                                "--warmup-steps", "2", "--workers", "0", "--device", "cpu")
     assert code == 0, stderr
@@ -126,7 +115,7 @@ def test_scratch_openclip_gets_a_fresh_head_and_loads_back(colours, tiny_clip, t
     assert clf.W.abs().max() <= bound
     assert torch.equal(scratch_start(arch, dataset, device="cpu", seed=0).W, clf.W)  # seeded
     out = tmp_path / "clip-sup"
-    code, stdout, stderr = run(capsys, "train", arch, "--data", f"folder:{colours}", "--out", str(out), "--schedule",
+    code, stdout, stderr = run_cli(capsys, "train", arch, "--data", f"folder:{colours}", "--out", str(out), "--schedule",
                                "constant", "--json", *FAST)
     assert code == 0, stderr
     spec = json.loads(stdout)["spec"]
@@ -142,14 +131,14 @@ def test_finetune_starts_from_the_zero_shot_head_and_wiseft_mixes_the_weights(co
     assert start.fingerprint() == zero_shot.fingerprint()  # wise-ft's initialisation: encoder + zero-shot head
 
     out = tmp_path / "clip-ft"
-    code, stdout, stderr = run(capsys, "finetune", tiny_clip, "--data", f"folder:{colours}", "--out", str(out),
+    code, stdout, stderr = run_cli(capsys, "finetune", tiny_clip, "--data", f"folder:{colours}", "--out", str(out),
                                "--templates", templates, "--json", *FAST)
     assert code == 0, stderr
     finetuned_spec = json.loads(stdout)["spec"]
     finetuned = rs.load_classifier(finetuned_spec, device="cpu")
     assert finetuned.fingerprint() != zero_shot.fingerprint()
 
-    code, stdout, stderr = run(capsys, "wiseft", tiny_clip, finetuned_spec, "--alphas", "0:1:0.25", "--templates",
+    code, stdout, stderr = run_cli(capsys, "wiseft", tiny_clip, finetuned_spec, "--alphas", "0:1:0.25", "--templates",
                                templates, "--out", str(tmp_path / "wiseft"), "--json")
     assert code == 0, stderr
     models = json.loads(stdout)["models"]
@@ -165,7 +154,7 @@ def test_finetune_starts_from_the_zero_shot_head_and_wiseft_mixes_the_weights(co
             torch.testing.assert_close(value, (1 - alpha) * theta0[key] + alpha * theta1[key], rtol=1e-6, atol=1e-7)
         if alpha in (0.0, 1.0):
             assert mixed.fingerprint() == (zero_shot if alpha == 0 else finetuned).fingerprint()
-    code, stdout, _ = run(capsys, "wiseft", tiny_clip, finetuned_spec, "--alphas", "0.5", "--templates", templates,
+    code, stdout, _ = run_cli(capsys, "wiseft", tiny_clip, finetuned_spec, "--alphas", "0.5", "--templates", templates,
                           "--out", str(tmp_path / "table"))
     assert code == 0 and "alpha" in stdout and "alpha_0.5.safetensors" in stdout
 
@@ -189,7 +178,7 @@ def test_finetune_starts_from_the_zero_shot_head_and_wiseft_mixes_the_weights(co
     (["wiseft", "timm:a", "timm:b", "--alphas", "0:1:0.3"], "STOP 1 is not START plus a whole number of steps"),
 ])
 def test_errors_exit_2_and_name_the_bad_input(colours, capsys, args, message):
-    code, stdout, stderr = run(capsys, *[a.replace("{colours}", str(colours)) for a in args])
+    code, stdout, stderr = run_cli(capsys, *[a.replace("{colours}", str(colours)) for a in args])
     assert code == 2 and message in stderr and "Traceback" not in stderr and not stdout
 
 
@@ -200,7 +189,7 @@ def test_errors_exit_2_and_name_the_bad_input(colours, capsys, args, message):
 ])
 def test_help(capsys, monkeypatch, command, options):
     monkeypatch.setenv("COLUMNS", "250")  # option names are not cut
-    code, stdout, _ = run(capsys, command, "--help")
+    code, stdout, _ = run_cli(capsys, command, "--help")
     assert code == 0 and all(option in stdout for option in options)
     if command == "train":
         assert "--new-head" not in stdout and "D.2" in stdout
@@ -210,6 +199,6 @@ def test_an_imagenet_root_holding_val_is_not_trained_on(tmp_path, capsys):
     for split in ("train", "val"):
         write_colour_folder(tmp_path / "imagenet" / split, per_class=1, classes=("red",))
         (tmp_path / "imagenet" / split / "red").rename(tmp_path / "imagenet" / split / "n01440764")
-    code, _, stderr = run(capsys, "finetune", "timm:test_convnext", "--data", f"imagenet:{tmp_path / 'imagenet'}")
+    code, _, stderr = run_cli(capsys, "finetune", "timm:test_convnext", "--data", f"imagenet:{tmp_path / 'imagenet'}")
     assert code == 2 and f"opened the validation folder {tmp_path / 'imagenet' / 'val'}" in stderr
     assert f"imagenet:{tmp_path / 'imagenet' / 'train'}" in stderr
