@@ -19,6 +19,7 @@ import torch
 
 from robustsig.errors import InputError
 from robustsig.metrics._checks import CHUNK_ROWS, as_matrix, as_vector, compute_dtype, iter_rows
+from robustsig.metrics._ranking import above_mean
 
 #: Default threshold of :func:`privileged_directions`, in multiples of the mean importance.
 PRIVILEGED_FACTOR = 5.0
@@ -207,16 +208,7 @@ def privileged_directions(importance: Any, factor: float = PRIVILEGED_FACTOR) ->
         >>> privileged_directions([0.01, 0.9, 0.02, 0.01, 0.01, 0.02, 0.01, 0.02]).indices.tolist()
         [1]
     """
-    if factor <= 0:
-        raise InputError(f"factor must be positive, got {factor}")
     imp = as_vector(importance, "importance")
     if imp.numel() == 0 or bool((imp < 0).any()):
         raise InputError("importance must be a non-empty vector of non-negative values")
-    mean = imp.mean()
-    if mean == 0:
-        empty = torch.empty(0, dtype=torch.int64, device=imp.device)
-        return PrivilegedDirections(empty, empty.to(torch.float64), float(factor))
-    ratios = imp / mean
-    indices = (ratios >= factor).nonzero().flatten()
-    order = ratios[indices].argsort(descending=True, stable=True)
-    return PrivilegedDirections(indices[order], ratios[indices[order]], float(factor))
+    return PrivilegedDirections(*above_mean(imp, factor), float(factor))

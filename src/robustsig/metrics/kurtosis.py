@@ -15,6 +15,7 @@ import torch
 
 from robustsig.errors import InputError
 from robustsig.metrics._checks import CHUNK_ROWS, as_matrix, iter_rows
+from robustsig.metrics._ranking import above_mean
 
 #: Default outlier threshold: a dimension whose mean |h_i| is at least this many times the average over dims.
 OUTLIER_FACTOR = 5.0
@@ -96,18 +97,11 @@ class KurtosisAccumulator:
 
     def outlier_dimensions(self, factor: float = OUTLIER_FACTOR) -> OutlierDimensions:
         """The dimensions whose mean |activation| is at least ``factor`` times the mean over all dimensions."""
-        if factor <= 0:
-            raise InputError(f"factor must be positive, got {factor}")
         mean_abs = self.mean_abs()
-        overall = mean_abs.mean()
-        if overall == 0:
+        indices, scores = above_mean(mean_abs, factor)
+        if mean_abs.mean() == 0:
             warnings.warn("every activation is zero: no dimension can be an outlier", RuntimeWarning, stacklevel=2)
-            empty = torch.empty(0, dtype=torch.int64, device=mean_abs.device)
-            return OutlierDimensions(empty, empty.to(torch.float64), float(factor))
-        score = mean_abs / overall
-        indices = (score >= factor).nonzero().flatten()
-        order = score[indices].argsort(descending=True, stable=True)
-        return OutlierDimensions(indices[order], score[indices[order]], float(factor))
+        return OutlierDimensions(indices, scores, float(factor))
 
 
 def _accumulate(h: Any, chunk_rows: int) -> KurtosisAccumulator:
