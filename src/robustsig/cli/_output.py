@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import typer
@@ -52,3 +52,25 @@ def _numeric(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def run_long_command(work: Callable[[bool], Any], *, json_output: bool, show: Callable[[Any], None],
+                     kept: str) -> None:
+    """Run a long resumable job the way every such command does: ``work(progress)`` returns a result with
+    ``to_dict()`` and ``ok``; with ``--json`` it runs quietly and the result is printed as JSON, else ``show``
+    prints it. Ctrl-C exits with 130 saying what is ``kept``; a result that is not ``ok`` exits with 1."""
+    from robustsig._progress import quiet
+
+    try:
+        if json_output:
+            with quiet():
+                result = work(False)
+            emit_json(result.to_dict())
+        else:
+            result = work(True)
+            show(result)
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: {kept} kept; rerun the same command to resume", err=True)
+        raise typer.Exit(130) from None
+    if not result.ok:
+        raise typer.Exit(1)

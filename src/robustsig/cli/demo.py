@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from robustsig.cli._output import emit_json
+from robustsig.cli._output import run_long_command
 
 if TYPE_CHECKING:
     from robustsig.demo.run import DemoRun
@@ -26,26 +26,14 @@ def demo(out: Path = typer.Option(Path("robustsig-demo"), "--out", "-o", help="t
     """Run the whole study offline on packaged photos and ImageNet weights, with a finetune; report in OUT/report.
 
     Writes OUT/study.yaml (rerun or edit it with `robustsig study run`); a rerun reuses every finished stage."""
-    from robustsig._progress import quiet
     from robustsig.demo.run import run_demo
     from robustsig.errors import InputError
 
     if size not in _SIZES:
         raise InputError(f"--size: expected one of {', '.join(_SIZES)}; got {size!r}")
-    try:
-        if json_output:
-            with quiet():
-                run = run_demo(out, size=size, device=device, progress=False)
-            emit_json(run.to_dict())
-        else:
-            run = run_demo(out, size=size, device=device)
-            _print(run)
-    except KeyboardInterrupt:
-        typer.echo("interrupted: the data, the finetune checkpoint and every finished study step are kept; rerun the "
-                   "same command to resume", err=True)
-        raise typer.Exit(130) from None
-    if not run.ok:
-        raise typer.Exit(1)
+    run_long_command(lambda progress: run_demo(out, size=size, device=device, progress=progress),
+                     json_output=json_output, show=_print,
+                     kept="the data, the finetune checkpoint and every finished study step are")
 
 
 def _print(run: DemoRun) -> None:

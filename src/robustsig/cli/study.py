@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from robustsig.cli._output import emit_json, format_table
+from robustsig.cli._output import emit_json, format_table, run_long_command
 from robustsig.errors import InputError
 
 if TYPE_CHECKING:
@@ -86,22 +86,10 @@ def run(config_path: Path = typer.Argument(..., metavar="STUDY.yaml", help="the 
     """Extract what the activation stores lack, compute every analysis, write results/ and the HTML report.
 
     Rerunning redoes nothing already done; a changed setting reruns only what depends on it."""
-    from robustsig._progress import quiet
     from robustsig.study.runner import run_study
 
-    try:
-        if json_output:
-            with quiet():
-                summary = run_study(config_path, only=only, device=device, progress=False)
-            emit_json(summary.to_dict())
-        else:
-            summary = run_study(config_path, only=only, device=device)
-            _print_summary(summary)
-    except KeyboardInterrupt:
-        typer.echo("interrupted: every step finished so far is kept; rerun the same command to resume", err=True)
-        raise typer.Exit(130) from None
-    if not summary.ok:
-        raise typer.Exit(1)
+    run_long_command(lambda progress: run_study(config_path, only=only, device=device, progress=progress),
+                     json_output=json_output, show=_print_summary, kept="every step finished so far is")
 
 
 def _percent(value: float | None) -> float | None:
