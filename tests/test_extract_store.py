@@ -12,7 +12,7 @@ import torch
 import robustsig as rs
 from robustsig.extraction.store import ActivationStore, safetensors_header
 
-from extract_helpers import Tensorize, image_folder, tiny_classifier
+from extract_helpers import Tensorize, image_folder, reopen_folder, tiny_classifier
 
 
 def run(clf, ds, out, **options):
@@ -164,7 +164,7 @@ def test_same_key_reuses_without_recompute(folder, tmp_path):
     # another classifier object with the same weights, the folder listed again, other batch size and pooling
     again = tiny_classifier()
     calls = count_forwards(again)
-    second = run(again, image_folder(tmp_path / "images", 14, corrupt=(5, 11)), tmp_path / "store",
+    second = run(again, reopen_folder(tmp_path / "images"), tmp_path / "store",
                  layers=["conv1"], batch_size=7)
     assert calls == []
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "store").iterdir()} == stamps

@@ -59,7 +59,8 @@ def extract(classifier: Classifier, dataset: Dataset, out_dir: str | os.PathLike
         classifier: the model (:class:`~robustsig.models.classifier.Classifier`).
         dataset: a map-style dataset (``dataset[i] -> (image, label)``) or an iterable stream of
             ``(image, label)``/``(key, image, label)``; it needs ``describe()`` (the store's key). An image of
-            ``None`` (corrupt file) is skipped, counted and listed in the manifest.
+            ``None`` (corrupt file) is skipped, counted and listed in the manifest, after the files the dataset
+            could not list (its ``unlisted``: an unreadable folder, a FIFO...), which are listed with the reason.
         out_dir: the store directory.
         layers: layer taps to record too (names from ``classifier.layers``, or ``"all"``), pooled per sample.
         batch_size: images per forward pass.
@@ -123,7 +124,8 @@ def extract(classifier: Classifier, dataset: Dataset, out_dir: str | os.PathLike
             seconds = time.perf_counter() - begin
             rank_reports = distributed.gather(world, run.report(seconds))
             _on_main(world, lambda: writer.finalize(_record(classifier, rank_reports, seconds, out_dir, batch_size,
-                                                            num_workers, device, channels_last, world)))
+                                                            num_workers, device, channels_last, world),
+                                                    getattr(dataset, "unlisted", ())))
             store = ActivationStore(out_dir)
             if progress and world.is_main and progress_enabled():
                 print(_summary_line(store.summary), file=sys.stderr, flush=True)

@@ -176,18 +176,21 @@ class StoreWriter:
         write_bytes_atomic(self.path / shard_name(index), safetensors.torch.save(dict(tensors), metadata=metadata))
 
     # --- finishing (rank 0 only) ------------------------------------------------------------------------
-    def finalize(self, record: Mapping[str, Any]) -> None:
+    def finalize(self, record: Mapping[str, Any], unlisted: Sequence[Mapping[str, str]] = ()) -> None:
         """Check that the shards cover every sample, and write the finished manifest.
 
         Args:
             record: extra manifest fields (model, run settings, ``summary``: it gets the store's totals of
                 ``images`` and ``skipped`` here).
+            unlisted: files the dataset found but could not list (``{"path", "reason"}``, no ``id``): they head
+                the skipped list, before the samples that could not be decoded.
         """
         indices = self.existing_shards()
         if indices != list(range(len(indices))):
             missing = sorted(set(range(max(indices, default=-1) + 1)) - set(indices))
             raise DataError(f"store {self.path} lacks shards {missing[:10]}; rerun the extraction to compute them")
-        shards, skipped, tensors, position = [], [], {}, 0
+        shards, tensors, position = [], {}, 0
+        skipped: list[Any] = [dict(item) for item in unlisted]
         has_keys = False
         for index in indices:
             header, _ = safetensors_header(self.path / shard_name(index))

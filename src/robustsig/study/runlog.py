@@ -27,7 +27,8 @@ class RunLog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.echo = echo
-        self._file: TextIO = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
+        # closed by close(); a non-UTF-8 file name in a message is written as \xe9, never a UnicodeEncodeError
+        self._file: TextIO = open(self.path, "a", encoding="utf-8", errors="backslashreplace")  # noqa: SIM115
 
     def line(self, tag: str, subject: str, text: str) -> None:
         """Log ``[tag] subject: text``."""

@@ -36,10 +36,18 @@ class Outcome:
 
 @dataclass(frozen=True)
 class VerifiedStore:
-    """An activation store checked against the current model and dataset in this run, and its key digest."""
+    """An activation store checked against the current model and dataset in this run, its key digest, and the
+    digest of its dataset's annotations (class names, class map, concepts: what the store does not hold)."""
 
     store: ActivationStore
     digest: str
+    annotations: str | None = None
+
+    @property
+    def provenance(self) -> str:
+        """What a step that reads the store *and* its dataset's labels, class map or concepts is keyed by: the
+        store's digest and the annotations' digest (a swapped class-map entry re-scores the store)."""
+        return f"{self.digest}+{self.annotations}"
 
     def record(self, model: str, dataset: str) -> InputRecord:
         """What a results table computed on this store records in its provenance."""
@@ -88,8 +96,14 @@ class RunContext:
         """``STORE_DIR/SUBJECT/DATASET``: one store per model (or Wise-FT point) and dataset."""
         return Path(self.config.store_dir) / subject.name / dataset
 
+    def annotations(self, name: str) -> str | None:
+        """The digest of dataset ``name``'s annotations (:meth:`robustsig.data.base.ImageSource.annotations`),
+        None for a dataset without them."""
+        annotations = getattr(self.dataset(name), "annotations", None)
+        return provenance_digest(annotations()) if callable(annotations) else None
+
     def verify(self, subject: Subject, dataset: str, store: ActivationStore, digest: str) -> VerifiedStore:
-        verified = VerifiedStore(store, digest)
+        verified = VerifiedStore(store, digest, self.annotations(dataset))
         self._stores[(subject.name, dataset)] = verified
         return verified
 

@@ -9,6 +9,7 @@ baseline line (the paper's, the config's, or refit from ``baseline.fit_csv``). E
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -62,14 +63,19 @@ class AccuracyTask(AnalysisTask):
         self.shifts = list(shifts)
 
     def provenance(self, ctx: RunContext) -> dict[str, Any]:
-        return {"stores": {name: ctx.store(self.subject, name).digest for name in self.datasets},
+        return {"stores": {name: ctx.store(self.subject, name).provenance for name in self.datasets},
                 "shift_sets": self.shifts, "baseline": ctx.baseline.provenance()}
 
     def present(self, ctx: RunContext) -> bool:
         return has_rows(ctx.results, AccuracyRow, model=self.model)
 
     def compute(self, ctx: RunContext) -> str:
-        accuracies = subject_accuracies(ctx, self.subject, self.datasets)
+        with warnings.catch_warnings(record=True) as caught:  # an unmapped folder on an ImageNet head: logged too
+            warnings.simplefilter("always", UserWarning)
+            accuracies = subject_accuracies(ctx, self.subject, self.datasets)
+        for warning in caught:
+            ctx.log.line(self.tag, self.label, f"warning: {warning.message}")
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
         records = [ctx.store(self.subject, name).record(self.model, name) for name in self.datasets]
         rows = [AccuracyRow(self.model, name, accuracies[name], record.num_samples)
                 for name, record in zip(self.datasets, records)]

@@ -6,7 +6,8 @@ Three kinds of steps, so that a new threshold re-runs only what depends on it:
 - ``concept_ap:SUBJECT:BASIS`` computes the full AP matrix (concepts x directions) on the balanced per-concept image
   sets (``dataset.balanced_sets(min_positives, seed)``; images of a set that could not be decoded are left out) and
   saves it as ``results/concept_ap/SUBJECT_BASIS.npy``, with the concept names and categories in the ``.json``
-  next to it. Its provenance is the Broden store, the basis, ``min_positives`` and ``seed``: not the threshold.
+  next to it. Its provenance is the Broden store and its concepts (names, categories, presence matrix), the basis,
+  ``min_positives`` and ``seed``: not the threshold.
 - ``concepts:MODEL`` reads the matrices and writes ``concepts.csv`` (unique concepts, eq. 5; polysemanticity),
   ``concept_top.csv`` (the ``top_k`` concepts of the most privileged direction) and ``venn.csv`` (the concepts each
   model encodes, AP >= threshold).
@@ -143,7 +144,7 @@ class ConceptApTask(AnalysisTask):
         self.seed = options.seed
 
     def provenance(self, ctx: RunContext) -> dict[str, Any]:
-        return {"store": ctx.store(self.subject, self.dataset).digest, "basis": self.basis,
+        return {"store": ctx.store(self.subject, self.dataset).provenance, "basis": self.basis,
                 "min_positives": self.min_positives, "seed": self.seed,
                 "sign": SIGN_CONVENTION if self.basis == "singular" else None}
 
