@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -145,14 +146,21 @@ def test_a_renamed_or_relabelled_concept_re_probes(world):
 
 
 def test_a_study_warns_about_an_unmapped_folder_on_an_imagenet_head(world):
+    """Also: a non-UTF-8 file name and a FIFO in the folder neither fail nor hang the study."""
     data = __import__("yaml").safe_load((world / "study.yaml").read_text())
     data["datasets"]["id"]["options"] = {}
     data["analyses"] = {"accuracy": None}
     write_config(world, data)
+    Image.open(world / "photos" / "cat" / "0.png").save(os.fsencode(world / "photos" / "cat") + b"/caf\xe9.png")
+    os.mkfifo(world / "photos" / "cat" / "fifo.png")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         summary = run(world)
     assert any("class_map=" in str(w.message) for w in caught)
     log = (load_study_config(world / "study.yaml").results_dir / "run.log").read_text()
     assert "class_map=" in log
+    assert "1 unlisted file(s) skipped" in log and "7 stored" in log
+    store = rs.ActivationStore(load_study_config(world / "study.yaml").store_dir / "mnv2" / "photos")
+    assert store.skipped == [{"path": str(world / "photos" / "cat" / "fifo.png"),
+                              "reason": "not a regular file (a FIFO)"}]
     assert summary.ok

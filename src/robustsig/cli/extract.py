@@ -65,8 +65,8 @@ def extract_command(
                               "images/s": float(summary["images_per_s"] or 0)}], floatfmt=".1f"))
     for item in store.skipped[:10]:
         what = item.get("path") or item.get("key") or item["id"]
-        why = f"unlisted: {item['reason']}" if "reason" in item else "undecodable"
-        typer.echo(printable(f"skipped ({why}): {what}"), err=True)
+        why = f" ({item['reason']})" if item.get("reason") else ""
+        typer.echo(printable(f"skipped ({'undecodable' if 'id' in item else 'unlisted'}): {what}{why}"), err=True)
 
 
 def register(app: typer.Typer) -> None:

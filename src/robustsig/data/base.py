@@ -202,30 +202,39 @@ class ImageDataset(ImageSource, Dataset):
         return self.decode(path), label
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
+        image, label, _ = self.fetch(index)
+        return image, label
+
+    def fetch(self, index: int) -> tuple[Any, int, str | None]:
+        """``(image, label, None)``, or ``(None, label, reason)`` for an image that cannot be decoded (non-strict;
+        strict raises): how an extraction lists each skipped image with the reason."""
         try:
-            return self.load(index)
+            return (*self.load(index), None)
         except CorruptImageError as error:
             self._corrupt(error)
-            return None, self.samples[index][1]
+            return None, self.samples[index][1], error.reason or str(error)
 
     def describe(self) -> dict[str, Any]:
-        """What the dataset is, for manifests and store keys: kind, root, size, classes and a digest of every
-        sample's path, label and file stamp (size, mtime, ctime, inode; see :mod:`robustsig._stamps`), and of
-        the files left unlisted.
+        """What the dataset is, for manifests and store keys: kind, root, size, classes, ``files_digest`` (a
+        digest of every sample's path relative to the root and label: where the set lies does not change it, so a
+        training run resumes on a copy of its set) and ``stamps_digest`` (of every sample file's stamp: size,
+        mtime, ctime and inode, see :mod:`robustsig._stamps`; and of the files left unlisted, with the reasons).
 
         The guarantee: an image changed in any way since a store was made (rewritten, even with its size kept
-        and its mtime put back, or replaced by another file) changes this description, so a store of the old
-        image is never reused. Only a stat per file is paid, never a read of the images.
+        and its mtime put back, or replaced by another file) changes ``stamps_digest``, so an activation store of
+        the old image is never reused. Only a ``stat`` per file is paid, never a read of the images.
         """
-        digest = hashlib.blake2b(digest_size=16)
+        files = hashlib.blake2b(digest_size=16)
+        stamps = hashlib.blake2b(digest_size=16)
         for path, label in self.samples:
             rel = os.path.relpath(path, self.root) if self.root else path
-            digest.update(os.fsencode(rel) + f"\t{label}\t{file_stamp(path)}\n".encode())
+            files.update(os.fsencode(rel) + f"\t{label}\n".encode())
+            stamps.update(f"{file_stamp(path)}\n".encode())
         for item in self.unlisted:
-            digest.update(os.fsencode(item["path"]) + f"\t{item['reason']}\n".encode(errors="surrogateescape"))
+            stamps.update(os.fsencode(item["path"]) + f"\t{item['reason']}\n".encode(errors="surrogateescape"))
         return {"kind": self.kind, "root": self.root, "num_samples": len(self.samples),
                 "num_classes": len(self.classnames), "num_unlisted": len(self.unlisted),
-                "files_digest": digest.hexdigest()}
+                "files_digest": files.hexdigest(), "stamps_digest": stamps.hexdigest()}
 
 
 def _plain_id(value: Any) -> Any:

@@ -397,6 +397,9 @@ class _Run:
         else:
             shard.skipped += [{"id": i, "path": samples[i][0]} if samples is not None else {"id": i}
                               for i in batch.skipped]
+        for entry, reason in zip(shard.skipped[len(shard.skipped) - len(batch.skipped):], batch.skipped_reasons):
+            if reason is not None:
+                entry["reason"] = reason
         if batch.keys is not None:
             shard.with_keys = True
             shard.sample_keys += batch.keys

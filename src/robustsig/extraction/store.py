@@ -191,7 +191,7 @@ class ActivationStore:
     def skipped(self) -> list[dict[str, Any]]:
         """What was skipped: the files the dataset found but could not list (``{"path", "reason"}``: an
         unreadable folder or file, a FIFO, a link loop), then the samples that could not be decoded
-        (``{"id": position, "path"/"key": ...}``). Paths that are not UTF-8 are kept as surrogate escapes
+        (``{"id": position, "path"/"key": ..., "reason": ...}``; the reason where the dataset gives it). Paths that are not UTF-8 are kept as surrogate escapes
         (``os.fsencode`` gives the exact bytes back)."""
         return list(self._manifest["skipped"])
 
