@@ -81,8 +81,8 @@ def run() -> None:
     for name in medians:
         print(f"  {name:8s} {medians[name] * 1e3:10.2f} ms   {per_file[name] * 1e6:10.1f} us/file   "
               f"ImageNet val: {val[name]:9.2f} s", flush=True)
-    print(f"stamp key: {medians['stamps'] / medians['extract']:.2%} of this CPU extraction, "
-          f"{medians['stamps'] / medians['decode']:.2%} of decoding alone (a lower bound of any extraction); "
+    print(f"stamp key: {medians['stamps'] / medians['extract']:.4%} of this CPU extraction, "
+          f"{medians['stamps'] / medians['decode']:.3%} of decoding alone (a lower bound of any extraction); "
           f"over the path-only key: +{(medians['stamps'] - medians['paths']) / IMAGES * 1e6:.1f} us/file", flush=True)
     print(f"content key: {medians['content'] / medians['extract']:.2%} of this CPU extraction, "
           f"{medians['content'] / medians['decode']:.2%} of decoding alone, page cache warm "

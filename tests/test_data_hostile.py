@@ -292,3 +292,12 @@ def test_an_unmapped_folder_warns_when_a_store_is_scored(tmp_path):
     store = rs.extract(clf, ds, tmp_path / "store", num_workers=0, progress=False)
     with pytest.warns(UserWarning, match=r"'cat'.*class_map="):
         store_accuracy(store, ds)
+
+
+@pytest.mark.parametrize("name", ["robustsig._stamps", "robustsig.data.base", "robustsig.cli._output"])
+def test_docstring_examples_run(name):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

@@ -23,10 +23,10 @@ def _jsonable(value: Any) -> Any:
 
 
 def printable(text: str) -> str:
-    """``text`` safe to print anywhere: the bytes of a non-UTF-8 file name (kept by Python as surrogate escapes)
-    shown as ``\\xe9``.
+    r"""``text`` safe to print anywhere: the bytes of a non-UTF-8 file name (kept by Python as surrogate escapes)
+    shown as ``\xe9``.
 
-    >>> printable("caf\udce9.jpg")
+    >>> printable("caf" + chr(0xDCE9) + ".jpg")
     'caf\\xe9.jpg'
     """
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

@@ -276,7 +276,9 @@ def _claim(writer: StoreWriter, world: distributed.World, overwrite: bool, class
     digests = distributed.gather(world, writer.digest)
     if len(set(digests)) > 1:
         raise InputError(f"the torchrun ranks disagree on what to extract (key digests {digests}): every rank must "
-                         "load the same weights and dataset with the same settings")
+                         "load the same weights and dataset with the same settings, from one shared copy of the "
+                         "images (the key holds each image's stamp: size, times, inode, which node-local copies "
+                         "do not share)")
     head = {"W": classifier.W} | ({"b": classifier.b} if classifier.b is not None else {})
     done = _on_main(world, lambda: writer.prepare(overwrite, head))
     if not done and not world.is_main:

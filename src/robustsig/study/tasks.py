@@ -81,6 +81,7 @@ class RunContext:
         self.progress = progress
         self.autocast = None if config.autocast == "none" else config.autocast
         self._datasets: dict[str, Any] = {}
+        self._annotations: dict[str, str | None] = {}
         self._stores: dict[tuple[str, str], VerifiedStore] = {}
 
     def dataset(self, name: str) -> Any:
@@ -98,9 +99,11 @@ class RunContext:
 
     def annotations(self, name: str) -> str | None:
         """The digest of dataset ``name``'s annotations (:meth:`robustsig.data.base.ImageSource.annotations`),
-        None for a dataset without them."""
-        annotations = getattr(self.dataset(name), "annotations", None)
-        return provenance_digest(annotations()) if callable(annotations) else None
+        None for a dataset without them; once per run, as the dataset is opened once."""
+        if name not in self._annotations:
+            annotations = getattr(self.dataset(name), "annotations", None)
+            self._annotations[name] = provenance_digest(annotations()) if callable(annotations) else None
+        return self._annotations[name]
 
     def verify(self, subject: Subject, dataset: str, store: ActivationStore, digest: str) -> VerifiedStore:
         verified = VerifiedStore(store, digest, self.annotations(dataset))
