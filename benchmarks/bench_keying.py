@@ -3,6 +3,8 @@
 A store's key holds a stamp of every image (size, mtime, ctime, inode: one ``stat`` each, see
 ``robustsig._stamps``). Side by side on the same folder of ImageNet-val-sized JPEGs (500 x 375, quality 90):
 
+- ``listing``: ``rs.open_dataset("folder", ...)``: the folder walk (a ``stat`` and an ``access`` per file, so only
+  readable regular files are listed, each real file once);
 - ``paths``: the key before stamps (a digest of relative paths and labels): the floor;
 - ``stamps``: ``dataset.describe()`` as robustsig computes it now (paths, labels and a stat per file);
 - ``content``: what keying by content would cost: blake2b of every file's bytes (page cache warm, so the
@@ -68,7 +70,7 @@ def run() -> None:
                    progress=False)
 
     try:
-        medians = side_by_side({"paths": path_digest, "stamps": dataset.describe, "content": content_digest,
+        medians = side_by_side({"listing": lambda: rs.open_dataset("folder", folder), "paths": path_digest, "stamps": dataset.describe, "content": content_digest,
                                 "decode": decode, "extract": extract}, repeats=3)
     finally:
         torch.set_num_threads(threads)

@@ -127,6 +127,7 @@ class ImageWalk:
         self.problems = problems
         self._walked: dict[tuple[int, int], str] = {}
         self._files: set[tuple[int, int]] = set()
+        self._parents: dict[str, dict[tuple[int, int], str]] = {}
         for folder in reserved:
             try:
                 self._walked[_identity(os.fspath(folder))] = os.fspath(folder)
@@ -135,23 +136,25 @@ class ImageWalk:
 
     def images(self, folder: Path) -> list[Path]:
         """Every non-hidden image file under ``folder`` (following links), sorted by relative path."""
-        found: list[Path] = []
+        found: list[str] = []
         start = os.fspath(folder)
-        above: dict[tuple[int, int], str] = {}  # the real folders above the start: a link to one is a loop
-        real = os.path.realpath(start)
-        while True:
-            parent = os.path.dirname(real)
-            if parent == real:
-                break
-            real = parent
-            try:
-                above[_identity(real)] = real
-            except OSError:
-                break
-        self._walk(start, above, found, first=True)
-        return sorted(found)
+        # the real folders above the start: a link to one of them is a loop
+        self._walk(start, self._above(os.path.dirname(os.path.realpath(start))), found, first=True)
+        return [Path(path) for path in sorted(found, key=lambda path: path.split(os.sep))]  # Path order, faster
 
-    def _walk(self, directory: str, ancestors: dict[tuple[int, int], str], found: list[Path], first: bool) -> None:
+    def _above(self, real: str) -> dict[tuple[int, int], str]:
+        """The identities of ``real`` and every folder above it (kept: class folders share their parents)."""
+        if real not in self._parents:
+            parent = os.path.dirname(real)
+            above = self._above(parent) if parent != real else {}
+            try:
+                above = {**above, _identity(real): real}
+            except OSError:
+                pass
+            self._parents[real] = above
+        return self._parents[real]
+
+    def _walk(self, directory: str, ancestors: dict[tuple[int, int], str], found: list[str], first: bool) -> None:
         try:
             identity = _identity(directory)
         except OSError as error:
@@ -170,7 +173,7 @@ class ImageWalk:
             if _is_dir(entry):
                 self._walk(entry.path, inner, found, first=False)
             elif is_image_file(entry.name) and _regular_image(entry, self.problems, self._files):
-                found.append(Path(entry.path))
+                found.append(entry.path)
 
 
 def list_images(folder: Path, problems: Unlisted | None = None) -> list[Path]:
