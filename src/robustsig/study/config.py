@@ -157,7 +157,7 @@ Layers = Annotated[list[str] | None, BeforeValidator(_all_layers)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # no NaN line, no inf fraction
 
 
 # --------------------------------------------------------------------------- models and datasets
