@@ -37,6 +37,7 @@ import yaml
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, NonNegativeInt, PositiveInt,
                       ValidationError, ValidationInfo, model_validator)
 
+from robustsig._yaml import SafeLoader, safe_load
 from robustsig.errors import DataError, InputError
 from robustsig.study._messages import format_validation_error
 
@@ -556,8 +557,9 @@ def _suggest(name: str, choices: Iterable[str]) -> str:
 
 # --------------------------------------------------------------------------- loading
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key repeated in one mapping (YAML keeps the last one silently)."""
+class _UniqueKeyLoader(SafeLoader):
+    """robustsig's YAML loader (safe, no aliases) that also refuses a key repeated in one mapping (YAML keeps the
+    last one silently)."""
 
 
 def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -598,7 +600,7 @@ def validate_study_config(data: Mapping[str, Any], *, base_dir: str | os.PathLik
 
 
 def load_study_config(path: str | os.PathLike) -> StudyConfig:
-    """Read and validate a study YAML file (``yaml`` safe loading; a repeated key is an error).
+    """Read and validate a study YAML file (``yaml`` safe loading; a repeated key or an alias is an error).
 
     Args:
         path: the YAML file; relative paths inside it are read from its folder.
@@ -617,14 +619,7 @@ def load_study_config(path: str | os.PathLike) -> StudyConfig:
                          "`robustsig study init --preset paper --out study.yaml`") from None
     except (OSError, UnicodeDecodeError) as error:
         raise InputError(f"cannot read study config {str(path)!r}: {error}") from None
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        context = getattr(error, "context", None)
-        problem = getattr(error, "problem", None) or str(error)
-        raise InputError(f"{path} is not valid YAML{where}: {context + ', ' if context else ''}{problem}") from None
+    data = safe_load(text, str(path), _UniqueKeyLoader)
     return validate_study_config(data if data is not None else {}, base_dir=path.resolve().parent,
                                  source=str(path))
 
