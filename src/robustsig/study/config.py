@@ -147,6 +147,16 @@ def _alphas(values: list[float]) -> list[float]:
     return _unique(values)
 
 
+PATH_OPTIONS: tuple[str, ...] = ("class_map", "ground_truth", "mappings")
+"""Dataset options that name a file or folder the study reads (``class_map`` may also be an inline mapping)."""
+
+
+def _resolve_path_options(options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+    """The path options of a dataset read from the config file's folder, as its root is."""
+    return {key: str(_resolve(Path(value), info)) if key in PATH_OPTIONS and isinstance(value, str) and value.strip()
+            else value for key, value in options.items()}
+
+
 def _all_layers(value: Any) -> Any:
     return None if value == "all" else value
 
@@ -181,8 +191,8 @@ class DatasetEntry(_Section):
     name: Name = Field(description="a unique dataset name (defaults to the kind)")
     kind: DatasetKind = Field(description=f"one of {', '.join(IMAGENET_KINDS + GENERIC_KINDS)}")
     root: StudyPath = Field(description="the dataset's root folder")
-    options: dict[str, Any] = Field(default_factory=dict,
-                                    description="extra options passed to rs.open_dataset for this kind")
+    options: Annotated[dict[str, Any], AfterValidator(_resolve_path_options)] = Field(
+        default_factory=dict, description="extra options passed to rs.open_dataset for this kind")
 
     @model_validator(mode="before")
     @classmethod
@@ -431,7 +441,8 @@ class StudyConfig(_Section):
     # ---- the second validation step: files exist
     def check_paths(self) -> list[MissingPath]:
         """Every path the study reads that does not exist (dataset roots, checkpoints, class-name and template
-        files, the baseline CSV), all at once. Output folders are created, so they are not checked."""
+        files, class maps, ground-truth and mapping files, the baseline CSV), all at once. Output folders are
+        created, so they are not checked."""
         wanted: list[tuple[str, Path]] = []
         for i, entry in enumerate(self.models):
             weights = spec_weights_path(entry.spec)
@@ -443,6 +454,10 @@ class StudyConfig(_Section):
         wanted += [(f"datasets.shift[{i}].root", entry.root) for i, entry in enumerate(self.datasets.shift)]
         if self.datasets.broden is not None:
             wanted.append(("datasets.broden.root", self.datasets.broden.root))
+        for key, entry in [("datasets.id", self.datasets.id),
+                           *((f"datasets.shift[{i}]", entry) for i, entry in enumerate(self.datasets.shift))]:
+            wanted += [(f"{key}.options.{name}", Path(value)) for name, value in entry.options.items()
+                       if name in PATH_OPTIONS and isinstance(value, str)]
         if self.baseline.fit_csv is not None:
             wanted.append(("baseline.fit_csv", self.baseline.fit_csv))
         return [MissingPath(key, path) for key, path in wanted if not _exists(path)]
