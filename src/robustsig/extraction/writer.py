@@ -8,16 +8,17 @@ Rules for ``out_dir`` (so a researcher never silently gets stale activations):
 - holds a store with another key: :class:`~robustsig.errors.InputError` naming each differing field, unless
   ``overwrite=True``, which deletes the old store first (an unfinished store without any shard yet, e.g. one
   whose first batch failed, holds nothing and is replaced);
-- holds other files: :class:`~robustsig.errors.InputError` (a store is never mixed into an unrelated folder).
+- holds other files: :class:`~robustsig.errors.InputError` (a store is never mixed into an unrelated folder). A
+  store is replaced only when the folder holds nothing but robustsig's own files (manifest, head, shards, lock,
+  temporary files): a file of someone else is never deleted, the replacement is refused naming it.
 
-Temporary files left by a crash (``.tmp-*``) are deleted when a run starts. While a run writes, it holds an
+Temporary files left by a crash (robustsig's ``.tmp-*``) are deleted when a run starts. While a run writes, it holds an
 exclusive lock on ``out_dir/.lock``, so two runs cannot write one store at once.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -43,6 +44,20 @@ LOCK_FILE = ".lock"
 
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
+
+
+_OWN_FILES = (MANIFEST, HEAD_FILE, LOCK_FILE)
+
+
+def _own_temporary(name: str) -> bool:
+    """Whether ``name`` is a temporary file robustsig writes in a store (of its manifest, head or a shard)."""
+    rest = name.removeprefix(TEMP_PREFIX)
+    return rest != name and rest.startswith((MANIFEST + ".", HEAD_FILE + ".", "shard-"))
+
+
+def _own_file(name: str) -> bool:
+    """Whether ``name`` is a file robustsig writes in a store."""
+    return name in _OWN_FILES or shard_index(name) is not None or _own_temporary(name)
 
 
 class StoreWriter:
@@ -73,8 +88,9 @@ class StoreWriter:
         """
         self.path.mkdir(parents=True, exist_ok=True)
         self._take_lock()
-        for leftover in self.path.glob(TEMP_PREFIX + "*"):
-            leftover.unlink(missing_ok=True)
+        for leftover in self.path.iterdir():  # no live process writes here while we hold the lock
+            if _own_temporary(leftover.name):
+                leftover.unlink(missing_ok=True)
         state = self._existing_store(overwrite)
         if state == "finished":
             return True
@@ -133,13 +149,17 @@ class StoreWriter:
             self._lock = None
 
     def _clear(self) -> None:
-        for entry in self.path.iterdir():
-            if entry.name == LOCK_FILE:
-                continue
-            if entry.is_dir():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
+        """Delete the old store; refused, with nothing deleted, when the folder holds anything robustsig did not
+        write."""
+        entries = list(self.path.iterdir())
+        foreign = sorted(entry.name for entry in entries if entry.is_dir() or not _own_file(entry.name))
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise InputError(f"{self.path} holds a store to replace, but also files robustsig did not write "
+                             f"({shown}); nothing was deleted. Move them out of the folder, or use another out_dir")
+        for entry in entries:
+            if entry.name != LOCK_FILE:
+                entry.unlink(missing_ok=True)
 
     def adopt_shard_size(self) -> None:
         """Other ranks: read the shard size rank 0 settled on (a resumed store keeps its own)."""
