@@ -3,8 +3,11 @@
 Every file robustsig writes that a later run trusts (store shards and manifests, checkpoints, cached heads and
 concept matrices, result tables, the report) goes through :func:`atomic_output`: the content is written to a
 temporary file in the same folder, flushed to disk, then renamed over the target, and the folder entry is synced.
-Temporary files are named ``.tmp-NAME.PID.RANDOM`` (:func:`temporary_name`): a later run deletes those whose
-writing process is gone (:func:`sweep_temporaries`), never a file of another program nor one still being written.
+Temporary files are named ``.tmp-NAME.HOST-PID.RANDOM`` (:func:`temporary_name`; ``HOST`` a short hash of the
+machine's name): the first atomic write of a process into a folder deletes the temporary files there whose
+writing process, on this machine, is gone (:func:`sweep_temporaries`): what a killed run left is swept by the next
+run, never a file of another program, one still being written, nor one of a process on another machine sharing
+the folder.
 They are created with mode ``0o666`` less the process umask, as ``open()`` creates files (``mkstemp`` would
 make them ``0o600``: a report or results table that only its owner can read).
 
@@ -17,27 +20,32 @@ make them ``0o600``: a report or results table that only its owner can read).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import secrets
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 TEMP_PREFIX = ".tmp-"
-_TEMPORARY = re.compile(re.escape(TEMP_PREFIX) + r".+\.(\d+)\.[0-9a-f]{8}")
+_TEMPORARY = re.compile(re.escape(TEMP_PREFIX) + r".+\.([0-9a-f]{6})-(\d+)\.[0-9a-f]{8}")
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
+_swept: set[str] = set()  # the folders this process has swept
 
 
 def temporary_name(name: str, pid: int | None = None) -> str:
-    """The name of a temporary file for the final file ``name``, written by process ``pid`` (default: this one)."""
-    return f"{TEMP_PREFIX}{name}.{os.getpid() if pid is None else pid}.{secrets.token_hex(4)}"
+    """The name of a temporary file for the final file ``name``, written by process ``pid`` (default: this one)
+    of this machine."""
+    return f"{TEMP_PREFIX}{name}.{_HOST}-{os.getpid() if pid is None else pid}.{secrets.token_hex(4)}"
 
 
 def temporary_writer(name: str) -> int | None:
-    """The id of the process that wrote the temporary file ``name`` (see :func:`temporary_name`), or ``None`` when
-    ``name`` is not one of robustsig's temporary files."""
+    """The id of the process of this machine that wrote the temporary file ``name`` (see :func:`temporary_name`),
+    or ``None`` when ``name`` is not a temporary file robustsig wrote on this machine."""
     match = _TEMPORARY.fullmatch(name)
-    return int(match.group(1)) if match else None
+    return int(match.group(2)) if match and match.group(1) == _HOST else None
 
 
 def process_alive(pid: int) -> bool:
@@ -61,15 +69,15 @@ def sweep_temporaries(folder: str | os.PathLike) -> list[Path]:
     >>> len(sweep_temporaries(folder)), list(folder.iterdir())
     (1, [])
     """
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
     swept = []
-    for entry in folder.iterdir():
-        pid = temporary_writer(entry.name)
-        if pid is not None and pid != os.getpid() and not process_alive(pid) and entry.is_file():
-            entry.unlink(missing_ok=True)
-            swept.append(entry)
+    try:
+        for entry in Path(folder).iterdir():
+            pid = temporary_writer(entry.name)
+            if pid is not None and pid != os.getpid() and not process_alive(pid) and entry.is_file():
+                entry.unlink(missing_ok=True)
+                swept.append(entry)
+    except OSError:  # a folder we cannot list or clean: the leftovers only take space
+        pass
     return swept
 
 
@@ -87,7 +95,8 @@ def _fsync_dir(directory: Path) -> None:
 @contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path to write ``path``'s new content to; on leaving the block without an error it is
-    synced and renamed over ``path``; on an error it is deleted and ``path`` is left as it was.
+    synced and renamed over ``path``; on an error it is deleted and ``path`` is left as it was. The first call of a
+    process for a folder sweeps the temporary files killed runs left there (:func:`sweep_temporaries`).
 
     Args:
         path: the final file (its folder is created when missing).
@@ -95,6 +104,10 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        folder = str(path.parent.absolute())
+        if folder not in _swept:  # once per folder and process
+            _swept.add(folder)
+            sweep_temporaries(path.parent)
         temporary = _create_temporary(path)
     except OSError as error:
         _raise_naming(error, path.parent)

@@ -19,6 +19,9 @@ exclusive lock on ``out_dir/.lock``, so two runs cannot write one store at once.
 from __future__ import annotations
 
 import json
+import os
+import socket
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -27,7 +30,7 @@ from typing import Any, Literal
 import safetensors.torch
 import torch
 
-from robustsig._atomic import TEMP_PREFIX, write_bytes_atomic
+from robustsig._atomic import TEMP_PREFIX, process_alive, write_bytes_atomic
 from robustsig.errors import DataError, InputError
 from robustsig.extraction.key import key_differences
 from robustsig.extraction.store import (HEAD_FILE, LAYER_PREFIX, MANIFEST, ROW_KEYS, STORE_FORMAT, STORE_VERSION,
@@ -47,6 +50,18 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 _OWN_FILES = (MANIFEST, HEAD_FILE, LOCK_FILE)
+LOCK_WAIT_S = 30.0
+"""How long a store whose lock outlived the process that took it (in its orphaned DataLoader workers, which exit
+within seconds of noticing) is waited for."""
+
+
+def _lock_holder(path: Path) -> tuple[int | None, str | None]:
+    """The process id and machine name written in a lock file (``None, None`` when unreadable)."""
+    try:
+        pid, host = path.read_text().split(maxsplit=1)
+        return int(pid), host.strip()
+    except (OSError, ValueError):
+        return None, None
 
 
 def _own_temporary(name: str) -> bool:
@@ -132,15 +147,39 @@ class StoreWriter:
         return "unfinished"
 
     def _take_lock(self) -> None:
+        """Lock ``.lock`` and write this process's id and machine into it. A lock held by a live process is
+        refused at once. One whose taker is gone is held by processes it forked (DataLoader workers outlive a
+        killed main process by a few seconds): it is waited for, up to :data:`LOCK_WAIT_S` seconds."""
         if fcntl is None:
             return
-        handle = open(self.path / LOCK_FILE, "a")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            raise InputError(f"another process is writing the store in {self.path}; wait for it or use "
-                             "another out_dir") from None
+        handle = open(self.path / LOCK_FILE, "a+")  # noqa: SIM115 (closed by release())
+        deadline = None
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                pid, host = _lock_holder(self.path / LOCK_FILE)
+                if pid is None or host != socket.gethostname() or process_alive(pid):
+                    handle.close()
+                    who = f"process {pid} on {host}" if pid is not None else "another process"
+                    raise InputError(f"{who} is writing the store in {self.path}; wait for it or use another "
+                                     "out_dir") from None
+                if deadline is None:
+                    deadline = time.monotonic() + LOCK_WAIT_S
+                    warnings.warn(f"the store in {self.path} is still locked by leftover processes (DataLoader "
+                                  f"workers) of process {pid}, which has ended; waiting up to {LOCK_WAIT_S:.0f} s "
+                                  "for them to exit", stacklevel=2)
+                elif time.monotonic() > deadline:
+                    handle.close()
+                    raise InputError(f"the store in {self.path} is still locked {LOCK_WAIT_S:.0f} s after process "
+                                     f"{pid}, which took the lock, ended: processes it started hold it (see `fuser "
+                                     f"{self.path / LOCK_FILE}`); end them, or use another out_dir") from None
+                time.sleep(0.05)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()} {socket.gethostname()}\n")
+        handle.flush()
         self._lock = handle
 
     def release(self) -> None:

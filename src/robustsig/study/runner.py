@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from robustsig._atomic import sweep_temporaries
 from robustsig._progress import progress as progress_bar
 from robustsig._progress import quiet
 from robustsig.errors import DataError, InputError, RobustsigError
@@ -183,6 +184,9 @@ def _run(full: StudyConfig, selected: StudyConfig, results: Results, log: RunLog
     log.write(f"=== robustsig study run: {len(selected.models)} model(s), analyses: "
               f"{', '.join(selected.enabled_analyses())}{selection}; device {device or 'auto'}; "
               f"results in {results.root} ===")
+    swept = [path for folder in (results.root, full.report_dir) for path in sweep_temporaries(folder)]
+    if swept:
+        log.line("results", "", f"deleted {len(swept)} temporary file(s) a killed run left")
     ledger = Ledger(results.root)
     if ledger.problem:
         log.line("ledger", "", ledger.problem)
