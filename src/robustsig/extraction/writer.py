@@ -176,10 +176,13 @@ class StoreWriter:
                                      f"{pid}, which took the lock, ended: processes it started hold it (see `fuser "
                                      f"{self.path / LOCK_FILE}`); end them, or use another out_dir") from None
                 time.sleep(0.05)
+        holder = f"{os.getpid()} {socket.gethostname()}\n"
         handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()} {socket.gethostname()}\n")
-        handle.flush()
+        if handle.read() != holder:  # a lock file is rewritten only for another holder
+            handle.seek(0)
+            handle.truncate()
+            handle.write(holder)
+            handle.flush()
         self._lock = handle
 
     def release(self) -> None:
