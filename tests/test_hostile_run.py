@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import torch
 import yaml
 
 import robustsig as rs
-from robustsig._atomic import TEMP_PREFIX, write_text_atomic
+from robustsig._atomic import TEMP_PREFIX, process_alive, write_text_atomic
 from robustsig.errors import InputError
 from robustsig.study.results import AccuracyRow
 from robustsig.study.runner import run_study
@@ -322,27 +323,44 @@ HOLD_LOCK = textwrap.dedent("""\
     from robustsig.extraction.writer import StoreWriter
     writer = StoreWriter(Path(sys.argv[1]), {}, "x", 1, 1)
     writer._take_lock()
-    if os.fork() == 0:       # a DataLoader worker: it inherited the locked file and outlives its parent a while
+    worker = os.fork()
+    if worker == 0:          # a DataLoader worker: it inherited the lock file and outlives its parent
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, 1), os.dup2(null, 2)  # so that the test does not wait for it through the pipes
-        time.sleep(float(sys.argv[2]))
+        time.sleep(60)
         os._exit(0)
-    print("locked", flush=True)
+    print(worker, flush=True)
     os._exit(0)              # the main process dies at once (as after kill -9)
     """)
 
 
-def test_a_lock_held_by_orphaned_workers_is_waited_for(tmp_path):
+def test_a_lock_is_not_held_by_orphaned_workers(tmp_path):
     dataset = image_folder(tmp_path / "images", 4)
     store = tmp_path / "store"
     store.mkdir()
-    env = os.environ | {"PYTHONPATH": str(SRC)}
-    holder = subprocess.run([sys.executable, "-c", HOLD_LOCK, str(store), "5"], env=env, capture_output=True,
-                            text=True, timeout=120)
-    assert holder.stdout.strip() == "locked", holder.stderr
-    with pytest.warns(UserWarning, match=r"still locked by leftover processes .* which has ended; waiting"):
+    holder = subprocess.run([sys.executable, "-c", HOLD_LOCK, str(store)], env=os.environ | {"PYTHONPATH": str(SRC)},
+                            capture_output=True, text=True, timeout=120)
+    worker = int(holder.stdout)
+    try:
+        assert process_alive(worker)
         done = rs.extract(tiny_classifier(), dataset, store, batch_size=4, num_workers=0, progress=False)
-    assert done.num_rows == 4
+        assert done.num_rows == 4
+        assert process_alive(worker)  # the orphan still runs, with the lock file open
+    finally:
+        os.kill(worker, signal.SIGKILL)
+
+
+def test_one_process_cannot_write_a_store_twice_at_once(tmp_path):
+    from robustsig.extraction.writer import StoreWriter
+
+    first = StoreWriter(tmp_path, {}, "x", 1, 1)
+    first._take_lock()
+    with pytest.raises(InputError, match="this process is already writing the store"):
+        StoreWriter(tmp_path, {}, "x", 1, 1)._take_lock()
+    first.release()
+    second = StoreWriter(tmp_path, {}, "x", 1, 1)
+    second._take_lock()
+    second.release()
 
 
 def test_a_live_holder_is_still_refused(tmp_path):

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-import time
+import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -30,7 +30,7 @@ from typing import Any, Literal
 import safetensors.torch
 import torch
 
-from robustsig._atomic import TEMP_PREFIX, process_alive, write_bytes_atomic
+from robustsig._atomic import TEMP_PREFIX, write_bytes_atomic
 from robustsig.errors import DataError, InputError
 from robustsig.extraction.key import key_differences
 from robustsig.extraction.store import (HEAD_FILE, LAYER_PREFIX, MANIFEST, ROW_KEYS, STORE_FORMAT, STORE_VERSION,
@@ -50,9 +50,8 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 _OWN_FILES = (MANIFEST, HEAD_FILE, LOCK_FILE)
-LOCK_WAIT_S = 30.0
-"""How long a store whose lock outlived the process that took it (in its orphaned DataLoader workers, which exit
-within seconds of noticing) is waited for."""
+_HELD: set[str] = set()  # the lock files this process holds (a POSIX lock does not exclude its own process)
+_HELD_GUARD = threading.Lock()
 
 
 def _lock_holder(path: Path) -> tuple[int | None, str | None]:
@@ -147,35 +146,30 @@ class StoreWriter:
         return "unfinished"
 
     def _take_lock(self) -> None:
-        """Lock ``.lock`` and write this process's id and machine into it. A lock held by a live process is
-        refused at once. One whose taker is gone is held by processes it forked (DataLoader workers outlive a
-        killed main process by a few seconds): it is waited for, up to :data:`LOCK_WAIT_S` seconds."""
+        """Lock ``.lock`` (and write this process's id and machine into it), or refuse naming the holder.
+
+        The lock is a POSIX record lock (``lockf``): it belongs to this process alone, so processes it forks (the
+        DataLoader workers) do not inherit it, and it ends with the process, however it ends. (An ``flock`` lock
+        would be shared with the workers, which outlive a ``kill -9`` of the main process by seconds, and a rerun
+        in that window would be refused.) Writers of one process are told apart by :data:`_HELD`."""
         if fcntl is None:
             return
-        handle = open(self.path / LOCK_FILE, "a+")  # noqa: SIM115 (closed by release())
-        deadline = None
-        while True:
+        path = self.path / LOCK_FILE
+        key = str(path.absolute())
+        with _HELD_GUARD:
+            if key in _HELD:
+                raise InputError(f"this process is already writing the store in {self.path}; wait for it or use "
+                                 "another out_dir")
+            handle = open(path, "a+")  # noqa: SIM115 (closed by release())
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
+                fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
-                pid, host = _lock_holder(self.path / LOCK_FILE)
-                if pid is None or host != socket.gethostname() or process_alive(pid):
-                    handle.close()
-                    who = f"process {pid} on {host}" if pid is not None else "another process"
-                    raise InputError(f"{who} is writing the store in {self.path}; wait for it or use another "
-                                     "out_dir") from None
-                if deadline is None:
-                    deadline = time.monotonic() + LOCK_WAIT_S
-                    warnings.warn(f"the store in {self.path} is still locked by leftover processes (DataLoader "
-                                  f"workers) of process {pid}, which has ended; waiting up to {LOCK_WAIT_S:.0f} s "
-                                  "for them to exit", stacklevel=2)
-                elif time.monotonic() > deadline:
-                    handle.close()
-                    raise InputError(f"the store in {self.path} is still locked {LOCK_WAIT_S:.0f} s after process "
-                                     f"{pid}, which took the lock, ended: processes it started hold it (see `fuser "
-                                     f"{self.path / LOCK_FILE}`); end them, or use another out_dir") from None
-                time.sleep(0.05)
+                handle.close()
+                pid, host = _lock_holder(path)
+                who = f"process {pid} on {host}" if pid is not None else "another process"
+                raise InputError(f"{who} is writing the store in {self.path}; wait for it or use another "
+                                 "out_dir") from None
+            _HELD.add(key)
         holder = f"{os.getpid()} {socket.gethostname()}\n"
         handle.seek(0)
         if handle.read() != holder:  # a lock file is rewritten only for another holder
@@ -187,7 +181,9 @@ class StoreWriter:
 
     def release(self) -> None:
         if self._lock is not None:
-            self._lock.close()
+            with _HELD_GUARD:
+                _HELD.discard(str((self.path / LOCK_FILE).absolute()))
+                self._lock.close()
             self._lock = None
 
     def _clear(self) -> None:
