@@ -163,42 +163,55 @@ BILLION_LAUGHS = textwrap.dedent("""\
     """)
 
 
-def test_the_yaml_loader_refuses_aliases():
-    from robustsig._yaml import safe_load
+def test_the_yaml_loader_refuses_alias_bombs_and_keeps_shared_values():
+    from robustsig._yaml import MAX_ALIAS_VALUES, safe_load
 
     assert len(BILLION_LAUGHS.encode()) < 600
-    with pytest.raises(InputError, match=r"alias"):
+    with pytest.raises(InputError, match=rf"bomb.yaml is not valid YAML \(line 5, .*repeat more than "
+                                         rf"{MAX_ALIAS_VALUES} values"):
         safe_load(BILLION_LAUGHS, "bomb.yaml")
-    assert safe_load("a: [1, 2]\nb: {c: x}\n", "fine.yaml") == {"a": [1, 2], "b": {"c": "x"}}
+    # what yaml.safe_dump writes for a value shared by several keys is read back
+    shared = {"class_map": "map.json"}
+    text = yaml.safe_dump({"a": shared, "b": shared, "c": [shared] * 50})
+    assert "*id001" in text
+    assert safe_load(text, "fine.yaml") == {"a": shared, "b": shared, "c": [shared] * 50}
+    # the bound counts every value an alias repeats, nested aliases expanded
+    wide = "a: &a [" + ", ".join(["x"] * 99) + "]\nb: [" + ", ".join(["*a"] * (MAX_ALIAS_VALUES // 100)) + "]\n"
+    assert len(safe_load(wide, "wide.yaml")["b"]) == MAX_ALIAS_VALUES // 100  # exactly the bound
+    with pytest.raises(InputError, match="repeat more than"):
+        safe_load(wide.replace("b: [", "b: [*a, "), "wide.yaml")
 
 
-def test_study_validate_and_run_refuse_aliases(world, capsys):
+def test_study_validate_and_run_refuse_alias_bombs_and_accept_shared_values(world, capsys):
     data = study_data(world, accuracy=None)
     data["analyses"] = {"accuracy": None}
     data["models"] = [TINY]
-    text = yaml.safe_dump(data, sort_keys=False)
-    # an otherwise valid config whose dataset options are shared through an anchor and an alias
-    text = text.replace("  id:\n", "  id: &photos\n", 1) + "extra: *photos\n"
-    path = world / "alias.yaml"
-    path.write_text(text)
+    options = {"strict": False}
+    for entry in [data["datasets"]["id"], *data["datasets"]["shift"]]:
+        entry["options"] = options  # one object: safe_dump writes an anchor and aliases
+    shared = world / "shared.yaml"
+    shared.write_text(yaml.safe_dump(data, sort_keys=False))
+    assert "*id001" in shared.read_text()
+    code, out, err = run_cli(capsys, "study", "validate", str(shared))
+    assert code == 0, err
+    bomb = world / "bomb.yaml"
+    bomb.write_text(shared.read_text() + "x-bomb:\n" + textwrap.indent(BILLION_LAUGHS, "  "))
     for command in ("validate", "run"):
-        code, _, err = run_cli(capsys, "study", command, str(path))
-        assert code == 2 and "alias" in err and "alias.yaml" in err, (command, err)
-    (world / "bomb.yaml").write_text(BILLION_LAUGHS)
-    code, _, err = run_cli(capsys, "study", "validate", str(world / "bomb.yaml"))
-    assert code == 2 and "alias" in err
+        code, _, err = run_cli(capsys, "study", command, str(bomb))
+        assert code == 2 and "bomb.yaml is not valid YAML" in err and "repeat more than" in err, (command, err)
 
 
-def test_recipe_files_and_dataset_options_refuse_aliases(tmp_path):
+def test_recipe_files_and_dataset_options_refuse_alias_bombs(tmp_path):
     from robustsig.data.registry import parse_dataset_options
     from robustsig.train.recipes import load_recipe
 
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text("lr: &x 1.0e-5\nweight_decay: *x\n")
-    with pytest.raises(InputError, match="alias"):
+    recipe.write_text("lr: 1.0e-5\nx-bomb:\n" + textwrap.indent(BILLION_LAUGHS, "  "))
+    with pytest.raises(InputError, match="repeat more than"):
         load_recipe("finetune", recipe)
-    # a -O value is one YAML scalar; anything else (an alias included) is kept as the string given
-    assert parse_dataset_options(["x=[&a [1], *a]", "workers=2"]) == {"x": "[&a [1], *a]", "workers": 2}
+    # a -O value is one YAML scalar; anything else (an alias bomb included) is kept as the string given
+    flat = BILLION_LAUGHS.replace("\n", ", ").rstrip(", ")
+    assert parse_dataset_options([f"x={{{flat}}}", "workers=2"]) == {"x": f"{{{flat}}}", "workers": 2}
 
 
 # --- 11: non-finite ER parameters -------------------------------------------------------------------------
