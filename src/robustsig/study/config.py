@@ -573,8 +573,8 @@ def _suggest(name: str, choices: Iterable[str]) -> str:
 # --------------------------------------------------------------------------- loading
 
 class _UniqueKeyLoader(SafeLoader):
-    """robustsig's YAML loader (safe, no aliases) that also refuses a key repeated in one mapping (YAML keeps the
-    last one silently)."""
+    """robustsig's YAML loader (safe, alias bombs refused) that also refuses a key repeated in one mapping (YAML
+    keeps the last one silently)."""
 
 
 def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -615,7 +615,7 @@ def validate_study_config(data: Mapping[str, Any], *, base_dir: str | os.PathLik
 
 
 def load_study_config(path: str | os.PathLike) -> StudyConfig:
-    """Read and validate a study YAML file (``yaml`` safe loading; a repeated key or an alias is an error).
+    """Read and validate a study YAML file (``yaml`` safe loading; a repeated key or an alias bomb is an error).
 
     Args:
         path: the YAML file; relative paths inside it are read from its folder.

@@ -2,7 +2,7 @@
 
 A :class:`Recipe` holds every value that decides the trained weights (optimiser, schedule, augmentation,
 precision, seed). Run options that do not change the result (data-loader workers, checkpoint interval,
-device) are not part of it. Overrides come from a YAML file (read safely, aliases refused: :mod:`robustsig._yaml`)
+device) are not part of it. Overrides come from a YAML file (read safely, alias bombs refused: :mod:`robustsig._yaml`)
 and/or keyword arguments (the command-line options); every value is validated and all problems are reported at once.
 
 =======================  ==============================  ===================================================
