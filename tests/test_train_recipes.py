@@ -90,7 +90,7 @@ def test_bad_recipe_files(tmp_path):
         load_recipe("finetune", tmp_path / "missing.yaml")
     broken = tmp_path / "broken.yaml"
     broken.write_text("lr: [1\n")
-    with pytest.raises(rs.InputError, match=r"is not valid YAML at line 2"):
+    with pytest.raises(rs.InputError, match=r"is not valid YAML \(line 2"):
         load_recipe("finetune", broken)
     listing = tmp_path / "list.yaml"
     listing.write_text("- lr\n")

@@ -418,8 +418,32 @@ class _Run:
             values, indices = logits.float().topk(self.logits_topk, dim=1)
             rows |= {"topk_values": values, "topk_indices": indices}
         rows |= {LAYER_PREFIX + name: value for name, value in layers.items()}
+        rows = {name: value.to(self.store_dtype) if value.is_floating_point() and name != "labels" else value
+                for name, value in rows.items()}
+        self._check_finite(rows, batch, samples)
         for name, value in rows.items():
             shard.parts.setdefault(name, []).append(value)
+
+    def _check_finite(self, rows: dict[str, torch.Tensor], batch: Batch,
+                      samples: Sequence[tuple[str, int]] | None) -> None:
+        """Refuse NaN or inf in what is stored (a model with NaN weights would otherwise be scored as a model):
+        one reduction per tensor and one device sync per batch."""
+        floats = {name: value for name, value in rows.items() if value.is_floating_point() and name != "labels"}
+        finite = torch.stack([torch.isfinite(value).all() for value in floats.values()]).tolist()
+        if all(finite):
+            return
+        bad = [name for name, ok in zip(floats, finite) if not ok]
+        layers = [f"layer {name.removeprefix(LAYER_PREFIX)!r}" for name in bad if name.startswith(LAYER_PREFIX)]
+        what = ", ".join(layers + [repr(name) for name in bad if not name.startswith(LAYER_PREFIX)])
+        ids = batch.ids.tolist()
+        where = f"samples {ids[0]}..{ids[-1]}" + (f" (first: {samples[ids[0]][0]})" if samples is not None else "")
+        if self.store_dtype == torch.float32:
+            cause = "its weights may hold NaN or inf, or the values overflow float32"
+        else:
+            cause = (f"the values may overflow {str(self.store_dtype).removeprefix('torch.')} storage (store them "
+                     "with dtype float32), or its weights hold NaN or inf")
+        raise InputError(f"model {self.classifier.spec} produced non-finite values (NaN or inf) in {what} on "
+                         f"{where}: {cause}; nothing of these samples is stored. Check the model's weights")
 
     def _write(self, shard: _ShardBuffer) -> None:
         tensors = {}
