@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from robustsig.study.results import (AccuracyRow, CkaRow, ConceptRow, ConceptTopRow, DatasetRow, ImportanceRow,
+from robustsig.study.results import (AccuracyRow, CkaRow, ConceptRow, ConceptThresholdRow, ConceptTopRow, DatasetRow,
+                                     ImportanceRow,
                                      InputRecord, KurtosisRow, ModelRow, OutlierRow, PrivilegedRow, PruningRow,
                                      Results, RobustnessRow, VennRow, WiseFtRow)
 
@@ -60,8 +61,11 @@ def write_results(root: Path) -> Results:
                 pruning += [PruningRow(model, order, fraction, "val", acc_val * keep, ER[model] * keep),
                             PruningRow(model, order, fraction, "sketch", acc_sketch * keep, ER[model] * keep)]
     results.write(PruningRow, pruning)
-    results.write(ConceptRow, [ConceptRow(m, basis, 8, 40, len(c) + (basis == "neuron"), 1.25, 0.9)
+    results.write(ConceptRow, [ConceptRow(m, basis, 8, 40, len(c) + (basis == "neuron"), 1.25, 0.9, 2.5, "both")
                                for m, c in CONCEPTS.items() for basis in ("singular", "neuron")])
+    results.write(ConceptThresholdRow, [ConceptThresholdRow(m, "singular", t, len(c) + i, 1.25 - 0.25 * i,
+                                                            2.5 - 0.25 * i, "both")
+                                        for m, c in CONCEPTS.items() for i, t in enumerate((0.95, 0.9, 0.85))])
     results.record(ConceptRow, [InputRecord(m, "broden", f"key-{m}-broden", 500) for m in CONCEPTS],
                    {"threshold": 0.9, "concept name": XSS})
     results.write(ConceptTopRow, [ConceptTopRow("rn50-oa-zs", "singular", 0, 1, XSS, "object", 0.97),

@@ -66,13 +66,16 @@ def test_kurtosis_and_concept_tables(results):
     concepts = tables.concepts_table(MODELS, results.read(ConceptRow), basis="singular")
     assert tables.to_markdown(concepts) == (
         "| Backbone | Pretraining | Zero-shot Unique concepts | Zero-shot Polysemanticity | "
-        "Finetuned Unique concepts | Finetuned Polysemanticity | Supervised Unique concepts | "
-        "Supervised Polysemanticity |\n"
-        "|---|---|---:|---:|---:|---:|---:|---:|\n"
-        "| RN50 | openai | 4 | 1.25 | 2 | 1.25 | – | – |\n"
-        "|  | yfcc15m | 1 | 1.25 | – | – | – | – |\n"
-        "|  | imagenet-1k | – | – | – | – | 2 | 1.25 |\n"
-        "| ViT-B-32 | openai | 3 | 1.25 | – | – | – | – |")
+        "Zero-shot Polysemanticity (active) | Finetuned Unique concepts | Finetuned Polysemanticity | "
+        "Finetuned Polysemanticity (active) | Supervised Unique concepts | Supervised Polysemanticity | "
+        "Supervised Polysemanticity (active) |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| RN50 | openai | 4 | 1.25 | 2.50 | 2 | 1.25 | 2.50 | – | – | – |\n"
+        "|  | yfcc15m | 1 | 1.25 | 2.50 | – | – | – | – | – | – |\n"
+        "|  | imagenet-1k | – | – | – | – | – | – | 2 | 1.25 | 2.50 |\n"
+        "| ViT-B-32 | openai | 3 | 1.25 | 2.50 | – | – | – | – | – | – |")
+    assert "the paper's, mean concepts per direction over all directions probed" in concepts.caption
+    assert "AP orientation: both" in concepts.caption
     neuron = tables.concepts_table(MODELS, results.read(ConceptRow), basis="neuron")
     assert [row[2] for row in neuron.rows] == ["5", "2", None, "4"] and neuron.name == "concepts_neuron"
 

@@ -31,9 +31,9 @@ from robustsig.errors import DataError, InputError
 from robustsig.report import figures, tables
 from robustsig.report.pool import KIND_TITLES, model_groups
 from robustsig.study.config import StudyConfig, validate_study_config
-from robustsig.study.results import (AccuracyRow, CkaRow, ConceptRow, ConceptTopRow, DatasetRow, ImportanceRow,
-                                     KurtosisRow, ModelRow, OutlierRow, PrivilegedRow, PruningRow, Results,
-                                     RobustnessRow, VennRow, WiseFtRow, jsonable, package_versions,
+from robustsig.study.results import (AccuracyRow, CkaRow, ConceptRow, ConceptThresholdRow, ConceptTopRow, DatasetRow,
+                                     ImportanceRow, KurtosisRow, ModelRow, OutlierRow, PrivilegedRow, PruningRow,
+                                     Results, RobustnessRow, VennRow, WiseFtRow, jsonable, package_versions,
                                      study_rows)
 
 _CSS = """
@@ -270,6 +270,12 @@ def _concepts_section(page: _Page, models: Sequence[ModelRow]) -> str | None:
     bases = list(dict.fromkeys(row.basis for row in summary))
     for basis in bases:
         text += page.table(tables.concepts_table(models, summary, basis))
+    sweep = page.read(ConceptThresholdRow)
+    for basis in list(dict.fromkeys(row.basis for row in sweep)):
+        text += page.figure(lambda basis=basis: figures.concept_thresholds_figure(models, sweep, basis),
+                            f"concept_thresholds_{basis}", f"Threshold sensitivity ({basis} basis): unique concepts "
+                            "and the paper's polysemanticity at each AP threshold (results/concept_thresholds.csv; "
+                            "solid line: the paper's 0.9, dotted: its footnote's 0.85).", ["concept_thresholds"])
     if top:
         text += page.table(tables.concept_top_table(top))
     for basis in bases:

@@ -156,14 +156,21 @@ def privileged_table(models: Sequence[ModelRow], privileged: Sequence[Privileged
 
 
 def concepts_table(models: Sequence[ModelRow], concepts: Sequence[ConceptRow], basis: str) -> ReportTable:
-    """Tables 3-8 style: unique concepts and polysemanticity in one basis."""
+    """Tables 3 and 6 style: unique concepts and polysemanticity (the paper's, and the active-only variant) in one
+    basis; the caption names the threshold and the AP orientation."""
     rows = [row for row in concepts if row.basis == basis]
-    values = {row.model: (integer(row.unique_concepts), decimal(2)(row.polysemanticity)) for row in rows}
+    values = {row.model: (integer(row.unique_concepts), decimal(2)(row.polysemanticity),
+                          decimal(2)(row.polysemanticity_active)) for row in rows}
     threshold = f" (AP >= {rows[0].threshold:g})" if rows else ""
+    orientations = ", ".join(dict.fromkeys(row.orientation for row in rows)) or "not recorded"
     return pool_table(f"concepts_{basis}", f"Concepts, {basis} basis", models, values,
-                      ("Unique concepts", "Polysemanticity"),
+                      ("Unique concepts", "Polysemanticity", "Polysemanticity (active)"),
                       caption=f"Unique concepts: Broden concepts encoded{threshold} by at least one direction of "
-                              f"the {basis} basis; polysemanticity: mean concepts per encoding direction.",
+                              f"the {basis} basis (eq. 5); polysemanticity: the paper's, mean concepts per "
+                              "direction over all directions probed (Table 6); polysemanticity (active): a variant, "
+                              "the mean over only the directions that encode a concept. AP orientation: "
+                              f"{orientations} (both: the better side of each direction; positive: h . v_i as "
+                              "the SVD's sign convention gives it).",
                       sources=("concepts",))
 
 
