@@ -42,7 +42,8 @@ def write_results(root: Path) -> Results:
     inputs = [InputRecord(m, d, f"key-{m}-{d}", 1000) for m in ACCURACY for d in ("val", "sketch")]
     results.record(AccuracyRow, inputs)
     results.write(RobustnessRow, [RobustnessRow(m, a[0], a[1], ER[m], 0.76, -1.49) for m, a in ACCURACY.items()])
-    results.record(RobustnessRow, inputs, {"b1": 0.76, "b0": -1.49})
+    results.record(RobustnessRow, inputs, {"b1": 0.76, "b0": -1.49, "shift_sets": {"sketch": "imagenet-sketch"},
+                                           "paper_shift_sets": False, "missing_classes": {"sketch": ["n01440764"]}})
     results.write(KurtosisRow, [KurtosisRow(m, "val", k, 1000, 64) for m, k in KURTOSIS.items()])
     results.record(KurtosisRow, [InputRecord(m, "val", f"key-{m}-val", 1000) for m in KURTOSIS])
     results.write(OutlierRow, [OutlierRow("rn50-oa-zs", "val", 17, 9.5), OutlierRow("rn50-oa-zs", "val", 3, 6.25)])

@@ -61,6 +61,10 @@ def test_numbers_tables_and_provenance_are_shown(report):
     assert "results/privileged.csv: no provenance recorded." in page
     assert "<td>torch</td><td>2.14.1</td>" in page  # the versions of the run
     assert "openclip:RN50@/ckpt/rn50_ft.safetensors" in page
+    # what ACC(S) averaged over: a note above the table and its caption, as the study departs from the paper's S
+    note = ("ACC(S) is the mean over 1 shift set(s): sketch (imagenet-sketch); these are not the paper&#x27;s five "
+            "shift sets")
+    assert page.count(note) == 2 and "sketch, 1 missing (n01440764)" in page
 
 
 def test_every_string_is_escaped(report):

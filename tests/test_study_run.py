@@ -112,6 +112,10 @@ def test_accuracy_and_er_match_the_stores(study):
     assert {"zs", "ft"} <= set(robustness)  # the 5-class models score in (0, 1)
     skipped = {(item.model, item.dataset): item.skipped for item in study.results.inputs(AccuracyRow)}
     assert skipped[("zs", "shift-a")] == 1 and skipped[("zs", "photos")] == 0
+    # the results say what S is: two folder sets, not the paper's five kinds
+    parameters = study.results.provenance()["tables"]["robustness"]["parameters"]
+    assert parameters["shift_sets"] == {"shift-a": "folder", "shift-b": "folder"}
+    assert parameters["paper_shift_sets"] is False and parameters["missing_classes"] == {}
 
 
 def test_kurtosis_and_outliers_match_the_stores(study):
@@ -285,9 +289,12 @@ def test_the_report_has_every_section(study):
         assert f'<section id="{section}">' in page
     assert "Not run:" not in page
     assert "results/concept_ap/MODEL_BASIS.npy" in page and "Outlier dimensions of h" in page
+    assert "ACC(S) is the mean over 2 shift set(s): shift-a (folder), shift-b (folder); these are not the paper" in page
+    assert "AP orientation: both" in page and "Threshold sensitivity (singular basis)" in page
     figures = {path.name for path in (study.config.report_dir / "figures").glob("*.png")}
     assert {"fig1_robustness.png", "fig2_importance.png", "fig3_pruning_accuracy.png", "fig5_cka_depth.png",
-            "fig11_wiseft.png", "fig4_venn_singular_0.png"} <= figures
+            "fig11_wiseft.png", "fig4_venn_singular_0.png", "concept_thresholds_singular.png",
+            "concept_thresholds_neuron.png"} <= figures
 
 
 @pytest.mark.browser

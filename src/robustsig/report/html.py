@@ -183,11 +183,18 @@ def _accuracy_section(page: _Page, models: Sequence[ModelRow]) -> str | None:
     if not accuracy and not robustness:
         return None
     text = ""
+    parameters = page.provenance.get("tables", {}).get("robustness", {}).get("parameters") or {}
+    note = tables.shift_sets_note(parameters)
+    if note and (not parameters.get("paper_shift_sets") or parameters.get("missing_classes")):
+        text += f"<p class=\"note\">{_e(note)}</p>"  # a study that departs from the paper's S says so first
     if robustness:
-        text += page.table(tables.accuracy_table(models, robustness))
+        text += page.table(tables.accuracy_table(models, robustness, shift_note=note))
         text += page.figure(lambda: figures.robustness_figure(models, robustness), "fig1_robustness",
                             "Fig. 1: ACC(I) vs ACC(S) on logit axes, with the baseline line (the models above it "
                             "are effectively robust).", ["robustness"])
+    elif note:
+        text += ("<p class=\"note\">No model has an effective robustness: eq. 1 is undefined where ACC(I) is 0 or 1 "
+                 "(its logit is infinite), and that holds for every model here.</p>")
     else:
         text += ("<p class=\"note\">No results/robustness.csv: effective robustness needs shift sets, and the "
                  "study had none.</p>")

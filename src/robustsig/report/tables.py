@@ -116,14 +116,36 @@ def pool_table(name: str, title: str, models: Sequence[ModelRow], values: Mappin
     return ReportTable(name, title, ("Backbone", "Pretraining"), groups, tuple(rows), caption, tuple(sources))
 
 
-def accuracy_table(models: Sequence[ModelRow], robustness: Sequence[RobustnessRow]) -> ReportTable:
-    """Tables 1-2: in-distribution accuracy and effective robustness of every model."""
+def accuracy_table(models: Sequence[ModelRow], robustness: Sequence[RobustnessRow], *,
+                   shift_note: str = "") -> ReportTable:
+    """Tables 1-2: in-distribution accuracy and effective robustness of every model; ``shift_note`` (what ACC(S)
+    averages over, see :func:`shift_sets_note`) is added to the caption."""
     values = {row.model: (percent(row.acc_id), signed_percent(row.er)) for row in robustness}
     line = f"b1 = {robustness[0].b1:.3g}, b0 = {robustness[0].b0:.3g}" if robustness else ""
     return pool_table("accuracy", "Accuracy and effective robustness", models, values, ("ACC (%)", "ER (%)"),
                       caption="ACC: top-1 accuracy on the in-distribution set; ER: mean shift accuracy minus the "
-                              f"baseline line's prediction ({line}), in percent.",
+                              f"baseline line's prediction ({line}), in percent." + (f" {shift_note}" if shift_note
+                                                                                     else ""),
                       sources=("robustness",))
+
+
+def shift_sets_note(parameters: Mapping[str, object]) -> str:
+    """What ACC(S) averaged over (from the provenance of ``robustness.csv``): the sets and their kinds, whether
+    they are the paper's five, and the classes any set was scored without (``allow_missing_classes``)."""
+    sets = parameters.get("shift_sets")
+    if not isinstance(sets, Mapping) or not sets:
+        return ""
+    listed = ", ".join(f"{name} ({kind})" for name, kind in sets.items())
+    text = f"ACC(S) is the mean over {len(sets)} shift set(s): {listed}"
+    text += (", the paper's five kinds." if parameters.get("paper_shift_sets") else
+             "; these are not the paper's five shift sets (ImageNet-V2, -R, -Sketch, ObjectNet, -A), so ER is not "
+             "comparable with the paper's numbers.")
+    missing = parameters.get("missing_classes")
+    if isinstance(missing, Mapping) and missing:
+        text += " Scored without some of their class folders (allow_missing_classes): " + "; ".join(
+            f"{name}, {len(classes)} missing ({', '.join(map(str, list(classes)[:10]))}"
+            f"{', ...' if len(classes) > 10 else ''})" for name, classes in missing.items()) + "."
+    return text
 
 
 def dataset_accuracy_table(accuracy: Sequence[AccuracyRow], datasets: Sequence[str]) -> ReportTable:
