@@ -10,6 +10,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
+import oracles
 import robustsig as rs
 
 
@@ -24,13 +25,10 @@ def sklearn_both(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def numpy_polysemanticity(ap: np.ndarray, threshold: float) -> tuple[int, float, float]:
-    """Eq. 5 and Section 4 written out: unique concepts, the paper's polysemanticity d_H^-1 sum_i N_concept(i)
-    over all directions, and the mean over the directions that encode at least one concept."""
-    encoded = np.nan_to_num(ap, nan=-1.0) >= threshold
-    per_direction = encoded.sum(axis=0)
-    active = per_direction[per_direction > 0]
-    return (int(encoded.any(axis=1).sum()), per_direction.sum() / ap.shape[1],
-            active.mean() if active.size else float("nan"))
+    """Eq. 5 and Section 4 (the oracle of tests/oracles.py): unique concepts, the paper's polysemanticity
+    d_H^-1 sum_i N_concept(i) over all directions, and the mean over the directions encoding at least one."""
+    counts = oracles.concept_counts(ap, threshold)
+    return counts["unique"], counts["polysemanticity"], counts["polysemanticity_active"]
 
 
 @pytest.mark.parametrize("ties", [False, True])
