@@ -310,3 +310,15 @@ def test_the_paper_pool_is_in_open_clips_published_results(reference_dir):
                                                      "ImageNet-A")])
         er = acc_shift - 1 / (1 + np.exp(-(0.76 * logit(acc_id) - 1.49)))
         assert er > 0, (arch, tag, er)
+
+
+def test_concept_orientation_and_threshold_sweep_are_validated():
+    config = validate_study_config(minimal())
+    assert (config.analyses.concepts.orientation, config.analyses.concepts.thresholds) == ("both",
+                                                                                           [0.8, 0.85, 0.9, 0.95])
+    data = minimal()
+    data["analyses"]["concepts"] = {"orientation": "negative", "thresholds": [0.8, 1.5, 0.8]}
+    assert problems(data) == ["analyses.concepts.orientation: expected 'positive' or 'both'; got 'negative'",
+                              "analyses.concepts.thresholds[1]: expected less than or equal to 1; got 1.5"]
+    data["analyses"]["concepts"] = {"thresholds": [0.8, 0.9, 0.8]}
+    assert problems(data) == ["analyses.concepts.thresholds: expected distinct values; repeated: 0.8"]
