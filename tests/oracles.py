@@ -72,9 +72,11 @@ def privileged(importance: np.ndarray, ratio: float) -> list[int]:
     return np.flatnonzero(importance >= ratio * importance.mean()).tolist()
 
 
-def pruned_accuracy(h: Any, labels: Any, W: Any, b: Any, pruned: Sequence[int]) -> float:
-    """Accuracy of the head rebuilt from the singular directions not in ``pruned`` (all logits scored)."""
-    s, U, V = head_svd(W)
+def pruned_accuracy(h: Any, labels: Any, svd: tuple[np.ndarray, np.ndarray, np.ndarray], b: Any,
+                    pruned: Sequence[int]) -> float:
+    """Accuracy of the head ``svd = head_svd(W)`` rebuilt from the singular directions not in ``pruned`` (all
+    logits scored)."""
+    s, U, V = svd
     keep = np.setdiff1d(np.arange(len(s)), np.asarray(pruned, dtype=np.int64))
     logits = (array(h).astype(np.float64) @ V[:, keep]) * s[keep] @ U[:, keep].T
     if b is not None:
