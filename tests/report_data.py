@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from robustsig.study.results import (AccuracyRow, CkaRow, ConceptRow, ConceptTopRow, DatasetRow, ImportanceRow,
+from robustsig.study.results import (AccuracyRow, CkaRow, ConceptRow, ConceptThresholdRow, ConceptTopRow, DatasetRow,
+                                     ImportanceRow,
                                      InputRecord, KurtosisRow, ModelRow, OutlierRow, PrivilegedRow, PruningRow,
                                      Results, RobustnessRow, VennRow, WiseFtRow)
 
@@ -41,7 +42,8 @@ def write_results(root: Path) -> Results:
     inputs = [InputRecord(m, d, f"key-{m}-{d}", 1000) for m in ACCURACY for d in ("val", "sketch")]
     results.record(AccuracyRow, inputs)
     results.write(RobustnessRow, [RobustnessRow(m, a[0], a[1], ER[m], 0.76, -1.49) for m, a in ACCURACY.items()])
-    results.record(RobustnessRow, inputs, {"b1": 0.76, "b0": -1.49})
+    results.record(RobustnessRow, inputs, {"b1": 0.76, "b0": -1.49, "shift_sets": {"sketch": "imagenet-sketch"},
+                                           "paper_shift_sets": False, "missing_classes": {"sketch": ["n01440764"]}})
     results.write(KurtosisRow, [KurtosisRow(m, "val", k, 1000, 64) for m, k in KURTOSIS.items()])
     results.record(KurtosisRow, [InputRecord(m, "val", f"key-{m}-val", 1000) for m in KURTOSIS])
     results.write(OutlierRow, [OutlierRow("rn50-oa-zs", "val", 17, 9.5), OutlierRow("rn50-oa-zs", "val", 3, 6.25)])
@@ -60,8 +62,11 @@ def write_results(root: Path) -> Results:
                 pruning += [PruningRow(model, order, fraction, "val", acc_val * keep, ER[model] * keep),
                             PruningRow(model, order, fraction, "sketch", acc_sketch * keep, ER[model] * keep)]
     results.write(PruningRow, pruning)
-    results.write(ConceptRow, [ConceptRow(m, basis, 8, 40, len(c) + (basis == "neuron"), 1.25, 0.9)
+    results.write(ConceptRow, [ConceptRow(m, basis, 8, 40, len(c) + (basis == "neuron"), 1.25, 0.9, 2.5, "both")
                                for m, c in CONCEPTS.items() for basis in ("singular", "neuron")])
+    results.write(ConceptThresholdRow, [ConceptThresholdRow(m, "singular", t, len(c) + i, 1.25 - 0.25 * i,
+                                                            2.5 - 0.25 * i, "both")
+                                        for m, c in CONCEPTS.items() for i, t in enumerate((0.95, 0.9, 0.85))])
     results.record(ConceptRow, [InputRecord(m, "broden", f"key-{m}-broden", 500) for m in CONCEPTS],
                    {"threshold": 0.9, "concept name": XSS})
     results.write(ConceptTopRow, [ConceptTopRow("rn50-oa-zs", "singular", 0, 1, XSS, "object", 0.97),

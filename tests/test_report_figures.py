@@ -11,7 +11,8 @@ from PIL import Image
 
 import robustsig as rs
 from robustsig.report import figures
-from robustsig.study.results import CkaRow, ImportanceRow, PruningRow, RobustnessRow, WiseFtRow
+from robustsig.study.results import (CkaRow, ConceptThresholdRow, ImportanceRow, ModelRow, PruningRow, RobustnessRow,
+                                     WiseFtRow)
 
 from report_data import MODELS, write_results
 
@@ -123,3 +124,18 @@ def test_wiseft_panels_follow_the_computed_metrics(results, tmp_path):
     assert [ax.get_ylabel() for ax in partial.axes] == ["accuracy (%)", "kurtosis"]
     assert len(partial.axes[0].lines) == 1  # no shift accuracy: no dashed line
     np.testing.assert_allclose(partial.axes[1].lines[0].get_ydata(), [3.0, 4.0])
+
+
+def test_threshold_sweep_panels(results, tmp_path):
+    figure = figures.concept_thresholds_figure(results.read(ModelRow), results.read(ConceptThresholdRow), "singular")
+    assert [ax.get_ylabel() for ax in figure.axes] == ["unique concepts (eq. 5)",
+                                                      "polysemanticity (mean over all directions)"]
+    rows = [row for row in results.read(ConceptThresholdRow) if row.model == "rn50-oa-zs"]
+    line = figure.axes[0].lines[0]
+    assert line.get_label() == "rn50-oa-zs"
+    np.testing.assert_allclose(line.get_xdata(), [0.85, 0.9, 0.95])  # sorted by threshold
+    np.testing.assert_allclose(line.get_ydata(), [r.unique_concepts for r in sorted(rows, key=lambda r: r.threshold)])
+    assert "orientation both" in figure._suptitle.get_text()
+    saved(figure, tmp_path, "thresholds")
+    with pytest.raises(rs.InputError, match="no row of concept_thresholds.csv in the neuron basis"):
+        figures.concept_thresholds_figure([], results.read(ConceptThresholdRow), "neuron")

@@ -7,6 +7,7 @@
   sets, an UpSet-style chart (bars of exclusive intersection sizes over a membership matrix) for 1 or more than
   3 sets, where Venn circles cannot show every intersection.
 - :func:`cka_depth_figure`, :func:`cka_heatmap_figure` (Fig. 5/6): CKA per layer.
+- :func:`concept_thresholds_figure`: unique concepts and polysemanticity against the AP threshold (footnote 4).
 - :func:`wiseft_figure` (Fig. 11-18): accuracy, ER, kurtosis and unique concepts vs the Wise-FT alpha.
 
 :func:`save_figure` writes a figure as PNG and SVG.
@@ -31,7 +32,8 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullForm
 
 from robustsig.errors import InputError
 from robustsig.report.pool import KIND_COLORS, ModelGroup, model_groups
-from robustsig.study.results import CkaRow, ImportanceRow, ModelRow, PruningRow, RobustnessRow, WiseFtRow
+from robustsig.study.results import (CkaRow, ConceptThresholdRow, ImportanceRow, ModelRow, PruningRow, RobustnessRow,
+                                     WiseFtRow)
 
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">")
 _ORDER_STYLES = {"singular": "-", "importance": "--", "random": ":"}
@@ -339,6 +341,32 @@ def wiseft_figure(wiseft: Sequence[WiseFtRow]) -> Figure:
         ax.set_ylabel(name)
         ax.grid(True, linewidth=0.3)
         ax.legend(fontsize=6)
+    return figure
+
+
+def concept_thresholds_figure(models: Sequence[ModelRow], rows: Sequence[ConceptThresholdRow], basis: str) -> Figure:
+    """Threshold sensitivity (footnote 4): unique concepts and the paper's polysemanticity against the AP threshold,
+    one line per model (dashed: finetuned, dotted: supervised), the paper's 0.9 and its footnote's 0.85 marked."""
+    rows = [row for row in rows if row.basis == basis]
+    if not rows:
+        raise InputError(f"concept_thresholds_figure: no row of concept_thresholds.csv in the {basis} basis")
+    kinds = {model.model: model.kind for model in models}
+    figure, axes = _grid(2, columns=2)
+    figure.suptitle(f"Concept counts against the AP threshold ({basis} basis, orientation {rows[0].orientation})")
+    styles = {"finetuned": "--", "supervised": ":"}
+    for i, model in enumerate(dict.fromkeys(row.model for row in rows)):
+        points = sorted((row for row in rows if row.model == model), key=lambda row: row.threshold)
+        for ax, column in zip(axes, ("unique_concepts", "polysemanticity")):
+            ax.plot([row.threshold for row in points], [getattr(row, column) for row in points], marker=".",
+                    color=f"C{i % 10}", linestyle=styles.get(kinds.get(model, ""), "-"), label=model)
+    for ax, name in zip(axes, ("unique concepts (eq. 5)", "polysemanticity (mean over all directions)")):
+        for mark, style in ((0.9, "-"), (0.85, ":")):
+            ax.axvline(mark, color="0.6", linewidth=0.6, linestyle=style)
+        ax.set_xlabel("AP threshold")
+        ax.set_ylabel(name)
+        ax.grid(True, linewidth=0.3)
+        ax.legend(fontsize=6)
+    axes[0].yaxis.set_major_locator(MaxNLocator(integer=True))
     return figure
 
 

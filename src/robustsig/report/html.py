@@ -31,9 +31,9 @@ from robustsig.errors import DataError, InputError
 from robustsig.report import figures, tables
 from robustsig.report.pool import KIND_TITLES, model_groups
 from robustsig.study.config import StudyConfig, validate_study_config
-from robustsig.study.results import (AccuracyRow, CkaRow, ConceptRow, ConceptTopRow, DatasetRow, ImportanceRow,
-                                     KurtosisRow, ModelRow, OutlierRow, PrivilegedRow, PruningRow, Results,
-                                     RobustnessRow, VennRow, WiseFtRow, jsonable, package_versions,
+from robustsig.study.results import (AccuracyRow, CkaRow, ConceptRow, ConceptThresholdRow, ConceptTopRow, DatasetRow,
+                                     ImportanceRow, KurtosisRow, ModelRow, OutlierRow, PrivilegedRow, PruningRow,
+                                     Results, RobustnessRow, VennRow, WiseFtRow, jsonable, package_versions,
                                      study_rows)
 
 _CSS = """
@@ -183,11 +183,18 @@ def _accuracy_section(page: _Page, models: Sequence[ModelRow]) -> str | None:
     if not accuracy and not robustness:
         return None
     text = ""
+    parameters = page.provenance.get("tables", {}).get("robustness", {}).get("parameters") or {}
+    note = tables.shift_sets_note(parameters)
+    if note and (not parameters.get("paper_shift_sets") or parameters.get("missing_classes")):
+        text += f"<p class=\"note\">{_e(note)}</p>"  # a study that departs from the paper's S says so first
     if robustness:
-        text += page.table(tables.accuracy_table(models, robustness))
+        text += page.table(tables.accuracy_table(models, robustness, shift_note=note))
         text += page.figure(lambda: figures.robustness_figure(models, robustness), "fig1_robustness",
                             "Fig. 1: ACC(I) vs ACC(S) on logit axes, with the baseline line (the models above it "
                             "are effectively robust).", ["robustness"])
+    elif note:
+        text += ("<p class=\"note\">No model has an effective robustness: eq. 1 is undefined where ACC(I) is 0 or 1 "
+                 "(its logit is infinite), and that holds for every model here.</p>")
     else:
         text += ("<p class=\"note\">No results/robustness.csv: effective robustness needs shift sets, and the "
                  "study had none.</p>")
@@ -270,6 +277,12 @@ def _concepts_section(page: _Page, models: Sequence[ModelRow]) -> str | None:
     bases = list(dict.fromkeys(row.basis for row in summary))
     for basis in bases:
         text += page.table(tables.concepts_table(models, summary, basis))
+    sweep = page.read(ConceptThresholdRow)
+    for basis in list(dict.fromkeys(row.basis for row in sweep)):
+        text += page.figure(lambda basis=basis: figures.concept_thresholds_figure(models, sweep, basis),
+                            f"concept_thresholds_{basis}", f"Threshold sensitivity ({basis} basis): unique concepts "
+                            "and the paper's polysemanticity at each AP threshold (results/concept_thresholds.csv; "
+                            "solid line: the paper's 0.9, dotted: its footnote's 0.85).", ["concept_thresholds"])
     if top:
         text += page.table(tables.concept_top_table(top))
     for basis in bases:

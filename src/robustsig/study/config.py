@@ -291,6 +291,13 @@ class ConceptsOptions(_Analysis):
     venn_groups: list[Annotated[list[str], Field(min_length=2)]] | None = Field(
         default=None, description="lists of model names whose concept sets a Venn diagram compares "
                                   "(default: zero-shot, finetuned and supervised per backbone and pretraining)")
+    orientation: Literal["positive", "both"] = Field(
+        default="both", description="both: a direction encodes a concept when it separates it on either side "
+                                    "(max of AP(s) and AP(-s); a singular vector's sign is arbitrary); positive: "
+                                    "only the side the SVD's sign convention points to")
+    thresholds: Annotated[list[Annotated[float, Field(gt=0, le=1)]], AfterValidator(_unique)] = Field(
+        default_factory=lambda: [0.8, 0.85, 0.9, 0.95], min_length=1,
+        description="AP thresholds of the sensitivity sweep (unique concepts and polysemanticity at each)")
 
 
 class CkaPair(_Section):

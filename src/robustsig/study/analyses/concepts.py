@@ -16,9 +16,16 @@ Three kinds of steps, so that a new threshold re-runs only what depends on it:
   of every region in the provenance of ``venn.csv`` (the report draws the diagrams).
 
 Bases. *Singular*: the score of an image on direction i is ``h . v_i``, with ``v_i`` the right singular vectors of
-the head as :func:`robustsig.head_svd` returns them: its sign convention (the largest-magnitude entry of each
-``v_i`` is positive) is kept, so a concept that only the negative side of a direction separates has a low AP on
-it. *Neuron*: the scores are the components of ``h`` themselves.
+the head as :func:`robustsig.head_svd` returns them (its sign convention: the largest-magnitude entry of each
+``v_i`` is positive). *Neuron*: the scores are the components of ``h`` themselves.
+
+Orientation (``orientation``, in the AP step's provenance). ``both`` (the default and the paper preset's): the AP
+of a (concept, direction) pair is the larger of AP(s) and AP(-s), so a concept that the negative side of ``v_i``
+separates counts as encoded: the sign of a singular vector is arbitrary, and the paper asks whether the projections
+*separate* positives from negatives. ``positive``: the AP of the scores as the sign convention gives them.
+
+``concept_thresholds:MODEL`` (:mod:`robustsig.study.analyses.concept_thresholds`) reads the same matrices and
+writes the threshold sensitivity sweep: a new sweep reruns only it.
 
 The most privileged direction is the most important singular direction (eq. 4) on the importance dataset (default:
 the id set); its neuron-basis counterpart is the dimension of h with the largest mean |h_i| there (the top outlier
@@ -78,8 +85,8 @@ def load_ap(results_root: str | os.PathLike, subject: str, basis: str) -> tuple[
     return ap, list(info["concepts"]), list(info["categories"])
 
 
-def concept_ap_matrix(store: ActivationStore, dataset: Any, basis: str, *, min_positives: int, seed: int
-                      ) -> tuple[torch.Tensor, list[str], list[str]]:
+def concept_ap_matrix(store: ActivationStore, dataset: Any, basis: str, *, min_positives: int, seed: int,
+                      orientation: str = "both") -> tuple[torch.Tensor, list[str], list[str]]:
     """AP of every direction of ``basis`` for every concept with enough positives, on balanced per-concept sets.
 
     Args:
@@ -87,6 +94,7 @@ def concept_ap_matrix(store: ActivationStore, dataset: Any, basis: str, *, min_p
         dataset: the concept dataset (``balanced_sets``, ``concept_categories``).
         basis: ``"singular"`` (projections on the head's right singular vectors) or ``"neuron"`` (h itself).
         min_positives, seed: see :meth:`robustsig.data.concepts.ConceptImageDataset.balanced_sets`.
+        orientation: ``"both"`` or ``"positive"`` (see :func:`robustsig.average_precision_matrix`).
 
     Returns:
         ``(ap, names, categories)``: the ``C x D`` float64 matrix and the C concepts probed.
@@ -120,7 +128,7 @@ def concept_ap_matrix(store: ActivationStore, dataset: Any, basis: str, *, min_p
                 scores = scores @ V
             ap_parts.append(average_precision_matrix(
                 [scores[torch.from_numpy(np.searchsorted(union, rows))] for _, rows, _ in group],
-                [torch.from_numpy(labels) for _, _, labels in group]))
+                [torch.from_numpy(labels) for _, _, labels in group], orientation=orientation))
             group, group_rows = [], 0
     categories = getattr(dataset, "concept_categories", None)
     names = [concept.name for concept, _, _ in members]
@@ -142,11 +150,12 @@ class ConceptApTask(AnalysisTask):
         self.basis = basis
         self.min_positives = options.min_positives
         self.seed = options.seed
+        self.orientation = options.orientation
 
     def provenance(self, ctx: RunContext) -> dict[str, Any]:
         return {"store": ctx.store(self.subject, self.dataset).provenance, "basis": self.basis,
                 "min_positives": self.min_positives, "seed": self.seed,
-                "sign": SIGN_CONVENTION if self.basis == "singular" else None}
+                "sign": SIGN_CONVENTION if self.basis == "singular" else None, "orientation": self.orientation}
 
     def present(self, ctx: RunContext) -> bool:
         return files_present(*ap_paths(ctx.results.root, self.subject.name, self.basis))
@@ -155,14 +164,15 @@ class ConceptApTask(AnalysisTask):
         begin = time.perf_counter()
         verified = ctx.store(self.subject, self.dataset)
         ap, names, categories = concept_ap_matrix(verified.store, ctx.dataset(self.dataset), self.basis,
-                                                  min_positives=self.min_positives, seed=self.seed)
+                                                  min_positives=self.min_positives, seed=self.seed,
+                                                  orientation=self.orientation)
         npy, sidecar = ap_paths(ctx.results.root, self.subject.name, self.basis)
         with atomic_output(npy) as temporary, open(temporary, "wb") as handle:
             np.save(handle, ap.numpy(), allow_pickle=False)
         write_text_atomic(sidecar, json.dumps({
             "subject": self.subject.name, "basis": self.basis, "dataset": self.dataset, "store_key": verified.digest,
             "min_positives": self.min_positives, "seed": self.seed, "rows": "concepts", "columns": "directions",
-            "sign": SIGN_CONVENTION if self.basis == "singular" else None,
+            "sign": SIGN_CONVENTION if self.basis == "singular" else None, "orientation": self.orientation,
             "concepts": names, "categories": categories}, indent=1) + "\n")
         return (f"AP of {ap.shape[0]} concepts x {ap.shape[1]} directions in {time.perf_counter() - begin:.1f} s "
                 f"-> {npy}")
@@ -193,7 +203,8 @@ class ConceptsTask(AnalysisTask):
 
     def provenance(self, ctx: RunContext) -> dict[str, Any]:
         return {"ap": {basis: ctx.ledger.digest(task) for basis, task in self.ap_tasks.items()},
-                "threshold": self.options.threshold, "top_k": self.options.top_k,
+                "threshold": self.options.threshold, "orientation": self.options.orientation,
+                "top_k": self.options.top_k,
                 "top_store": ctx.store(self.subject, self.top_dataset).digest}
 
     def present(self, ctx: RunContext) -> bool:
@@ -206,7 +217,8 @@ class ConceptsTask(AnalysisTask):
             category = dict(zip(names, categories))
             summary = concept_summary(ap, self.options.threshold, names)
             summaries.append(ConceptRow(self.model, basis, ap.shape[1], ap.shape[0], summary.unique_concepts,
-                                        summary.polysemanticity, self.options.threshold))
+                                        summary.polysemanticity, self.options.threshold,
+                                        summary.polysemanticity_active, self.options.orientation))
             direction = top_direction(ctx, self.subject, self.top_dataset, basis)
             tops += [ConceptTopRow(self.model, basis, direction, rank, str(name), category[name], value)
                      for rank, (name, value) in enumerate(summary.top_concepts(direction, self.options.top_k), 1)]
@@ -216,7 +228,8 @@ class ConceptsTask(AnalysisTask):
         ctx.results.replace(ConceptRow, summaries, model=self.model)
         ctx.results.replace(ConceptTopRow, tops, model=self.model)
         ctx.results.replace(VennRow, members, model=self.model)
-        parameters = {"threshold": self.options.threshold, "top_k": self.options.top_k,
+        parameters = {"threshold": self.options.threshold, "orientation": self.options.orientation,
+                      "top_k": self.options.top_k,
                       "min_positives": self.options.min_positives, "seed": self.options.seed,
                       "singular_sign": SIGN_CONVENTION, "ap_matrices": f"results/{AP_DIR}/MODEL_BASIS.npy"}
         broden = ctx.config.datasets.broden.name
