@@ -297,7 +297,20 @@ class CkaOptions(_Analysis):
     kernel: Literal["linear", "rbf"] = "linear"
     unbiased: bool = False
     pooling: Literal["auto", "cls", "mean"] = "auto"
-    dataset: str | None = Field(default=None, description="the dataset to compute it on (default: the id set)")
+    dataset: str | None = Field(default=None, description="the only dataset to compute it on (default: the id set "
+                                                          "and every shift set)")
+    estimator: Literal["minibatch", "pooled"] = Field(
+        default="minibatch", description="minibatch: the paper's (torch_cka: flattened layer outputs, unbiased HSIC "
+                                         "summed over minibatches, both models in one pass); pooled: CKA over every "
+                                         "image of the pooled layers in the stores (kernel, unbiased, pooling)")
+    minibatch: int = Field(default=256, ge=4, description="images per minibatch of the minibatch estimator")
+
+    @model_validator(mode="after")
+    def _linear_minibatch(self) -> CkaOptions:
+        if self.estimator == "minibatch" and self.kernel != "linear":
+            raise ValueError(f"kernel {self.kernel!r} needs estimator: pooled; the minibatch estimator (the paper's, "
+                             "torch_cka) is linear")
+        return self
 
 
 class WiseFtPair(_Section):
