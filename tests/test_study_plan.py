@@ -51,9 +51,33 @@ def test_the_plan_is_a_topological_order_model_by_model(config):
     wiseft = next(task for task in tasks if task.tag == "wiseft")
     assert {"extract:zs:photos", "extract:ft:shift-b", "extract:zs@alpha=0.5:photos",
             "concept_ap:zs@alpha=0.5:singular", "concept_ap:ft:singular"} <= set(wiseft.needs)
+    # the paper's CKA (minibatch) runs both models itself, on the id set and every shift set: no layers stored
+    assert all(task.layers == () for task in tasks if isinstance(task, ExtractTask))
+    cka = [task for task in tasks if task.tag == "cka"]
+    assert [(task.id, task.needs) for task in cka] == [(f"cka:zs:{b}:{d}", ()) for d in ("photos", "shift-a", "shift-b")
+                                                       for b in ("ctrl", "ft")]
+    assert position[cka[0].id] > max(position[task.id] for task in tasks
+                                     if task.tag == "extract" and "@" not in task.subject.name)  # after the models
+
+
+def test_the_pooled_estimator_stores_layers_on_every_cka_dataset(tmp_path):
+    data = study_data(tmp_path)
+    data["analyses"]["cka"]["estimator"] = "pooled"
+    config = validate_study_config(data, base_dir=tmp_path)
+    tasks = build_plan(config, config)
     layers = {(task.subject.name, task.dataset): task.layers for task in tasks if isinstance(task, ExtractTask)}
-    assert layers[("zs", "photos")] == layers[("ctrl", "photos")] == layers[("ft", "photos")] == "all"
-    assert layers[("zs", "shift-a")] == layers[("mnv2", "photos")] == layers[("zs@alpha=0.5", "photos")] == ()
+    for name in ("photos", "shift-a", "shift-b"):
+        assert layers[("zs", name)] == layers[("ctrl", name)] == layers[("ft", name)] == "all"
+    assert layers[("mnv2", "photos")] == layers[("zs@alpha=0.5", "photos")] == ()
+    cka = {task.id: task.needs for task in tasks if task.tag == "cka"}
+    assert cka["cka:zs:ft:shift-a"] == ("extract:zs:shift-a", "extract:ft:shift-a")
+    kurtosis = select(config, ["kurtosis"])
+    assert build_plan(config, kurtosis)[0].layers == "all"  # the CKA store of zs keeps its layers under --only
+    assert build_plan(kurtosis, kurtosis)[0].layers == ()
+    data["analyses"]["cka"]["estimator"] = "minibatch"
+    data["analyses"]["cka"]["kernel"] = "rbf"
+    with pytest.raises(rs.InputError, match="needs estimator: pooled"):
+        validate_study_config(data, base_dir=tmp_path)
 
 
 def test_a_selection_keeps_the_stores_of_the_whole_config(config):
@@ -61,8 +85,6 @@ def test_a_selection_keeps_the_stores_of_the_whole_config(config):
     tasks = build_plan(config, kurtosis)
     assert ids(tasks) == [f"{kind}:{model}{suffix}" for model in ("zs", "ft", "ctrl", "mnv2")
                           for kind, suffix in (("extract", ":photos"), ("kurtosis", ""))]
-    assert tasks[0].layers == "all"  # the CKA store of zs keeps its layers under --only kurtosis
-    assert build_plan(kurtosis, kurtosis)[0].layers == ()
     two = select(config, ["concepts,zs", "ft"])
     venn = build_plan(config, two)[-1]
     assert venn.id == "venn" and venn.groups == [("tiny-vit / synthetic", ["zs", "ft"])]
@@ -74,7 +96,7 @@ def test_custom_layers_and_datasets(tmp_path):
                       cka={"pairs": [{"model_a": "zs", "model_b": "ctrl", "layers": ["block1"],
                                       "layers_b": ["stage0", "stage3"]},
                                      {"model_a": "zs", "model_b": "ft", "layers": ["block4", "block1"]}],
-                           "dataset": "shift-a", "pooling": "mean"})
+                           "dataset": "shift-a", "pooling": "mean", "estimator": "pooled"})
     config = validate_study_config(data, base_dir=tmp_path)
     tasks = {task.id: task for task in build_plan(config, config)}
     assert tasks["extract:zs:shift-a"].layers == ("block1", "block4")

@@ -321,8 +321,7 @@ class MinibatchCkaTask(CkaTask):
         rows = [CkaRow(pair.model_a, pair.model_b, a, b, values[(a, b)], self.dataset, "minibatch") for a, b in pairs]
         inputs = [InputRecord(model, self.dataset, "", result.images) for model in (pair.model_a, pair.model_b)]
         self._write(ctx, rows, inputs, {"estimator": "minibatch (the paper's: torch_cka, flattened layer outputs, "
-                                        "unbiased HSIC summed over minibatches)", "minibatch": options.minibatch,
-                                        "images_left_out": result.left_out})
+                                        "unbiased HSIC summed over minibatches)", "minibatch": options.minibatch})
         note = (f"; {result.left_out} image(s) of a last minibatch under {MIN_UNBIASED_ROWS} left out"
                 if result.left_out else "")
         return self._summary(values, used, f" (minibatch, {result.images} images{note})")
