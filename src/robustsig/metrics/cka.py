@@ -73,7 +73,7 @@ def _ratio(xy: float, xx: float, yy: float, x_scale: float, y_scale: float) -> f
 
 def _exponent(X: torch.Tensor) -> int | None:
     """``e`` with ``max |X| = m 2^e``, ``m`` in [0.5, 1); None when ``X`` is all zeros, empty or not finite."""
-    peak = float(X.detach().abs().max()) if X.numel() else 0.0
+    peak = float(torch.linalg.vector_norm(X.detach(), ord=float("inf"))) if X.numel() else 0.0  # max |x|, no copy
     return math.frexp(peak)[1] if peak > 0 and math.isfinite(peak) else None
 
 
@@ -84,6 +84,11 @@ def _scaled(X: torch.Tensor, exponent: int | None, dtype: torch.dtype | None = N
         return X
     first = -exponent // 2
     return X * 2.0**first * 2.0 ** (-exponent - first)
+
+
+#: Largest ``|e|`` (``max |x| ~ 2^e``) for which float32 Gram products neither underflow nor overflow: 2^(2e) times
+#: a million features stays within float32's normal range, with 24 bits to spare below the largest product.
+_SAFE_EXPONENT = 40
 
 
 class _Scales:
@@ -422,8 +427,15 @@ class MinibatchCKAMatrix:
         if side not in ("a", "b"):
             raise InputError(f"side must be 'a' or 'b', got {side!r}")
         X = _layers(x, f"layer {index} of model {side}")[0].flatten(1)
-        dtype = torch.float64 if X.dtype == torch.float64 else torch.float32
-        X = self._scales.apply((side, index), X, dtype)
+        X = X.to(torch.float64 if X.dtype == torch.float64 else torch.float32)
+        exponent = _exponent(X)
+        reference = self._scales.exponents.setdefault((side, index), exponent) if exponent is not None else \
+            self._scales.exponents.get((side, index))
+        if reference is None or exponent is None:  # all zeros so far, or not finite (refused by compute())
+            return (X @ X.T).to(torch.float64)
+        if max(abs(exponent), abs(reference)) <= _SAFE_EXPONENT:  # no under/overflow: scale the small Gram instead
+            return (X @ X.T).to(torch.float64) * 2.0 ** (-2 * reference)
+        X = _scaled(X, reference)
         return (X @ X.T).to(torch.float64)
 
     def update(self, X: Any, Y: Any) -> None:
