@@ -74,6 +74,19 @@ def test_the_pooled_estimator_stores_layers_on_every_cka_dataset(tmp_path):
     kurtosis = select(config, ["kurtosis"])
     assert build_plan(config, kurtosis)[0].layers == "all"  # the CKA store of zs keeps its layers under --only
     assert build_plan(kurtosis, kurtosis)[0].layers == ()
+    data["analyses"]["cka"]["pairs"][0]["dataset"] = "shift-b"  # a pair on one dataset only
+    config = validate_study_config(data, base_dir=tmp_path)
+    tasks = build_plan(config, config)
+    assert [task.id for task in tasks if task.tag == "cka"] == [
+        "cka:zs:ft:photos", "cka:zs:ft:shift-a", "cka:zs:ctrl:shift-b", "cka:zs:ft:shift-b"]
+    assert {(task.subject.name, task.dataset) for task in tasks
+            if isinstance(task, ExtractTask) and task.layers == "all"} == {
+        ("zs", "photos"), ("ft", "photos"), ("zs", "shift-a"), ("ft", "shift-a"), ("zs", "shift-b"), ("ft", "shift-b"),
+        ("ctrl", "shift-b")}
+    data["analyses"]["cka"]["pairs"][0]["dataset"] = "shift-c"
+    with pytest.raises(rs.InputError, match=r"analyses.cka.pairs\[0\].dataset: expected the name of an evaluation"):
+        validate_study_config(data, base_dir=tmp_path)
+    data["analyses"]["cka"]["pairs"][0]["dataset"] = None
     data["analyses"]["cka"]["estimator"] = "minibatch"
     data["analyses"]["cka"]["kernel"] = "rbf"
     with pytest.raises(rs.InputError, match="needs estimator: pooled"):

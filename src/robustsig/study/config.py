@@ -288,6 +288,8 @@ class CkaPair(_Section):
     layers: Layers = Field(default=None, description="layer names of model_a, or 'all'")
     layers_b: Layers = Field(default=None, description="layer names of model_b (default: the same as layers)")
     cross: bool = Field(default=False, description="every layer of a against every layer of b (a heatmap)")
+    dataset: str | None = Field(default=None, description="only this dataset for this pair (default: the "
+                                                          "analysis's datasets)")
 
 
 class CkaOptions(_Analysis):
@@ -547,6 +549,7 @@ def _reference_problems(config: StudyConfig) -> list[str]:
         for i, pair in enumerate(analyses.cka.pairs):
             model_ref(f"analyses.cka.pairs[{i}].model_a", pair.model_a)
             model_ref(f"analyses.cka.pairs[{i}].model_b", pair.model_b)
+            dataset_ref(f"analyses.cka.pairs[{i}].dataset", pair.dataset)
     if analyses.wiseft is not None:
         pair_names: set[str] = set()
         for i, pair in enumerate(analyses.wiseft.pairs):

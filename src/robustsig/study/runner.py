@@ -264,13 +264,12 @@ def _drop_stale_rows(results: Results, config: StudyConfig, log: RunLog) -> None
     """Drop the rows of models and pairs that are no longer in the config (the config is the source of truth);
     a table written by another robustsig version is deleted (it is recomputed)."""
     models = set(config.model_names())
-    cka_pairs = {(p.model_a, p.model_b) for p in config.analyses.cka.pairs} if config.analyses.cka else set()
-    cka_datasets = set(cka_analysis.datasets_of(config)) if config.analyses.cka else set()
+    cka_planned = {(pair.model_a, pair.model_b, dataset) for pair, dataset in cka_analysis.planned(config)}
     wiseft_pairs = {p.name for p in config.analyses.wiseft.pairs} if config.analyses.wiseft else set()
 
     def kept(row: Any) -> bool:
         if isinstance(row, CkaRow):
-            return (row.model_a, row.model_b) in cka_pairs and row.dataset in cka_datasets
+            return (row.model_a, row.model_b, row.dataset) in cka_planned
         if isinstance(row, WiseFtRow):
             return row.pair in wiseft_pairs
         return getattr(row, "model", None) in models

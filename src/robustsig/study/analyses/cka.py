@@ -62,12 +62,24 @@ LINEAR_PASS_BYTES = 1 << 30
 """Accumulator memory (float64 feature-space sums) of the layer pairs computed in one pass over the stores."""
 
 
-def datasets_of(config: StudyConfig) -> list[str]:
-    """The datasets CKA is computed on: the configured one, else the id set and every shift set."""
+def datasets_of(config: StudyConfig, pair: CkaPair | None = None) -> list[str]:
+    """The datasets CKA is computed on (for ``pair``): the pair's ``dataset``, else the analysis's, else the id set
+    and every shift set."""
     options = config.analyses.cka
+    if pair is not None and pair.dataset:
+        return [pair.dataset]
     if options is not None and options.dataset:
         return [options.dataset]
     return [entry.name for entry in config.datasets.evaluation()]
+
+
+def planned(config: StudyConfig) -> list[tuple[CkaPair, str]]:
+    """Every (pair, dataset) of the config's CKA, dataset by dataset (the id set first)."""
+    if config.analyses.cka is None:
+        return []
+    order = {name: i for i, name in enumerate(entry.name for entry in config.datasets.evaluation())}
+    items = [(pair, dataset) for pair in config.analyses.cka.pairs for dataset in datasets_of(config, pair)]
+    return sorted(items, key=lambda item: order.get(item[1], len(order)))
 
 
 def pair_layers(pair: CkaPair) -> tuple[list[str] | None, list[str] | None]:
@@ -82,14 +94,13 @@ def layer_requests(config: StudyConfig) -> dict[tuple[str, str], LayerRequest]:
     if not config.analyses.enabled("cka") or config.analyses.cka.estimator != "pooled":
         return {}  # the minibatch estimator runs the models itself (a paired pass): no layers in the stores
     requests: dict[tuple[str, str], LayerRequest] = {}
-    for dataset in datasets_of(config):
-        for pair in config.analyses.cka.pairs:
-            for model, layers in zip((pair.model_a, pair.model_b), pair_layers(pair)):
-                current = requests.get((model, dataset), ())
-                if layers is None or current == "all":
-                    requests[(model, dataset)] = "all"
-                else:
-                    requests[(model, dataset)] = tuple(dict.fromkeys([*current, *layers]))
+    for pair, dataset in planned(config):
+        for model, layers in zip((pair.model_a, pair.model_b), pair_layers(pair)):
+            current = requests.get((model, dataset), ())
+            if layers is None or current == "all":
+                requests[(model, dataset)] = "all"
+            else:
+                requests[(model, dataset)] = tuple(dict.fromkeys([*current, *layers]))
     return requests
 
 
@@ -363,10 +374,9 @@ class PooledCkaTask(CkaTask):
 
 def plan(planner: Planner, config: StudyConfig) -> None:
     options = config.analyses.cka
-    for dataset in datasets_of(config):
-        for pair in options.pairs:
-            if options.estimator == "minibatch":
-                planner.add(MinibatchCkaTask(pair, options, dataset, ()))
-            else:
-                needs = tuple(planner.store(model_subject(model), dataset) for model in (pair.model_a, pair.model_b))
-                planner.add(PooledCkaTask(pair, options, dataset, needs))
+    for pair, dataset in planned(config):
+        if options.estimator == "minibatch":
+            planner.add(MinibatchCkaTask(pair, options, dataset, ()))
+        else:
+            needs = tuple(planner.store(model_subject(model), dataset) for model in (pair.model_a, pair.model_b))
+            planner.add(PooledCkaTask(pair, options, dataset, needs))
