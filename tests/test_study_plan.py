@@ -200,3 +200,75 @@ def test_docstring_examples_run(name):
     module = importlib.import_module(f"robustsig.study.{name}")
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+class _Scaled:
+    """A preprocess: the image (a tensor here) times ``factor``; its repr tells two preprocessings apart."""
+
+    def __init__(self, factor: float) -> None:
+        self.factor = factor
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return image * self.factor
+
+    def __repr__(self) -> str:
+        return f"Scaled({self.factor})"
+
+
+class _Images(torch.utils.data.Dataset):
+    """10 images, the one at position 1 undecodable (None), preprocessed by the loader (``transform`` None)."""
+
+    transform = None
+
+    def __init__(self) -> None:
+        self.images = torch.rand(10, 3, 6, 6, generator=torch.Generator().manual_seed(9))
+
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, i: int):
+        return (None if i == 1 else self.images[i]), 0
+
+    def describe(self) -> dict:
+        return {"kind": "test"}
+
+
+def _tiny(preprocess, seed: int) -> rs.Classifier:
+    torch.manual_seed(seed)
+    encoder = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, bias=False), torch.nn.ReLU(), torch.nn.Flatten(),
+                                  torch.nn.Linear(64, 5, bias=False))
+    return rs.Classifier(encoder, torch.nn.Linear(5, 2), preprocess=preprocess, classnames=["a", "b"],
+                         taps={"conv": rs.LayerTap("0", "spatial"), "relu": rs.LayerTap("1", "spatial"),
+                               "fc": rs.LayerTap("3", "vector")})
+
+
+def test_the_paired_pass_feeds_both_models_the_same_minibatches():
+    from robustsig.study.analyses.cka import paired_cka
+
+    from cka_oracle import torch_cka_compare
+
+    data = _Images()
+    a, b = _tiny(_Scaled(1.0), 0), _tiny(_Scaled(2.0), 0)  # the same weights, two preprocessings (two loaders)
+    same = paired_cka(a, b, data, ["conv", "relu", "fc"], ["conv", "relu", "fc"], minibatch=4)
+    # minibatches [0, 4) with 3 decodable images and [8, 10) are left out (fewer than 4); [4, 8) is used
+    assert (same.images, same.left_out) == (4, 5)
+    torch.testing.assert_close(same.values.diagonal(), torch.ones(3, dtype=torch.float64), atol=1e-6, rtol=0)
+    other = _tiny(_Scaled(1.0), 1)
+    result = paired_cka(a, other, data, ["conv", "fc"], ["relu", "conv", "fc"], minibatch=5)
+    assert (result.images, result.left_out) == (9, 0)
+    features = {}
+    for name, clf in (("a", a), ("b", other)):
+        out = []
+        hooks = [clf.encoder.get_submodule(m).register_forward_hook(lambda _m, _i, o: out.append(o))
+                 for m in {"a": ("0", "3"), "b": ("1", "0", "3")}[name]]
+        with torch.no_grad():
+            for positions in ([0, 2, 3, 4], [5, 6, 7, 8, 9]):
+                clf.encoder(data.images[positions])
+        for hook in hooks:
+            hook.remove()
+        k = 2 if name == "a" else 3
+        features[name] = [out[i:i + k] for i in range(0, len(out), k)]
+    # hooks fire in module order: model b's taps are asked as relu, conv, fc
+    features["b"] = [[batch[1], batch[0], batch[2]] for batch in features["b"]]
+    expected = torch_cka_compare(features["a"], features["b"])
+    assert float((result.values - expected).abs().max()) <= 1e-5

@@ -228,7 +228,9 @@ def paired_cka(classifier_a: Classifier, classifier_b: Classifier, dataset: Any,
     index = ({name: i for i, name in enumerate(layers_a)}, {name: j for j, name in enumerate(layers_b)})
 
     def reducer(side: int):
-        return lambda name, output, tap: accumulator.gram("ab"[side], index[side][name], flatten_activation(output, tap))
+        def gram(name: str, output: Any, tap: Any) -> torch.Tensor:  # only the minibatch's Gram matrix is kept
+            return accumulator.gram("ab"[side], index[side][name], flatten_activation(output, tap))
+        return gram
 
     loaders = _loaders(classifiers, dataset, minibatch, workers, target.type == "cuda")
     left_out = 0
@@ -249,9 +251,9 @@ def paired_cka(classifier_a: Classifier, classifier_b: Classifier, dataset: Any,
                 if batch.images is None or len(batch.ids) < MIN_UNBIASED_ROWS:
                     left_out += len(batch.ids)
                     continue
-                grams = [classifier.forward_with_layers(images.images.to(target), layers, reducer(side))[2]
-                         for side, (classifier, images, layers) in enumerate(zip(classifiers, (batch, batches[-1]),
-                                                                                  (layers_a, layers_b)))]
+                inputs = (batch.images, batches[-1].images)  # one loader when both models preprocess alike
+                grams = [classifiers[side].forward_with_layers(inputs[side].to(target), layers, reducer(side))[2]
+                         for side, layers in enumerate((layers_a, layers_b))]
                 accumulator.update_grams([grams[0][name] for name in layers_a], [grams[1][name] for name in layers_b])
     finally:
         if bar is not None:
