@@ -201,3 +201,13 @@ def test_scaling_is_exact_on_ordinary_inputs():
     Xc, Yc = (X - X.mean(0)).numpy(), (Y - Y.mean(0)).numpy()
     expected = np.linalg.norm(Xc.T @ Yc) ** 2 / (np.linalg.norm(Xc.T @ Xc) * np.linalg.norm(Yc.T @ Yc))
     assert cka(X, Y) == pytest.approx(expected, abs=1e-12)
+
+
+def test_grams_stay_in_float32_under_autocast():
+    """A forward hook runs under the model's autocast: the Gram product must not drop to bfloat16 (or fp16, where
+    Gram entries of a wide layer overflow 65504)."""
+    X = torch.randn(16, 3000, generator=torch.Generator().manual_seed(8)) * 8.0
+    acc, reference = MinibatchCKAMatrix(), MinibatchCKAMatrix()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        K = acc.gram("a", 0, X)
+    torch.testing.assert_close(K, reference.gram("a", 0, X), rtol=1e-6, atol=0)

@@ -431,12 +431,14 @@ class MinibatchCKAMatrix:
         exponent = _exponent(X)
         reference = self._scales.exponents.setdefault((side, index), exponent) if exponent is not None else \
             self._scales.exponents.get((side, index))
-        if reference is None or exponent is None:  # all zeros so far, or not finite (refused by compute())
-            return (X @ X.T).to(torch.float64)
-        if max(abs(exponent), abs(reference)) <= _SAFE_EXPONENT:  # no under/overflow: scale the small Gram instead
-            return (X @ X.T).to(torch.float64) * 2.0 ** (-2 * reference)
-        X = _scaled(X, reference)
-        return (X @ X.T).to(torch.float64)
+        scale = 1.0
+        if reference is not None and exponent is not None:  # else all zeros so far, or not finite (see compute())
+            if max(abs(exponent), abs(reference)) <= _SAFE_EXPONENT:  # no under/overflow: scale the small Gram
+                scale = 2.0 ** (-2 * reference)
+            else:
+                X = _scaled(X, reference)
+        with torch.autocast(X.device.type, enabled=False):  # called from a forward hook under fp16/bf16 autocast
+            return (X @ X.T).to(torch.float64) * scale
 
     def update(self, X: Any, Y: Any) -> None:
         """Add one minibatch: ``X`` the layer outputs of model a (a tensor ``(n, ...)`` or a sequence of them, one
