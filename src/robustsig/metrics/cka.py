@@ -450,7 +450,7 @@ class MinibatchCKAMatrix:
     def update_grams(self, K: Sequence[torch.Tensor], L: Sequence[torch.Tensor]) -> None:
         """Add one minibatch given as Gram matrices (from :meth:`gram`): ``K`` one ``n x n`` matrix per layer of
         model a, ``L`` one per layer of model b."""
-        grams = [torch.as_tensor(g, dtype=torch.float64) for g in (*K, *L)]
+        grams = [torch.as_tensor(g, dtype=torch.float64).clone() for g in (*K, *L)]  # small; the caller's kept
         n = grams[0].shape[0] if grams else 0
         if not K or not L or any(g.shape != (n, n) for g in grams):
             raise InputError(f"K and L must be non-empty sequences of n x n Gram matrices of the same n samples, got "
