@@ -18,6 +18,8 @@ MODELS = [
     ModelRow("rn50-sup", "openclip:RN50@/ckpt/rn50_sup.safetensors", "RN50", "imagenet-1k", "supervised"),
     ModelRow("vit-oa-zs", "openclip:ViT-B-32@openai", "ViT-B-32", "openai", "zero-shot"),
 ]
+CKA_SETS = {"val": 0.0, "sketch": 0.2, "v2": 0.4}
+"""The CKA rows' datasets and how far below the id set's (val) their CKA lies."""
 DATASETS = [DatasetRow("val", "imagenet", "id", "/data/val"), DatasetRow("sketch", "imagenet-sketch", "shift", "/s"),
             DatasetRow("broden", "broden", "concepts", "/b")]
 # model -> (acc on val, acc on sketch)
@@ -75,9 +77,12 @@ def write_results(root: Path) -> Results:
     results.write(VennRow, [VennRow(m, "singular", c, "object") for m, cs in CONCEPTS.items() for c in sorted(cs)]
                   + [VennRow(m, "neuron", c, "object") for m, cs in CONCEPTS.items() for c in sorted(cs | {"wood"})])
     layers = ["layer1", "layer2", "layer3"]
-    results.write(CkaRow, [CkaRow("rn50-oa-zs", "rn50-oa-ft", la, lb, 1.0 - 0.1 * abs(i - j) - 0.05 * i)
+    results.write(CkaRow, [CkaRow("rn50-oa-zs", "rn50-oa-ft", la, lb, 1.0 - 0.1 * abs(i - j) - 0.05 * i - drop, name,
+                                  "minibatch")
+                           for name, drop in CKA_SETS.items()
                            for i, la in enumerate(layers) for j, lb in enumerate(layers)]
-                  + [CkaRow("vit-oa-zs", "rn50-oa-zs", la, lb, 0.5 + 0.1 * i)
+                  + [CkaRow("vit-oa-zs", "rn50-oa-zs", la, lb, 0.5 + 0.1 * i - drop, name, "minibatch")
+                     for name, drop in CKA_SETS.items()
                      for i, (la, lb) in enumerate(zip(["b0", "b1"], ["layer1", "layer3"]))])
     results.write(WiseFtRow, [WiseFtRow("rn50-oa", a, 0.598 + 0.16 * a, 0.331 - 0.08 * a, 0.08 - 0.1 * a,
                                         41.0 - 34 * a, 4 - 2 * round(a)) for a in (0.0, 0.5, 1.0)])

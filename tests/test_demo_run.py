@@ -99,7 +99,12 @@ def test_results_have_rows_for_every_model_pair_and_alpha(first_run):
                                                                               for b in ("singular", "neuron")}
     cka = results.read(CkaRow)
     assert {(row.model_a, row.model_b) for row in cka} == {(ZERO_SHOT, FINETUNED), (ZERO_SHOT, EFFICIENTNET)}
-    assert len([row for row in cka if row.model_b == FINETUNED]) == 19  # every MobileNetV2 block, layer to layer
+    # the paper's CKA: every MobileNetV2 block, layer to layer, on the id set and every shift set
+    finetuned = [row for row in cka if row.model_b == FINETUNED]
+    assert sorted({row.dataset for row in finetuned}) == sorted(SETS)
+    assert all(len([row for row in finetuned if row.dataset == name]) == 19 for name in SETS)
+    assert {(row.dataset, row.estimator) for row in cka if row.model_b == EFFICIENTNET} == {("photos", "minibatch")}
+    assert {row.estimator for row in cka} == {"minibatch"} and all(0.0 <= row.cka <= 1.0 for row in cka)
     wiseft = sorted(results.read(WiseFtRow), key=lambda row: row.alpha)
     assert [row.alpha for row in wiseft] == list(WISEFT_ALPHAS)
     by_model = {row.model: row for row in results.read(RobustnessRow)}

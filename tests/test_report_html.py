@@ -50,6 +50,10 @@ def test_every_section_table_and_figure_is_written(report):
     pngs = {path.read_bytes() for path in files.figures if path.suffix == ".png"}
     assert len(inlined) == len(pngs) == 12 and {base64.b64decode(data) for data in inlined} == pngs
     assert "<link" not in page and "src=\"http" not in page and "href=\"http" not in page  # self-contained
+    # the CKA section names its estimator and datasets; Fig. 5 shows the id set and the shift sets' band
+    assert "Estimator: minibatch (minibatch: the paper" in page and "Datasets: val, sketch, v2." in page
+    assert "val (orange) and the mean ± std over the shift sets (blue)" in page
+    assert "every layer of rn50-oa-ft, on val." in page
 
 
 def test_numbers_tables_and_provenance_are_shown(report):

@@ -31,6 +31,7 @@ from robustsig.study.runner import run_study
 from robustsig.study.subjects import random_init_seed
 
 from browser import CHROMIUM, check_page
+from cka_oracle import torch_cka_compare
 from study_helpers import build_world, counting_forwards, study_data, write_config
 
 MODELS = ("zs", "ft", "ctrl", "mnv2")
@@ -74,12 +75,11 @@ def test_the_run_extracts_each_store_once_and_computes_every_step(study):
     assert {step.status for step in summary.steps} == {"done"}
     subjects = [*MODELS, "zs@alpha=0.5"]
     assert sorted(summary.ran("extract")) == sorted(f"extract:{s}:{d}" for s in subjects for d in (*SETS, "broden"))
-    assert sum(study.images) == len(subjects) * sum(IMAGES.values())  # every image through a model once
-    # layers only where CKA reads them: the CKA models on the CKA dataset
-    assert store(study, "zs", "photos").layers == [f"block{i}" for i in range(6)]
-    assert store(study, "ctrl", "photos").layers == [f"stage{i}" for i in range(4)]
-    assert store(study, "ft", "photos").layers == [f"block{i}" for i in range(6)]
-    assert store(study, "zs", "shift-a").layers == store(study, "mnv2", "photos").layers == []
+    # every image through a model once to extract, then once more through each CKA pair (the paper's paired pass)
+    paired = 2 * 2 * sum(len(batch) for batches in cka_minibatches(study).values() for batch in batches)
+    assert sum(study.images) == len(subjects) * sum(IMAGES.values()) + paired
+    # no layers in the stores: the paper's CKA never stores activations
+    assert all(store(study, m, d).layers == [] for m in MODELS for d in SETS)
     assert len(store(study, "zs", "shift-a").skipped) == 1
     # the random-init control was built from a seed drawn from its name: the same weights in every run
     torch.manual_seed(random_init_seed("ctrl"))
@@ -243,18 +243,57 @@ def test_concept_ap_matrices_match_sklearn_and_the_summaries_follow(study):
     assert overlaps["tiny-vit / synthetic"]["singular"] == oracles.venn_regions(sets)
 
 
-def test_cka_matches_the_stores(study):
+def cka_minibatches(study) -> dict[str, list[list[int]]]:
+    """The minibatches of the paper's CKA on each set: 8 consecutive positions, the decodable images among them;
+    a minibatch of fewer than 4 is left out (torch_cka fails on it)."""
+    batches = {}
+    for name in SETS:
+        data = dataset(study, name)
+        decoded = [i for i in range(len(data)) if data[i][0] is not None]
+        chunks = [[i for i in decoded if start <= i < start + 8] for start in range(0, len(data), 8)]
+        batches[name] = [chunk for chunk in chunks if len(chunk) >= 4]
+    return batches
+
+
+def test_cka_is_torch_cka_on_the_id_set_and_every_shift_set(study):
     rows = study.read(CkaRow)
-    depth = [row for row in rows if (row.model_a, row.model_b) == ("zs", "ctrl")]
+    assert {(row.dataset, row.estimator) for row in rows} == {(name, "minibatch") for name in SETS}
     blocks, stages = [f"block{i}" for i in range(6)], [f"stage{i}" for i in range(4)]
-    assert [(r.layer_a, r.layer_b) for r in depth] == match_layers(blocks, stages, cross=False)
-    assert [(r.layer_a, r.layer_b) for r in depth] == [("block0", "stage0"), ("block2", "stage1"),
-                                                       ("block3", "stage2"), ("block5", "stage3")]
-    cross = [row for row in rows if (row.model_a, row.model_b) == ("zs", "ft")]
-    assert [(r.layer_a, r.layer_b) for r in cross] == [(a, b) for a in blocks for b in blocks]
-    for row in depth + cross:
-        a, b = store(study, row.model_a, "photos"), store(study, row.model_b, "photos")
-        assert row.cka == pytest.approx(rs.cka(a.read(row.layer_a), b.read(row.layer_b)), abs=1e-10)
+    for name in SETS:
+        depth = [row for row in rows if (row.model_a, row.model_b, row.dataset) == ("zs", "ctrl", name)]
+        assert [(r.layer_a, r.layer_b) for r in depth] == match_layers(blocks, stages, cross=False)
+        cross = [row for row in rows if (row.model_a, row.model_b, row.dataset) == ("zs", "ft", name)]
+        assert [(r.layer_a, r.layer_b) for r in cross] == [(a, b) for a in blocks for b in blocks]
+    # the oracle: torch_cka's compare loop, on the raw outputs of the tapped modules, minibatch by minibatch
+    models = {entry.name: entry for entry in study.config.models}
+    classifiers = {name: rs.load_classifier(models[name].spec, device="cpu") for name in ("zs", "ft")}
+    torch.manual_seed(random_init_seed("ctrl"))
+    with pytest.warns(UserWarning, match="randomly initialised"):
+        classifiers["ctrl"] = rs.load_classifier("timm:test_convnext", device="cpu")
+
+    def features(name, images):
+        clf = classifiers[name].eval()
+        out = []
+        hooks = [clf.encoder.get_submodule(tap.module).register_forward_hook(lambda m, i, o: out.append(o))
+                 for tap in clf.taps.values()]
+        with torch.no_grad():
+            clf(torch.stack([clf.preprocess(image) for image in images]))
+        for hook in hooks:
+            hook.remove()
+        return out
+
+    for name, batches in cka_minibatches(study).items():
+        data = dataset(study, name)
+        feats = {model: [features(model, [data[i][0] for i in batch]) for batch in batches] for model in classifiers}
+        for other, layers_b in (("ctrl", stages), ("ft", blocks)):
+            expected = torch_cka_compare(feats["zs"], feats[other])
+            for row in rows:
+                if (row.model_a, row.model_b, row.dataset) == ("zs", other, name):
+                    value = float(expected[blocks.index(row.layer_a), layers_b.index(row.layer_b)])
+                    assert row.cka == pytest.approx(value, abs=1e-5), (name, row)
+    assert any(row.cka < 0.9 for row in rows) and all(0.0 <= row.cka <= 1.0 for row in rows)
+    inputs = {(item.model, item.dataset): item.num_samples for item in study.results.inputs(CkaRow)}
+    assert inputs[("zs", "shift-a")] == sum(len(b) for b in cka_minibatches(study)["shift-a"])
 
 
 def test_wiseft_sweep_matches_its_stores(study):

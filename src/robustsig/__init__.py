@@ -46,6 +46,8 @@ _PUBLIC: dict[str, str] = {
     "TopOneAccumulator": "robustsig.metrics.scoring",
     "MinibatchCKA": "robustsig.metrics.cka",
     "LinearCKA": "robustsig.metrics.cka",
+    "minibatch_cka": "robustsig.metrics.cka",
+    "MinibatchCKAMatrix": "robustsig.metrics.cka",
     # models
     "Classifier": "robustsig.models.classifier",
     "LayerTap": "robustsig.models.classifier",

@@ -300,21 +300,29 @@ def _cka_section(page: _Page, models: Sequence[ModelRow]) -> str | None:
     rows = page.read(CkaRow)
     if not rows:
         return None
-    text = ""
+    id_sets = [row.dataset for row in page.read(DatasetRow) if row.role == "id"]
+    id_set = id_sets[0] if id_sets else rows[0].dataset
+    estimators = ", ".join(dict.fromkeys(row.estimator for row in rows))
+    text = (f"<p class=\"note\">Estimator: {_e(estimators)} (minibatch: the paper's, torch_cka's unbiased HSIC "
+            "summed over minibatches of flattened layer outputs; pooled: CKA of pooled activations over all images). "
+            f"Datasets: {_e(', '.join(dict.fromkeys(row.dataset for row in rows)))}.</p>")
     try:
-        depth = figures.cka_depth_figure(rows)
+        depth = figures.cka_depth_figure(rows, id_set)
     except InputError as error:  # no pair with corresponding layers: say so instead of a figure
         text += f"<p class=\"note\">{_e(error)}</p>"
     else:
-        text += page.figure(lambda: depth, "fig5_cka_depth", "Fig. 5: CKA between corresponding layers of each "
-                            "pair, against relative depth.", ["cka"])
+        text += page.figure(lambda: depth, "fig5_cka_depth", f"Fig. 5: CKA between corresponding layers of each "
+                            f"pair, against relative depth: {id_set} (orange) and the mean ± std over the shift "
+                            "sets (blue).", ["cka"])
     pairs = list(dict.fromkeys((row.model_a, row.model_b) for row in rows))
     for i, (model_a, model_b) in enumerate(pairs):
         pair_rows = [row for row in rows if (row.model_a, row.model_b) == (model_a, model_b)]
+        shown = id_set if any(row.dataset == id_set for row in pair_rows) else pair_rows[0].dataset
+        pair_rows = [row for row in pair_rows if row.dataset == shown]
         if len({row.layer_b for row in pair_rows}) > 1 and len(pair_rows) > len({row.layer_a for row in pair_rows}):
-            text += page.figure(lambda a=model_a, b=model_b: figures.cka_heatmap_figure(rows, a, b),
+            text += page.figure(lambda a=model_a, b=model_b, d=shown: figures.cka_heatmap_figure(rows, a, b, d),
                                 f"fig6_cka_{i}", f"Fig. 6: CKA of every layer of {model_a} against every layer of "
-                                f"{model_b}.", ["cka"])
+                                f"{model_b}, on {shown}.", ["cka"])
     return text
 
 

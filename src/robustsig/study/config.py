@@ -306,6 +306,8 @@ class CkaPair(_Section):
     layers: Layers = Field(default=None, description="layer names of model_a, or 'all'")
     layers_b: Layers = Field(default=None, description="layer names of model_b (default: the same as layers)")
     cross: bool = Field(default=False, description="every layer of a against every layer of b (a heatmap)")
+    dataset: str | None = Field(default=None, description="only this dataset for this pair (default: the "
+                                                          "analysis's datasets)")
 
 
 class CkaOptions(_Analysis):
@@ -315,7 +317,20 @@ class CkaOptions(_Analysis):
     kernel: Literal["linear", "rbf"] = "linear"
     unbiased: bool = False
     pooling: Literal["auto", "cls", "mean"] = "auto"
-    dataset: str | None = Field(default=None, description="the dataset to compute it on (default: the id set)")
+    dataset: str | None = Field(default=None, description="the only dataset to compute it on (default: the id set "
+                                                          "and every shift set)")
+    estimator: Literal["minibatch", "pooled"] = Field(
+        default="minibatch", description="minibatch: the paper's (torch_cka: flattened layer outputs, unbiased HSIC "
+                                         "summed over minibatches, both models in one pass); pooled: CKA over every "
+                                         "image of the pooled layers in the stores (kernel, unbiased, pooling)")
+    minibatch: int = Field(default=256, ge=4, description="images per minibatch of the minibatch estimator")
+
+    @model_validator(mode="after")
+    def _linear_minibatch(self) -> CkaOptions:
+        if self.estimator == "minibatch" and self.kernel != "linear":
+            raise ValueError(f"kernel {self.kernel!r} needs estimator: pooled; the minibatch estimator (the paper's, "
+                             "torch_cka) is linear")
+        return self
 
 
 class WiseFtPair(_Section):
@@ -557,6 +572,7 @@ def _reference_problems(config: StudyConfig) -> list[str]:
         for i, pair in enumerate(analyses.cka.pairs):
             model_ref(f"analyses.cka.pairs[{i}].model_a", pair.model_a)
             model_ref(f"analyses.cka.pairs[{i}].model_b", pair.model_b)
+            dataset_ref(f"analyses.cka.pairs[{i}].dataset", pair.dataset)
     if analyses.wiseft is not None:
         pair_names: set[str] = set()
         for i, pair in enumerate(analyses.wiseft.pairs):

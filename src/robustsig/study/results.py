@@ -17,7 +17,7 @@ Layout of ``OUTPUT_DIR/results/``::
                     orientation   (the threshold sensitivity sweep)
     concept_top.csv model, basis, direction, rank, concept, category, ap
     venn.csv        model, basis, concept, category
-    cka.csv         model_a, model_b, layer_a, layer_b, cka
+    cka.csv         model_a, model_b, layer_a, layer_b, cka, dataset, estimator
     wiseft.csv      pair, alpha, acc_id, acc_shift, er, kurtosis, unique_concepts
     provenance.json what each table was computed on (models, datasets, store keys, sample counts), the config,
                     package versions
@@ -255,12 +255,14 @@ class CkaRow:
     """CKA between a layer of one model and a layer of another, on the same images."""
 
     TABLE: ClassVar[str] = "cka"
-    KEY: ClassVar[tuple[str, ...]] = ("model_a", "model_b", "layer_a", "layer_b")
+    KEY: ClassVar[tuple[str, ...]] = ("model_a", "model_b", "layer_a", "layer_b", "dataset")
     model_a: str = _column("first model")
     model_b: str = _column("second model")
     layer_a: str = _column("layer of model_a (rows are written in layer order)")
     layer_b: str = _column("layer of model_b")
     cka: float = _column("CKA in [0, 1]")
+    dataset: str = _column("the images it is computed on (the id set and each shift set)")
+    estimator: str = _column("minibatch (the paper's, torch_cka) or pooled (see docs/study.md)")
 
 
 @dataclass(frozen=True)
