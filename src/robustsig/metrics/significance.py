@@ -337,3 +337,16 @@ def concept_significance(scores: Sequence[Any], labels: Sequence[Any], threshold
     test = permutation_p_values(scores, labels, threshold=threshold, permutations=permutations, seed=seed,
                                 orientation=orientation, device=device, stop_after=stop_after)
     return benjamini_hochberg(test, alpha)
+
+
+def concatenate(tests: Sequence[PermutationTest]) -> PermutationTest:
+    """One test from the tests of consecutive groups of concepts (the same settings; see ``first_concept``)."""
+    if not tests:
+        raise InputError("concatenate needs at least one permutation test")
+    first = tests[0]
+    if any((t.permutations, t.threshold, t.orientation) != (first.permutations, first.threshold, first.orientation)
+           for t in tests):
+        raise InputError("the permutation tests to concatenate were run with different settings")
+    return PermutationTest(*(torch.cat([getattr(t, name) for t in tests])
+                             for name in ("max_ap", "p_values", "null_encoded", "drawn")),
+                           first.permutations, first.threshold, first.orientation)
