@@ -325,7 +325,9 @@ def test_the_report_has_every_section(study):
     assert "results/concept_ap/MODEL_BASIS.npy" in page and "Outlier dimensions of h" in page
     figures = {path.name for path in (study.config.report_dir / "figures").glob("*.png")}
     assert {"fig1_robustness.png", "fig2_importance.png", "fig3_pruning_accuracy.png", "fig5_cka_depth.png",
-            "fig11_wiseft.png", "fig4_venn_singular_0.png"} <= figures
+            "fig11_wiseft.png", "fig4_venn_singular_0.png", "signatures_vs_er.png", "er_tracking.png"} <= figures
+    assert "Unique concepts against chance, singular basis" in page and "Signatures as ER predictors" in page
+    assert "leave-one-model-out prediction needs at least 3" in page  # the pool's note, said plainly
 
 
 @pytest.mark.browser
