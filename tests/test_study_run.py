@@ -284,7 +284,7 @@ def test_signatures_and_er_prediction_follow_the_tables_and_stores(study):
     privileged = {row.model: row for row in study.read(PrivilegedRow)}
     er = {row.model: row.er for row in study.read(RobustnessRow)}
     for model, row in signatures.items():
-        assert row.kurtosis == kurtosis[model] and row.er == er[model]
+        assert row.kurtosis == kurtosis[model] and row.er == er.get(model)
         assert row.privileged_directions == privileged[model].num_privileged
         importance = np.sort([r.importance for r in study.read(ImportanceRow) if r.model == model])[::-1]
         top = max(1, round(0.2 * importance.size))
