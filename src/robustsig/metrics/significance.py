@@ -168,9 +168,11 @@ def _ap_sorted(y: torch.Tensor, scores: torch.Tensor, positives: float) -> torch
     N, for large sets)."""
     order, _, group_end = _sorted(scores)
     ordered = y[:, order]                                                             # b x D x N
-    above = ordered.cumsum(dim=-1).gather(-1, group_end.expand(y.shape[0], -1, -1))   # positives at or above
-    inverse = 1.0 / (group_end + 1).to(y.dtype)
-    return (ordered * above * inverse).sum(dim=-1) / positives
+    above = ordered.cumsum(dim=-1)                                                    # positives at or above
+    if bool((group_end != torch.arange(group_end.shape[1], device=group_end.device)).any()):  # ties: up to the
+        above = above.gather(-1, group_end.expand(y.shape[0], -1, -1))                # end of the tie group
+    above.mul_(ordered).mul_(1.0 / (group_end + 1).to(y.dtype))
+    return above.sum(dim=-1) / positives
 
 
 def _max_ap(flags: torch.Tensor, scores: torch.Tensor, orientation: str, max_elements: int,
