@@ -121,6 +121,8 @@ def _paper_analyses() -> list[str]:
              "    bases: [singular, neuron]",
              "    top_k: 3  # concepts listed for the most privileged direction",
              "    venn_groups: null  # null: zero-shot / finetuned / supervised per backbone and pretraining",
+             "    permutations: 1000  # label permutations per concept: raw vs significant counts (0: no test)",
+             "    alpha: 0.05  # false discovery rate of the significant count (Benjamini-Hochberg)",
              "  cka:  # layer-by-layer CKA between each zero-shot model and its finetuned version (Fig. 5, 6)",
              "    kernel: linear",
              "    pairs:"]
@@ -131,6 +133,9 @@ def _paper_analyses() -> list[str]:
               "    pairs:"]
     for name, zero_shot, finetuned in _pairs():
         lines += [f"      - {{name: {name}, zero_shot: {zero_shot}, finetuned: {finetuned}}}"]
+    lines += ["  predict_er:  # signatures as ER predictors, leaving each model out, against DoC and ATC",
+              "    label_free: true  # DoC and ATC predicted ER from the stored logits",
+              "    combination: null  # signatures of the ridge combination (null: every one known for every model)"]
     return lines
 
 
