@@ -86,4 +86,12 @@ def write_results(root: Path) -> Results:
                      for i, (la, lb) in enumerate(zip(["b0", "b1"], ["layer1", "layer3"]))])
     results.write(WiseFtRow, [WiseFtRow("rn50-oa", a, 0.598 + 0.16 * a, 0.331 - 0.08 * a, 0.08 - 0.1 * a,
                                         41.0 - 34 * a, 4 - 2 * round(a)) for a in (0.0, 0.5, 1.0)])
+    from robustsig.study.analyses.predict_er import predict_er_tables
+    from robustsig.study.analyses.significance import ConceptSignificanceRow
+    from robustsig.study.config import PredictErOptions
+
+    results.write(ConceptSignificanceRow, [ConceptSignificanceRow(m, "singular", 40, len(c), 1.5, len(c) - 1, len(c),
+                                                                  0.05, 1000, 0.9, "positive")
+                                           for m, c in CONCEPTS.items()])
+    predict_er_tables(results, PredictErOptions(resamples=100), write=True)
     return results

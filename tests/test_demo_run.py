@@ -30,8 +30,10 @@ SETS = ["photos", "sketch", "cartoon", "rephoto", "viewpoint", "occlusion"]
 # section id -> (its tables, its number of figures)
 SECTIONS = {"pool": ((), 0), "accuracy": (("accuracy", "accuracy_by_dataset"), 1), "kurtosis": (("kurtosis",), 0),
             "importance": (("privileged",), 1), "pruning": ((), 2),
-            "concepts": (("concepts_singular", "concepts_neuron", "concept_top"), 4), "cka": ((), 1),
-            "wiseft": (("wiseft",), 1), "config": ((), 0), "versions": ((), 0)}
+            "concepts": (("concepts_singular", "concepts_neuron", "concept_significance_singular",
+                          "concept_significance_neuron", "concept_top"), 4), "cka": ((), 1),
+            "wiseft": (("wiseft",), 1), "predict_er": (("er_predictors", "er_tracking"), 2), "config": ((), 0),
+            "versions": ((), 0)}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +51,7 @@ def first_run(tmp_path_factory):
 
 
 def _sections(html: str) -> dict[str, str]:
-    parts = re.split(r'<section id="([a-z]+)">', html)
+    parts = re.split(r'<section id="([a-z_]+)">', html)
     return dict(zip(parts[1::2], parts[2::2]))
 
 
@@ -71,8 +73,9 @@ def test_the_report_shows_every_section_and_what_the_data_is(first_run):
             "(folder), occlusion (folder); these are not the paper&#x27;s five shift sets") in sections["accuracy"]
     assert "AP orientation: both" in sections["concepts"]
     assert sorted(p.name for p in (out / "report" / "figures").glob("*.png")) == [
-        "concept_thresholds_neuron.png", "concept_thresholds_singular.png", "fig11_wiseft.png", "fig1_robustness.png", "fig2_importance.png", "fig3_pruning_accuracy.png",
-        "fig4_venn_neuron_0.png", "fig4_venn_singular_0.png", "fig5_cka_depth.png", "fig9_pruning_er.png"]
+        "concept_thresholds_neuron.png", "concept_thresholds_singular.png", "er_tracking.png", "fig11_wiseft.png",
+        "fig1_robustness.png", "fig2_importance.png", "fig3_pruning_accuracy.png", "fig4_venn_neuron_0.png",
+        "fig4_venn_singular_0.png", "fig5_cka_depth.png", "fig9_pruning_er.png", "signatures_vs_er.png"]
     statement = summary["data"]["statement"]
     assert "No ImageNet image is used" in statement and "6 classes" in statement
     head = html.split("<nav>")[0]  # the study's description, above the contents: the data, then the pool's layout

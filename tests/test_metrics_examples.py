@@ -7,7 +7,8 @@ import importlib
 
 import pytest
 
-MODULES = ["kurtosis", "directions", "pruning", "robustness", "scoring", "table", "concepts", "cka"]
+MODULES = ["kurtosis", "directions", "pruning", "robustness", "scoring", "table", "concepts", "cka", "significance",
+           "labelfree", "erpredict"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -65,7 +65,7 @@ def test_field_errors_name_the_key_path_and_the_expected_value():
         "analyses.pruning.fractions: expected fractions in [0, 1); got [1.2]",
         "analyses.pruning.orders: expected distinct values; repeated: singular",
         "analyses.kurtosiss: unknown key; expected one of: accuracy, kurtosis, importance, pruning, concepts, cka, "
-        "wiseft (did you mean 'kurtosis'?)",
+        "wiseft, predict_er (did you mean 'kurtosis'?)",
     ]
 
 
@@ -79,7 +79,7 @@ def test_cross_reference_errors_are_listed_together():
     data["analyses"]["kurtosis"] = {"dataset": "imagenet-v2"}
     assert problems(data) == [
         "models[2].name: expected a name that is not an analysis name (accuracy, kurtosis, importance, pruning, "
-        "concepts, cka, wiseft), so --only can tell them apart; got 'kurtosis'",
+        "concepts, cka, wiseft, predict_er), so --only can tell them apart; got 'kurtosis'",
         "models[2]: expected a distinct (backbone, pretraining, kind) per model, the cell of the paper's tables; "
         "('RN50', 'openai', 'zero-shot') is also models[0] (change pretraining to tell them apart)",
         "datasets.shift[1].name: expected a unique dataset name; 'imagenet-r' is also datasets.shift[0] "
@@ -105,7 +105,7 @@ def test_defaults_sections_and_baseline():
     assert off.enabled_analyses() == ["kurtosis"]
     assert problems(minimal(analyses={"accuracy": {"enabled": False}})) == [
         "analyses: expected at least one enabled analysis among accuracy, kurtosis, importance, pruning, concepts, "
-        "cka, wiseft"]
+        "cka, wiseft, predict_er"]
     assert problems(minimal(baseline={"b1": 1.0, "fit_csv": "testbed.csv"})) == [
         "baseline: expected either b1 and b0 (a fixed line) or fit_csv (refit from baseline accuracies), not both"]
     assert problems(minimal(baseline={"b0": -1.0})) == ["baseline: expected both b1 and b0; only b0 is given"]
@@ -202,7 +202,8 @@ def test_paper_preset_lists_the_pool_and_validates(tmp_path):
     assert [d.kind for d in config.datasets.evaluation()] == ["imagenet", "imagenet-v2", "imagenet-r",
                                                               "imagenet-sketch", "objectnet", "imagenet-a"]
     assert config.datasets.broden is not None
-    assert config.enabled_analyses() == ["accuracy", "kurtosis", "importance", "pruning", "concepts", "cka", "wiseft"]
+    assert config.enabled_analyses() == ["accuracy", "kurtosis", "importance", "pruning", "concepts", "cka", "wiseft",
+                                         "predict_er"]
     assert len(config.analyses.cka.pairs) == 12 and len(config.analyses.wiseft.pairs) == 12
     concepts = config.analyses.concepts
     assert (concepts.threshold, concepts.orientation, concepts.thresholds) == (0.9, "both", [0.8, 0.85, 0.9, 0.95])

@@ -26,6 +26,7 @@ COMMAND_MODULES: list[str] = [
     "robustsig.cli.extract",
     "robustsig.cli.analyze",
     "robustsig.cli.er",
+    "robustsig.cli.predict_er",
     "robustsig.cli.cka",
     "robustsig.cli.report",
     "robustsig.cli.train",

@@ -212,3 +212,20 @@ def privileged_directions(importance: Any, factor: float = PRIVILEGED_FACTOR) ->
     if imp.numel() == 0 or bool((imp < 0).any()):
         raise InputError("importance must be a non-empty vector of non-negative values")
     return PrivilegedDirections(*above_mean(imp, factor), float(factor))
+
+
+def importance_concentration(importance: Any, top: float = 0.2) -> float:
+    """The share of the total importance held by the ``top`` fraction of most important directions (at least one
+    direction): 0.2 when importance is spread evenly and ``top`` is 0.2, near 1 when a few directions are privileged.
+
+    Example:
+        >>> importance_concentration([0.5, 0.1, 0.1, 0.1, 0.1, 0.1, 0.0, 0.0, 0.0, 0.0])
+        0.6
+    """
+    imp = as_vector(importance, "importance")
+    if imp.numel() == 0 or bool((imp < 0).any()) or float(imp.sum()) == 0:
+        raise InputError("importance must be a non-empty vector of non-negative values, not all zero")
+    if not 0 < top <= 1:
+        raise InputError(f"top must be a fraction in (0, 1]; got {top}")
+    count = max(1, round(top * imp.numel()))
+    return float(imp.sort(descending=True).values[:count].sum() / imp.sum())

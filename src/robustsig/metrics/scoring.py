@@ -143,13 +143,21 @@ class TopOneRule:
                              f"{len(self.columns)} scored class_indices; labels must be logit indices (ImageNet-1k "
                              "indices for ImageNet-R/-A), not positions in the subset")
 
+    def class_scores(self, scored_logits: Tensor) -> Tensor:
+        """One score per class the rule predicts among (``N x K``): the scored logits themselves, or with a class
+        map the max of each class's logits (``project_logits``). ``scored_logits`` holds the :attr:`columns` only.
+        A softmax over these is the classifier's confidence under the rule (DoC, ATC)."""
+        if self._class_positions is not None:
+            return scored_logits[:, self._class_positions.to(scored_logits.device)].amax(dim=2)
+        return scored_logits
+
     def correct(self, scored_logits: Tensor, labels: Tensor) -> Tensor:
         """Boolean vector: is the top-1 prediction right? ``scored_logits`` holds the :attr:`columns` only."""
         labels = labels.to(scored_logits.device)
+        scores = self.class_scores(scored_logits)
         if self._class_positions is not None:
-            scores = scored_logits[:, self._class_positions.to(scored_logits.device)].amax(dim=2)
             return scores.argmax(dim=1) == labels
-        return scored_logits.argmax(dim=1) == self._label_to_position.to(scored_logits.device)[labels]
+        return scores.argmax(dim=1) == self._label_to_position.to(scored_logits.device)[labels]
 
 
 def top1_correct(logits: Any, labels: Any, class_indices: Any = None, class_map: ClassMap | None = None) -> Tensor:

@@ -26,6 +26,7 @@ import math
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -418,3 +419,53 @@ def save_figure(figure: Figure, directory: str | Path, stem: str) -> tuple[Path,
     figure.savefig(png, format="png", dpi=100)
     figure.savefig(svg, format="svg", metadata={"Date": None})
     return png, svg
+
+
+def signature_scatter_figure(models: Sequence[ModelRow], signatures: Sequence[Any],
+                             columns: Mapping[str, str]) -> Figure:
+    """Each signature (a panel per column of ``columns`` with values) against ER, one point per model (color:
+    kind), for the rows of signatures.csv."""
+    rows = [row for row in signatures if row.er is not None]
+    panels = [(name, title) for name, title in columns.items() if any(getattr(row, name) is not None for row in rows)]
+    if not panels:
+        raise InputError("signature_scatter_figure: no model has both an ER and a signature")
+    kinds = {model.model: model.kind for model in models}
+    figure, axes = _grid(len(panels), panel=(3.2, 2.6))
+    figure.suptitle("Signatures (in-distribution only) against effective robustness")
+    for ax, (name, title) in zip(axes, panels):
+        for row in rows:
+            value = getattr(row, name)
+            if value is not None:
+                kind = kinds.get(row.model, "?")
+                ax.scatter([value], [100 * row.er], color=KIND_COLORS.get(kind, "#7f7f7f"), s=30, edgecolor="black",
+                           linewidth=0.4, zorder=3)
+                ax.annotate(row.model, (value, 100 * row.er), fontsize=5, xytext=(2, 2), textcoords="offset points")
+        ax.set_xlabel(textwrap.fill(title, 36), fontsize=7)
+        ax.set_ylabel("ER (%)")
+        ax.grid(True, linewidth=0.3)
+    return figure
+
+
+def tracking_figure(wiseft: Sequence[WiseFtRow]) -> Figure:
+    """Along each Wise-FT sweep, ER and each measured signature against alpha, each rescaled to [0, 1] over the
+    sweep (so that tracking shows as curves that move together)."""
+    pairs = _layer_order([row.pair for row in wiseft])
+    if not pairs:
+        raise InputError("tracking_figure needs at least one row of wiseft.csv")
+    figure, axes = _grid(len(pairs), panel=(4.2, 3.0), columns=3)
+    for ax, pair in zip(axes, pairs):
+        rows = sorted((row for row in wiseft if row.pair == pair), key=lambda row: row.alpha)
+        for column, style in (("er", "-"), ("kurtosis", "--"), ("unique_concepts", ":")):
+            points = [(row.alpha, getattr(row, column)) for row in rows if getattr(row, column) is not None]
+            if len(points) < 2:
+                continue
+            values = [value for _, value in points]
+            low, span = min(values), (max(values) - min(values)) or 1.0
+            ax.plot([a for a, _ in points], [(value - low) / span for value in values], linestyle=style, marker=".",
+                    label=column.replace("_", " "))
+        ax.set_title(pair, fontsize=9)
+        ax.set_xlabel("alpha")
+        ax.set_ylabel("rescaled to [0, 1] over the sweep")
+        ax.grid(True, linewidth=0.3)
+        ax.legend(fontsize=6)
+    return figure

@@ -30,6 +30,8 @@ from robustsig._progress import progress
 from robustsig.errors import DataError, InputError
 from robustsig.report import figures, tables
 from robustsig.report.pool import KIND_TITLES, model_groups
+from robustsig.study.analyses.predict_er import SIGNATURES, ErPredictorRow, ErTrackingRow, SignatureRow
+from robustsig.study.analyses.significance import ConceptSignificanceRow
 from robustsig.study.config import StudyConfig, validate_study_config
 from robustsig.study.results import (AccuracyRow, CkaRow, ConceptRow, ConceptThresholdRow, ConceptTopRow, DatasetRow,
                                      ImportanceRow, KurtosisRow, ModelRow, OutlierRow, PrivilegedRow, PruningRow,
@@ -283,6 +285,9 @@ def _concepts_section(page: _Page, models: Sequence[ModelRow]) -> str | None:
                             f"concept_thresholds_{basis}", f"Threshold sensitivity ({basis} basis): unique concepts "
                             "and the paper's polysemanticity at each AP threshold (results/concept_thresholds.csv; "
                             "solid line: the paper's 0.9, dotted: its footnote's 0.85).", ["concept_thresholds"])
+    significance = page.read(ConceptSignificanceRow)
+    for basis in dict.fromkeys(row.basis for row in significance):
+        text += page.table(tables.significance_table(models, significance, basis))
     if top:
         text += page.table(tables.concept_top_table(top))
     for basis in bases:
@@ -335,6 +340,29 @@ def _wiseft_section(page: _Page, models: Sequence[ModelRow]) -> str | None:
             + page.table(tables.wiseft_table(rows)))
 
 
+def _predict_er_section(page: _Page, models: Sequence[ModelRow]) -> str | None:
+    signatures, predictors = page.read(SignatureRow), page.read(ErPredictorRow)
+    if not signatures:
+        return None
+    notes = {row.note for row in predictors if row.note}
+    provenance = page.provenance.get("tables", {}).get("er_predictors", {}).get("parameters", {})
+    notes |= {provenance["note"]} if provenance.get("note") and not predictors else set()
+    text = "".join(f"<p class=\"note\">{_e(note)}</p>" for note in sorted(notes))
+    if any(row.er is not None for row in signatures):
+        text += page.figure(lambda: figures.signature_scatter_figure(models, signatures, SIGNATURES),
+                            "signatures_vs_er", "Each signature (computed on in-distribution data only) against "
+                            "ER, one point per model (color: kind).", ["signatures"])
+    if predictors:
+        text += page.table(tables.predictors_table(predictors))
+    tracking, wiseft = page.read(ErTrackingRow), page.read(WiseFtRow)
+    if tracking:
+        text += page.figure(lambda: figures.tracking_figure(wiseft), "er_tracking",
+                            "Wise-FT: ER and the signatures against alpha, each rescaled over its sweep.",
+                            ["wiseft", "er_tracking"])
+        text += page.table(tables.tracking_table(tracking))
+    return text
+
+
 _SECTIONS: tuple[tuple[str, str, tuple[str, ...], Callable[[_Page, Sequence[ModelRow]], str | None]], ...] = (
     ("accuracy", "Accuracy and effective robustness", ("accuracy", "robustness"), _accuracy_section),
     ("kurtosis", "Activation kurtosis", ("kurtosis",), _kurtosis_section),
@@ -343,6 +371,7 @@ _SECTIONS: tuple[tuple[str, str, tuple[str, ...], Callable[[_Page, Sequence[Mode
     ("concepts", "Concepts", ("concepts",), _concepts_section),
     ("cka", "CKA per layer", ("cka",), _cka_section),
     ("wiseft", "Wise-FT", ("wiseft",), _wiseft_section),
+    ("predict_er", "Signatures as ER predictors", ("signatures", "er_predictors"), _predict_er_section),
 )
 
 

@@ -23,6 +23,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from robustsig._atomic import write_text_atomic
 from robustsig.report.pool import KIND_TITLES, cells, kinds_present, layout_rows
@@ -291,3 +292,48 @@ def write_table(table: ReportTable, directory: str | Path) -> list[Path]:
         write_text_atomic(path, text if text.endswith("\n") else text + "\n")
         paths.append(path)
     return paths
+
+
+def _interval_text(low: float | None, high: float | None, scale: float = 1.0, fmt: str = "+.2f") -> str | None:
+    return None if low is None or high is None else f"[{scale * low:{fmt}}, {scale * high:{fmt}}]"
+
+
+def significance_table(models: Sequence[ModelRow], rows: Sequence[Any], basis: str) -> ReportTable:
+    """Unique concepts raw, their chance level, and the count significant under Benjamini-Hochberg."""
+    chosen = [row for row in rows if row.basis == basis]
+    values = {row.model: (integer(row.unique_concepts), decimal(1)(row.chance_unique),
+                          integer(row.significant_concepts)) for row in chosen}
+    detail = (f" (AP >= {chosen[0].threshold:g}, {chosen[0].permutations} label permutations per concept, FDR "
+              f"{chosen[0].alpha:g}, {chosen[0].orientation} orientation)") if chosen else ""
+    return pool_table(f"concept_significance_{basis}", f"Unique concepts against chance, {basis} basis", models,
+                      values, ("Raw", "Chance level", "Significant"),
+                      caption=f"Raw: eq. 5{detail}; chance level: the raw count expected when every concept's labels "
+                              "are permuted inside its balanced set; significant: raw concepts whose max AP over "
+                              "directions is significant under Benjamini-Hochberg.", sources=("concept_significance",))
+
+
+def predictors_table(rows: Sequence[Any]) -> ReportTable:
+    """Leave-one-model-out ER prediction: each signature, the combination, the reference and DoC/ATC."""
+    body = tuple((row.predictor, row.kind, str(row.models), decimal(2)(row.spearman),
+                  _interval_text(row.spearman_low, row.spearman_high), decimal(2)(row.kendall),
+                  _interval_text(row.kendall_low, row.kendall_high), f"{100 * row.mae:.2f}",
+                  _interval_text(row.mae_low, row.mae_high, 100, ".2f")) for row in rows)
+    return ReportTable("er_predictors", "Signatures as ER predictors, leaving each model out", ("Predictor", "Kind"),
+                       (("", ("Models", "Spearman", "95% interval", "Kendall", "95% interval", "MAE (ER points)",
+                              "95% interval")),), body,
+                       "A signature: rho and tau of the signature itself with ER (every increasing map ranks the "
+                       "models alike), MAE of the monotone fit on the other models; the combination: ridge on the "
+                       "other models, its held-out predictions ranked; mean of others: the reference a fit must "
+                       "beat on MAE (its rho is -1 by construction); doc, atc-*: label-free predicted ER from the "
+                       "unlabelled shift images, no fit. Intervals: percentile bootstrap over models.",
+                       ("er_predictors", "er_predictions", "signatures", "label_free"))
+
+
+def tracking_table(rows: Sequence[Any]) -> ReportTable:
+    """Rank correlation of each signature with ER along each Wise-FT sweep."""
+    body = tuple((row.pair, row.signature, str(row.points), decimal(2)(row.spearman), decimal(2)(row.kendall))
+                 for row in rows)
+    return ReportTable("er_tracking", "Do the signatures track ER along Wise-FT sweeps?", ("Pair", "Signature"),
+                       (("", ("Alphas", "Spearman", "Kendall")),), body,
+                       "Rank correlation across alpha of the signature and ER of the interpolated models.",
+                       ("er_tracking",))

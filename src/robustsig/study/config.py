@@ -41,7 +41,8 @@ from robustsig._yaml import SafeLoader, safe_load
 from robustsig.errors import DataError, InputError
 from robustsig.study._messages import format_validation_error
 
-ANALYSES: tuple[str, ...] = ("accuracy", "kurtosis", "importance", "pruning", "concepts", "cka", "wiseft")
+ANALYSES: tuple[str, ...] = ("accuracy", "kurtosis", "importance", "pruning", "concepts", "cka", "wiseft",
+                              "predict_er")
 """The analyses a study can run, in the order they run (and the names ``--only`` accepts)."""
 
 MODEL_KINDS: tuple[str, ...] = ("zero-shot", "finetuned", "supervised")
@@ -298,6 +299,9 @@ class ConceptsOptions(_Analysis):
     thresholds: Annotated[list[Annotated[float, Field(gt=0, le=1)]], AfterValidator(_unique)] = Field(
         default_factory=lambda: [0.8, 0.85, 0.9, 0.95], min_length=1,
         description="AP thresholds of the sensitivity sweep (unique concepts and polysemanticity at each)")
+    permutations: NonNegativeInt = Field(default=1000, description="label permutations per concept of the "
+                                         "significance test of the concept counts (0: no test)")
+    alpha: float = Field(default=0.05, gt=0, lt=1, description="false discovery rate of the significant concept count")
 
 
 class CkaPair(_Section):
@@ -357,6 +361,17 @@ class WiseFtOptions(_Analysis):
     concepts: bool = Field(default=True, description="unique concepts per alpha (needs datasets.broden)")
 
 
+class PredictErOptions(_Analysis):
+    """Signatures as ER predictors: the signature table, leave-one-model-out prediction of ER against the label-free
+    baselines DoC and ATC, and Wise-FT tracking (robustsig.study.analyses.predict_er)."""
+
+    label_free: bool = Field(default=True, description="DoC and ATC predicted ER from the stored logits")
+    combination: list[str] | None = Field(default=None, description="signatures the ridge combination uses "
+                                          "(default: every signature known for every model)")
+    resamples: PositiveInt = Field(default=2000, description="bootstrap resamples of the models")
+    seed: int = 0
+
+
 class Analyses(_Section):
     """The analyses to run. A key that is present runs (``kurtosis:`` alone means: with the defaults);
     ``enabled: false`` keeps the options but skips it."""
@@ -368,6 +383,7 @@ class Analyses(_Section):
     concepts: ConceptsOptions | None = None
     cka: CkaOptions | None = None
     wiseft: WiseFtOptions | None = None
+    predict_er: PredictErOptions | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -562,6 +578,9 @@ def _reference_problems(config: StudyConfig) -> list[str]:
     if needs_broden and config.datasets.broden is None:
         problems.append(f"datasets.broden: required by {' and '.join(needs_broden)}; expected "
                         "{root: /path/to/broden1_224}")
+    if analyses.enabled("predict_er") and not config.datasets.shift:
+        problems.append("analyses.predict_er: expected datasets.shift (ER needs shift sets); add shift sets or "
+                        "remove predict_er")
     if analyses.concepts is not None:
         for i, group in enumerate(analyses.concepts.venn_groups or []):
             for j, name in enumerate(group):

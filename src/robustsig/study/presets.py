@@ -127,6 +127,8 @@ def _paper_analyses() -> list[str]:
              "    # separate positives from negatives; `positive` counts only the side the sign convention picked.",
              "    orientation: both",
              "    thresholds: [0.8, 0.85, 0.9, 0.95]  # threshold sensitivity sweep (footnote 4: conclusions hold at 0.85)",
+             "    permutations: 1000  # label permutations per concept: raw vs significant counts (0: no test)",
+             "    alpha: 0.05  # false discovery rate of the significant count (Benjamini-Hochberg)",
              "  cka:  # layer-by-layer CKA between each zero-shot model and its finetuned version (Fig. 5, 6)",
              "    kernel: linear",
              "    pairs:"]
@@ -137,6 +139,9 @@ def _paper_analyses() -> list[str]:
               "    pairs:"]
     for name, zero_shot, finetuned in _pairs():
         lines += [f"      - {{name: {name}, zero_shot: {zero_shot}, finetuned: {finetuned}}}"]
+    lines += ["  predict_er:  # signatures as ER predictors, leaving each model out, against DoC and ATC",
+              "    label_free: true  # DoC and ATC predicted ER from the stored logits",
+              "    combination: null  # signatures of the ridge combination (null: every one known for every model)"]
     return lines
 
 

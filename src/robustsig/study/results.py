@@ -283,7 +283,17 @@ class WiseFtRow:
 TABLES: dict[str, type] = {row.TABLE: row for row in (
     ModelRow, DatasetRow, AccuracyRow, RobustnessRow, KurtosisRow, OutlierRow, ImportanceRow, PrivilegedRow,
     PruningRow, ConceptRow, ConceptTopRow, VennRow, CkaRow, WiseFtRow, ConceptThresholdRow)}
-"""Table name -> row type; the CSV file is ``NAME.csv``."""
+"""Table name -> row type; the CSV file is ``NAME.csv``. Analyses that keep their rows beside them add them with
+:func:`register_table`."""
+
+
+def register_table(row: type) -> type:
+    """Add a row type defined beside its analysis to :data:`TABLES` (a class decorator); its ``TABLE`` name must be
+    new."""
+    if TABLES.get(row.TABLE, row) is not row:
+        raise InputError(f"table {row.TABLE!r} is already {TABLES[row.TABLE].__name__}")
+    TABLES[row.TABLE] = row
+    return row
 
 Row = TypeVar("Row")
 

@@ -276,9 +276,9 @@ def _drop_stale_rows(results: Results, config: StudyConfig, log: RunLog) -> None
     def kept(row: Any) -> bool:
         if isinstance(row, CkaRow):
             return (row.model_a, row.model_b, row.dataset) in cka_planned
-        if isinstance(row, WiseFtRow):
+        if isinstance(row, WiseFtRow) or hasattr(row, "pair"):  # Wise-FT rows, and tables keyed by its pairs
             return row.pair in wiseft_pairs
-        return getattr(row, "model", None) in models
+        return getattr(row, "model", None) in models if hasattr(row, "model") else True  # pool-level tables: kept
 
     for table in TABLES.values():
         if table in (ModelRow, DatasetRow) or not results.has(table):

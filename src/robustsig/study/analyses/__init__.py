@@ -8,17 +8,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from robustsig.study.analyses import (accuracy, cka, concept_thresholds, concepts, importance, kurtosis, pruning,
-                                     wiseft)
+from robustsig.study.analyses import (accuracy, cka, concept_thresholds, concepts, importance, kurtosis, predict_er,
+                                     pruning, significance, wiseft)
 from robustsig.study.config import ModelEntry, StudyConfig
 from robustsig.study.plan import Planner
 from robustsig.study.tasks import Task
 
 
 def _concepts_plan(planner: Planner, config: StudyConfig, entry: ModelEntry) -> None:
-    """The concepts of one model: its AP matrices and summary, then the threshold sweep read from them."""
+    """The concepts of one model: its AP matrices and summary, the threshold sweep read from them, then the
+    significance test of its concept counts."""
     concepts.plan(planner, config, entry)
     concept_thresholds.plan(planner, config, entry)
+    significance.plan(planner, config, entry)
 
 
 PER_MODEL: dict[str, Callable[[Planner, StudyConfig, ModelEntry], None]] = {
@@ -27,7 +29,7 @@ PER_MODEL: dict[str, Callable[[Planner, StudyConfig, ModelEntry], None]] = {
 """Analysis name -> adds the tasks of one model."""
 
 PER_POOL: dict[str, Callable[[Planner, StudyConfig], None]] = {
-    "concepts": concepts.plan_venn, "cka": cka.plan, "wiseft": wiseft.plan}
+    "concepts": concepts.plan_venn, "cka": cka.plan, "wiseft": wiseft.plan, "predict_er": predict_er.plan}
 """Analysis name -> adds the tasks that compare models (after every model's own)."""
 
 

@@ -37,7 +37,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,19 +85,10 @@ def load_ap(results_root: str | os.PathLike, subject: str, basis: str) -> tuple[
     return ap, list(info["concepts"]), list(info["categories"])
 
 
-def concept_ap_matrix(store: ActivationStore, dataset: Any, basis: str, *, min_positives: int, seed: int,
-                      orientation: str = "both") -> tuple[torch.Tensor, list[str], list[str]]:
-    """AP of every direction of ``basis`` for every concept with enough positives, on balanced per-concept sets.
-
-    Args:
-        store: the activations on the concept dataset (rows keyed by dataset position in ``ids``).
-        dataset: the concept dataset (``balanced_sets``, ``concept_categories``).
-        basis: ``"singular"`` (projections on the head's right singular vectors) or ``"neuron"`` (h itself).
-        min_positives, seed: see :meth:`robustsig.data.concepts.ConceptImageDataset.balanced_sets`.
-        orientation: ``"both"`` or ``"positive"`` (see :func:`robustsig.average_precision_matrix`).
-
-    Returns:
-        ``(ap, names, categories)``: the ``C x D`` float64 matrix and the C concepts probed.
+def concept_members(store: ActivationStore, dataset: Any, *, min_positives: int, seed: int
+                    ) -> list[tuple[Any, np.ndarray, np.ndarray]]:
+    """The balanced per-concept sets (``dataset.balanced_sets(min_positives, seed)``) as ``(concept, store rows,
+    labels)``, images that could not be decoded left out, concepts left with one class only dropped.
 
     Raises:
         DataError: no concept has ``min_positives`` positive (and as many negative) decoded images.
@@ -115,9 +106,17 @@ def concept_ap_matrix(store: ActivationStore, dataset: Any, basis: str, *, min_p
     if not members:
         raise DataError(f"no concept of the concept dataset has {min_positives} positive and as many negative decoded "
                         "images; lower analyses.concepts.min_positives or use a larger concept dataset")
+    return members
+
+
+def concept_score_groups(store: ActivationStore, members: Sequence[tuple[Any, np.ndarray, np.ndarray]], basis: str
+                         ) -> Iterator[tuple[list[torch.Tensor], list[torch.Tensor]]]:
+    """The per-concept score sets of ``members`` in ``basis`` (the list form of
+    :func:`robustsig.average_precision_matrix`), a group of concepts at a time (``SCORE_BUDGET`` entries read at
+    once), in the order of ``members``: ``(scores, labels)`` per group."""
     V = store_head_svd(store).V.to(torch.float32) if basis == "singular" else None
     width = V.shape[1] if V is not None else store.manifest["tensors"]["h"]["shape"][1]
-    ap_parts, group, group_rows = [], [], 0
+    group, group_rows = [], 0
     for i, member in enumerate(members):
         group.append(member)
         group_rows += len(member[1])
@@ -126,10 +125,31 @@ def concept_ap_matrix(store: ActivationStore, dataset: Any, basis: str, *, min_p
             scores = gather_rows(store, "h", union).to(torch.float32)
             if V is not None:
                 scores = scores @ V
-            ap_parts.append(average_precision_matrix(
-                [scores[torch.from_numpy(np.searchsorted(union, rows))] for _, rows, _ in group],
-                [torch.from_numpy(labels) for _, _, labels in group], orientation=orientation))
+            yield ([scores[torch.from_numpy(np.searchsorted(union, rows))] for _, rows, _ in group],
+                   [torch.from_numpy(labels) for _, _, labels in group])
             group, group_rows = [], 0
+
+
+def concept_ap_matrix(store: ActivationStore, dataset: Any, basis: str, *, min_positives: int, seed: int,
+                      orientation: str = "both") -> tuple[torch.Tensor, list[str], list[str]]:
+    """AP of every direction of ``basis`` for every concept with enough positives, on balanced per-concept sets.
+
+    Args:
+        store: the activations on the concept dataset (rows keyed by dataset position in ``ids``).
+        dataset: the concept dataset (``balanced_sets``, ``concept_categories``).
+        basis: ``"singular"`` (projections on the head's right singular vectors) or ``"neuron"`` (h itself).
+        min_positives, seed: see :meth:`robustsig.data.concepts.ConceptImageDataset.balanced_sets`.
+        orientation: ``"both"`` or ``"positive"`` (see :func:`robustsig.average_precision_matrix`).
+
+    Returns:
+        ``(ap, names, categories)``: the ``C x D`` float64 matrix and the C concepts probed.
+
+    Raises:
+        DataError: no concept has ``min_positives`` positive (and as many negative) decoded images.
+    """
+    members = concept_members(store, dataset, min_positives=min_positives, seed=seed)
+    ap_parts = [average_precision_matrix(scores, labels, orientation=orientation)
+                for scores, labels in concept_score_groups(store, members, basis)]
     categories = getattr(dataset, "concept_categories", None)
     names = [concept.name for concept, _, _ in members]
     return (torch.cat(ap_parts), names,

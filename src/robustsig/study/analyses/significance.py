@@ -1,0 +1,124 @@
+"""Concept counts controlled for chance: for each model and basis of the concepts analysis, the label-permutation
+test of every concept (:func:`robustsig.concept_significance`) on the same balanced sets as its AP matrix, and
+Benjamini-Hochberg over the concepts: ``concept_significance.csv`` puts the raw count of eq. 5, its chance level
+and the significant count side by side; ``results/concept_ap/SUBJECT_BASIS_significance.json`` keeps every
+concept's max AP, p-value and adjusted p-value.
+
+It runs with the concepts analysis (``analyses.concepts.permutations``, 0 turns it off; ``alpha``), with that
+analysis's threshold, sets (``min_positives``, ``seed``) and AP orientation (``analyses.concepts.orientation``).
+The permutations run on the study's device.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+
+from robustsig._atomic import write_text_atomic
+from robustsig.metrics.significance import (DEFAULT_STOP_AFTER, benjamini_hochberg, concatenate,
+                                            permutation_p_values)
+from robustsig.study.analyses import concepts as concepts_analysis
+from robustsig.study.config import ConceptsOptions, ModelEntry, StudyConfig
+from robustsig.study.plan import Planner
+from robustsig.study.results import _column, register_table
+from robustsig.study.subjects import model_subject
+from robustsig.study.tasks import AnalysisTask, RunContext, has_rows
+
+
+@register_table
+@dataclass(frozen=True)
+class ConceptSignificanceRow:
+    """Raw and chance-controlled unique concepts of a model in one basis."""
+
+    TABLE: ClassVar[str] = "concept_significance"
+    KEY: ClassVar[tuple[str, ...]] = ("model", "basis")
+    model: str = _column("model name")
+    basis: str = _column("singular or neuron")
+    num_concepts: int = _column("concepts tested")
+    unique_concepts: int = _column("eq. 5, raw: concepts with some direction at AP >= threshold")
+    chance_unique: float = _column("its chance level: the mean raw count when every concept's labels are permuted")
+    significant_concepts: int = _column("concepts counted by eq. 5 whose max AP is significant (BH at alpha)")
+    discoveries: int = _column("concepts significant under BH whatever their AP")
+    alpha: float = _column("false discovery rate")
+    permutations: int = _column("label permutations per concept (at most; a clearly null concept stops early)")
+    threshold: float = _column("the AP threshold")
+    orientation: str = _column("positive (AP of s) or both (max of AP(s), AP(-s))")
+
+
+def device_of(ctx: RunContext) -> torch.device:
+    if ctx.device not in (None, "auto"):
+        return torch.device(ctx.device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+class ConceptSignificanceTask(AnalysisTask):
+    """The permutation test of one model's concepts in one basis."""
+
+    tag = "concept_significance"
+
+    def __init__(self, model: str, dataset: str, basis: str, options: ConceptsOptions, needs: tuple[str, ...]) -> None:
+        super().__init__(f"concept_significance:{model}:{basis}", f"{model} ({basis} basis)", needs, (model,))
+        self.model = model
+        self.subject = model_subject(model)
+        self.dataset = dataset
+        self.basis = basis
+        self.options = options
+
+    def _parameters(self) -> dict[str, Any]:
+        options = self.options
+        return {"basis": self.basis, "min_positives": options.min_positives, "seed": options.seed,
+                "threshold": options.threshold, "permutations": options.permutations, "alpha": options.alpha,
+                "orientation": options.orientation, "stop_after": DEFAULT_STOP_AFTER}
+
+    def provenance(self, ctx: RunContext) -> dict[str, Any]:
+        return {"store": ctx.store(self.subject, self.dataset).provenance, **self._parameters(),
+                "sign": concepts_analysis.SIGN_CONVENTION if self.basis == "singular" else None}
+
+    def present(self, ctx: RunContext) -> bool:
+        return has_rows(ctx.results, ConceptSignificanceRow, model=self.model, basis=self.basis)
+
+    def compute(self, ctx: RunContext) -> str:
+        begin = time.perf_counter()
+        options, orientation = self.options, self.options.orientation
+        verified = ctx.store(self.subject, self.dataset)
+        members = concepts_analysis.concept_members(verified.store, ctx.dataset(self.dataset),
+                                                    min_positives=options.min_positives, seed=options.seed)
+        tests, start = [], 0
+        for scores, labels in concepts_analysis.concept_score_groups(verified.store, members, self.basis):
+            tests.append(permutation_p_values(scores, labels, threshold=options.threshold,
+                                              permutations=options.permutations, seed=options.seed,
+                                              orientation=orientation, first_concept=start, device=device_of(ctx),
+                                              stop_after=DEFAULT_STOP_AFTER))
+            start += len(scores)
+        result = benjamini_hochberg(concatenate(tests), options.alpha)
+        row = ConceptSignificanceRow(self.model, self.basis, len(members), result.unique_concepts,
+                                     result.chance_unique, result.significant_concepts, result.discoveries,
+                                     options.alpha, options.permutations, options.threshold, orientation)
+        ctx.results.replace(ConceptSignificanceRow, [row], model=self.model, basis=self.basis)
+        ctx.results.record(ConceptSignificanceRow, [verified.record(self.model, self.dataset)],
+                           {key: value for key, value in self._parameters().items() if key != "basis"})
+        sidecar = concepts_analysis.ap_paths(ctx.results.root, self.subject.name, self.basis)[0].with_name(
+            f"{self.subject.name}_{self.basis}_significance.json")
+        write_text_atomic(sidecar, json.dumps({
+            "model": self.model, "basis": self.basis, "store_key": verified.digest, **self._parameters(),
+            "concepts": [concept.name for concept, _, _ in members], "max_ap": result.test.max_ap.tolist(),
+            "p_values": result.p_values.tolist(), "adjusted": result.adjusted.tolist(),
+            "permutations_drawn": result.test.drawn.tolist()}, indent=1) + "\n")
+        return (f"{row.unique_concepts} unique concepts (chance level {row.chance_unique:.1f}), "
+                f"{row.significant_concepts} significant at FDR {options.alpha:g}, of {row.num_concepts} "
+                f"({time.perf_counter() - begin:.1f} s)")
+
+
+def plan(planner: Planner, config: StudyConfig, entry: ModelEntry) -> None:
+    """The test of every basis of the concepts analysis for ``entry`` (none when ``permutations`` is 0)."""
+    options = concepts_analysis.options_of(config)
+    if not options.permutations:
+        return
+    broden = config.datasets.broden.name
+    store = planner.store(model_subject(entry.name), broden)
+    for basis in options.bases:
+        planner.add(ConceptSignificanceTask(entry.name, broden, basis, options, (store,)))
