@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from robustsig._atomic import atomic_output, write_text_atomic
+from robustsig.distributed import resolve_device
 from robustsig.errors import DataError
 from robustsig.extraction.store import ActivationStore
 from robustsig.metrics.concepts import average_precision_matrix, concept_overlaps, concept_summary
@@ -77,8 +78,15 @@ def load_ap(results_root: str | os.PathLike, subject: str, basis: str) -> tuple[
     return ap, list(info["concepts"]), list(info["categories"])
 
 
-def concept_ap_matrix(store: ActivationStore, dataset: Any, basis: str, *, min_positives: int, seed: int
-                      ) -> tuple[torch.Tensor, list[str], list[str]]:
+def ap_device(device: str | None) -> torch.device:
+    """Where the AP matrices are computed: the study's device when it is a CUDA GPU (``auto``: one when torch sees
+    it), else the CPU (the AP kernel works in float64, which MPS lacks)."""
+    resolved = resolve_device(device)
+    return resolved if resolved.type == "cuda" else torch.device("cpu")
+
+
+def concept_ap_matrix(store: ActivationStore, dataset: Any, basis: str, *, min_positives: int, seed: int,
+                      device: str | torch.device = "cpu") -> tuple[torch.Tensor, list[str], list[str]]:
     """AP of every direction of ``basis`` for every concept with enough positives, on balanced per-concept sets.
 
     Args:
@@ -86,6 +94,7 @@ def concept_ap_matrix(store: ActivationStore, dataset: Any, basis: str, *, min_p
         dataset: the concept dataset (``balanced_sets``, ``concept_categories``).
         basis: ``"singular"`` (projections on the head's right singular vectors) or ``"neuron"`` (h itself).
         min_positives, seed: see :meth:`robustsig.data.concepts.ConceptImageDataset.balanced_sets`.
+        device: where the projections and the AP are computed (a GPU gives the same values).
 
     Returns:
         ``(ap, names, categories)``: the ``C x D`` float64 matrix and the C concepts probed.
@@ -106,7 +115,7 @@ def concept_ap_matrix(store: ActivationStore, dataset: Any, basis: str, *, min_p
     if not members:
         raise DataError(f"no concept of the concept dataset has {min_positives} positive and as many negative decoded "
                         "images; lower analyses.concepts.min_positives or use a larger concept dataset")
-    V = store_head_svd(store).V.to(torch.float32) if basis == "singular" else None
+    V = store_head_svd(store).V.to(device, torch.float32) if basis == "singular" else None
     width = V.shape[1] if V is not None else store.manifest["tensors"]["h"]["shape"][1]
     ap_parts, group, group_rows = [], [], 0
     for i, member in enumerate(members):
@@ -114,12 +123,12 @@ def concept_ap_matrix(store: ActivationStore, dataset: Any, basis: str, *, min_p
         group_rows += len(member[1])
         if group_rows * width >= SCORE_BUDGET or i == len(members) - 1:
             union = np.unique(np.concatenate([rows for _, rows, _ in group]))
-            scores = gather_rows(store, "h", union).to(torch.float32)
+            scores = gather_rows(store, "h", union).to(device, torch.float32)
             if V is not None:
                 scores = scores @ V
             ap_parts.append(average_precision_matrix(
-                [scores[torch.from_numpy(np.searchsorted(union, rows))] for _, rows, _ in group],
-                [torch.from_numpy(labels) for _, _, labels in group]))
+                [scores[torch.from_numpy(np.searchsorted(union, rows)).to(device)] for _, rows, _ in group],
+                [torch.from_numpy(labels) for _, _, labels in group], device=device))
             group, group_rows = [], 0
     categories = getattr(dataset, "concept_categories", None)
     names = [concept.name for concept, _, _ in members]
@@ -154,7 +163,8 @@ class ConceptApTask(AnalysisTask):
         begin = time.perf_counter()
         verified = ctx.store(self.subject, self.dataset)
         ap, names, categories = concept_ap_matrix(verified.store, ctx.dataset(self.dataset), self.basis,
-                                                  min_positives=self.min_positives, seed=self.seed)
+                                                  min_positives=self.min_positives, seed=self.seed,
+                                                  device=ap_device(ctx.device))
         npy, sidecar = ap_paths(ctx.results.root, self.subject.name, self.basis)
         with atomic_output(npy) as temporary, open(temporary, "wb") as handle:
             np.save(handle, ap.numpy(), allow_pickle=False)
