@@ -19,6 +19,7 @@ such a concept from ever counting as encoded or not encoded). A concept without 
 from __future__ import annotations
 
 import itertools
+import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -198,16 +199,33 @@ def _ap_tied_rows(positive: torch.Tensor, count: torch.Tensor, tied: torch.Tenso
     return ap
 
 
+class _Buffers:
+    """Flat buffers reused by the batches of one call. Hand-written: a fresh multi-MB tensor per step of every
+    batch cost more in page faults than the arithmetic itself (~2x the whole kernel, measured)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.flat: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        size = math.prod(shape)
+        buffer = self.flat.get(name)
+        if buffer is None or buffer.numel() < size or buffer.dtype != dtype:
+            buffer = self.flat[name] = torch.empty(size, dtype=dtype, device=self.device)
+        return buffer[:size].view(shape)
+
+
 def _ap_sorted(positive: torch.Tensor, tied: torch.Tensor, n: torch.Tensor, n_positive: torch.Tensor,
-               orientation: str) -> torch.Tensor:
+               orientation: str, buffers: _Buffers) -> torch.Tensor:
     """AP of each row of a batch from its labels in increasing score order, ties grouped (sklearn's values).
 
     Args:
-        positive: ``B x D x W`` integers, 1 for a positive; row (b, d) holds its ``n[b]`` samples first, then padding
+        positive: ``B x D x W`` float64, 1 for a positive; row (b, d) holds its ``n[b]`` samples first, then padding
             (label 0).
         tied: ``B x D x (W-1)`` bool, entry i ties with entry i + 1 (never true in the padding).
         n, n_positive: ``B`` int64, samples and positives of each batch entry (``n_positive`` > 0).
         orientation: ``"positive"`` (AP of the scores) or ``"both"`` (the larger of the AP of s and of -s).
+        buffers: where the temporaries live.
 
     Returns:
         ``B x D`` float64.
@@ -217,20 +235,20 @@ def _ap_sorted(positive: torch.Tensor, tied: torch.Tensor, n: torch.Tensor, n_po
     (n - start)``, and to ``P * AP(-s)`` the positives over the samples scoring at most as high,
     ``(positives up to end) / (end + 1)``. Without ties ``start = end = i``, so the k-th positive adds
     ``(P + 1 - k) / (n - i)``: that runs on every row, and only the rows holding a tie are redone with their groups.
+    Counts are exact in float64; dividing is a multiplication by the reciprocals of the W possible counts.
     """
     batch, directions, width = positive.shape
-    index = torch.arange(width, device=positive.device)
+    index = torch.arange(width, device=positive.device, dtype=torch.float64)
     rows = tied.sum(-1).flatten().nonzero().flatten()                   # rare for continuous scores
-    positive = positive.double()                                       # float64 from here: exact counts, one
-    count = positive.cumsum(-1)                                        # conversion, no division (measured)
-    above = (n[:, None, None] - index).clamp_min(0).double()           # samples at or above i (0 in the padding)
-    terms = (n_positive[:, None, None] + 1.0) - count
+    count = torch.cumsum(positive, -1, out=buffers.get("count", positive.shape, torch.float64))
+    above = n[:, None, None] - index                                   # samples at or above i (<= 0: the padding)
+    terms = torch.sub(n_positive[:, None, None] + 1.0, count, out=buffers.get("terms", positive.shape, torch.float64))
     terms *= positive
-    terms *= torch.where(above > 0, 1.0 / above.clamp_min(1), 0.0)
+    terms *= torch.where(above > 0, 1.0 / above, 0.0)
     ap = terms.sum(-1)
     if orientation == "both":
         torch.mul(count, positive, out=terms)
-        terms *= 1.0 / (index + 1.0).double()
+        terms *= 1.0 / (index + 1.0)
         ap = torch.maximum(ap, terms.sum(-1))
     if rows.numel():
         flat = (-1, width)
@@ -262,38 +280,41 @@ def _padding(width: int, device: torch.device) -> torch.Tensor:
 
 
 def _ap_batch(sets: Sequence[torch.Tensor], flags: Sequence[torch.Tensor], group: list[int], d0: int, d1: int,
-              width: int, orientation: str, device: torch.device) -> torch.Tensor:
+              width: int, orientation: str, buffers: _Buffers) -> torch.Tensor:
     """AP (``len(group) x (d1 - d0)``) of a batch of concepts padded to ``width`` samples: one batched sort.
 
     float32 scores are sorted as float64 values (exact) that carry the label in their lowest mantissa bit, so the
     sort alone orders the labels and keeps equal scores recognisable (equal but for that bit); float64 scores have
     no spare bit and are sorted with their indices.
     """
+    device = buffers.device
+    shape = (len(group), d1 - d0, width)
     sizes = [sets[c].shape[0] for c in group]
     n = torch.tensor(sizes, device=device)
     labels = torch.zeros(len(group), 1, width, dtype=torch.int64, device=device)
-    values = torch.empty(len(group), d1 - d0, width, dtype=torch.float64, device=device)
-    if sets[group[0]].dtype == torch.float32:
-        pad = _padding(width, device)
-    else:
-        pad = torch.full((width,), torch.inf, dtype=torch.float64, device=device)
+    values = buffers.get("values", shape, torch.float64)
+    single = sets[group[0]].dtype == torch.float32
+    pad = _padding(width, device) if single else torch.full((width,), torch.inf, dtype=torch.float64, device=device)
     for j, c in enumerate(group):                                      # copies only: the math is batched
         values[j, :, :sizes[j]] = sets[c][:, d0:d1].T
         values[j, :, sizes[j]:] = pad[sizes[j]:]
         labels[j, 0, :sizes[j]] = flags[c]
     n_positive = labels.sum((1, 2))
-    if sets[group[0]].dtype == torch.float32:
+    positive = buffers.get("positive", shape, torch.float64)
+    tied = buffers.get("tied", shape[:2] + (width - 1,), torch.bool)
+    if single:
         values.add_(0.0)                                               # -0.0 becomes 0.0: one threshold, as sklearn
         bits = values.view(torch.int64).bitwise_or_(labels)
         _sort_rows(values)
-        positive = bits & 1
-        grouped = bits | 1
-        tied = grouped[..., 1:] == grouped[..., :-1]
+        positive.copy_(torch.bitwise_and(bits, 1, out=buffers.get("terms", shape, torch.float64).view(torch.int64)))
+        bits.bitwise_or_(1)
+        torch.eq(bits[..., 1:], bits[..., :-1], out=tied)
     else:
         values, order = _argsort_rows(values)
-        positive = labels.expand_as(order).take_along_dim(order, -1)
-        tied = (values[..., 1:] == values[..., :-1]) & (torch.arange(1, width, device=device) < n[:, None, None])
-    return _ap_sorted(positive, tied, n, n_positive, orientation)
+        positive.copy_(labels.expand_as(order).take_along_dim(order, -1))
+        torch.eq(values[..., 1:], values[..., :-1], out=tied)
+        tied &= torch.arange(1, width, device=device) < n[:, None, None]
+    return _ap_sorted(positive, tied, n, n_positive, orientation, buffers)
 
 
 def _per_concept_inputs(scores: Sequence[Any], labels: Sequence[Any]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -328,12 +349,13 @@ def _ap_matrix_per_concept(scores: Sequence[Any], labels: Sequence[Any], max_ele
     positives = np.array([int(y.sum()) for y in flags])
     _warn_no_positives(positives)
     ap = torch.full((len(sets), d), torch.nan, dtype=torch.float64, device=device)
+    buffers = _Buffers(device)
     present = np.flatnonzero(positives > 0)
     for batch, chunk, width in _size_buckets(sizes[present], d, min(max_elements, _CHUNK_ELEMENTS)):
         group = present[batch].tolist()
         for d0 in range(0, d, chunk):
             d1 = min(d, d0 + chunk)
-            ap[group, d0:d1] = _ap_batch(sets, flags, group, d0, d1, width, orientation, device)
+            ap[group, d0:d1] = _ap_batch(sets, flags, group, d0, d1, width, orientation, buffers)
     return ap.cpu()
 
 
