@@ -1,5 +1,5 @@
-"""Shared fixtures: deterministic seeds, real image files written in temporary folders, the reference data, a free
-port for process groups."""
+"""Shared fixtures: deterministic seeds, real image files written in temporary folders, the reference data (vendored
+in tests/data/reference, see its README), a free port for process groups."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ os.environ.setdefault("ROBUSTSIG_PROGRESS", "0")
 os.environ["ROBUSTSIG_CACHE"] = tempfile.mkdtemp(prefix="robustsig-test-cache-")
 for _offline in ("ROBUSTSIG_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.setdefault(_offline, "1")
-REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference"
+REFERENCE = Path(__file__).resolve().parent / "data" / "reference"
 
 
 @pytest.fixture(autouse=True)
@@ -42,9 +42,8 @@ def one_thread():
 
 @pytest.fixture
 def reference_dir() -> Path:
-    """``../shared/reference`` (published tables and class maps); the test is skipped where it is absent."""
-    if not REFERENCE.is_dir():
-        pytest.skip("../shared/reference is not present in this checkout")
+    """``tests/data/reference``: published tables and class maps, part of the repository (never skipped)."""
+    assert REFERENCE.is_dir(), f"{REFERENCE} is missing: it is part of the repository (tests/data/README.md)"
     return REFERENCE
 
 

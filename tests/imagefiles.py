@@ -23,3 +23,24 @@ def write_truncated_jpeg(path: Path, seed: int = 0) -> Path:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     return path
+
+
+def write_png16(path: Path, pixels: np.ndarray) -> Path:
+    """A 16-bit PNG written byte by byte (Pillow writes 16-bit grey only): ``pixels`` is H x W (grey) or H x W x C
+    (C: 2 grey + alpha, 3 RGB, 4 RGBA) of uint16."""
+    import struct
+    import zlib
+
+    pixels = np.asarray(pixels, dtype=">u2")
+    height, width = pixels.shape[:2]
+    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
+    colour = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+    raw = b"".join(b"\x00" + pixels[y].tobytes() for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, colour, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    return path

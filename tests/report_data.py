@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from robustsig.study.results import (AccuracyRow, CkaRow, ConceptRow, ConceptTopRow, DatasetRow, ImportanceRow,
+from robustsig.study.results import (AccuracyRow, CkaRow, ConceptRow, ConceptThresholdRow, ConceptTopRow, DatasetRow,
+                                     ImportanceRow,
                                      InputRecord, KurtosisRow, ModelRow, OutlierRow, PrivilegedRow, PruningRow,
                                      Results, RobustnessRow, VennRow, WiseFtRow)
 
@@ -17,6 +18,8 @@ MODELS = [
     ModelRow("rn50-sup", "openclip:RN50@/ckpt/rn50_sup.safetensors", "RN50", "imagenet-1k", "supervised"),
     ModelRow("vit-oa-zs", "openclip:ViT-B-32@openai", "ViT-B-32", "openai", "zero-shot"),
 ]
+CKA_SETS = {"val": 0.0, "sketch": 0.2, "v2": 0.4}
+"""The CKA rows' datasets and how far below the id set's (val) their CKA lies."""
 DATASETS = [DatasetRow("val", "imagenet", "id", "/data/val"), DatasetRow("sketch", "imagenet-sketch", "shift", "/s"),
             DatasetRow("broden", "broden", "concepts", "/b")]
 # model -> (acc on val, acc on sketch)
@@ -41,7 +44,8 @@ def write_results(root: Path) -> Results:
     inputs = [InputRecord(m, d, f"key-{m}-{d}", 1000) for m in ACCURACY for d in ("val", "sketch")]
     results.record(AccuracyRow, inputs)
     results.write(RobustnessRow, [RobustnessRow(m, a[0], a[1], ER[m], 0.76, -1.49) for m, a in ACCURACY.items()])
-    results.record(RobustnessRow, inputs, {"b1": 0.76, "b0": -1.49})
+    results.record(RobustnessRow, inputs, {"b1": 0.76, "b0": -1.49, "shift_sets": {"sketch": "imagenet-sketch"},
+                                           "paper_shift_sets": False, "missing_classes": {"sketch": ["n01440764"]}})
     results.write(KurtosisRow, [KurtosisRow(m, "val", k, 1000, 64) for m, k in KURTOSIS.items()])
     results.record(KurtosisRow, [InputRecord(m, "val", f"key-{m}-val", 1000) for m in KURTOSIS])
     results.write(OutlierRow, [OutlierRow("rn50-oa-zs", "val", 17, 9.5), OutlierRow("rn50-oa-zs", "val", 3, 6.25)])
@@ -60,8 +64,11 @@ def write_results(root: Path) -> Results:
                 pruning += [PruningRow(model, order, fraction, "val", acc_val * keep, ER[model] * keep),
                             PruningRow(model, order, fraction, "sketch", acc_sketch * keep, ER[model] * keep)]
     results.write(PruningRow, pruning)
-    results.write(ConceptRow, [ConceptRow(m, basis, 8, 40, len(c) + (basis == "neuron"), 1.25, 0.9)
+    results.write(ConceptRow, [ConceptRow(m, basis, 8, 40, len(c) + (basis == "neuron"), 1.25, 0.9, 2.5, "both")
                                for m, c in CONCEPTS.items() for basis in ("singular", "neuron")])
+    results.write(ConceptThresholdRow, [ConceptThresholdRow(m, "singular", t, len(c) + i, 1.25 - 0.25 * i,
+                                                            2.5 - 0.25 * i, "both")
+                                        for m, c in CONCEPTS.items() for i, t in enumerate((0.95, 0.9, 0.85))])
     results.record(ConceptRow, [InputRecord(m, "broden", f"key-{m}-broden", 500) for m in CONCEPTS],
                    {"threshold": 0.9, "concept name": XSS})
     results.write(ConceptTopRow, [ConceptTopRow("rn50-oa-zs", "singular", 0, 1, XSS, "object", 0.97),
@@ -70,9 +77,12 @@ def write_results(root: Path) -> Results:
     results.write(VennRow, [VennRow(m, "singular", c, "object") for m, cs in CONCEPTS.items() for c in sorted(cs)]
                   + [VennRow(m, "neuron", c, "object") for m, cs in CONCEPTS.items() for c in sorted(cs | {"wood"})])
     layers = ["layer1", "layer2", "layer3"]
-    results.write(CkaRow, [CkaRow("rn50-oa-zs", "rn50-oa-ft", la, lb, 1.0 - 0.1 * abs(i - j) - 0.05 * i)
+    results.write(CkaRow, [CkaRow("rn50-oa-zs", "rn50-oa-ft", la, lb, 1.0 - 0.1 * abs(i - j) - 0.05 * i - drop, name,
+                                  "minibatch")
+                           for name, drop in CKA_SETS.items()
                            for i, la in enumerate(layers) for j, lb in enumerate(layers)]
-                  + [CkaRow("vit-oa-zs", "rn50-oa-zs", la, lb, 0.5 + 0.1 * i)
+                  + [CkaRow("vit-oa-zs", "rn50-oa-zs", la, lb, 0.5 + 0.1 * i - drop, name, "minibatch")
+                     for name, drop in CKA_SETS.items()
                      for i, (la, lb) in enumerate(zip(["b0", "b1"], ["layer1", "layer3"]))])
     results.write(WiseFtRow, [WiseFtRow("rn50-oa", a, 0.598 + 0.16 * a, 0.331 - 0.08 * a, 0.08 - 0.1 * a,
                                         41.0 - 34 * a, 4 - 2 * round(a)) for a in (0.0, 0.5, 1.0)])

@@ -107,7 +107,7 @@ def test_v2_labels_are_folder_numbers_not_string_sorted_positions(tmp_path):
     root = tmp_path / "imagenetv2-matched-frequency"
     for n in numbers:
         write_image(root / "imagenetv2-matched-frequency-format-val" / str(n) / "x.jpeg", seed=n, size=(8, 8))
-    ds = rs.open_dataset("imagenet-v2", root)
+    ds = rs.open_dataset("imagenet-v2", root, allow_missing_classes=True)
     labels = [label for _, label in ds.samples]
     assert labels == numbers  # numeric order, label = the folder's number
     by_folder = {int(path.split("/")[-2]): label for path, label in ds.samples}
@@ -115,6 +115,7 @@ def test_v2_labels_are_folder_numbers_not_string_sorted_positions(tmp_path):
     # what the trap would give: positions in string order
     assert sorted(map(str, numbers)).index("10") == 2 != 10
     assert ds.class_indices == list(range(1000))
+    assert ds.missing_classes == [str(i) for i in range(1000) if i not in numbers]
 
 
 def test_v2_rejects_non_class_folders(tmp_path):
@@ -130,22 +131,29 @@ def test_v2_rejects_non_class_folders(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["imagenet-r", "imagenet-a"])
-def test_200_class_sets_subset_is_the_folders_present(tmp_path, kind):
+def test_200_class_sets_with_folders_missing_are_refused_unless_allowed(tmp_path, kind):
     wnids = subset_wnids(kind)
     chosen = [wnids[0], wnids[57], wnids[199]]
-    ds = rs.open_dataset(kind, wnid_tree(tmp_path / kind, chosen))
+    root = wnid_tree(tmp_path / kind, chosen)
+    with pytest.raises(rs.DataError) as refused:
+        rs.open_dataset(kind, root)
+    message = str(refused.value)
+    assert f"197 of its 200 class folders (wnids) are missing: {wnids[1]}, {wnids[2]}" in message
+    assert all(w in message for w in wnids if w not in chosen) and "allow_missing_classes" in message
+    ds = rs.open_dataset(kind, root, allow_missing_classes=True)
     expected = [WNIDS.index(w) for w in chosen]
     assert [label for _, label in ds.samples] == expected  # ImageNet-1k indices
-    assert ds.class_indices == expected
+    assert ds.class_indices == expected  # scored on the classes present, as allowed
+    assert ds.missing_classes == [w for w in wnids if w not in chosen]
     full = rs.open_dataset(kind, wnid_tree(tmp_path / "full" / kind, wnids))
-    assert full.class_indices == subset_indices(kind) and len(full) == 200
+    assert full.class_indices == subset_indices(kind) and len(full) == 200 and full.missing_classes == []
 
 
 def test_200_class_sets_reject_the_wrong_set(tmp_path):
     only_in_r = sorted(set(subset_wnids("imagenet-r")) - set(subset_wnids("imagenet-a")))
     root = wnid_tree(tmp_path / "downloads" / "imagenet-r", only_in_r[:3])
     with pytest.raises(rs.DataError, match=r"not among the 200 imagenet-a classes.*is this imagenet-r\?"):
-        rs.open_dataset("imagenet-a", tmp_path / "downloads")
+        rs.open_dataset("imagenet-a", tmp_path / "downloads", allow_missing_classes=True)
     not_in_either = sorted(set(WNIDS) - set(subset_wnids("imagenet-r")) - set(subset_wnids("imagenet-a")))
     wnid_tree(root, not_in_either[:1])
     with pytest.raises(rs.DataError, match=repr(not_in_either[0])):
@@ -179,7 +187,7 @@ def test_truncated_jpeg_is_skipped_unless_strict(tmp_path):
 
 def test_accuracy_on_r_uses_only_its_200_logits(tmp_path):
     wnids = subset_wnids("imagenet-r")
-    ds = rs.open_dataset("imagenet-r", wnid_tree(tmp_path / "r", [wnids[0], wnids[1]]))
+    ds = rs.open_dataset("imagenet-r", wnid_tree(tmp_path / "r", [wnids[0], wnids[1]]), allow_missing_classes=True)
     (i0, i1) = ds.class_indices
     logits = torch.zeros(2, 1000)
     logits[0, i0] = 2.0
@@ -198,15 +206,30 @@ def test_download_folders_are_found_without_guessing(tmp_path):
     # R and A side by side: each kind opens its own folder
     wnid_tree(tmp_path / "imagenet-r", [subset_wnids("imagenet-r")[0]])
     wnid_tree(tmp_path / "imagenet-a", [subset_wnids("imagenet-a")[0]])
-    assert rs.open_dataset("imagenet-a", tmp_path).class_indices == [subset_indices("imagenet-a")[0]]
-    assert rs.open_dataset("imagenet-r", tmp_path).class_indices == [subset_indices("imagenet-r")[0]]
+    partial = {"allow_missing_classes": True}
+    assert rs.open_dataset("imagenet-a", tmp_path, **partial).class_indices == [subset_indices("imagenet-a")[0]]
+    assert rs.open_dataset("imagenet-r", tmp_path, **partial).class_indices == [subset_indices("imagenet-r")[0]]
     # several V2 variants under one parent: refuse to pick one
     for variant in ["imagenetv2-matched-frequency-format-val", "imagenetv2-threshold0.7-format-val"]:
         write_image(tmp_path / "v2" / variant / "3" / "a.jpeg")
     with pytest.raises(rs.DataError, match="several ImageNet-V2 variants"):
-        rs.open_dataset("imagenet-v2", tmp_path / "v2")
-    assert len(rs.open_dataset("imagenet-v2", tmp_path / "v2" / "imagenetv2-threshold0.7-format-val")) == 1
+        rs.open_dataset("imagenet-v2", tmp_path / "v2", **partial)
+    assert len(rs.open_dataset("imagenet-v2", tmp_path / "v2" / "imagenetv2-threshold0.7-format-val", **partial)) == 1
     # a ground-truth file for class folders is a mistake, not something to ignore
     wnid_tree(tmp_path / "val", [WNIDS[0]])
     with pytest.raises(rs.InputError, match="ground_truth= is for the flat val layout"):
         rs.open_dataset("imagenet", tmp_path / "val", ground_truth=tmp_path / "gt.txt")
+
+
+def test_v2_with_class_folders_missing_is_refused_naming_them(tmp_path):
+    root = tmp_path / "imagenetv2-matched-frequency-format-val"
+    for n in range(1000):
+        if n not in (7, 512):
+            (root / str(n)).mkdir(parents=True)
+    write_image(root / "3" / "a.jpeg", seed=3, size=(8, 8))
+    with pytest.raises(rs.DataError, match=r"2 of its 1000 class folders \(0\.\.999\) are missing: 7, 512\. "):
+        rs.open_dataset("imagenet-v2", root)
+    write_image(root / "7" / "a.jpeg", seed=7, size=(8, 8))
+    write_image(root / "512" / "a.jpeg", seed=5, size=(8, 8))
+    ds = rs.open_dataset("imagenet-v2", root)
+    assert ds.missing_classes == [] and [label for _, label in ds.samples] == [3, 7, 512]

@@ -123,7 +123,10 @@ def test_reference_scoring_matches_wise_ft_projection(reference_dir, tmp_path):
     shutil.copytree(reference_dir / "wise-ft_objectnet_metadata", mappings)
     for k, folder in enumerate(["banana", "bicycle", "chair", "water_bottle"]):
         write_image(tmp_path / "objectnet-1.0" / "images" / folder / "x.png", seed=k)
-    ds = rs.open_dataset("objectnet", tmp_path)
+    with pytest.raises(rs.DataError, match=r"109 of its 113 mapped class folders are missing: alarm_clock, .*, wok\. Scored without them"):
+        rs.open_dataset("objectnet", tmp_path)
+    ds = rs.open_dataset("objectnet", tmp_path, allow_missing_classes=True)
+    assert len(ds.missing_classes) == 109 and "banana" not in ds.missing_classes
     assert len(ds.classnames) == 113 and len(ds.class_indices) == 125
     logits = torch.randn(500, 1000, generator=torch.Generator().manual_seed(3))
     labels = torch.randint(0, 113, (500,), generator=torch.Generator().manual_seed(4))

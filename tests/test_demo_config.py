@@ -15,6 +15,7 @@ from robustsig.demo import demo_config
 from robustsig.demo.config import (EFFICIENTNET_LITE0_LAYERS, FINETUNED, MOBILENET_V2_LAYERS, demo_models,
                                    layers_at_depths)
 from robustsig.data.base import image_loader
+from robustsig.study.analyses.cka import planned
 from robustsig.study.config import load_study_config, validate_study_config
 
 from demo_helpers import small_demo  # noqa: F401 (a fixture)
@@ -50,6 +51,11 @@ def test_demo_config_validates_and_names_existing_paths(small_demo, finetuned, t
     assert (pair.zero_shot, pair.finetuned) == ("mobilenet_v2", "mobilenet_v2-ft")
     assert config.analyses.wiseft.alphas == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert config.check_paths() == []
+    cka = config.analyses.cka  # the paper's CKA, zero-shot vs finetuned on the id set and all five shift sets
+    assert (cka.estimator, cka.minibatch) == ("minibatch", 16)
+    assert [(pair.model_b, dataset) for pair, dataset in planned(config)] == [
+        ("mobilenet_v2-ft", "photos"), ("efficientnet_lite0", "photos")] + [
+        ("mobilenet_v2-ft", name) for name in ("sketch", "cartoon", "rephoto", "viewpoint", "occlusion")]
     assert config.enabled_analyses() == ["accuracy", "kurtosis", "importance", "pruning", "concepts", "cka", "wiseft"]
     assert [d.name for d in config.datasets.evaluation()] == ["photos", "sketch", "cartoon", "rephoto", "viewpoint",
                                                              "occlusion"]

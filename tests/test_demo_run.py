@@ -30,7 +30,7 @@ SETS = ["photos", "sketch", "cartoon", "rephoto", "viewpoint", "occlusion"]
 # section id -> (its tables, its number of figures)
 SECTIONS = {"pool": ((), 0), "accuracy": (("accuracy", "accuracy_by_dataset"), 1), "kurtosis": (("kurtosis",), 0),
             "importance": (("privileged",), 1), "pruning": ((), 2),
-            "concepts": (("concepts_singular", "concepts_neuron", "concept_top"), 2), "cka": ((), 1),
+            "concepts": (("concepts_singular", "concepts_neuron", "concept_top"), 4), "cka": ((), 1),
             "wiseft": (("wiseft",), 1), "config": ((), 0), "versions": ((), 0)}
 
 
@@ -66,8 +66,12 @@ def test_the_report_shows_every_section_and_what_the_data_is(first_run):
         assert "Not run" not in body, name
         assert re.findall(r'<table id="table-([a-z_]+)">', body) == list(tables), name
         assert body.count('<figure><img src="data:image/png;base64,') == figures, name
+    # the demo's shifts are its own folder sets: the report says which sets ACC(S) averages over
+    assert ("ACC(S) is the mean over 5 shift set(s): sketch (folder), cartoon (folder), rephoto (folder), viewpoint "
+            "(folder), occlusion (folder); these are not the paper&#x27;s five shift sets") in sections["accuracy"]
+    assert "AP orientation: both" in sections["concepts"]
     assert sorted(p.name for p in (out / "report" / "figures").glob("*.png")) == [
-        "fig11_wiseft.png", "fig1_robustness.png", "fig2_importance.png", "fig3_pruning_accuracy.png",
+        "concept_thresholds_neuron.png", "concept_thresholds_singular.png", "fig11_wiseft.png", "fig1_robustness.png", "fig2_importance.png", "fig3_pruning_accuracy.png",
         "fig4_venn_neuron_0.png", "fig4_venn_singular_0.png", "fig5_cka_depth.png", "fig9_pruning_er.png"]
     statement = summary["data"]["statement"]
     assert "No ImageNet image is used" in statement and "6 classes" in statement
@@ -95,7 +99,12 @@ def test_results_have_rows_for_every_model_pair_and_alpha(first_run):
                                                                               for b in ("singular", "neuron")}
     cka = results.read(CkaRow)
     assert {(row.model_a, row.model_b) for row in cka} == {(ZERO_SHOT, FINETUNED), (ZERO_SHOT, EFFICIENTNET)}
-    assert len([row for row in cka if row.model_b == FINETUNED]) == 19  # every MobileNetV2 block, layer to layer
+    # the paper's CKA: every MobileNetV2 block, layer to layer, on the id set and every shift set
+    finetuned = [row for row in cka if row.model_b == FINETUNED]
+    assert sorted({row.dataset for row in finetuned}) == sorted(SETS)
+    assert all(len([row for row in finetuned if row.dataset == name]) == 19 for name in SETS)
+    assert {(row.dataset, row.estimator) for row in cka if row.model_b == EFFICIENTNET} == {("photos", "minibatch")}
+    assert {row.estimator for row in cka} == {"minibatch"} and all(0.0 <= row.cka <= 1.0 for row in cka)
     wiseft = sorted(results.read(WiseFtRow), key=lambda row: row.alpha)
     assert [row.alpha for row in wiseft] == list(WISEFT_ALPHAS)
     by_model = {row.model: row for row in results.read(RobustnessRow)}

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import robustsig as rs
+from robustsig._atomic import temporary_name
 from robustsig.extraction.store import ActivationStore
 
 from extract_helpers import CrashAt, assert_same_store, image_folder, reopen_folder, tiny_classifier
@@ -72,7 +73,7 @@ def test_resume_after_kill_9(tmp_path):
     kept = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("shard-*")}
     assert sorted(kept) == ["shard-000000.safetensors", "shard-000001.safetensors"]
     # what a crash can leave: a temp file of a shard being written, and (disk trouble) a garbled shard
-    (out / ".tmp-12345-shard-000004.safetensors").write_bytes(b"partial")
+    (out / temporary_name("shard-000004.safetensors", 12345)).write_bytes(b"partial")
     (out / "shard-000004.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage")
 
     ds = reopen_folder(tmp_path / "images")

@@ -12,7 +12,7 @@ import torch
 import robustsig as rs
 from robustsig.extraction.store import ActivationStore, safetensors_header
 
-from extract_helpers import Tensorize, image_folder, tiny_classifier
+from extract_helpers import Tensorize, image_folder, reopen_folder, tiny_classifier
 
 
 def run(clf, ds, out, **options):
@@ -71,7 +71,9 @@ def test_worker_processes_give_the_same_store(folder, tmp_path):
 def test_corrupt_images_are_counted_and_listed(folder, tmp_path):
     store = run(tiny_classifier(), folder, tmp_path / "store")
     assert store.manifest["num_skipped"] == 2
-    assert store.skipped == [{"id": 5, "path": folder.samples[5][0]}, {"id": 11, "path": folder.samples[11][0]}]
+    assert [{k: v for k, v in item.items() if k != "reason"} for item in store.skipped] == [
+        {"id": 5, "path": folder.samples[5][0]}, {"id": 11, "path": folder.samples[11][0]}]
+    assert all("image file is truncated" in item["reason"] for item in store.skipped)
     assert 5 not in store.read("ids").tolist()
 
 
@@ -164,7 +166,7 @@ def test_same_key_reuses_without_recompute(folder, tmp_path):
     # another classifier object with the same weights, the folder listed again, other batch size and pooling
     again = tiny_classifier()
     calls = count_forwards(again)
-    second = run(again, image_folder(tmp_path / "images", 14, corrupt=(5, 11)), tmp_path / "store",
+    second = run(again, reopen_folder(tmp_path / "images"), tmp_path / "store",
                  layers=["conv1"], batch_size=7)
     assert calls == []
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "store").iterdir()} == stamps
@@ -248,7 +250,8 @@ def test_shards_are_self_describing_safetensors(folder, tmp_path):
     header, _ = safetensors_header(tmp_path / "store" / "shard-000001.safetensors")
     metadata = header["__metadata__"]
     assert (metadata["start"], metadata["stop"], metadata["rows"]) == ("4", "8", "3")
-    assert json.loads(metadata["skipped"]) == [{"id": 5, "path": folder.samples[5][0]}]
+    assert [{k: v for k, v in item.items() if k != "reason"} for item in json.loads(metadata["skipped"])] == [
+        {"id": 5, "path": folder.samples[5][0]}]
     assert metadata["key_digest"] == store.manifest["key_digest"]
     assert {"h", "logits", "labels", "ids", "layer.conv1"} <= set(header)
     from safetensors.torch import load_file

@@ -10,12 +10,25 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
+import oracles
 import robustsig as rs
 
 
 def sklearn_matrix(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return np.array([[average_precision_score(labels[:, c], scores[:, d]) for d in range(scores.shape[1])]
                      for c in range(labels.shape[1])])
+
+
+def sklearn_both(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The orientation-free AP: the larger of sklearn's AP of the scores and of their negation."""
+    return np.maximum(sklearn_matrix(scores, labels), sklearn_matrix(-scores, labels))
+
+
+def numpy_polysemanticity(ap: np.ndarray, threshold: float) -> tuple[int, float, float]:
+    """Eq. 5 and Section 4 (the oracle of tests/oracles.py): unique concepts, the paper's polysemanticity
+    d_H^-1 sum_i N_concept(i) over all directions, and the mean over the directions encoding at least one."""
+    counts = oracles.concept_counts(ap, threshold)
+    return counts["unique"], counts["polysemanticity"], counts["polysemanticity_active"]
 
 
 @pytest.mark.parametrize("ties", [False, True])
@@ -97,7 +110,8 @@ def test_concept_summary_counts():
     assert summary.unique_concepts == 3  # eq. 5: dog, grass, car
     assert summary.concept_indices.tolist() == [0, 1, 3]
     assert summary.concepts_per_direction.tolist() == [1, 1, 2]
-    assert summary.polysemanticity == pytest.approx(4 / 3)
+    assert summary.polysemanticity == pytest.approx(4 / 3)  # every direction encodes something: both averages agree
+    assert summary.polysemanticity_active == pytest.approx(4 / 3)
     assert summary.polysemantic_directions.tolist() == [2]
     assert summary.top_concepts(2, k=2) == [("dog", 0.92), ("grass", 0.91)]
     assert summary.top_concepts(0, k=5)[-1][0] == "sky"  # NaN AP is never a top concept
@@ -193,18 +207,6 @@ def test_orientation_both_finds_a_concept_on_the_negative_side():
     assert float(both[0, 0]) == pytest.approx(max(float(ap[0, 0]), sklearn_sets([s], [labels], -1)[0, 0]), abs=1e-15)
 
 
-@pytest.mark.parametrize("ties", [False, True])
-def test_dense_form_both_orientations_equal_sklearn(ties):
-    rng = np.random.default_rng(12)
-    scores = rng.normal(size=(120, 6))
-    if ties:
-        scores = np.round(scores)
-    labels = rng.random((120, 5)) < 0.3
-    both = rs.average_precision_matrix(scores, labels, orientation="both")
-    expected = np.maximum(sklearn_matrix(scores, labels), sklearn_matrix(-scores, labels))
-    assert np.abs(both.numpy() - expected).max() <= 1e-14
-
-
 def test_device_argument_gives_the_same_values():
     rng = np.random.default_rng(13)
     sets, flags = random_sets(rng, 9, 5, 2, 60, np.float32, True)
@@ -228,9 +230,89 @@ def test_per_concept_bad_inputs_are_named():
         rs.average_precision_matrix([good[0], torch.tensor([[0.0, 1.0], [float("inf"), 0.0], [1.0, 1.0]])], flags)
     with pytest.raises(rs.InputError, match=r"labels\[1\] must have shape \(3,\)"):
         rs.average_precision_matrix(good, [flags[0], flags[0]])
-    with pytest.raises(rs.InputError, match="orientation must be 'positive' or 'both'"):
+    with pytest.raises(rs.InputError, match="orientation must be one of 'positive', 'both'"):
         rs.average_precision_matrix(good, flags, orientation="negative")
     with pytest.raises(rs.InputError, match="orientation"):
         rs.average_precision_matrix(torch.randn(4, 2), flags[0][:, None], orientation="Both")
     with pytest.raises(rs.InputError, match="empty list"):
         rs.average_precision_matrix([], [])
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("max_elements", [1 << 23, 2000])
+def test_both_orientations_equal_sklearn_dense(ties, max_elements):
+    rng = np.random.default_rng(17)
+    scores = rng.normal(size=(300, 12))
+    labels = rng.random((300, 9)) < rng.uniform(0.05, 0.5, size=9)
+    scores[:, 4] = np.where(labels[:, 2], -3.0, 0.0) + 0.1 * scores[:, 4]  # concept 2 on the low side of direction 4
+    if ties:
+        scores = np.round(scores * 2) / 2
+    positive = rs.average_precision_matrix(torch.tensor(scores), torch.tensor(labels), max_elements=max_elements)
+    both = rs.average_precision_matrix(torch.tensor(scores), torch.tensor(labels), orientation="both",
+                                       max_elements=max_elements)
+    assert np.abs(positive.numpy() - sklearn_matrix(scores, labels)).max() <= 1e-9
+    assert np.abs(both.numpy() - sklearn_both(scores, labels)).max() <= 1e-9
+    assert positive[2, 4] < 0.5 and both[2, 4] == pytest.approx(1.0)  # separated, but on the negative side
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_both_orientations_equal_sklearn_per_concept(ties):
+    rng = np.random.default_rng(18)
+    sets, flags = [], []
+    for c in range(25):
+        n = int(rng.integers(6, 80))
+        flag = rng.random(n) < 0.5
+        flag[0], flag[-1] = True, False
+        s = rng.normal(size=(n, 10)).astype(np.float32)
+        s[:, c % 10] -= 4 * flag  # each concept separated on the low side of one direction
+        sets.append(np.round(s) if ties else s)
+        flags.append(flag)
+    both = rs.average_precision_matrix(sets, flags, orientation="both", max_elements=3000)
+    expected = np.array([[max(average_precision_score(flags[c], sets[c][:, d]),
+                              average_precision_score(flags[c], -sets[c][:, d])) for d in range(10)]
+                         for c in range(25)])
+    assert np.abs(both.numpy() - expected).max() <= 1e-9
+    positive = rs.average_precision_matrix(sets, flags, max_elements=3000)
+    assert bool((both >= positive).all()) and bool((both > positive + 0.3).any())
+
+
+def test_orientation_is_validated_and_keeps_nan_for_concepts_without_positives():
+    scores, labels = torch.randn(20, 3), torch.zeros(20, 2, dtype=torch.bool)
+    labels[::2, 0] = True
+    with pytest.warns(RuntimeWarning, match=r"1 concept\(s\) have no positive"):
+        ap = rs.average_precision_matrix(scores, labels, orientation="both")
+    assert torch.isnan(ap[1]).all() and not torch.isnan(ap[0]).any()
+    with pytest.raises(rs.InputError, match="orientation must be one of 'positive', 'both'"):
+        rs.average_precision_matrix(scores, labels, orientation="negative")
+
+
+def test_polysemanticity_is_the_papers_mean_over_all_directions():
+    rng = np.random.default_rng(3)
+    ap = rng.uniform(0.3, 1.0, size=(40, 16))
+    ap[:, 8:] = rng.uniform(0.3, 0.6, size=(40, 8))  # half the directions encode nothing
+    ap[5, 2] = np.nan
+    for threshold in (0.8, 0.85, 0.9, 0.95):
+        summary = rs.concept_summary(torch.tensor(ap), threshold)
+        unique, paper, active = numpy_polysemanticity(ap, threshold)
+        assert summary.unique_concepts == unique
+        assert summary.polysemanticity == pytest.approx(paper, abs=1e-12)
+        assert summary.polysemanticity_active == pytest.approx(active, abs=1e-12)
+    summary = rs.concept_summary(torch.tensor(ap), 0.9)
+    assert summary.polysemanticity == pytest.approx(summary.polysemanticity_active / 2, abs=1e-12)
+    nothing = rs.concept_summary(torch.full((3, 4), 0.5, dtype=torch.float64))
+    assert nothing.polysemanticity == 0.0 and np.isnan(nothing.polysemanticity_active)
+    assert summary.as_dict()["polysemanticity_active"] == summary.polysemanticity_active
+
+
+def test_threshold_sweep_matches_numpy_at_every_threshold():
+    rng = np.random.default_rng(4)
+    ap = rng.uniform(0.5, 1.0, size=(30, 12))
+    thresholds = [0.8, 0.85, 0.9, 0.95]
+    sweep = rs.concept_threshold_sweep(torch.tensor(ap), thresholds)
+    assert sweep["threshold"].tolist() == thresholds
+    for i, threshold in enumerate(thresholds):
+        unique, paper, active = numpy_polysemanticity(ap, threshold)
+        assert sweep["unique_concepts"][i] == unique
+        assert sweep["polysemanticity"][i] == pytest.approx(paper, abs=1e-12)
+        assert sweep["polysemanticity_active"][i] == pytest.approx(active, abs=1e-12)
+    assert (np.diff(sweep["unique_concepts"]) <= 0).all()  # a higher bar never encodes more

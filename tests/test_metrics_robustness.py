@@ -69,7 +69,7 @@ def test_fit_baseline_on_the_published_testbed(reference_dir):
     testbed = reference_dir / "imagenet-testbed"
     with open(testbed / "model_types_derived.csv") as handle:
         types = {row["model"]: row["model_type"] for row in csv.DictReader(handle)}
-    with open(testbed / "robustness_top1s.csv") as handle:
+    with open(testbed / "robustness_top1s_er_columns.csv") as handle:
         rows = [r for r in csv.DictReader(handle) if all(r.get(c) for c in TESTBED_COLUMNS)]
     assert len(rows) == 329
 

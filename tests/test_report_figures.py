@@ -11,7 +11,8 @@ from PIL import Image
 
 import robustsig as rs
 from robustsig.report import figures
-from robustsig.study.results import CkaRow, ImportanceRow, PruningRow, RobustnessRow, WiseFtRow
+from robustsig.study.results import (CkaRow, ConceptThresholdRow, ImportanceRow, ModelRow, PruningRow, RobustnessRow,
+                                     WiseFtRow)
 
 from report_data import MODELS, write_results
 
@@ -95,20 +96,31 @@ def test_more_than_three_sets_fall_back_to_an_upset_chart(tmp_path):
 
 def test_cka_heatmap_and_depth_curves(results, tmp_path):
     rows = results.read(CkaRow)
-    heatmap = figures.cka_heatmap_figure(rows, "rn50-oa-zs", "rn50-oa-ft")
+    heatmap = figures.cka_heatmap_figure(rows, "rn50-oa-zs", "rn50-oa-ft")  # the first dataset: val
     grid = np.asarray(heatmap.axes[0].images[0].get_array())
     expected = [[1.0 - 0.1 * abs(i - j) - 0.05 * i for j in range(3)] for i in range(3)]
     np.testing.assert_allclose(grid, expected)
+    assert "on val (minibatch)" in heatmap.axes[0].get_title()
+    sketch = figures.cka_heatmap_figure(rows, "rn50-oa-zs", "rn50-oa-ft", "sketch")
+    np.testing.assert_allclose(np.asarray(sketch.axes[0].images[0].get_array()), np.asarray(expected) - 0.2)
     saved(heatmap, tmp_path, "cka_heatmap")
-    depth = figures.cka_depth_figure(rows)
-    diagonal, pair = depth.axes[0].lines
-    np.testing.assert_allclose(diagonal.get_ydata(), [1.0, 0.95, 0.9])
-    np.testing.assert_allclose(diagonal.get_xdata(), [0.0, 0.5, 1.0])
-    np.testing.assert_allclose(pair.get_ydata(), [0.5, 0.6])
+    depth = figures.cka_depth_figure(rows, "val")
+    panels = [ax for ax in depth.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == ["rn50-oa-zs vs rn50-oa-ft", "vit-oa-zs vs rn50-oa-zs"]
+    for ax, id_curve in zip(panels, ([1.0, 0.95, 0.9], [0.5, 0.6])):
+        shifts, id_line = ax.lines
+        assert id_line.get_color() == "tab:orange" and shifts.get_color() == "tab:blue"
+        np.testing.assert_allclose(id_line.get_ydata(), id_curve)
+        np.testing.assert_allclose(shifts.get_ydata(), np.asarray(id_curve) - 0.3)  # mean of sketch and v2
+        band = ax.collections[0].get_paths()[0].vertices[:, 1]
+        np.testing.assert_allclose([band.min(), band.max()], [min(id_curve) - 0.4, max(id_curve) - 0.2])  # ± 0.1
+    np.testing.assert_allclose(panels[0].lines[1].get_xdata(), [0.0, 0.5, 1.0])
+    assert "minibatch estimator" in depth.get_suptitle()
     saved(depth, tmp_path, "cka_depth")
     with pytest.raises(rs.InputError, match="no CKA rows for the pair"):
         figures.cka_heatmap_figure(rows, "a", "b")
-    ragged = [CkaRow("a", "b", "l1", "m1", 0.5), CkaRow("a", "b", "l1", "m2", 0.4), CkaRow("a", "b", "l2", "m1", 0.3)]
+    ragged = [CkaRow("a", "b", "l1", "m1", 0.5, "val", "pooled"), CkaRow("a", "b", "l1", "m2", 0.4, "val", "pooled"),
+              CkaRow("a", "b", "l2", "m1", 0.3, "val", "pooled")]
     with pytest.raises(rs.InputError, match="no CKA pair has corresponding layers"):
         figures.cka_depth_figure(ragged)
 
@@ -123,3 +135,18 @@ def test_wiseft_panels_follow_the_computed_metrics(results, tmp_path):
     assert [ax.get_ylabel() for ax in partial.axes] == ["accuracy (%)", "kurtosis"]
     assert len(partial.axes[0].lines) == 1  # no shift accuracy: no dashed line
     np.testing.assert_allclose(partial.axes[1].lines[0].get_ydata(), [3.0, 4.0])
+
+
+def test_threshold_sweep_panels(results, tmp_path):
+    figure = figures.concept_thresholds_figure(results.read(ModelRow), results.read(ConceptThresholdRow), "singular")
+    assert [ax.get_ylabel() for ax in figure.axes] == ["unique concepts (eq. 5)",
+                                                      "polysemanticity (mean over all directions)"]
+    rows = [row for row in results.read(ConceptThresholdRow) if row.model == "rn50-oa-zs"]
+    line = figure.axes[0].lines[0]
+    assert line.get_label() == "rn50-oa-zs"
+    np.testing.assert_allclose(line.get_xdata(), [0.85, 0.9, 0.95])  # sorted by threshold
+    np.testing.assert_allclose(line.get_ydata(), [r.unique_concepts for r in sorted(rows, key=lambda r: r.threshold)])
+    assert "orientation both" in figure._suptitle.get_text()
+    saved(figure, tmp_path, "thresholds")
+    with pytest.raises(rs.InputError, match="no row of concept_thresholds.csv in the neuron basis"):
+        figures.concept_thresholds_figure([], results.read(ConceptThresholdRow), "neuron")

@@ -41,14 +41,19 @@ def test_every_section_table_and_figure_is_written(report):
                      "concepts_neuron", "concept_top", "wiseft"}
     assert sorted({path.suffix for path in files.tables}) == [".csv", ".md", ".tex"] and len(files.tables) == 24
     figure_stems = sorted({path.stem for path in files.figures})
-    assert figure_stems == ["fig11_wiseft", "fig1_robustness", "fig2_importance", "fig3_pruning_accuracy",
-                            "fig4_venn_neuron_0", "fig4_venn_neuron_1", "fig4_venn_singular_0",
-                            "fig4_venn_singular_1", "fig5_cka_depth", "fig6_cka_0", "fig9_pruning_er"]
+    assert figure_stems == ["concept_thresholds_singular", "fig11_wiseft", "fig1_robustness", "fig2_importance",
+                            "fig3_pruning_accuracy", "fig4_venn_neuron_0", "fig4_venn_neuron_1",
+                            "fig4_venn_singular_0", "fig4_venn_singular_1", "fig5_cka_depth", "fig6_cka_0",
+                            "fig9_pruning_er"]
     # the figures are inlined: one data-URI image per figure, identical to the PNG written next to the page
     inlined = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     pngs = {path.read_bytes() for path in files.figures if path.suffix == ".png"}
-    assert len(inlined) == len(pngs) == 11 and {base64.b64decode(data) for data in inlined} == pngs
+    assert len(inlined) == len(pngs) == 12 and {base64.b64decode(data) for data in inlined} == pngs
     assert "<link" not in page and "src=\"http" not in page and "href=\"http" not in page  # self-contained
+    # the CKA section names its estimator and datasets; Fig. 5 shows the id set and the shift sets' band
+    assert "Estimator: minibatch (minibatch: the paper" in page and "Datasets: val, sketch, v2." in page
+    assert "val (orange) and the mean ± std over the shift sets (blue)" in page
+    assert "every layer of rn50-oa-ft, on val." in page
 
 
 def test_numbers_tables_and_provenance_are_shown(report):
@@ -60,6 +65,10 @@ def test_numbers_tables_and_provenance_are_shown(report):
     assert "results/privileged.csv: no provenance recorded." in page
     assert "<td>torch</td><td>2.14.1</td>" in page  # the versions of the run
     assert "openclip:RN50@/ckpt/rn50_ft.safetensors" in page
+    # what ACC(S) averaged over: a note above the table and its caption, as the study departs from the paper's S
+    note = ("ACC(S) is the mean over 1 shift set(s): sketch (imagenet-sketch); these are not the paper&#x27;s five "
+            "shift sets")
+    assert page.count(note) == 2 and "sketch, 1 missing (n01440764)" in page
 
 
 def test_every_string_is_escaped(report):

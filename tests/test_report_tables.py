@@ -66,13 +66,16 @@ def test_kurtosis_and_concept_tables(results):
     concepts = tables.concepts_table(MODELS, results.read(ConceptRow), basis="singular")
     assert tables.to_markdown(concepts) == (
         "| Backbone | Pretraining | Zero-shot Unique concepts | Zero-shot Polysemanticity | "
-        "Finetuned Unique concepts | Finetuned Polysemanticity | Supervised Unique concepts | "
-        "Supervised Polysemanticity |\n"
-        "|---|---|---:|---:|---:|---:|---:|---:|\n"
-        "| RN50 | openai | 4 | 1.25 | 2 | 1.25 | – | – |\n"
-        "|  | yfcc15m | 1 | 1.25 | – | – | – | – |\n"
-        "|  | imagenet-1k | – | – | – | – | 2 | 1.25 |\n"
-        "| ViT-B-32 | openai | 3 | 1.25 | – | – | – | – |")
+        "Zero-shot Polysemanticity (active) | Finetuned Unique concepts | Finetuned Polysemanticity | "
+        "Finetuned Polysemanticity (active) | Supervised Unique concepts | Supervised Polysemanticity | "
+        "Supervised Polysemanticity (active) |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| RN50 | openai | 4 | 1.25 | 2.50 | 2 | 1.25 | 2.50 | – | – | – |\n"
+        "|  | yfcc15m | 1 | 1.25 | 2.50 | – | – | – | – | – | – |\n"
+        "|  | imagenet-1k | – | – | – | – | – | – | 2 | 1.25 | 2.50 |\n"
+        "| ViT-B-32 | openai | 3 | 1.25 | 2.50 | – | – | – | – | – | – |")
+    assert "the paper's, mean concepts per direction over all directions probed" in concepts.caption
+    assert "AP orientation: both" in concepts.caption
     neuron = tables.concepts_table(MODELS, results.read(ConceptRow), basis="neuron")
     assert [row[2] for row in neuron.rows] == ["5", "2", None, "4"] and neuron.name == "concepts_neuron"
 
@@ -127,3 +130,17 @@ def test_write_table_writes_three_formats(tmp_path, results):
     assert paths[0].read_text() == tables.to_csv(table)
     assert paths[1].read_text() == tables.to_markdown(table) + "\n"
     assert paths[2].read_text() == tables.to_latex(table) + "\n"
+
+
+def test_the_shift_sets_note_says_what_acc_s_averaged_over():
+    paper = {name: name for name in ("imagenet-v2", "imagenet-r", "imagenet-sketch", "objectnet", "imagenet-a")}
+    assert tables.shift_sets_note({"shift_sets": paper, "paper_shift_sets": True, "missing_classes": {}}) == (
+        "ACC(S) is the mean over 5 shift set(s): imagenet-v2 (imagenet-v2), imagenet-r (imagenet-r), imagenet-sketch "
+        "(imagenet-sketch), objectnet (objectnet), imagenet-a (imagenet-a), the paper's five kinds.")
+    own = tables.shift_sets_note({"shift_sets": {"cartoon": "folder"}, "paper_shift_sets": False,
+                                  "missing_classes": {"r": [f"n{i}" for i in range(12)]}})
+    assert "cartoon (folder); these are not the paper's five shift sets" in own
+    assert own.endswith("r, 12 missing (n0, n1, n2, n3, n4, n5, n6, n7, n8, n9, ...).")
+    assert tables.shift_sets_note({"shift_sets": ["old", "list"]}) == ""  # results of an older run: no claim
+    table = tables.accuracy_table(MODELS, [], shift_note=own)
+    assert table.caption.endswith(own)

@@ -204,6 +204,9 @@ def test_paper_preset_lists_the_pool_and_validates(tmp_path):
     assert config.datasets.broden is not None
     assert config.enabled_analyses() == ["accuracy", "kurtosis", "importance", "pruning", "concepts", "cka", "wiseft"]
     assert len(config.analyses.cka.pairs) == 12 and len(config.analyses.wiseft.pairs) == 12
+    concepts = config.analyses.concepts
+    assert (concepts.threshold, concepts.orientation, concepts.thresholds) == (0.9, "both", [0.8, 0.85, 0.9, 0.95])
+    assert "the sign of a singular" in text  # the written reason for the orientation
     missing = config.check_paths()
     assert len(missing) == 12 + 2 + 6 + 1 and all(item.placeholder for item in missing)
     with pytest.raises(rs.DataError) as caught:
@@ -280,3 +283,42 @@ def test_to_dict_validates_back_to_the_same_config(tmp_path):
     assert [(p.model_a, p.model_b) for p in selected.analyses.cka.pairs] == [("ViT-B-32-openai-zs",
                                                                                "ViT-B-32-openai-ft")]
     assert [p.name for p in selected.analyses.wiseft.pairs] == ["ViT-B-32-openai"]
+
+
+def test_the_paper_pool_is_in_open_clips_published_results(reference_dir):
+    """Every zero-shot model of the preset is a (model, pretrained) pair of open_clip's published results (the
+    DataComp ViT-B-16 is the 63.1% datacomp_l_s1b_b8k), and from those published accuracies each has a positive
+    effective robustness on the paper's line (eq. 1 and the paper's five shift sets, written out here)."""
+    import csv
+
+    import numpy as np
+
+    with open(reference_dir / "open_clip" / "openclip_results.csv", newline="") as handle:
+        published = {(row["name"], row["pretrained"]): row for row in csv.DictReader(handle)}
+    data = yaml.safe_load(preset_yaml("paper"))
+    zero_shot = [m["spec"].removeprefix("openclip:").split("@") for m in data["models"] if m["kind"] == "zero-shot"]
+    assert len(zero_shot) == 12 and all(tuple(pair) in published for pair in zero_shot)
+    assert float(published[("ViT-B-16", "datacomp_l_s1b_b8k")]["ImageNet 1k"]) == pytest.approx(0.631)
+
+    def logit(p):
+        return np.log(p / (1 - p))
+
+    for arch, tag in zero_shot:
+        row = published[(arch, tag)]
+        acc_id = float(row["ImageNet 1k"])
+        acc_shift = np.mean([float(row[c]) for c in ("ImageNet v2", "ImageNet-R", "ImageNet Sketch", "ObjectNet",
+                                                     "ImageNet-A")])
+        er = acc_shift - 1 / (1 + np.exp(-(0.76 * logit(acc_id) - 1.49)))
+        assert er > 0, (arch, tag, er)
+
+
+def test_concept_orientation_and_threshold_sweep_are_validated():
+    config = validate_study_config(minimal())
+    assert (config.analyses.concepts.orientation, config.analyses.concepts.thresholds) == ("both",
+                                                                                           [0.8, 0.85, 0.9, 0.95])
+    data = minimal()
+    data["analyses"]["concepts"] = {"orientation": "negative", "thresholds": [0.8, 1.5, 0.8]}
+    assert problems(data) == ["analyses.concepts.orientation: expected 'positive' or 'both'; got 'negative'",
+                              "analyses.concepts.thresholds[1]: expected less than or equal to 1; got 1.5"]
+    data["analyses"]["concepts"] = {"thresholds": [0.8, 0.9, 0.8]}
+    assert problems(data) == ["analyses.concepts.thresholds: expected distinct values; repeated: 0.8"]

@@ -51,9 +51,46 @@ def test_the_plan_is_a_topological_order_model_by_model(config):
     wiseft = next(task for task in tasks if task.tag == "wiseft")
     assert {"extract:zs:photos", "extract:ft:shift-b", "extract:zs@alpha=0.5:photos",
             "concept_ap:zs@alpha=0.5:singular", "concept_ap:ft:singular"} <= set(wiseft.needs)
+    # the paper's CKA (minibatch) runs both models itself, on the id set and every shift set: no layers stored
+    assert all(task.layers == () for task in tasks if isinstance(task, ExtractTask))
+    cka = [task for task in tasks if task.tag == "cka"]
+    assert [(task.id, task.needs) for task in cka] == [(f"cka:zs:{b}:{d}", ()) for d in ("photos", "shift-a", "shift-b")
+                                                       for b in ("ctrl", "ft")]
+    assert position[cka[0].id] > max(position[task.id] for task in tasks
+                                     if task.tag == "extract" and "@" not in task.subject.name)  # after the models
+
+
+def test_the_pooled_estimator_stores_layers_on_every_cka_dataset(tmp_path):
+    data = study_data(tmp_path)
+    data["analyses"]["cka"]["estimator"] = "pooled"
+    config = validate_study_config(data, base_dir=tmp_path)
+    tasks = build_plan(config, config)
     layers = {(task.subject.name, task.dataset): task.layers for task in tasks if isinstance(task, ExtractTask)}
-    assert layers[("zs", "photos")] == layers[("ctrl", "photos")] == layers[("ft", "photos")] == "all"
-    assert layers[("zs", "shift-a")] == layers[("mnv2", "photos")] == layers[("zs@alpha=0.5", "photos")] == ()
+    for name in ("photos", "shift-a", "shift-b"):
+        assert layers[("zs", name)] == layers[("ctrl", name)] == layers[("ft", name)] == "all"
+    assert layers[("mnv2", "photos")] == layers[("zs@alpha=0.5", "photos")] == ()
+    cka = {task.id: task.needs for task in tasks if task.tag == "cka"}
+    assert cka["cka:zs:ft:shift-a"] == ("extract:zs:shift-a", "extract:ft:shift-a")
+    kurtosis = select(config, ["kurtosis"])
+    assert build_plan(config, kurtosis)[0].layers == "all"  # the CKA store of zs keeps its layers under --only
+    assert build_plan(kurtosis, kurtosis)[0].layers == ()
+    data["analyses"]["cka"]["pairs"][0]["dataset"] = "shift-b"  # a pair on one dataset only
+    config = validate_study_config(data, base_dir=tmp_path)
+    tasks = build_plan(config, config)
+    assert [task.id for task in tasks if task.tag == "cka"] == [
+        "cka:zs:ft:photos", "cka:zs:ft:shift-a", "cka:zs:ctrl:shift-b", "cka:zs:ft:shift-b"]
+    assert {(task.subject.name, task.dataset) for task in tasks
+            if isinstance(task, ExtractTask) and task.layers == "all"} == {
+        ("zs", "photos"), ("ft", "photos"), ("zs", "shift-a"), ("ft", "shift-a"), ("zs", "shift-b"), ("ft", "shift-b"),
+        ("ctrl", "shift-b")}
+    data["analyses"]["cka"]["pairs"][0]["dataset"] = "shift-c"
+    with pytest.raises(rs.InputError, match=r"analyses.cka.pairs\[0\].dataset: expected the name of an evaluation"):
+        validate_study_config(data, base_dir=tmp_path)
+    data["analyses"]["cka"]["pairs"][0]["dataset"] = None
+    data["analyses"]["cka"]["estimator"] = "minibatch"
+    data["analyses"]["cka"]["kernel"] = "rbf"
+    with pytest.raises(rs.InputError, match="needs estimator: pooled"):
+        validate_study_config(data, base_dir=tmp_path)
 
 
 def test_a_selection_keeps_the_stores_of_the_whole_config(config):
@@ -61,8 +98,6 @@ def test_a_selection_keeps_the_stores_of_the_whole_config(config):
     tasks = build_plan(config, kurtosis)
     assert ids(tasks) == [f"{kind}:{model}{suffix}" for model in ("zs", "ft", "ctrl", "mnv2")
                           for kind, suffix in (("extract", ":photos"), ("kurtosis", ""))]
-    assert tasks[0].layers == "all"  # the CKA store of zs keeps its layers under --only kurtosis
-    assert build_plan(kurtosis, kurtosis)[0].layers == ()
     two = select(config, ["concepts,zs", "ft"])
     venn = build_plan(config, two)[-1]
     assert venn.id == "venn" and venn.groups == [("tiny-vit / synthetic", ["zs", "ft"])]
@@ -74,7 +109,7 @@ def test_custom_layers_and_datasets(tmp_path):
                       cka={"pairs": [{"model_a": "zs", "model_b": "ctrl", "layers": ["block1"],
                                       "layers_b": ["stage0", "stage3"]},
                                      {"model_a": "zs", "model_b": "ft", "layers": ["block4", "block1"]}],
-                           "dataset": "shift-a", "pooling": "mean"})
+                           "dataset": "shift-a", "pooling": "mean", "estimator": "pooled"})
     config = validate_study_config(data, base_dir=tmp_path)
     tasks = {task.id: task for task in build_plan(config, config)}
     assert tasks["extract:zs:shift-a"].layers == ("block1", "block4")
@@ -175,3 +210,75 @@ def test_concept_ap_runs_on_the_study_device_when_it_is_a_gpu():
     if not torch.cuda.is_available():
         with pytest.raises(rs.InputError, match="no CUDA GPU"):
             ap_device("cuda")
+
+
+class _Scaled:
+    """A preprocess: the image (a tensor here) times ``factor``; its repr tells two preprocessings apart."""
+
+    def __init__(self, factor: float) -> None:
+        self.factor = factor
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return image * self.factor
+
+    def __repr__(self) -> str:
+        return f"Scaled({self.factor})"
+
+
+class _Images(torch.utils.data.Dataset):
+    """10 images, the one at position 1 undecodable (None), preprocessed by the loader (``transform`` None)."""
+
+    transform = None
+
+    def __init__(self) -> None:
+        self.images = torch.rand(10, 3, 6, 6, generator=torch.Generator().manual_seed(9))
+
+    def __len__(self) -> int:
+        return 10
+
+    def __getitem__(self, i: int):
+        return (None if i == 1 else self.images[i]), 0
+
+    def describe(self) -> dict:
+        return {"kind": "test"}
+
+
+def _tiny(preprocess, seed: int) -> rs.Classifier:
+    torch.manual_seed(seed)
+    encoder = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, bias=False), torch.nn.ReLU(), torch.nn.Flatten(),
+                                  torch.nn.Linear(64, 5, bias=False))
+    return rs.Classifier(encoder, torch.nn.Linear(5, 2), preprocess=preprocess, classnames=["a", "b"],
+                         taps={"conv": rs.LayerTap("0", "spatial"), "relu": rs.LayerTap("1", "spatial"),
+                               "fc": rs.LayerTap("3", "vector")})
+
+
+def test_the_paired_pass_feeds_both_models_the_same_minibatches():
+    from robustsig.study.analyses.cka import paired_cka
+
+    from cka_oracle import torch_cka_compare
+
+    data = _Images()
+    a, b = _tiny(_Scaled(1.0), 0), _tiny(_Scaled(2.0), 0)  # the same weights, two preprocessings (two loaders)
+    same = paired_cka(a, b, data, ["conv", "relu", "fc"], ["conv", "relu", "fc"], minibatch=4)
+    # minibatches [0, 4) with 3 decodable images and [8, 10) are left out (fewer than 4); [4, 8) is used
+    assert (same.images, same.left_out) == (4, 5)
+    torch.testing.assert_close(same.values.diagonal(), torch.ones(3, dtype=torch.float64), atol=1e-6, rtol=0)
+    other = _tiny(_Scaled(1.0), 1)
+    result = paired_cka(a, other, data, ["conv", "fc"], ["relu", "conv", "fc"], minibatch=5)
+    assert (result.images, result.left_out) == (9, 0)
+    features = {}
+    for name, clf in (("a", a), ("b", other)):
+        out = []
+        hooks = [clf.encoder.get_submodule(m).register_forward_hook(lambda _m, _i, o: out.append(o))
+                 for m in {"a": ("0", "3"), "b": ("1", "0", "3")}[name]]
+        with torch.no_grad():
+            for positions in ([0, 2, 3, 4], [5, 6, 7, 8, 9]):
+                clf.encoder(data.images[positions])
+        for hook in hooks:
+            hook.remove()
+        k = 2 if name == "a" else 3
+        features[name] = [out[i:i + k] for i in range(0, len(out), k)]
+    # hooks fire in module order: model b's taps are asked as relu, conv, fc
+    features["b"] = [[batch[1], batch[0], batch[2]] for batch in features["b"]]
+    expected = torch_cka_compare(features["a"], features["b"])
+    assert float((result.values - expected).abs().max()) <= 1e-5

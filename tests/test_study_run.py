@@ -1,7 +1,9 @@
 """``robustsig study run`` end to end on a tiny pool (two 5-class checkpoints of a timm test ViT, a random-init timm
 ConvNeXt control, the bundled MobileNetV2) and datasets written here as real image files (an id folder, two shift
 folders, one with a truncated JPEG, a Broden folder): every number in results/ is checked against the metrics
-computed directly from the stores; reruns redo nothing; --only and a changed threshold rerun only what they touch.
+computed directly from the stores by the reference implementations of ``oracles`` (numpy, scipy, scikit-learn:
+no robustsig metric is its own oracle); reruns redo nothing; --only and a changed threshold rerun only what they
+touch.
 
 The study runs once per module (the tests after the first read it, the last ones rerun it); torch uses one thread,
 as on a busy shared machine threaded LAPACK calls are many times slower."""
@@ -9,27 +11,27 @@ as on a busy shared machine threaded LAPACK calls are many times slower."""
 from __future__ import annotations
 
 import json
-import warnings
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from scipy.stats import spearmanr
-from sklearn.metrics import average_precision_score
 
+import oracles
 import robustsig as rs
 from robustsig.cli import main
-from robustsig.data.scoring import pruning_scoring
 from robustsig.study.analyses.cka import match_layers
 from robustsig.study.config import load_study_config
 from robustsig.study.ledger import Ledger
-from robustsig.study.results import (AccuracyRow, CkaRow, ConceptRow, ConceptTopRow, ImportanceRow, KurtosisRow,
-                                     OutlierRow, PrivilegedRow, PruningRow, RobustnessRow, VennRow, WiseFtRow)
+from robustsig.study.results import (AccuracyRow, CkaRow, ConceptRow, ConceptThresholdRow, ConceptTopRow,
+                                     ImportanceRow, KurtosisRow, OutlierRow, PrivilegedRow, PruningRow, RobustnessRow,
+                                     VennRow, WiseFtRow)
 from robustsig.study.runner import run_study
 from robustsig.study.subjects import random_init_seed
 
 from browser import CHROMIUM, check_page
+from cka_oracle import torch_cka_compare
 from study_helpers import build_world, counting_forwards, study_data, write_config
 
 MODELS = ("zs", "ft", "ctrl", "mnv2")
@@ -62,18 +64,22 @@ def dataset(study, name: str):
     return rs.open_dataset(entry.kind, entry.root, **entry.options)
 
 
+def stored_accuracy(s: rs.ActivationStore) -> float:
+    """Top-1 over all logits: the study's folder sets have no class subset or map."""
+    return oracles.top1(s.read("logits"), s.read("labels"))
+
+
 def test_the_run_extracts_each_store_once_and_computes_every_step(study):
     summary = study.summary
     assert summary.ok and summary.counts()["failed"] == summary.counts()["blocked"] == 0
     assert {step.status for step in summary.steps} == {"done"}
     subjects = [*MODELS, "zs@alpha=0.5"]
     assert sorted(summary.ran("extract")) == sorted(f"extract:{s}:{d}" for s in subjects for d in (*SETS, "broden"))
-    assert sum(study.images) == len(subjects) * sum(IMAGES.values())  # every image through a model once
-    # layers only where CKA reads them: the CKA models on the CKA dataset
-    assert store(study, "zs", "photos").layers == [f"block{i}" for i in range(6)]
-    assert store(study, "ctrl", "photos").layers == [f"stage{i}" for i in range(4)]
-    assert store(study, "ft", "photos").layers == [f"block{i}" for i in range(6)]
-    assert store(study, "zs", "shift-a").layers == store(study, "mnv2", "photos").layers == []
+    # every image through a model once to extract, then once more through each CKA pair (the paper's paired pass)
+    paired = 2 * 2 * sum(len(batch) for batches in cka_minibatches(study).values() for batch in batches)
+    assert sum(study.images) == len(subjects) * sum(IMAGES.values()) + paired
+    # no layers in the stores: the paper's CKA never stores activations
+    assert all(store(study, m, d).layers == [] for m in MODELS for d in SETS)
     assert len(store(study, "zs", "shift-a").skipped) == 1
     # the random-init control was built from a seed drawn from its name: the same weights in every run
     torch.manual_seed(random_init_seed("ctrl"))
@@ -91,15 +97,14 @@ def test_accuracy_and_er_match_the_stores(study):
     for model in MODELS:
         for name in SETS:
             s = store(study, model, name)
-            expected = rs.accuracy(s.read("logits"), dataset(study, name), labels=s.read("labels"))
-            assert accuracy[(model, name)].accuracy == expected
+            assert accuracy[(model, name)].accuracy == pytest.approx(stored_accuracy(s), abs=1e-15)
             assert accuracy[(model, name)].num_samples == IMAGES[name]
         acc_id = accuracy[(model, "photos")].accuracy
         acc_shift = (accuracy[(model, "shift-a")].accuracy + accuracy[(model, "shift-b")].accuracy) / 2
         if 0 < acc_id < 1:
             row = robustness[model]
             assert row.acc_shift == pytest.approx(acc_shift, abs=1e-15)
-            assert row.er == pytest.approx(rs.effective_robustness(acc_id, acc_shift), abs=1e-15)
+            assert row.er == pytest.approx(oracles.effective_robustness(acc_id, acc_shift), abs=1e-12)
             assert (row.b1, row.b0) == (0.76, -1.49)
         else:  # ER undefined: no row, and the log says why
             assert model not in robustness
@@ -107,6 +112,10 @@ def test_accuracy_and_er_match_the_stores(study):
     assert {"zs", "ft"} <= set(robustness)  # the 5-class models score in (0, 1)
     skipped = {(item.model, item.dataset): item.skipped for item in study.results.inputs(AccuracyRow)}
     assert skipped[("zs", "shift-a")] == 1 and skipped[("zs", "photos")] == 0
+    # the results say what S is: two folder sets, not the paper's five kinds
+    parameters = study.results.provenance()["tables"]["robustness"]["parameters"]
+    assert parameters["shift_sets"] == {"shift-a": "folder", "shift-b": "folder"}
+    assert parameters["paper_shift_sets"] is False and parameters["missing_classes"] == {}
 
 
 def test_kurtosis_and_outliers_match_the_stores(study):
@@ -114,10 +123,9 @@ def test_kurtosis_and_outliers_match_the_stores(study):
     outliers = study.read(OutlierRow)
     for model in MODELS:
         h = store(study, model, "photos").read("h")
-        assert kurtosis[model].kurtosis == pytest.approx(rs.activation_kurtosis(h), rel=1e-12)
+        assert kurtosis[model].kurtosis == pytest.approx(oracles.activation_kurtosis(h), rel=1e-9)
         assert (kurtosis[model].dataset, kurtosis[model].num_samples, kurtosis[model].dim) == ("photos", 30, h.shape[1])
-        expected = rs.outlier_dimensions(h)
-        assert [row.dimension for row in outliers if row.model == model] == expected.indices.tolist()
+        assert [row.dimension for row in outliers if row.model == model] == oracles.outlier_dimensions(h)
     assert any(row.model == "mnv2" for row in outliers)  # real ImageNet weights have outlier features
 
 
@@ -127,60 +135,66 @@ def test_importance_and_privileged_directions_match_the_stores(study):
     for model in MODELS:
         s = store(study, model, "photos")
         W = s.read("W")
-        expected = rs.direction_importance(W, s.read("h"))
-        singular = rs.head_svd(W).s
+        expected = oracles.direction_importance(W, s.read("h"))
+        singular = oracles.head_svd(W)[0]
         rows = [row for row in importance if row.model == model]
         assert [row.direction for row in rows] == list(range(len(expected)))
-        np.testing.assert_allclose([row.importance for row in rows], expected.numpy(), rtol=1e-10)
-        np.testing.assert_allclose([row.singular_value for row in rows], singular.numpy(), rtol=1e-12)
-        flagged = rs.privileged_directions(expected, 3.0).indices.tolist()
-        assert sorted(row.direction for row in rows if row.privileged) == sorted(flagged)
+        np.testing.assert_allclose([row.importance for row in rows], expected, rtol=1e-6)  # h is float32
+        np.testing.assert_allclose([row.singular_value for row in rows], singular, rtol=1e-10)
+        flagged = oracles.privileged(expected, 3.0)
+        assert sorted(row.direction for row in rows if row.privileged) == flagged
         summary = privileged[model]
         assert (summary.num_directions, summary.num_privileged) == (len(expected), len(flagged))
         assert summary.top_direction == int(expected.argmax())
-        assert summary.top_ratio == pytest.approx(float(expected.max() / expected.mean()), rel=1e-10)
-        assert summary.spearman == pytest.approx(spearmanr(singular.numpy(), expected.numpy()).statistic, abs=1e-9)
+        assert summary.top_ratio == pytest.approx(float(expected.max() / expected.mean()), rel=1e-6)
+        assert summary.spearman == pytest.approx(spearmanr(singular, expected).statistic, abs=1e-6)
     assert privileged["mnv2"].num_privileged > 0
 
 
 def test_pruning_curves_match_the_stores(study):
+    """Each level rebuilt with numpy from the directions kept: singular order prunes the smallest singular values
+    first, importance order the least important on the id set first, random order a seeded permutation (torch's
+    ``randperm`` with seed 0, as the pruning options document)."""
     rows = study.read(PruningRow)
     fractions = [0.0, 0.25, 0.5, 0.75]
     for model in MODELS:
         id_store = store(study, model, "photos")
         W, b = id_store.read("W"), id_store.read("b")
-        id_importance = rs.direction_importance(W, id_store.read("h"))
-        for order in ("singular", "importance", "random"):
+        rank, svd = min(W.shape), oracles.head_svd(W)
+        orders = {"singular": list(range(rank - 1, -1, -1)),
+                  "importance": np.argsort(oracles.direction_importance(W, id_store.read("h")), kind="stable").tolist(),
+                  "random": torch.randperm(rank, generator=torch.Generator().manual_seed(0)).tolist()}
+        for order, sequence in orders.items():
             curves = {}
             for name in SETS:
                 s = store(study, model, name)
-                curves[name] = rs.pruning_curve(s.read("h"), s.read("labels"), W, b, fractions, order,
-                                                importance=id_importance, **pruning_scoring(dataset(study, name)))
+                curves[name] = [oracles.pruned_accuracy(s.read("h"), s.read("labels"), svd, b,
+                                                        sequence[:int(fraction * rank)]) for fraction in fractions]
                 got = [row for row in rows if (row.model, row.order, row.dataset) == (model, order, name)]
                 assert [row.fraction for row in got] == fractions
-                assert [row.accuracy for row in got] == curves[name]["accuracy"].tolist()
-            with warnings.catch_warnings():  # levels where the pruned id accuracy is 0: NaN, as the runner's empty cells
-                warnings.simplefilter("ignore", RuntimeWarning)
-                er = rs.pruning_effective_robustness(curves["photos"], {n: curves[n] for n in SETS[1:]})["er"]
+                np.testing.assert_allclose([row.accuracy for row in got], curves[name], atol=1e-12)
+            expected = [None if not 0 < acc_id < 1 else
+                        pytest.approx(oracles.effective_robustness(acc_id, (a + b_) / 2), abs=1e-12)
+                        for acc_id, a, b_ in zip(curves["photos"], curves["shift-a"], curves["shift-b"])]
             got = [row.er for row in rows if (row.model, row.order, row.dataset) == (model, order, "photos")]
-            assert got == [None if np.isnan(value) else pytest.approx(value, abs=1e-12) for value in er]
+            assert got == expected
             assert got == [row.er for row in rows if (row.model, row.order, row.dataset) == (model, order, "shift-b")]
 
 
-def reference_ap(study, subject: str, basis: str, names: list[str], columns: int | None = None) -> np.ndarray:
-    """AP of each concept and direction with scikit-learn, from the Broden store: the balanced sets, scores h @ V
-    (head_svd's V, float32 as the runner) or h."""
+def reference_ap(study, subject: str, basis: str, names: list[str], columns: int | None = None,
+                 orientation: str = "both") -> np.ndarray:
+    """AP of each concept and direction with scikit-learn, from the Broden store: the balanced sets, scores h . v_i
+    (numpy's right singular vectors: with orientation "both" their arbitrary signs do not matter) or h."""
     s = store(study, subject, "broden")
     broden = dataset(study, "broden")
     sets = {item.name: item for item in broden.balanced_sets(min_positives=4, seed=0)}
-    h = s.read("h").float()
-    scores = h @ rs.head_svd(s.read("W")).V.float() if basis == "singular" else h
+    h = s.read("h").double().numpy()
+    scores = h @ oracles.head_svd(s.read("W"))[2] if basis == "singular" else h
     ids = s.read("ids").tolist()
     out = []
     for name in names:
         rows = [ids.index(i) for i in sets[name].indices.tolist()]
-        values = scores[rows].numpy()[:, :columns]
-        out.append([average_precision_score(sets[name].labels.numpy(), values[:, d]) for d in range(values.shape[1])])
+        out.append(oracles.average_precision(sets[name].labels, scores[rows][:, :columns], orientation))
     return np.array(out)
 
 
@@ -188,6 +202,7 @@ def test_concept_ap_matrices_match_sklearn_and_the_summaries_follow(study):
     folder = study.config.results_dir / "concept_ap"
     concepts = {(row.model, row.basis): row for row in study.read(ConceptRow)}
     tops, venn = study.read(ConceptTopRow), study.read(VennRow)
+    sweep = study.read(ConceptThresholdRow)
     for model in MODELS:
         for basis in ("singular", "neuron"):
             ap = np.load(folder / f"{model}_{basis}.npy")
@@ -196,39 +211,89 @@ def test_concept_ap_matrices_match_sklearn_and_the_summaries_follow(study):
             assert names == ["red-c", "sky", "wood", "striped", "kitchen"]
             assert info["categories"] == ["color", "object", "material", "texture", "scene"]
             columns = 64 if model == "mnv2" else None  # scikit-learn is slow: the first 64 directions of MobileNet
-            np.testing.assert_allclose(ap[:, :columns], reference_ap(study, model, basis, names, columns), atol=1e-12)
-            summary = rs.concept_summary(torch.from_numpy(ap), 0.8, names)
+            # the runner scores in float32, the oracle in float64: a near-tie may order differently, so 1e-6
+            np.testing.assert_allclose(ap[:, :columns], reference_ap(study, model, basis, names, columns), atol=1e-6)
+            counts = oracles.concept_counts(ap, 0.8)
             row = concepts[(model, basis)]
             assert (row.num_concepts, row.num_directions, row.threshold) == (5, ap.shape[1], 0.8)
-            assert row.unique_concepts == summary.unique_concepts
-            assert row.polysemanticity == pytest.approx(summary.polysemanticity, nan_ok=True)
-            assert {r.concept for r in venn if (r.model, r.basis) == (model, basis)} == summary.concept_set()
+            assert (row.orientation, info["orientation"]) == ("both", "both")
+            assert row.unique_concepts == counts["unique"]
+            assert row.polysemanticity == pytest.approx(counts["polysemanticity"], abs=1e-12)
+            assert row.polysemanticity_active == pytest.approx(counts["polysemanticity_active"], nan_ok=True)
+            assert {r.concept for r in venn if (r.model, r.basis) == (model, basis)} == {names[c] for c in
+                                                                                          counts["concepts"]}
             photos = store(study, model, "photos")
-            direction = (int(rs.direction_importance(photos.read("W"), photos.read("h")).argmax()) if basis == "singular"
-                         else int(photos.read("h").abs().mean(0).argmax()))
+            direction = (int(oracles.direction_importance(photos.read("W"), photos.read("h")).argmax())
+                         if basis == "singular" else int(np.abs(photos.read("h").numpy()).mean(0).argmax()))
             top = [r for r in tops if (r.model, r.basis) == (model, basis)]
             assert {r.direction for r in top} == {direction}
-            assert [(r.concept, r.ap) for r in top] == summary.top_concepts(direction, 3)
+            assert [(r.concept, r.ap) for r in top] == oracles.top_concepts(ap, names, direction, 3)
+            # the threshold sweep, from the same matrix
+            swept = sorted((r for r in sweep if (r.model, r.basis) == (model, basis)), key=lambda r: r.threshold)
+            assert [r.threshold for r in swept] == [0.8, 0.85, 0.9, 0.95]
+            for r in swept:
+                at = oracles.concept_counts(ap, r.threshold)
+                assert (r.unique_concepts, r.orientation) == (at["unique"], "both")
+                assert r.polysemanticity == pytest.approx(at["polysemanticity"], abs=1e-12)
+                assert r.polysemanticity_active == pytest.approx(at["polysemanticity_active"], nan_ok=True)
     assert sum(row.unique_concepts for row in concepts.values()) > 0
     overlaps = study.results.provenance()["tables"]["venn"]["parameters"]["overlaps"]
     assert set(overlaps) == {"tiny-vit / synthetic"}  # zs, ft and the backbone's supervised control
     sets = {m: {r.concept for r in venn if (r.model, r.basis) == (m, "singular")} for m in ("zs", "ft", "ctrl")}
-    expected = rs.concept_overlaps(sets)
-    assert overlaps["tiny-vit / synthetic"]["singular"] == {" & ".join(k): len(v) for k, v in expected.items()}
+    assert overlaps["tiny-vit / synthetic"]["singular"] == oracles.venn_regions(sets)
 
 
-def test_cka_matches_the_stores(study):
+def cka_minibatches(study) -> dict[str, list[list[int]]]:
+    """The minibatches of the paper's CKA on each set: 8 consecutive positions, the decodable images among them;
+    a minibatch of fewer than 4 is left out (torch_cka fails on it)."""
+    batches = {}
+    for name in SETS:
+        data = dataset(study, name)
+        decoded = [i for i in range(len(data)) if data[i][0] is not None]
+        chunks = [[i for i in decoded if start <= i < start + 8] for start in range(0, len(data), 8)]
+        batches[name] = [chunk for chunk in chunks if len(chunk) >= 4]
+    return batches
+
+
+def test_cka_is_torch_cka_on_the_id_set_and_every_shift_set(study):
     rows = study.read(CkaRow)
-    depth = [row for row in rows if (row.model_a, row.model_b) == ("zs", "ctrl")]
+    assert {(row.dataset, row.estimator) for row in rows} == {(name, "minibatch") for name in SETS}
     blocks, stages = [f"block{i}" for i in range(6)], [f"stage{i}" for i in range(4)]
-    assert [(r.layer_a, r.layer_b) for r in depth] == match_layers(blocks, stages, cross=False)
-    assert [(r.layer_a, r.layer_b) for r in depth] == [("block0", "stage0"), ("block2", "stage1"),
-                                                       ("block3", "stage2"), ("block5", "stage3")]
-    cross = [row for row in rows if (row.model_a, row.model_b) == ("zs", "ft")]
-    assert [(r.layer_a, r.layer_b) for r in cross] == [(a, b) for a in blocks for b in blocks]
-    for row in depth + cross:
-        a, b = store(study, row.model_a, "photos"), store(study, row.model_b, "photos")
-        assert row.cka == pytest.approx(rs.cka(a.read(row.layer_a), b.read(row.layer_b)), abs=1e-10)
+    for name in SETS:
+        depth = [row for row in rows if (row.model_a, row.model_b, row.dataset) == ("zs", "ctrl", name)]
+        assert [(r.layer_a, r.layer_b) for r in depth] == match_layers(blocks, stages, cross=False)
+        cross = [row for row in rows if (row.model_a, row.model_b, row.dataset) == ("zs", "ft", name)]
+        assert [(r.layer_a, r.layer_b) for r in cross] == [(a, b) for a in blocks for b in blocks]
+    # the oracle: torch_cka's compare loop, on the raw outputs of the tapped modules, minibatch by minibatch
+    models = {entry.name: entry for entry in study.config.models}
+    classifiers = {name: rs.load_classifier(models[name].spec, device="cpu") for name in ("zs", "ft")}
+    torch.manual_seed(random_init_seed("ctrl"))
+    with pytest.warns(UserWarning, match="randomly initialised"):
+        classifiers["ctrl"] = rs.load_classifier("timm:test_convnext", device="cpu")
+
+    def features(name, images):
+        clf = classifiers[name].eval()
+        out = []
+        hooks = [clf.encoder.get_submodule(tap.module).register_forward_hook(lambda m, i, o: out.append(o))
+                 for tap in clf.taps.values()]
+        with torch.no_grad():
+            clf(torch.stack([clf.preprocess(image) for image in images]))
+        for hook in hooks:
+            hook.remove()
+        return out
+
+    for name, batches in cka_minibatches(study).items():
+        data = dataset(study, name)
+        feats = {model: [features(model, [data[i][0] for i in batch]) for batch in batches] for model in classifiers}
+        for other, layers_b in (("ctrl", stages), ("ft", blocks)):
+            expected = torch_cka_compare(feats["zs"], feats[other])
+            for row in rows:
+                if (row.model_a, row.model_b, row.dataset) == ("zs", other, name):
+                    value = float(expected[blocks.index(row.layer_a), layers_b.index(row.layer_b)])
+                    assert row.cka == pytest.approx(value, abs=1e-5), (name, row)
+    assert any(row.cka < 0.9 for row in rows) and all(0.0 <= row.cka <= 1.0 for row in rows)
+    inputs = {(item.model, item.dataset): item.num_samples for item in study.results.inputs(CkaRow)}
+    assert inputs[("zs", "shift-a")] == sum(len(b) for b in cka_minibatches(study)["shift-a"])
 
 
 def test_wiseft_sweep_matches_its_stores(study):
@@ -242,18 +307,18 @@ def test_wiseft_sweep_matches_its_stores(study):
                                           0.5))
     assert point["photos"].manifest["key"]["model"]["spec"].startswith("wiseft(timm:test_vit@")
     middle = rows[0.5]
-    accs = {name: rs.accuracy(point[name].read("logits"), dataset(study, name), labels=point[name].read("labels"))
-            for name in SETS}
-    assert middle.acc_id == accs["photos"]
+    accs = {name: stored_accuracy(point[name]) for name in SETS}
+    assert middle.acc_id == pytest.approx(accs["photos"], abs=1e-15)
     assert middle.acc_shift == pytest.approx((accs["shift-a"] + accs["shift-b"]) / 2, abs=1e-15)
     if 0 < middle.acc_id < 1:
-        assert middle.er == pytest.approx(rs.effective_robustness(middle.acc_id, middle.acc_shift), abs=1e-15)
-    assert middle.kurtosis == pytest.approx(rs.activation_kurtosis(point["photos"].read("h")), rel=1e-12)
+        assert middle.er == pytest.approx(oracles.effective_robustness(middle.acc_id, middle.acc_shift), abs=1e-12)
+    assert middle.kurtosis == pytest.approx(oracles.activation_kurtosis(point["photos"].read("h")), rel=1e-9)
     folder = study.config.results_dir / "concept_ap"
     ap = np.load(folder / "zs@alpha=0.5_singular.npy")
-    assert middle.unique_concepts == rs.concept_summary(torch.from_numpy(ap), 0.8).unique_concepts
-    assert rows[0.0].unique_concepts == rs.concept_summary(torch.from_numpy(np.load(folder / "zs_singular.npy")),
-                                                           0.8).unique_concepts
+    np.testing.assert_allclose(ap, reference_ap(study, "zs@alpha=0.5", "singular", json.loads(
+        (folder / "zs@alpha=0.5_singular.json").read_text())["concepts"]), atol=1e-6)
+    assert middle.unique_concepts == oracles.concept_counts(ap, 0.8)["unique"]
+    assert rows[0.0].unique_concepts == oracles.concept_counts(np.load(folder / "zs_singular.npy"), 0.8)["unique"]
 
 
 def test_the_report_has_every_section(study):
@@ -263,9 +328,12 @@ def test_the_report_has_every_section(study):
         assert f'<section id="{section}">' in page
     assert "Not run:" not in page
     assert "results/concept_ap/MODEL_BASIS.npy" in page and "Outlier dimensions of h" in page
+    assert "ACC(S) is the mean over 2 shift set(s): shift-a (folder), shift-b (folder); these are not the paper" in page
+    assert "AP orientation: both" in page and "Threshold sensitivity (singular basis)" in page
     figures = {path.name for path in (study.config.report_dir / "figures").glob("*.png")}
     assert {"fig1_robustness.png", "fig2_importance.png", "fig3_pruning_accuracy.png", "fig5_cka_depth.png",
-            "fig11_wiseft.png", "fig4_venn_singular_0.png"} <= figures
+            "fig11_wiseft.png", "fig4_venn_singular_0.png", "concept_thresholds_singular.png",
+            "concept_thresholds_neuron.png"} <= figures
 
 
 @pytest.mark.browser
@@ -315,8 +383,8 @@ def test_a_changed_threshold_recomputes_only_what_depends_on_it(study):
     assert sorted(changed.ran()) == sorted([f"concepts:{m}" for m in MODELS] + ["venn", "wiseft:zs"])
     folder = study.config.results_dir / "concept_ap"
     for row in study.read(ConceptRow):
-        ap = torch.from_numpy(np.load(folder / f"{row.model}_{row.basis}.npy"))
-        assert row.threshold == 0.9 and row.unique_concepts == rs.concept_summary(ap, 0.9).unique_concepts
+        ap = np.load(folder / f"{row.model}_{row.basis}.npy")
+        assert row.threshold == 0.9 and row.unique_concepts == oracles.concept_counts(ap, 0.9)["unique"]
     restored = run_study(study.path, progress=False)
     assert sorted(restored.ran()) == sorted(changed.ran())
 
@@ -330,9 +398,8 @@ def test_only_runs_the_selected_analyses_and_models(study):
                                                                     ("importance:mnv2", "done")]
     assert [row["model"] for row in selected.rows] == ["mnv2"]
     after = {row.model: row for row in study.read(PrivilegedRow)}
-    expected = rs.privileged_directions(torch.tensor([r.importance for r in study.read(ImportanceRow)
-                                                      if r.model == "mnv2"]), 2.0)
-    assert after["mnv2"].num_privileged == len(expected.indices) > before["mnv2"].num_privileged
+    expected = oracles.privileged(np.array([r.importance for r in study.read(ImportanceRow) if r.model == "mnv2"]), 2.0)
+    assert after["mnv2"].num_privileged == len(expected) > before["mnv2"].num_privileged
     assert after["zs"] == before["zs"]  # not selected: untouched
     ledger = Ledger(study.config.results_dir)
     assert ledger.finished("kurtosis:mnv2", ledger.digest("kurtosis:mnv2"))

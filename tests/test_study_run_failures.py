@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+import oracles
 import robustsig as rs
-from robustsig.metrics.robustness import fit_baseline
 from robustsig.study.analyses.importance import ImportanceTask
 from robustsig.study.results import AccuracyRow, KurtosisRow, RobustnessRow
 from robustsig.study.runner import run_study
@@ -104,10 +104,9 @@ def test_a_checkpoint_changed_in_place_is_re_extracted(world):
     store = rs.ActivationStore(world / "store" / "moving" / "photos")
     fresh = rs.load_classifier(f"timm:test_vit@{world / 'ckpt' / 'moving.safetensors'}", device="cpu")
     assert store.manifest["key"]["model"]["fingerprint"] == fresh.fingerprint()
-    photos = rs.open_dataset("folder", world / "data" / "id")
-    expected = rs.accuracy(store.read("logits"), photos, labels=store.read("labels"))
+    expected = oracles.top1(store.read("logits"), store.read("labels"))
     rows = rs.Results(world / "out-moving" / "results").read(AccuracyRow)
-    assert [row.accuracy for row in rows if row.dataset == "photos"] == [expected]
+    assert [row.accuracy for row in rows if row.dataset == "photos"] == [pytest.approx(expected, abs=1e-15)]
 
 
 def test_a_refit_baseline_and_json_output(world, capsys):
@@ -118,10 +117,10 @@ def test_a_refit_baseline_and_json_output(world, capsys):
     document = json.loads(out)
     assert document["ok"] and document["counts"]["failed"] == 0
     assert [row["model"] for row in document["summary"]] == ["zs"]
-    b1, b0, _ = fit_baseline([0.5, 0.6, 0.7], [0.3, 0.35, 0.5])
+    b1, b0 = oracles.refit_line([0.5, 0.6, 0.7], [0.3, 0.35, 0.5])
     row = rs.Results(world / "out-json" / "results").read(RobustnessRow)[0]
     assert (row.b1, row.b0) == (pytest.approx(b1, abs=1e-12), pytest.approx(b0, abs=1e-12))
-    assert row.er == pytest.approx(rs.effective_robustness(row.acc_id, row.acc_shift, b1, b0), abs=1e-15)
+    assert row.er == pytest.approx(oracles.effective_robustness(row.acc_id, row.acc_shift, b1, b0), abs=1e-12)
     assert document["summary"][0]["er"] == row.er
     assert "[baseline] ER from logit(ACC(S)) =" in (world / "out-json" / "results" / "run.log").read_text()
     # no analysis of these studies reads Broden, so no model was run on it
@@ -139,3 +138,35 @@ def test_bad_inputs_are_refused_before_anything_runs(world, capsys):
     code, _, err = run_cli(capsys, "study", "run", str(good), "--device", "gpu")
     assert code == 2 and "--device: expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'; got 'gpu'" in err
     assert not (world / "out-good").exists() and not (world / "out-bad").exists()
+
+
+def test_a_shift_set_missing_class_folders_needs_the_explicit_option(world, capsys):
+    """An ImageNet-R download with 2 of its 200 class folders is refused, naming the missing wnids; with
+    allow_missing_classes it is scored on the 2 classes present and the results and report say so."""
+    from robustsig.data.classes import subset_wnids
+
+    from imagefiles import write_image
+
+    wnids = subset_wnids("imagenet-r")
+    for k, wnid in enumerate(wnids[:2]):
+        for i in range(2):
+            write_image(world / "data" / "imagenet-r" / wnid / f"{i}.jpg", seed=50 + 2 * k + i)
+    mnv2 = {"name": "mnv2", "spec": "bundled:mobilenet_v2", "backbone": "MobileNetV2", "pretraining": "imagenet-1k",
+            "kind": "supervised"}
+    shift = {"kind": "imagenet-r", "root": "data/imagenet-r"}
+    datasets = {"id": {"name": "photos", "kind": "folder", "root": "data/id"}, "shift": [shift]}
+    refused = config(world, "partial-r", [mnv2], {"accuracy": None}, datasets=datasets)
+    code, _, err = run_cli(capsys, "study", "run", str(refused))
+    assert code == 1 and "198 of its 200 class folders (wnids) are missing" in err and wnids[2] in err
+    assert "allow_missing_classes" in err
+    datasets["shift"] = [{**shift, "options": {"allow_missing_classes": True}}]
+    allowed = config(world, "partial-r", [mnv2], {"accuracy": None}, datasets=datasets)
+    code, _, err = run_cli(capsys, "study", "run", str(allowed))
+    assert code == 0, err
+    results = rs.Results(world / "out-partial-r" / "results")
+    parameters = results.provenance()["tables"]["robustness"]["parameters"]
+    assert parameters["shift_sets"] == {"imagenet-r": "imagenet-r"} and parameters["paper_shift_sets"] is False
+    assert parameters["missing_classes"] == {"imagenet-r": list(wnids[2:])}
+    assert results.provenance()["tables"]["accuracy"]["parameters"]["missing_classes"] == parameters["missing_classes"]
+    page = (world / "out-partial-r" / "report" / "report.html").read_text()
+    assert "imagenet-r, 198 missing (" + ", ".join(wnids[2:12]) + ", ...)" in page

@@ -90,7 +90,7 @@ def test_bad_recipe_files(tmp_path):
         load_recipe("finetune", tmp_path / "missing.yaml")
     broken = tmp_path / "broken.yaml"
     broken.write_text("lr: [1\n")
-    with pytest.raises(rs.InputError, match=r"is not valid YAML at line 2"):
+    with pytest.raises(rs.InputError, match=r"is not valid YAML \(line 2"):
         load_recipe("finetune", broken)
     listing = tmp_path / "list.yaml"
     listing.write_text("- lr\n")
@@ -236,3 +236,57 @@ def test_augmentation_is_a_function_of_seed_epoch_and_sample():
     torch.manual_seed(123)
     assert torch.equal(torch.rand(1), before)  # the global RNGs are left as they were
     assert derived_seed(3, 0, 1) < 2**63 and derived_seed(3, 0, 1) != derived_seed(3, 1, 0)
+
+
+@pytest.mark.filterwarnings("ignore:this classifier records no architecture")
+def test_one_training_step_applies_adamw_decay_clipping_and_label_smoothing(tmp_path):
+    """One optimiser step of the training loop on a tiny model, against the step written out by hand: the
+    label-smoothed cross-entropy, the gradient clipped to the recipe's max norm, AdamW's first step with decoupled
+    weight decay. eps is large so that the Adam step depends on the gradient's scale (with eps ~ 0 the first
+    step is lr * sign(g) and clipping would not show); each ingredient left out gives other weights."""
+    from PIL import Image
+
+    from robustsig.train.loop import train_classifier
+    from train_helpers import tiny_classifier, write_colour_folder
+
+    root = write_colour_folder(tmp_path / "data", per_class=2)
+    dataset = rs.open_dataset("folder", root)
+    lr, decay, smoothing, max_norm, eps = 0.1, 0.5, 0.2, 0.05, 0.01
+    recipe = load_recipe("supervised", epochs=1, batch_size=len(dataset), lr=lr, weight_decay=decay,
+                         schedule="constant", warmup_steps=0, label_smoothing=smoothing, grad_clip=max_norm, eps=eps,
+                         crop_scale=None, hflip=False, precision="fp32")
+    clf = tiny_classifier()
+    start = {name: p.detach().clone() for name, p in clf.named_parameters()}
+    images = torch.stack([clf.preprocess(Image.open(path).convert("RGB")) for path, _ in dataset.samples])
+    labels = torch.tensor([label for _, label in dataset.samples])
+
+    def by_hand(smooth: float, clip: float | None, wd: float) -> dict[str, torch.Tensor]:
+        model = tiny_classifier()  # the same seed: the same initial weights
+        params = dict(model.named_parameters())
+        log_p = torch.log_softmax(model(images), dim=1)
+        k = log_p.shape[1]
+        loss = -((1 - smooth) * log_p.gather(1, labels[:, None]).squeeze(1) + smooth / k * log_p.sum(1)).mean()
+        grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()))))
+        norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads.values()))
+        scale = min(1.0, clip / (float(norm) + 1e-6)) if clip is not None else 1.0
+        out = {}
+        for name, p in params.items():
+            g = grads[name] * scale
+            m_hat = (1 - 0.9) * g / (1 - 0.9)                      # first moment, bias-corrected (step 1)
+            v_hat = (1 - 0.999) * g * g / (1 - 0.999)              # second moment, bias-corrected
+            out[name] = p.detach() * (1 - lr * wd) - lr * m_hat / (v_hat.sqrt() + eps)
+        return out
+
+    train_classifier(clf, dataset, recipe, tmp_path / "run", workers=0, checkpoint_every=0)
+    trained = {name: p.detach() for name, p in clf.named_parameters()}
+    expected = by_hand(smoothing, max_norm, decay)
+    for name in trained:
+        torch.testing.assert_close(trained[name], expected[name], rtol=0, atol=2e-6)
+        assert not torch.equal(trained[name], start[name])
+
+    def gap(other: dict[str, torch.Tensor]) -> float:
+        return max(float((trained[name] - other[name]).abs().max()) for name in trained)
+
+    assert gap(by_hand(0.0, max_norm, decay)) > 1e-4      # label smoothing changes the step
+    assert gap(by_hand(smoothing, None, decay)) > 1e-4    # so does clipping
+    assert gap(by_hand(smoothing, max_norm, 0.0)) > 1e-4  # and the decoupled weight decay

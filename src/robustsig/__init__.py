@@ -41,10 +41,13 @@ _PUBLIC: dict[str, str] = {
     "average_precision_matrix": "robustsig.metrics.concepts",
     "concept_summary": "robustsig.metrics.concepts",
     "concept_overlaps": "robustsig.metrics.concepts",
+    "concept_threshold_sweep": "robustsig.metrics.concepts",
     "cka": "robustsig.metrics.cka",
     "TopOneAccumulator": "robustsig.metrics.scoring",
     "MinibatchCKA": "robustsig.metrics.cka",
     "LinearCKA": "robustsig.metrics.cka",
+    "minibatch_cka": "robustsig.metrics.cka",
+    "MinibatchCKAMatrix": "robustsig.metrics.cka",
     # models
     "Classifier": "robustsig.models.classifier",
     "LayerTap": "robustsig.models.classifier",

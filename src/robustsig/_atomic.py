@@ -3,7 +3,13 @@
 Every file robustsig writes that a later run trusts (store shards and manifests, checkpoints, cached heads and
 concept matrices, result tables, the report) goes through :func:`atomic_output`: the content is written to a
 temporary file in the same folder, flushed to disk, then renamed over the target, and the folder entry is synced.
-Temporary files start with :data:`TEMP_PREFIX`, so a writer that resumes after a crash can find and delete them.
+Temporary files are named ``.tmp-NAME.HOST-PID.RANDOM`` (:func:`temporary_name`; ``HOST`` a short hash of the
+machine's name): the first atomic write of a process into a folder deletes the temporary files there whose
+writing process, on this machine, is gone (:func:`sweep_temporaries`): what a killed run left is swept by the next
+run, never a file of another program, one still being written, nor one of a process on another machine sharing
+the folder.
+They are created with mode ``0o666`` less the process umask, as ``open()`` creates files (``mkstemp`` would
+make them ``0o600``: a report or results table that only its owner can read).
 
 >>> import tempfile, pathlib
 >>> target = pathlib.Path(tempfile.mkdtemp()) / "table.csv"
@@ -14,13 +20,65 @@ Temporary files start with :data:`TEMP_PREFIX`, so a writer that resumes after a
 
 from __future__ import annotations
 
+import hashlib
 import os
-import tempfile
+import re
+import secrets
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 TEMP_PREFIX = ".tmp-"
+_TEMPORARY = re.compile(re.escape(TEMP_PREFIX) + r".+\.([0-9a-f]{6})-(\d+)\.[0-9a-f]{8}")
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
+_swept: set[str] = set()  # the folders this process has swept
+
+
+def temporary_name(name: str, pid: int | None = None) -> str:
+    """The name of a temporary file for the final file ``name``, written by process ``pid`` (default: this one)
+    of this machine."""
+    return f"{TEMP_PREFIX}{name}.{_HOST}-{os.getpid() if pid is None else pid}.{secrets.token_hex(4)}"
+
+
+def temporary_writer(name: str) -> int | None:
+    """The id of the process of this machine that wrote the temporary file ``name`` (see :func:`temporary_name`),
+    or ``None`` when ``name`` is not a temporary file robustsig wrote on this machine."""
+    match = _TEMPORARY.fullmatch(name)
+    return int(match.group(2)) if match and match.group(1) == _HOST else None
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (a process of another user counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files a killed run left in ``folder`` (not in its sub-folders): robustsig's own
+    (named by :func:`temporary_name`) whose writing process is gone. Returns the files deleted.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> _ = (folder / temporary_name("a.csv", pid=2 ** 22 + 1)).write_text("cut")  # no such process
+    >>> len(sweep_temporaries(folder)), list(folder.iterdir())
+    (1, [])
+    """
+    swept = []
+    try:
+        for entry in Path(folder).iterdir():
+            pid = temporary_writer(entry.name)
+            if pid is not None and pid != os.getpid() and not process_alive(pid) and entry.is_file():
+                entry.unlink(missing_ok=True)
+                swept.append(entry)
+    except OSError:  # a folder we cannot list or clean: the leftovers only take space
+        pass
+    return swept
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -37,25 +95,57 @@ def _fsync_dir(directory: Path) -> None:
 @contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path to write ``path``'s new content to; on leaving the block without an error it is
-    synced and renamed over ``path``; on an error it is deleted and ``path`` is left as it was.
+    synced and renamed over ``path``; on an error it is deleted and ``path`` is left as it was. The first call of a
+    process for a folder sweeps the temporary files killed runs left there (:func:`sweep_temporaries`).
 
     Args:
         path: the final file (its folder is created when missing).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(dir=path.parent, prefix=f"{TEMP_PREFIX}{path.name}.")
-    os.close(handle)
-    temporary = Path(name)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        folder = str(path.parent.absolute())
+        if folder not in _swept:  # once per folder and process
+            _swept.add(folder)
+            sweep_temporaries(path.parent)
+        temporary = _create_temporary(path)
+    except OSError as error:
+        _raise_naming(error, path.parent)
     try:
         yield temporary
-        with open(temporary, "rb+") as stream:
-            os.fsync(stream.fileno())
+        _sync_file(temporary)
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         temporary.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            _raise_naming(error, path)
         raise
     _fsync_dir(path.parent)
+
+
+def _create_temporary(path: Path) -> Path:
+    """A new empty temporary file beside ``path``, mode ``0o666`` less the umask (as ``open()`` would make it)."""
+    while True:
+        temporary = path.parent / temporary_name(path.name)
+        try:
+            os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return temporary
+
+
+def _sync_file(path: Path) -> None:
+    """Flush ``path``'s content to disk (where a full disk shows at the latest)."""
+    with open(path, "rb+") as stream:
+        os.fsync(stream.fileno())
+
+
+def _raise_naming(error: OSError, path: Path) -> None:
+    """Raise ``error``, as an error naming ``path`` when it names no file (that of a write or a flush names none;
+    ``OSError(errno, ...)`` keeps its subclass: ``PermissionError``, ...)."""
+    if error.filename is not None:
+        raise error
+    raise OSError(error.errno, error.strerror or str(error), str(path)) from error
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:

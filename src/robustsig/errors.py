@@ -6,6 +6,8 @@ line prints its message (which names the bad input and what was expected) withou
 
 from __future__ import annotations
 
+import errno
+
 
 class RobustsigError(Exception):
     """Base class of the errors robustsig raises on purpose."""
@@ -32,3 +34,22 @@ class CorruptImageError(DataError):
 
 class UnsafeCheckpointError(RobustsigError):
     """A checkpoint needs arbitrary pickled code to load; robustsig only loads tensors (weights_only)."""
+
+
+def os_error_message(error: OSError) -> str:
+    """One line saying which file an operating-system error (a full disk, a file where a folder should be, a
+    permission) concerns, and what to do: what the command line prints instead of a traceback.
+
+    >>> os_error_message(OSError(errno.ENOSPC, "No space left on device", "out/results/accuracy.csv")).split(";")[0]
+    'cannot write out/results/accuracy.csv: No space left on device'
+    """
+    path = error.filename if error.filename is not None else "a file"
+    cause = error.strerror or str(error)
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"cannot write {path}: {cause}; free some space (or write elsewhere) and rerun: finished work is kept"
+    if error.errno in (errno.EEXIST, errno.ENOTDIR):
+        return (f"{path}: {cause}: it, or a folder on its path, is a file and not a folder; give a folder path "
+                "there, or another path")
+    if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{path}: {cause}; choose a path you can write, or change its permissions"
+    return f"{path}: {cause}"

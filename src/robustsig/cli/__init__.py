@@ -8,7 +8,7 @@ import sys
 
 import typer
 
-from robustsig.errors import RobustsigError
+from robustsig.errors import RobustsigError, os_error_message
 
 app = typer.Typer(
     name="robustsig",
@@ -37,9 +37,13 @@ for _module in COMMAND_MODULES:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: run the app; errors caused by bad input print one line naming it and exit with 2."""
+    """Entry point: run the app; errors caused by bad input print one line naming it and exit with 2; an error of
+    the system (a full disk, a file where a folder should be) prints one line naming the path and exits with 1."""
     try:
         app(args=argv, prog_name="robustsig")
     except RobustsigError as error:
         typer.echo(f"error: {error}", err=True)
         sys.exit(2)
+    except OSError as error:
+        typer.echo(f"error: {os_error_message(error)}", err=True)
+        sys.exit(1)

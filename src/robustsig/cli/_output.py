@@ -22,6 +22,16 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def printable(text: str) -> str:
+    r"""``text`` safe to print anywhere: the bytes of a non-UTF-8 file name (kept by Python as surrogate escapes)
+    shown as ``\xe9``.
+
+    >>> printable("caf" + chr(0xDCE9) + ".jpg")
+    'caf\\xe9.jpg'
+    """
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def emit_json(document: Any) -> None:
     """Print ``document`` as JSON (numpy/torch values converted, NaN/inf as null)."""
     typer.echo(json.dumps(_jsonable(document), indent=2))

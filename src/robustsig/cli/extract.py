@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from robustsig.cli._output import emit_json, format_table
+from robustsig.cli._output import emit_json, format_table, printable
 
 
 def extract_command(
@@ -64,7 +64,9 @@ def extract_command(
                               "computed": summary["computed"], "seconds": float(summary["seconds"]),
                               "images/s": float(summary["images_per_s"] or 0)}], floatfmt=".1f"))
     for item in store.skipped[:10]:
-        typer.echo(f"skipped (undecodable): {item.get('path') or item.get('key') or item['id']}", err=True)
+        what = item.get("path") or item.get("key") or item["id"]
+        why = f" ({item['reason']})" if item.get("reason") else ""
+        typer.echo(printable(f"skipped ({'undecodable' if 'id' in item else 'unlisted'}): {what}{why}"), err=True)
 
 
 def register(app: typer.Typer) -> None:

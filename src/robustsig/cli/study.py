@@ -54,7 +54,8 @@ def validate(config_path: Path = typer.Argument(..., metavar="STUDY.yaml", help=
              structure_only: bool = typer.Option(False, "--structure-only",
                                                  help="check keys and values only, not that the files exist"),
              json_output: bool = typer.Option(False, "--json", help="print a JSON summary")) -> None:
-    """Check a study config: every key and value, then that every dataset root and checkpoint exists."""
+    """Check a study config: every key and value, then that every file and folder it names exists (dataset roots
+    and path options such as class_map, checkpoints, class-name, template and baseline files)."""
     from robustsig.study.config import load_study_config
 
     config = load_study_config(config_path)

@@ -4,6 +4,8 @@ top folder, and the one error every loader raises for a missing or wrong root.""
 from __future__ import annotations
 
 import os
+import stat
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -26,29 +28,158 @@ def require_dir(root: str | os.PathLike, kind: str, expected: str) -> Path:
     return path.resolve()
 
 
+Unlisted = list[dict[str, str]]
+"""Files and folders a walk found but did not list, ``{"path": ..., "reason": ...}`` each (see
+:func:`list_images`)."""
+
+
 def _visible(entry: os.DirEntry) -> bool:
     return not entry.name.startswith(".")
 
 
-def subfolders(folder: Path) -> list[Path]:
+def _note(problems: Unlisted | None, path: str, reason: str, loud: bool = False) -> None:
+    """Record a file or folder left out: into ``problems`` when the caller collects them (the dataset's
+    ``.unlisted``), and as a warning when nobody does or when it is ``loud`` (a link loop)."""
+    if problems is not None:
+        problems.append({"path": path, "reason": reason})
+    if problems is None or loud:
+        warnings.warn(f"{path}: {reason}; left out of the dataset", RuntimeWarning, stacklevel=4)
+
+
+_KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
+
+
+def _regular_image(entry: os.DirEntry, problems: Unlisted | None, seen: set[tuple[int, int]] | None) -> bool:
+    """Whether ``entry`` (an image name) is a readable regular file, not met before in this walk; a FIFO, a
+    device, a broken link, an unreadable file or a second link to a file already listed is noted instead.
+    Only ``stat`` and ``access`` are called: nothing is opened (opening a FIFO would block)."""
+    try:
+        status = os.stat(entry.path)  # follows links
+    except OSError as error:
+        _note(problems, entry.path, f"cannot read the file: {error.strerror or error}")
+        return False
+    if not stat.S_ISREG(status.st_mode):
+        kind = next((name for test, name in _KINDS if test(status.st_mode)), "a special file")
+        _note(problems, entry.path, f"not a regular file ({kind})")
+        return False
+    if not os.access(entry.path, os.R_OK):
+        _note(problems, entry.path, "cannot read the file: permission denied")
+        return False
+    if seen is not None:
+        identity = (status.st_dev, status.st_ino)
+        if identity in seen:
+            _note(problems, entry.path, "the same file as one already listed (a link): counted once")
+            return False
+        seen.add(identity)
+    return True
+
+
+def _scan(folder: str | os.PathLike, problems: Unlisted | None) -> list[os.DirEntry]:
+    """The visible entries of ``folder`` sorted by name; none (noted) when it cannot be listed."""
+    try:
+        with os.scandir(folder) as entries:
+            return sorted((e for e in entries if _visible(e)), key=lambda e: e.name)
+    except OSError as error:
+        _note(problems, os.fspath(folder), f"cannot list the folder: {error.strerror or error}")
+        return []
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def subfolders(folder: Path, problems: Unlisted | None = None) -> list[Path]:
     """The non-hidden sub-folders of ``folder``, sorted by name."""
-    with os.scandir(folder) as entries:
-        return sorted(Path(e.path) for e in entries if _visible(e) and e.is_dir())
+    return [Path(e.path) for e in _scan(folder, problems) if _is_dir(e)]
 
 
-def images_in(folder: Path) -> list[Path]:
-    """The non-hidden image files directly in ``folder``, sorted by name."""
-    with os.scandir(folder) as entries:
-        return sorted(Path(e.path) for e in entries if _visible(e) and e.is_file() and is_image_file(e.name))
+def images_in(folder: Path, problems: Unlisted | None = None) -> list[Path]:
+    """The non-hidden image files directly in ``folder`` (regular files only), sorted by name."""
+    return [Path(e.path) for e in _scan(folder, problems)
+            if not _is_dir(e) and is_image_file(e.name) and _regular_image(e, problems, None)]
 
 
-def list_images(folder: Path) -> list[Path]:
-    """Every non-hidden image file under ``folder`` (recursively, following links), sorted by relative path."""
-    found: list[Path] = []
-    for parent, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found.extend(Path(parent, f) for f in files if not f.startswith(".") and is_image_file(f))
-    return sorted(found)
+def _identity(path: str) -> tuple[int, int]:
+    status = os.stat(path)
+    return status.st_dev, status.st_ino
+
+
+class ImageWalk:
+    """Recursive listings of image files that share what they have seen, so each real file and folder is listed
+    once across them (the class folders of one dataset).
+
+    A link back into a folder above the one being walked (a loop) is left out with a warning; a second way into a
+    folder or file already listed (a link), or into one of the ``reserved`` folders (the other class folders,
+    walked as their own class), is left out. Only regular files are listed. Whatever is left out (also a folder
+    that cannot be listed, a file that cannot be read, a FIFO) is appended to ``problems`` with the reason;
+    without ``problems`` each is a warning.
+
+    Args:
+        problems: where to note what is left out (a dataset's ``.unlisted``), or None to warn.
+        reserved: folders that will be walked on their own (never entered through a link).
+    """
+
+    def __init__(self, problems: Unlisted | None = None, reserved: Iterable[Path] = ()) -> None:
+        self.problems = problems
+        self._walked: dict[tuple[int, int], str] = {}
+        self._files: set[tuple[int, int]] = set()
+        self._parents: dict[str, dict[tuple[int, int], str]] = {}
+        for folder in reserved:
+            try:
+                self._walked[_identity(os.fspath(folder))] = os.fspath(folder)
+            except OSError:
+                pass
+
+    def images(self, folder: Path) -> list[Path]:
+        """Every non-hidden image file under ``folder`` (following links), sorted by relative path."""
+        found: list[str] = []
+        start = os.fspath(folder)
+        # the real folders above the start: a link to one of them is a loop
+        self._walk(start, self._above(os.path.dirname(os.path.realpath(start))), found, first=True)
+        return [Path(path) for path in sorted(found, key=lambda path: path.split(os.sep))]  # Path order, faster
+
+    def _above(self, real: str) -> dict[tuple[int, int], str]:
+        """The identities of ``real`` and every folder above it (kept: class folders share their parents)."""
+        if real not in self._parents:
+            parent = os.path.dirname(real)
+            above = self._above(parent) if parent != real else {}
+            try:
+                above = {**above, _identity(real): real}
+            except OSError:
+                pass
+            self._parents[real] = above
+        return self._parents[real]
+
+    def _walk(self, directory: str, ancestors: dict[tuple[int, int], str], found: list[str], first: bool) -> None:
+        try:
+            identity = _identity(directory)
+        except OSError as error:
+            _note(self.problems, directory, f"cannot read the folder: {error.strerror or error}")
+            return
+        if identity in ancestors:
+            _note(self.problems, directory, f"a symbolic link loop (it leads back to {ancestors[identity]})",
+                  loud=True)
+            return
+        if identity in self._walked and not first:
+            _note(self.problems, directory, f"already listed as {self._walked[identity]} (a link): counted once")
+            return
+        self._walked[identity] = directory
+        inner = {**ancestors, identity: directory}
+        for entry in _scan(directory, self.problems):
+            if _is_dir(entry):
+                self._walk(entry.path, inner, found, first=False)
+            elif is_image_file(entry.name) and _regular_image(entry, self.problems, self._files):
+                found.append(entry.path)
+
+
+def list_images(folder: Path, problems: Unlisted | None = None) -> list[Path]:
+    """Every non-hidden image file under ``folder`` (recursively, following links, each real file once), sorted
+    by relative path; see :class:`ImageWalk` for what is left out and noted in ``problems``."""
+    return ImageWalk(problems).images(folder)
 
 
 def locate(root: Path, accepts: Callable[[Path], bool], inner: Iterable[str] = ()) -> Path | None:

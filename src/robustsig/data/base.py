@@ -8,6 +8,14 @@ Corrupt or truncated files never crash a long extraction: in the default (non-st
 returns ``(None, label)`` for an image that cannot be decoded (and logs one warning naming the file), and
 :func:`collate_skip_corrupt` drops such items from a batch while reporting which ids were skipped, so callers
 count and list them. With ``strict=True`` the :class:`~robustsig.errors.CorruptImageError` is raised instead.
+Files found but not listed as samples (an unreadable folder or file, a FIFO, a symbolic-link loop) are in
+``.unlisted`` with the reason, and an extraction lists them in its store's skipped list.
+
+High-bit-depth images decode to their 8-bit values: 16-bit grey (Pillow's ``I;16`` modes) and 32-bit integer
+(``I``) pixels are read as 0..65535 and scaled by 255/65535 (a 16-bit PNG gives the pixels of its 8-bit twin);
+floating-point (``F``) pixels as 0..1 when they all lie there, else as 0..255. Pixels outside those ranges, or not
+finite, make the image undecodable (named, never clipped to white). 16-bit colour PNGs are read by Pillow as 8-bit
+RGB(A) already.
 """
 
 from __future__ import annotations
@@ -18,10 +26,12 @@ import os
 from collections.abc import Callable, Sequence
 from typing import IO, Any
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 
+from robustsig._stamps import file_stamp
 from robustsig.errors import CorruptImageError, InputError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -34,19 +44,47 @@ def is_image_file(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+_DEEP_INTEGER_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def _deep_to_8_bit(image: Image.Image, name: str) -> Image.Image:
+    """A 16/32-bit integer or floating-point grey image as 8-bit grey (see the module notes for the ranges)."""
+    values = np.asarray(image, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise CorruptImageError(name, f"{image.mode} pixels that are not finite")
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if image.mode in _DEEP_INTEGER_MODES:
+        if low < 0 or high > 65535:
+            raise CorruptImageError(name, f"{image.mode} pixels in {low:g}..{high:g}, outside 0..65535 (16 bits); "
+                                          "convert the image to 8 or 16 bits per channel")
+        scale = 255.0 / 65535.0
+    elif 0 <= low and high <= 1:
+        scale = 255.0
+    elif 0 <= low and high <= 255:
+        scale = 1.0
+    else:
+        raise CorruptImageError(name, f"floating-point pixels in {low:g}..{high:g}, neither 0..1 nor 0..255; "
+                                      "convert the image to 8 or 16 bits per channel")
+    return Image.fromarray(np.rint(values * scale).astype(np.uint8))
+
+
 def read_image(source: str | os.PathLike | IO[bytes], name: str | None = None) -> Image.Image:
-    """Decode an image completely (a truncated file fails here, not later) and convert it to RGB.
+    """Decode an image completely (a truncated file fails here, not later) and convert it to 8-bit RGB
+    (high-bit-depth grey scaled, see the module notes).
 
     Args:
         source: a path, or a binary file object (a member of a tar shard).
         name: what to call the image in an error (defaults to the path).
 
     Raises:
-        CorruptImageError: the file is missing, unreadable, truncated or not an image.
+        CorruptImageError: the file is missing, unreadable, truncated or not an image, or its high-bit-depth
+            pixels lie outside the ranges it could be read in.
     """
     try:
         with Image.open(source) as image:
             image.load()
+            if image.mode in _DEEP_INTEGER_MODES or image.mode == "F":
+                image = _deep_to_8_bit(image, name or str(source))
             return image.convert("RGB")
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise CorruptImageError(name or str(source), f"{type(error).__name__}: {error}") from error
@@ -101,6 +139,16 @@ class ImageSource:
         self.kind = kind
         self.root = None if root is None else str(root)
 
+    def annotations(self) -> dict[str, Any]:
+        """What the dataset says about its images beyond the files, as plain data: its class names and scoring
+        rule (``class_indices``, ``class_map`` as read from its JSON file). A study step that scores or probes a
+        store is keyed by it besides the store, so a changed class map re-scores the stores it applies to.
+
+        >>> ImageSource(classnames=["cat", "dog"], class_map=[[281], [207]]).annotations()["class_map"]
+        [[281], [207]]
+        """
+        return {"classnames": self.classnames, "class_indices": self.class_indices, "class_map": self.class_map}
+
     def prepare(self, image: Image.Image) -> Image.Image:
         """Dataset-specific fix-up of the decoded image before ``transform`` (ObjectNet crops its border)."""
         return image
@@ -130,9 +178,12 @@ class ImageDataset(ImageSource, Dataset):
     (1, [0])
     """
 
-    def __init__(self, samples: Sequence[tuple[str | os.PathLike, int]], **source: Any) -> None:
+    def __init__(self, samples: Sequence[tuple[str | os.PathLike, int]], *,
+                 unlisted: Sequence[dict[str, str]] = (), **source: Any) -> None:
         super().__init__(**source)
         self.samples: list[tuple[str, int]] = [(str(path), int(label)) for path, label in samples]
+        self.unlisted: list[dict[str, str]] = [dict(item) for item in unlisted]
+        """Files and folders found but not listed as samples: ``{"path", "reason"}`` each."""
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -151,21 +202,39 @@ class ImageDataset(ImageSource, Dataset):
         return self.decode(path), label
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
+        image, label, _ = self.fetch(index)
+        return image, label
+
+    def fetch(self, index: int) -> tuple[Any, int, str | None]:
+        """``(image, label, None)``, or ``(None, label, reason)`` for an image that cannot be decoded (non-strict;
+        strict raises): how an extraction lists each skipped image with the reason."""
         try:
-            return self.load(index)
+            return (*self.load(index), None)
         except CorruptImageError as error:
             self._corrupt(error)
-            return None, self.samples[index][1]
+            return None, self.samples[index][1], error.reason or str(error)
 
     def describe(self) -> dict[str, Any]:
-        """What the dataset is, for manifests and reports: kind, root, size, classes and a digest of the
-        file list (so a changed folder never reuses a stale activation store)."""
-        digest = hashlib.blake2b(digest_size=16)
+        """What the dataset is, for manifests and store keys: kind, root, size, classes, ``files_digest`` (a
+        digest of every sample's path relative to the root and label: where the set lies does not change it, so a
+        training run resumes on a copy of its set) and ``stamps_digest`` (of every sample file's stamp: size,
+        mtime, ctime and inode, see :mod:`robustsig._stamps`; and of the files left unlisted, with the reasons).
+
+        The guarantee: an image changed in any way since a store was made (rewritten, even with its size kept
+        and its mtime put back, or replaced by another file) changes ``stamps_digest``, so an activation store of
+        the old image is never reused. Only a ``stat`` per file is paid, never a read of the images.
+        """
+        files = hashlib.blake2b(digest_size=16)
+        stamps = hashlib.blake2b(digest_size=16)
         for path, label in self.samples:
             rel = os.path.relpath(path, self.root) if self.root else path
-            digest.update(f"{rel}\t{label}\n".encode())
+            files.update(os.fsencode(rel) + f"\t{label}\n".encode())
+            stamps.update(f"{file_stamp(path)}\n".encode())
+        for item in self.unlisted:
+            stamps.update(os.fsencode(item["path"]) + f"\t{item['reason']}\n".encode(errors="surrogateescape"))
         return {"kind": self.kind, "root": self.root, "num_samples": len(self.samples),
-                "num_classes": len(self.classnames), "files_digest": digest.hexdigest()}
+                "num_classes": len(self.classnames), "num_unlisted": len(self.unlisted),
+                "files_digest": files.hexdigest(), "stamps_digest": stamps.hexdigest()}
 
 
 def _plain_id(value: Any) -> Any:

@@ -14,8 +14,9 @@
 
 A concept is present in an image when any of its label PNGs has a pixel of it or an image-level label names it.
 Building that ``N x C`` presence matrix decodes every label PNG (minutes on the full release), so it is built
-once and cached in ``cache_dir`` under a key made of the digests of every index file: a changed index never
-reuses a stale cache (label PNGs are not hashed: edit one in place and delete the cache). A build that had to
+once and cached in ``cache_dir`` under a key made of the digests of every index file and the stamps of every
+label PNG (size, times, inode: :mod:`robustsig._stamps`): a changed index or label PNG never reuses a stale
+cache. A build that had to
 leave labels out (an undecodable PNG) is not cached. ``.concept_matrix`` is a dense bool tensor (63,305 x
 1,197: 76 MB).
 """
@@ -39,6 +40,7 @@ from PIL import Image
 
 from robustsig._atomic import atomic_output
 from robustsig._progress import progress
+from robustsig._stamps import file_stamp
 from robustsig.data._layout import examples, layout_error, locate, require_dir
 from robustsig.data.concepts import ConceptImageDataset
 from robustsig.errors import DataError
@@ -119,10 +121,12 @@ def read_labels(folder: Path) -> BrodenLabels:
     return BrodenLabels(numbers, names, primary, categories)
 
 
-def _cache_key(folder: Path, categories: list[str]) -> str:
+def _cache_key(folder: Path, categories: list[str], pngs: list[str]) -> str:
     digest = hashlib.blake2b(f"broden-presence-v{CACHE_FORMAT}".encode(), digest_size=16)
     for name in ["index.csv", "label.csv", "category.csv", *(f"c_{c}.csv" for c in categories)]:
         digest.update(name.encode() + b"\0" + hashlib.blake2b((folder / name).read_bytes()).digest())
+    for png in pngs:
+        digest.update(os.fsencode(png) + f"\0{file_stamp(png)}\n".encode())
     return digest.hexdigest()
 
 
@@ -248,7 +252,8 @@ def open_broden(root: str | os.PathLike, *, split: str | None = None, cache_dir:
         jobs.append((numbers, pngs))
 
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    cache_file = cache / f"broden-{_cache_key(folder, labels.category_names)}.npz"
+    pngs = [png for _, job_pngs in jobs for png in job_pngs]
+    cache_file = cache / f"broden-{_cache_key(folder, labels.category_names, pngs)}.npz"
     csr = _load_cache(cache_file, len(index), labels.numbers)
     if csr is None:
         workers = min(4, os.cpu_count() or 1) if workers is None else workers

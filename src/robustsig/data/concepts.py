@@ -10,6 +10,7 @@ the balanced positive/negative image sets on which each concept is probed.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -95,6 +96,14 @@ class ConceptImageDataset(ImageDataset):
         self.concept_matrix = concept_matrix
         self.concepts = list(concepts)
         self.concept_categories = list(concept_categories) if concept_categories is not None else None
+
+    def annotations(self) -> dict[str, Any]:
+        """:meth:`ImageSource.annotations` plus the concepts: names, categories and a digest of the presence
+        matrix (so a renamed concept or a relabelled image re-probes the stores)."""
+        presence = np.packbits(self.concept_matrix.cpu().numpy(), axis=1)
+        digest = hashlib.blake2b(f"{tuple(self.concept_matrix.shape)}".encode() + presence.tobytes(), digest_size=16)
+        return {**super().annotations(), "concepts": self.concepts, "concept_categories": self.concept_categories,
+                "concept_matrix": digest.hexdigest()}
 
     def balanced_sets(self, min_positives: int = 10, max_positives: int | None = None,
                       seed: int = 0) -> list[ConceptSet]:

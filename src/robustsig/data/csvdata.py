@@ -51,10 +51,14 @@ def _read_rows(path: Path) -> tuple[str, list[tuple[Path, str]]]:
         raise DataError(f"csv: cannot read {path}: {error}") from error
     if not rows:
         raise DataError(f"csv: {path}: no rows; expected {_EXPECTED}")
-    missing = [str(p) for p, _ in rows if not p.is_file()]
+    missing = [str(p) for p, _ in rows if not p.exists()]
     if missing:
         raise DataError(f"csv: {path}: {len(missing)} listed images do not exist: {examples(missing)} "
                         "(paths are relative to the CSV's folder)")
+    special = [str(p) for p, _ in rows if not p.is_file()]  # a FIFO would block the reader that opens it
+    if special:
+        raise DataError(f"csv: {path}: {len(special)} listed images are not regular files: {examples(special)} "
+                        "(a folder, FIFO or device); list image files only")
     return column, [(p.resolve(), value) for p, value in rows]
 
 

@@ -4,6 +4,11 @@ Classes are the sub-folder names in sorted order (label = position, empty class 
 ImageFolder's ``class_to_idx``); images are found recursively inside each class folder. A folder holding images
 and no sub-folders is an unlabelled set (label ``-1``), e.g. a few photos to run a model on.
 
+Links are followed, each real file counted once (a link loop is left out with a warning); only regular files are
+listed. What is found but not listed (an unreadable folder or file, a FIFO, a loop) is in ``.unlisted`` with the
+reason, and in the skipped list of a store extracted from it. File names need not be UTF-8 (they are kept
+losslessly, as Python's surrogate escapes).
+
 ``class_map=`` (a JSON file: folder name -> ImageNet-1k indices; see :mod:`robustsig.data.classmap`) scores the
 folder's classes on an ImageNet-1k head, as ObjectNet is scored.
 """
@@ -16,7 +21,7 @@ from typing import Any
 
 from PIL import Image
 
-from robustsig.data._layout import examples, images_in, layout_error, list_images, require_dir, subfolders
+from robustsig.data._layout import ImageWalk, Unlisted, examples, images_in, layout_error, require_dir, subfolders
 from robustsig.data.base import ImageDataset
 from robustsig.data.classmap import ClassMapSource, read_class_map
 
@@ -39,7 +44,8 @@ def open_folder(root: str | os.PathLike, *, class_map: ClassMapSource | None = N
     """
     kind = "folder"
     folder = require_dir(root, kind, _EXPECTED)
-    loose = images_in(folder)
+    unlisted: Unlisted = []
+    loose = images_in(folder, unlisted)
     classes = subfolders(folder)
     if loose and classes:
         raise layout_error(kind, folder, f"both loose images ({examples(p.name for p in loose)}) and "
@@ -49,11 +55,12 @@ def open_folder(root: str | os.PathLike, *, class_map: ClassMapSource | None = N
             raise layout_error(kind, folder, "a class_map was given for a flat folder of unlabelled images",
                                "class sub-folders named as the class map's keys")
         return ImageDataset([(path, -1) for path in loose], transform=transform, strict=strict, kind=kind,
-                            root=folder)
-    samples = [(path, label) for label, sub in enumerate(classes) for path in list_images(sub)]
+                            root=folder, unlisted=unlisted)
+    walk = ImageWalk(unlisted, reserved=classes)
+    samples = [(path, label) for label, sub in enumerate(classes) for path in walk.images(sub)]
     if not samples:
         raise layout_error(kind, folder, "no images", _EXPECTED)
     classnames = [c.name for c in classes]
     mapped = read_class_map(class_map, classnames) if class_map is not None else None
     return ImageDataset(samples, classnames=classnames, class_map=mapped, transform=transform, strict=strict,
-                        kind=kind, root=folder)
+                        kind=kind, root=folder, unlisted=unlisted)

@@ -3,7 +3,8 @@
 Label convention (all five kinds): a label is the **ImageNet-1k class index** of the image (the index of its
 wnid in sorted order, as the logits of any ImageNet head), and ``classnames`` are the 1,000 ImageNet names.
 ``class_indices`` lists the logits the set is scored on: all 1,000, or, for ImageNet-R and -A, the indices of
-their 200 classes (the folders present), so :func:`robustsig.accuracy` takes the argmax over those 200 logits
+their 200 classes (a download missing some folders is refused unless ``allow_missing_classes=True``, which scores
+it on the folders present and lists the others in ``missing_classes``), so :func:`robustsig.accuracy` takes the argmax over those 200 logits
 only, like the ImageNet-testbed and wise-ft. ObjectNet (:mod:`robustsig.data.objectnet`) is the one set whose
 labels are its own classes, as one ObjectNet class stands for several ImageNet classes.
 
@@ -24,6 +25,7 @@ from PIL import Image
 
 from robustsig.data._layout import examples, images_in, layout_error, list_images, locate, require_dir, subfolders
 from robustsig.data.base import ImageDataset
+from robustsig.data.missing import check_missing_classes
 from robustsig.data.classes import (devkit_id_to_index, imagenet_classnames, imagenet_index, is_imagenet_wnid,
                                     subset_wnids)
 from robustsig.errors import DataError, InputError
@@ -206,11 +208,13 @@ def open_imagenet(root: str | os.PathLike, *, ground_truth: str | os.PathLike | 
 # ---- the shifts --------------------------------------------------------------------------------------------
 
 def open_imagenet_v2(root: str | os.PathLike, *, transform: Callable[[Image.Image], Any] | None = None,
-                     strict: bool = False) -> ImageDataset:
+                     strict: bool = False, allow_missing_classes: bool = False) -> ImageDataset:
     """ImageNet-V2 (any of its three variants): folders ``0``..``999`` named by ImageNet class index.
 
     The label is the folder's number, never its position: sorting ``"0".."999"`` as strings puts ``"10"``
     before ``"2"``, and ImageFolder-style loaders that number the sorted folders scramble 990 of the classes.
+    A download without all 1,000 folders is refused (naming the missing ones) unless ``allow_missing_classes``;
+    the dataset's ``missing_classes`` lists them (see :mod:`robustsig.data.missing`).
     """
     kind = "imagenet-v2"
     top = require_dir(root, kind, _EXPECTED[kind])
@@ -229,31 +233,43 @@ def open_imagenet_v2(root: str | os.PathLike, *, transform: Callable[[Image.Imag
     if out_of_range:
         raise layout_error(kind, folder, f"folders {examples(out_of_range)} are not class indices 0..999",
                            _EXPECTED[kind])
+    missing = check_missing_classes(kind, folder, [str(i) for i in ALL_CLASSES], {str(int(f.name)) for f in numbered},
+                                    allow=allow_missing_classes, what="class folders (0..999)")
     samples = [(path, int(f.name)) for f in numbered for path in list_images(f)]
     if not samples:
         raise layout_error(kind, folder, "the class folders hold no images", _EXPECTED[kind])
-    return _imagenet_dataset(samples, folder, kind, ALL_CLASSES, transform, strict)
+    dataset = _imagenet_dataset(samples, folder, kind, ALL_CLASSES, transform, strict)
+    dataset.missing_classes = missing
+    return dataset
 
 
 def _open_200_class_set(kind: str, root: str | os.PathLike, transform: Callable[[Image.Image], Any] | None,
-                        strict: bool) -> ImageDataset:
+                        strict: bool, allow_missing_classes: bool) -> ImageDataset:
     top = require_dir(root, kind, _EXPECTED[kind])
     folder = locate(top, _has_wnid_folders, sorted(("imagenet-r", "imagenet-a"), key=lambda k: k != kind)) or top
     samples = _wnid_samples(folder, kind, allowed=set(subset_wnids(kind)))
     present = sorted({label for _, label in samples})
-    return _imagenet_dataset(samples, folder, kind, present, transform, strict)
+    missing = check_missing_classes(kind, folder, list(subset_wnids(kind)), {f.name for f in subfolders(folder)},
+                                    allow=allow_missing_classes, what="class folders (wnids)")
+    dataset = _imagenet_dataset(samples, folder, kind, present, transform, strict)
+    dataset.missing_classes = missing
+    return dataset
 
 
 def open_imagenet_r(root: str | os.PathLike, *, transform: Callable[[Image.Image], Any] | None = None,
-                    strict: bool = False) -> ImageDataset:
-    """ImageNet-R: wnid folders of (some of) its 200 classes; scored on the classes whose folders are present."""
-    return _open_200_class_set("imagenet-r", root, transform, strict)
+                    strict: bool = False, allow_missing_classes: bool = False) -> ImageDataset:
+    """ImageNet-R: the wnid folders of its 200 classes, scored on those 200 logits. A download lacking some is
+    refused (naming the missing wnids) unless ``allow_missing_classes``: it is then scored on the classes present,
+    and ``missing_classes`` lists the others."""
+    return _open_200_class_set("imagenet-r", root, transform, strict, allow_missing_classes)
 
 
 def open_imagenet_a(root: str | os.PathLike, *, transform: Callable[[Image.Image], Any] | None = None,
-                    strict: bool = False) -> ImageDataset:
-    """ImageNet-A: wnid folders of (some of) its 200 classes; scored on the classes whose folders are present."""
-    return _open_200_class_set("imagenet-a", root, transform, strict)
+                    strict: bool = False, allow_missing_classes: bool = False) -> ImageDataset:
+    """ImageNet-A: the wnid folders of its 200 classes, scored on those 200 logits. A download lacking some is
+    refused (naming the missing wnids) unless ``allow_missing_classes``: it is then scored on the classes present,
+    and ``missing_classes`` lists the others."""
+    return _open_200_class_set("imagenet-a", root, transform, strict, allow_missing_classes)
 
 
 def open_imagenet_sketch(root: str | os.PathLike, *, transform: Callable[[Image.Image], Any] | None = None,

@@ -31,6 +31,7 @@ from PIL import Image
 
 from robustsig.data._layout import examples, layout_error, list_images, locate, require_dir, subfolders
 from robustsig.data.base import ImageDataset
+from robustsig.data.missing import check_missing_classes
 from robustsig.errors import DataError
 
 MAPPING_FILES = ("folder_to_objectnet_label.json", "objectnet_to_imagenet_1k.json",
@@ -128,7 +129,8 @@ def _find_mappings(top: Path, images_root: Path) -> Path:
 
 
 def open_objectnet(root: str | os.PathLike, *, mappings: str | os.PathLike | None = None,
-                   transform: Callable[[Image.Image], Any] | None = None, strict: bool = False) -> ObjectNetDataset:
+                   transform: Callable[[Image.Image], Any] | None = None, strict: bool = False,
+                   allow_missing_classes: bool = False) -> ObjectNetDataset:
     """ObjectNet on its 113 ImageNet-mapped classes, labels and scoring as wise-ft (see the module notes).
 
     Args:
@@ -136,6 +138,8 @@ def open_objectnet(root: str | os.PathLike, *, mappings: str | os.PathLike | Non
         mappings: the folder of the four mapping files, when not in ``mappings/`` (CLIP_benchmark keeps them in
             the folder above ``objectnet-1.0/``, which is also searched).
         transform, strict: see :class:`~robustsig.data.base.ImageSource`.
+        allow_missing_classes: score a download that lacks some of the mapped folders (refused otherwise, naming
+            them); ``missing_classes`` then lists them (:mod:`robustsig.data.missing`).
 
     The dataset's ``class_map`` lists each class's ImageNet ids and ``class_indices`` their union (125 ids).
     """
@@ -150,10 +154,14 @@ def open_objectnet(root: str | os.PathLike, *, mappings: str | os.PathLike | Non
         mapping_dir = _find_mappings(top, images_root)
     classes = read_objectnet_mappings(mapping_dir)
     label_of = {folder: label for label, folder in enumerate(classes.folders)}
-    samples = [(path, label_of[f.name]) for f in subfolders(images_root / "images") if f.name in label_of
-               for path in list_images(f)]
+    folders = subfolders(images_root / "images")
+    missing = check_missing_classes(kind, images_root / "images", classes.folders, {f.name for f in folders},
+                                    allow=allow_missing_classes, what="mapped class folders")
+    samples = [(path, label_of[f.name]) for f in folders if f.name in label_of for path in list_images(f)]
     if not samples:
         raise layout_error(kind, images_root / "images", "no images in any of the 113 mapped class folders "
                            f"({examples(classes.folders)})", _EXPECTED)
-    return ObjectNetDataset(samples, classnames=classes.names, class_map=classes.imagenet_ids,
-                            transform=transform, strict=strict, kind=kind, root=images_root)
+    dataset = ObjectNetDataset(samples, classnames=classes.names, class_map=classes.imagenet_ids,
+                               transform=transform, strict=strict, kind=kind, root=images_root)
+    dataset.missing_classes = missing
+    return dataset

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from robustsig._yaml import SafeLoader
 from robustsig.errors import InputError
 
 KINDS: dict[str, str] = {
@@ -106,7 +107,7 @@ def parse_dataset_options(pairs: Sequence[str]) -> dict[str, Any]:
         if not sep or not key.isidentifier():
             raise InputError(f"dataset option {pair!r} is not KEY=VALUE (e.g. ground_truth=/data/val.txt)")
         try:
-            parsed = yaml.safe_load(value) if value.strip() else ""
+            parsed = yaml.load(value, Loader=SafeLoader) if value.strip() else ""  # noqa: S506 (alias bombs refused)
         except yaml.YAMLError:
             parsed = value
         options[key] = parsed if isinstance(parsed, (bool, int, float)) else value

@@ -6,6 +6,7 @@ The math is :func:`robustsig.metrics.scoring.top1_correct`; this module only rea
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -23,6 +24,43 @@ def scoring_rule(dataset: Any) -> dict[str, Any]:
     if class_map is not None:
         return {"class_indices": None, "class_map": class_map}
     return {"class_indices": getattr(dataset, "class_indices", None), "class_map": None}
+
+
+def _same_class(name: str, index: int) -> bool:
+    """Whether a class called ``name`` is ImageNet-1k class ``index`` (its wnid or its name, any case, ``_`` for
+    spaces), or is simply numbered ``index`` (csv files with integer labels)."""
+    from robustsig.data.classes import imagenet_classnames, imagenet_wnids
+
+    spoken = name.strip().lower().replace("_", " ")
+    return (name.strip() == str(index) or name.strip() == imagenet_wnids()[index]
+            or spoken == imagenet_classnames()[index].lower())
+
+
+def check_head_fit(dataset: Any, num_logits: int) -> None:
+    """Warn when ``dataset``'s own classes are about to be scored as ImageNet-1k logits they are not.
+
+    A dataset with neither a class map nor class indices is scored label ``k`` = logit ``k``. On a 1000-class head
+    that is right only when class ``k`` is ImageNet class ``k`` (folders named by the head's wnids, in order);
+    a folder of ``cat/``, ``dog/`` would score about 0% without a word. The warning names the first class that
+    does not match and the fix: a class map (``-O class_map=map.json``, see :mod:`robustsig.data.classmap`).
+    """
+    from robustsig.data.classes import imagenet_wnids
+
+    classnames = list(getattr(dataset, "classnames", None) or [])
+    if (num_logits != len(imagenet_wnids()) or not classnames or len(classnames) == num_logits
+            or getattr(dataset, "class_map", None) is not None or getattr(dataset, "class_indices", None) is not None):
+        return
+    wrong = next((k for k, name in enumerate(classnames) if k >= num_logits or not _same_class(name, k)), None)
+    if wrong is None:
+        return
+    kind = getattr(dataset, "kind", "dataset")
+    where = f" {dataset.root}" if getattr(dataset, "root", None) else ""
+    warnings.warn(f"the {kind} dataset{where} is scored on a {num_logits}-class (ImageNet-1k) head as label k = "
+                  f"logit k, but its class {classnames[wrong]!r} (label {wrong}) is not ImageNet class {wrong}, so "
+                  "its accuracy means nothing (about 0%). Map its classes to ImageNet-1k indices with a class map: "
+                  "-O class_map=map.json on the command line, options: {class_map: map.json} in a study, "
+                  "class_map= in open_dataset (a JSON object {\"class name\": [ImageNet-1k indices]}; see "
+                  "robustsig.data.classmap)", UserWarning, stacklevel=3)
 
 
 def pruning_scoring(dataset: Any) -> dict[str, Any]:
@@ -63,6 +101,7 @@ def accuracy(logits: Tensor, dataset: Any, labels: Tensor | None = None) -> floa
     if not isinstance(logits, Tensor) or logits.ndim != 2:
         raise InputError("logits must be an N x C tensor")
     labels = _dataset_labels(dataset, logits.shape[0]) if labels is None else torch.as_tensor(labels)
+    check_head_fit(dataset, logits.shape[1])
     rule = scoring_rule(dataset)
     width = logits.shape[1]
     if rule["class_map"] is not None and width == len(rule["class_map"]):

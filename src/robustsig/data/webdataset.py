@@ -32,6 +32,7 @@ from typing import Any
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
+from robustsig._stamps import file_stamp
 from robustsig.data._layout import examples, layout_error, require_dir
 from robustsig.data.base import ImageSource, log
 from robustsig.data.classes import imagenet_classnames, subset_indices
@@ -192,13 +193,17 @@ class WebImageDataset(ImageSource, IterableDataset):
         return KeyedStream(self)
 
     def describe(self) -> dict[str, Any]:
-        """Kind, root, size, classes, and a digest of the shard names and sizes (a changed shard set never
-        reuses a stale store)."""
+        """Kind, root, size, classes, a digest of the shard names and sizes, and of the shards' stamps (size,
+        times, inode: :mod:`robustsig._stamps`), so a changed shard set or a shard rewritten in place never
+        reuses a stale store."""
         digest = hashlib.blake2b(digest_size=16)
+        stamps = hashlib.blake2b(digest_size=16)
         for shard in self.shards:
             digest.update(f"{shard.name}\t{shard.stat().st_size}\n".encode())
+            stamps.update(f"{file_stamp(shard)}\n".encode())
         return {"kind": self.kind, "root": self.root, "num_samples": len(self), "num_classes": len(self.classnames),
-                "num_shards": len(self.shards), "files_digest": digest.hexdigest()}
+                "num_shards": len(self.shards), "files_digest": digest.hexdigest(),
+                "stamps_digest": stamps.hexdigest()}
 
 
 class KeyedStream(IterableDataset):

@@ -59,7 +59,8 @@ def extract(classifier: Classifier, dataset: Dataset, out_dir: str | os.PathLike
         classifier: the model (:class:`~robustsig.models.classifier.Classifier`).
         dataset: a map-style dataset (``dataset[i] -> (image, label)``) or an iterable stream of
             ``(image, label)``/``(key, image, label)``; it needs ``describe()`` (the store's key). An image of
-            ``None`` (corrupt file) is skipped, counted and listed in the manifest.
+            ``None`` (corrupt file) is skipped, counted and listed in the manifest, after the files the dataset
+            could not list (its ``unlisted``: an unreadable folder, a FIFO...), which are listed with the reason.
         out_dir: the store directory.
         layers: layer taps to record too (names from ``classifier.layers``, or ``"all"``), pooled per sample.
         batch_size: images per forward pass.
@@ -123,7 +124,8 @@ def extract(classifier: Classifier, dataset: Dataset, out_dir: str | os.PathLike
             seconds = time.perf_counter() - begin
             rank_reports = distributed.gather(world, run.report(seconds))
             _on_main(world, lambda: writer.finalize(_record(classifier, rank_reports, seconds, out_dir, batch_size,
-                                                            num_workers, device, channels_last, world)))
+                                                            num_workers, device, channels_last, world),
+                                                    getattr(dataset, "unlisted", ())))
             store = ActivationStore(out_dir)
             if progress and world.is_main and progress_enabled():
                 print(_summary_line(store.summary), file=sys.stderr, flush=True)
@@ -274,7 +276,9 @@ def _claim(writer: StoreWriter, world: distributed.World, overwrite: bool, class
     digests = distributed.gather(world, writer.digest)
     if len(set(digests)) > 1:
         raise InputError(f"the torchrun ranks disagree on what to extract (key digests {digests}): every rank must "
-                         "load the same weights and dataset with the same settings")
+                         "load the same weights and dataset with the same settings, from one shared copy of the "
+                         "images (the key holds each image's stamp: size, times, inode, which node-local copies "
+                         "do not share)")
     head = {"W": classifier.W} | ({"b": classifier.b} if classifier.b is not None else {})
     done = _on_main(world, lambda: writer.prepare(overwrite, head))
     if not done and not world.is_main:
@@ -395,6 +399,9 @@ class _Run:
         else:
             shard.skipped += [{"id": i, "path": samples[i][0]} if samples is not None else {"id": i}
                               for i in batch.skipped]
+        for entry, reason in zip(shard.skipped[len(shard.skipped) - len(batch.skipped):], batch.skipped_reasons):
+            if reason is not None:
+                entry["reason"] = reason
         if batch.keys is not None:
             shard.with_keys = True
             shard.sample_keys += batch.keys
@@ -411,8 +418,32 @@ class _Run:
             values, indices = logits.float().topk(self.logits_topk, dim=1)
             rows |= {"topk_values": values, "topk_indices": indices}
         rows |= {LAYER_PREFIX + name: value for name, value in layers.items()}
+        rows = {name: value.to(self.store_dtype) if value.is_floating_point() and name != "labels" else value
+                for name, value in rows.items()}
+        self._check_finite(rows, batch, samples)
         for name, value in rows.items():
             shard.parts.setdefault(name, []).append(value)
+
+    def _check_finite(self, rows: dict[str, torch.Tensor], batch: Batch,
+                      samples: Sequence[tuple[str, int]] | None) -> None:
+        """Refuse NaN or inf in what is stored (a model with NaN weights would otherwise be scored as a model):
+        one reduction per tensor and one device sync per batch."""
+        floats = {name: value for name, value in rows.items() if value.is_floating_point() and name != "labels"}
+        finite = torch.stack([torch.isfinite(value).all() for value in floats.values()]).tolist()
+        if all(finite):
+            return
+        bad = [name for name, ok in zip(floats, finite) if not ok]
+        layers = [f"layer {name.removeprefix(LAYER_PREFIX)!r}" for name in bad if name.startswith(LAYER_PREFIX)]
+        what = ", ".join(layers + [repr(name) for name in bad if not name.startswith(LAYER_PREFIX)])
+        ids = batch.ids.tolist()
+        where = f"samples {ids[0]}..{ids[-1]}" + (f" (first: {samples[ids[0]][0]})" if samples is not None else "")
+        if self.store_dtype == torch.float32:
+            cause = "its weights may hold NaN or inf, or the values overflow float32"
+        else:
+            cause = (f"the values may overflow {str(self.store_dtype).removeprefix('torch.')} storage (store them "
+                     "with dtype float32), or its weights hold NaN or inf")
+        raise InputError(f"model {self.classifier.spec} produced non-finite values (NaN or inf) in {what} on "
+                         f"{where}: {cause}; nothing of these samples is stored. Check the model's weights")
 
     def _write(self, shard: _ShardBuffer) -> None:
         tensors = {}

@@ -41,6 +41,7 @@ class Batch(NamedTuple):
         skipped: positions of the samples that could not be decoded.
         keys: sample keys of the decoded samples (streams of ``(key, image, label)``), else ``None``.
         skipped_keys: sample keys of the skipped samples, else ``None``.
+        skipped_reasons: why each skipped sample could not be decoded (``None`` where the dataset does not say).
     """
 
     start: int
@@ -51,6 +52,7 @@ class Batch(NamedTuple):
     skipped: list[int]
     keys: list[str] | None
     skipped_keys: list[str] | None
+    skipped_reasons: list[str | None]
 
 
 def is_batch_end(position: int, shard_size: int, batch_size: int) -> bool:
@@ -87,7 +89,7 @@ class _ShardBatches(Sampler[list[int]]):
         return sum(-(-len(r) // self.batch_size) for r in self.ranges)
 
 
-def _collate(items: Sequence[tuple[int, Any, Any, str | None]]) -> Batch:
+def _collate(items: Sequence[tuple[int, Any, Any, str | None, str | None]]) -> Batch:
     kept = [item for item in items if item[1] is not None]
     lost = [item for item in items if item[1] is None]
     with_keys = items[0][3] is not None
@@ -103,6 +105,7 @@ def _collate(items: Sequence[tuple[int, Any, Any, str | None]]) -> Batch:
         skipped=[int(item[0]) for item in lost],
         keys=[str(item[3]) for item in kept] if with_keys else None,
         skipped_keys=[str(item[3]) for item in lost] if with_keys else None,
+        skipped_reasons=[item[4] for item in lost],
     )
 
 
@@ -111,7 +114,8 @@ def _as_is(batch: Batch) -> Batch:
 
 
 class _MapItems(Dataset):
-    """``(position, image, label, None)`` items of a map-style dataset, ``transform`` applied."""
+    """``(position, image, label, None, reason)`` items of a map-style dataset, ``transform`` applied; ``reason``
+    says why an image of ``None`` could not be decoded, when the dataset has ``fetch`` to tell it."""
 
     def __init__(self, dataset: Dataset, transform: Callable[[Any], torch.Tensor] | None) -> None:
         self.dataset = dataset
@@ -120,11 +124,12 @@ class _MapItems(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
-    def __getitem__(self, position: int) -> tuple[int, Any, Any, None]:
-        image, label = self.dataset[position]
+    def __getitem__(self, position: int) -> tuple[int, Any, Any, None, str | None]:
+        fetch = getattr(self.dataset, "fetch", None)
+        image, label, reason = fetch(position) if callable(fetch) else (*self.dataset[position], None)
         if image is not None and self.transform is not None:
             image = self.transform(image)
-        return position, image, label, None
+        return position, image, label, None, reason
 
 
 class _StreamBatches(IterableDataset):
@@ -156,7 +161,7 @@ class _StreamBatches(IterableDataset):
         if items:  # the stream ended inside a batch
             yield _collate(items)
 
-    def _item(self, position: int, item: Any) -> tuple[int, Any, Any, str | None]:
+    def _item(self, position: int, item: Any) -> tuple[int, Any, Any, str | None, None]:
         if not isinstance(item, (tuple, list)) or len(item) not in (2, 3):
             raise InputError(f"a stream item must be (image, label) or (key, image, label); item {position} is "
                              f"{type(item).__name__}" + (f" of length {len(item)}" if isinstance(item, (tuple, list))
@@ -164,7 +169,7 @@ class _StreamBatches(IterableDataset):
         key, image, label = item if len(item) == 3 else (None, *item)
         if image is not None and self.transform is not None:
             image = self.transform(image)
-        return position, image, label, key
+        return position, image, label, key, None
 
 
 def batch_loader(dataset: Dataset, transform: Callable[[Any], torch.Tensor] | None, ranges: Sequence[range],

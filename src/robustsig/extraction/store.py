@@ -189,7 +189,10 @@ class ActivationStore:
 
     @property
     def skipped(self) -> list[dict[str, Any]]:
-        """The samples that could not be decoded: ``{"id": position, "path"/"key": ...}``."""
+        """What was skipped: the files the dataset found but could not list (``{"path", "reason"}``: an
+        unreadable folder or file, a FIFO, a link loop), then the samples that could not be decoded
+        (``{"id": position, "path"/"key": ..., "reason": ...}``; the reason where the dataset gives it). Paths that are not UTF-8 are kept as surrogate escapes
+        (``os.fsencode`` gives the exact bytes back)."""
         return list(self._manifest["skipped"])
 
     @property

@@ -8,16 +8,20 @@ Rules for ``out_dir`` (so a researcher never silently gets stale activations):
 - holds a store with another key: :class:`~robustsig.errors.InputError` naming each differing field, unless
   ``overwrite=True``, which deletes the old store first (an unfinished store without any shard yet, e.g. one
   whose first batch failed, holds nothing and is replaced);
-- holds other files: :class:`~robustsig.errors.InputError` (a store is never mixed into an unrelated folder).
+- holds other files: :class:`~robustsig.errors.InputError` (a store is never mixed into an unrelated folder). A
+  store is replaced only when the folder holds nothing but robustsig's own files (manifest, head, shards, lock,
+  temporary files): a file of someone else is never deleted, the replacement is refused naming it.
 
-Temporary files left by a crash (``.tmp-*``) are deleted when a run starts. While a run writes, it holds an
+Temporary files left by a crash (robustsig's ``.tmp-*``) are deleted when a run starts. While a run writes, it holds an
 exclusive lock on ``out_dir/.lock``, so two runs cannot write one store at once.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
+import os
+import socket
+import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -43,6 +47,31 @@ LOCK_FILE = ".lock"
 
 def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
+
+
+_OWN_FILES = (MANIFEST, HEAD_FILE, LOCK_FILE)
+_HELD: set[str] = set()  # the lock files this process holds (a POSIX lock does not exclude its own process)
+_HELD_GUARD = threading.Lock()
+
+
+def _lock_holder(path: Path) -> tuple[int | None, str | None]:
+    """The process id and machine name written in a lock file (``None, None`` when unreadable)."""
+    try:
+        pid, host = path.read_text().split(maxsplit=1)
+        return int(pid), host.strip()
+    except (OSError, ValueError):
+        return None, None
+
+
+def _own_temporary(name: str) -> bool:
+    """Whether ``name`` is a temporary file robustsig writes in a store (of its manifest, head or a shard)."""
+    rest = name.removeprefix(TEMP_PREFIX)
+    return rest != name and rest.startswith((MANIFEST + ".", HEAD_FILE + ".", "shard-"))
+
+
+def _own_file(name: str) -> bool:
+    """Whether ``name`` is a file robustsig writes in a store."""
+    return name in _OWN_FILES or shard_index(name) is not None or _own_temporary(name)
 
 
 class StoreWriter:
@@ -73,8 +102,9 @@ class StoreWriter:
         """
         self.path.mkdir(parents=True, exist_ok=True)
         self._take_lock()
-        for leftover in self.path.glob(TEMP_PREFIX + "*"):
-            leftover.unlink(missing_ok=True)
+        for leftover in self.path.iterdir():  # no live process writes here while we hold the lock
+            if _own_temporary(leftover.name):
+                leftover.unlink(missing_ok=True)
         state = self._existing_store(overwrite)
         if state == "finished":
             return True
@@ -116,30 +146,58 @@ class StoreWriter:
         return "unfinished"
 
     def _take_lock(self) -> None:
+        """Lock ``.lock`` (and write this process's id and machine into it), or refuse naming the holder.
+
+        The lock is a POSIX record lock (``lockf``): it belongs to this process alone, so processes it forks (the
+        DataLoader workers) do not inherit it, and it ends with the process, however it ends. (An ``flock`` lock
+        would be shared with the workers, which outlive a ``kill -9`` of the main process by seconds, and a rerun
+        in that window would be refused.) Writers of one process are told apart by :data:`_HELD`."""
         if fcntl is None:
             return
-        handle = open(self.path / LOCK_FILE, "a")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            handle.close()
-            raise InputError(f"another process is writing the store in {self.path}; wait for it or use "
-                             "another out_dir") from None
+        path = self.path / LOCK_FILE
+        key = str(path.absolute())
+        with _HELD_GUARD:
+            if key in _HELD:
+                raise InputError(f"this process is already writing the store in {self.path}; wait for it or use "
+                                 "another out_dir")
+            handle = open(path, "a+")  # noqa: SIM115 (closed by release())
+            try:
+                fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.close()
+                pid, host = _lock_holder(path)
+                who = f"process {pid} on {host}" if pid is not None else "another process"
+                raise InputError(f"{who} is writing the store in {self.path}; wait for it or use another "
+                                 "out_dir") from None
+            _HELD.add(key)
+        holder = f"{os.getpid()} {socket.gethostname()}\n"
+        handle.seek(0)
+        if handle.read() != holder:  # a lock file is rewritten only for another holder
+            handle.seek(0)
+            handle.truncate()
+            handle.write(holder)
+            handle.flush()
         self._lock = handle
 
     def release(self) -> None:
         if self._lock is not None:
-            self._lock.close()
+            with _HELD_GUARD:
+                _HELD.discard(str((self.path / LOCK_FILE).absolute()))
+                self._lock.close()
             self._lock = None
 
     def _clear(self) -> None:
-        for entry in self.path.iterdir():
-            if entry.name == LOCK_FILE:
-                continue
-            if entry.is_dir():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
+        """Delete the old store; refused, with nothing deleted, when the folder holds anything robustsig did not
+        write."""
+        entries = list(self.path.iterdir())
+        foreign = sorted(entry.name for entry in entries if entry.is_dir() or not _own_file(entry.name))
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise InputError(f"{self.path} holds a store to replace, but also files robustsig did not write "
+                             f"({shown}); nothing was deleted. Move them out of the folder, or use another out_dir")
+        for entry in entries:
+            if entry.name != LOCK_FILE:
+                entry.unlink(missing_ok=True)
 
     def adopt_shard_size(self) -> None:
         """Other ranks: read the shard size rank 0 settled on (a resumed store keeps its own)."""
@@ -176,18 +234,21 @@ class StoreWriter:
         write_bytes_atomic(self.path / shard_name(index), safetensors.torch.save(dict(tensors), metadata=metadata))
 
     # --- finishing (rank 0 only) ------------------------------------------------------------------------
-    def finalize(self, record: Mapping[str, Any]) -> None:
+    def finalize(self, record: Mapping[str, Any], unlisted: Sequence[Mapping[str, str]] = ()) -> None:
         """Check that the shards cover every sample, and write the finished manifest.
 
         Args:
             record: extra manifest fields (model, run settings, ``summary``: it gets the store's totals of
                 ``images`` and ``skipped`` here).
+            unlisted: files the dataset found but could not list (``{"path", "reason"}``, no ``id``): they head
+                the skipped list, before the samples that could not be decoded.
         """
         indices = self.existing_shards()
         if indices != list(range(len(indices))):
             missing = sorted(set(range(max(indices, default=-1) + 1)) - set(indices))
             raise DataError(f"store {self.path} lacks shards {missing[:10]}; rerun the extraction to compute them")
-        shards, skipped, tensors, position = [], [], {}, 0
+        shards, tensors, position = [], {}, 0
+        skipped: list[Any] = [dict(item) for item in unlisted]
         has_keys = False
         for index in indices:
             header, _ = safetensors_header(self.path / shard_name(index))

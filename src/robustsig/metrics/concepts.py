@@ -18,6 +18,11 @@ stays bounded by chunking (``max_elements`` entries per temporary array).
 
 A concept without a positive sample has no AP: NaN with a warning (sklearn returns 0.0 with a warning; NaN keeps
 such a concept from ever counting as encoded or not encoded). A concept without negatives has AP 1.
+
+Orientation. A singular vector is defined only up to its sign, so whether a concept's images score high or low
+on ``v_i`` is an accident of the SVD's sign convention. ``orientation="positive"`` ranks by the scores as given
+(a concept on the negative side of a direction scores near its chance AP); ``orientation="both"`` takes, per
+(concept, direction), the larger of AP(s) and AP(-s): does the direction *separate* the concept, on either side.
 """
 
 from __future__ import annotations
@@ -45,14 +50,11 @@ _BUCKET_RATIO = 1.25
 #: float64 array; 1M-entry batches took 2x longer, measured).
 _CHUNK_ELEMENTS = 1 << 18
 
-#: Sort key of the padding: above the key of every float32 score (|key| < 2**33); padding entry i gets
-#: ``_PAD_KEY + 2 i``, so no two padding entries tie and none is a positive.
-_PAD_KEY = 1 << 62
-
-Orientation = Literal["positive", "both"]
-
 #: The paper's threshold: a direction encodes a concept when its AP is at least 0.9.
 AP_THRESHOLD = 0.9
+
+Orientation = Literal["positive", "both"]
+ORIENTATIONS: tuple[str, ...] = ("positive", "both")
 
 
 def _bool_labels(x: Any, name: str, shape: tuple[int, ...]) -> torch.Tensor:
@@ -379,8 +381,9 @@ def average_precision_matrix(scores: Any, labels: Any, *, orientation: Orientati
     Args:
         scores: as above; float32 or float64, finite.
         labels: as above; booleans or 0/1.
-        orientation: ``"positive"`` (the paper's: high scores rank first) or ``"both"``: the larger of the AP of
-            ``s`` and of ``-s`` (each exactly sklearn's), for directions whose sign is arbitrary (singular vectors).
+        orientation: ``"positive"``: the AP of the scores as given; ``"both"``: the larger of the AP of the scores
+            and the AP of their negation (each sklearn's value), so a direction that separates a concept on its
+            negative side counts as well (see the module notes).
         max_elements: bound on the entries of one temporary array; peak memory is about 60 bytes per entry
             (~60 MB at the default; the per-concept form batches at most 2**18 entries, ~15 MB).
         device: where the per-concept form computes (default: the device of ``scores``; ``"cuda"`` runs it on
@@ -395,11 +398,11 @@ def average_precision_matrix(scores: Any, labels: Any, *, orientation: Orientati
         >>> labels = torch.tensor([[False], [False], [True], [True]])
         >>> average_precision_matrix(scores, labels)   # sklearn: 0.8333..., 0.4167...
         tensor([[0.8333, 0.4167]], dtype=torch.float64)
-        >>> average_precision_matrix(scores, labels, orientation="both")   # direction 1 separates them downwards
+        >>> average_precision_matrix(scores, labels, orientation="both")   # direction 1 separates on its low side
         tensor([[0.8333, 1.0000]], dtype=torch.float64)
     """
-    if orientation not in ("positive", "both"):
-        raise InputError(f"orientation must be 'positive' or 'both', got {orientation!r}")
+    if orientation not in ORIENTATIONS:
+        raise InputError(f"orientation must be one of {', '.join(map(repr, ORIENTATIONS))}, got {orientation!r}")
     if isinstance(scores, (list, tuple)):
         if not isinstance(labels, (list, tuple)):
             raise InputError("scores is a list of per-concept score matrices, so labels must be a list of "
@@ -456,7 +459,14 @@ class ConceptSummary:
 
     @property
     def polysemanticity(self) -> float:
-        """Mean number of concepts per direction over the directions that encode at least one (NaN if none)."""
+        """The paper's polysemanticity (Section 4, Table 6): ``d_H^-1 sum_i N_concept(i)``, the mean number of
+        concepts per direction over *all* D probed directions (0 when none encodes a concept)."""
+        return float(self.concepts_per_direction.double().mean())
+
+    @property
+    def polysemanticity_active(self) -> float:
+        """A variant, not the paper's: the mean number of concepts per direction over only the directions that
+        encode at least one (NaN if none does). ``polysemanticity = polysemanticity_active x (active fraction)``."""
         counts = self.concepts_per_direction
         active = counts[counts > 0]
         return float(active.double().mean()) if active.numel() else float("nan")
@@ -485,13 +495,14 @@ class ConceptSummary:
     def as_dict(self) -> dict[str, Any]:
         """The summary numbers as plain values (for JSON and tables)."""
         return {"threshold": self.threshold, "unique_concepts": self.unique_concepts,
-                "polysemanticity": self.polysemanticity,
+                "polysemanticity": self.polysemanticity, "polysemanticity_active": self.polysemanticity_active,
                 "polysemantic_directions": int(self.polysemantic_directions.numel()),
                 "concepts_per_direction": self.concepts_per_direction.tolist()}
 
 
 def concept_summary(ap: Any, threshold: float = AP_THRESHOLD, concepts: Sequence[str] | None = None) -> ConceptSummary:
-    """Summarise an AP matrix: unique concepts (eq. 5), concepts per direction, polysemanticity, top concepts.
+    """Summarise an AP matrix: unique concepts (eq. 5), concepts per direction, polysemanticity (the paper's mean
+    over all directions; ``polysemanticity_active``: over the encoding directions only), top concepts.
 
     Args:
         ap: ``C x D`` AP matrix from :func:`average_precision_matrix`.
@@ -514,6 +525,32 @@ def concept_summary(ap: Any, threshold: float = AP_THRESHOLD, concepts: Sequence
     if concepts is not None and len(concepts) != matrix.shape[0]:
         raise InputError(f"{len(concepts)} concept names for an AP matrix with {matrix.shape[0]} concepts")
     return ConceptSummary(matrix, float(threshold), None if concepts is None else tuple(map(str, concepts)))
+
+
+def concept_threshold_sweep(ap: Any, thresholds: Sequence[float]) -> dict[str, np.ndarray]:
+    """Unique concepts and polysemanticity of one AP matrix at each of several thresholds (the sensitivity of the
+    counts to the paper's 0.9; its footnote 4 says the conclusions hold at 0.85).
+
+    Args:
+        ap: ``C x D`` AP matrix.
+        thresholds: AP thresholds in [0, 1].
+
+    Returns:
+        ``{"threshold", "unique_concepts", "polysemanticity", "polysemanticity_active"}``, arrays in the order of
+        ``thresholds`` (the same numbers as :func:`concept_summary` at each threshold).
+
+    Example:
+        >>> import torch
+        >>> ap = torch.tensor([[0.95, 0.2], [0.86, 0.5]], dtype=torch.float64)
+        >>> sweep = concept_threshold_sweep(ap, [0.85, 0.9])
+        >>> sweep["unique_concepts"].tolist(), sweep["polysemanticity"].tolist()
+        ([2, 1], [1.0, 0.5])
+    """
+    summaries = [concept_summary(ap, threshold) for threshold in thresholds]
+    return {"threshold": np.array([s.threshold for s in summaries], dtype=np.float64),
+            "unique_concepts": np.array([s.unique_concepts for s in summaries], dtype=np.int64),
+            "polysemanticity": np.array([s.polysemanticity for s in summaries], dtype=np.float64),
+            "polysemanticity_active": np.array([s.polysemanticity_active for s in summaries], dtype=np.float64)}
 
 
 def concept_overlaps(sets_by_model: Mapping[str, ConceptSummary | Iterable[Any]]) -> dict[tuple[str, ...], set[Any]]:

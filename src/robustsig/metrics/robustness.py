@@ -11,6 +11,7 @@ Accuracies are fractions. ``ACC(I)`` and every accuracy given to :func:`fit_base
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -58,8 +59,21 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))  # stable for any x
 
 
+def _line_parameter(value: Any, name: str) -> float:
+    """``b1`` or ``b0`` as a finite float, or an :class:`InputError` (a NaN line would make every ER NaN)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} (of the baseline line) must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise InputError(f"{name} (of the baseline line) must be a finite number, got {number}; the paper's line "
+                         f"is b1={PAPER_B1}, b0={PAPER_B0}")
+    return number
+
+
 def baseline_prediction(acc_id: Any, b1: float = PAPER_B1, b0: float = PAPER_B0) -> np.ndarray:
     """Shift accuracy the baseline line predicts from in-distribution accuracy: ``sigmoid(b1*logit(acc_id)+b0)``."""
+    b1, b0 = _line_parameter(b1, "b1"), _line_parameter(b0, "b0")
     return _sigmoid(b1 * _logit(_accuracies(acc_id, "acc_id", open_interval=True)) + b0)
 
 
@@ -77,7 +91,7 @@ def effective_robustness(acc_id: Any, acc_shift: Any, b1: float = PAPER_B1, b0: 
         tensor (on the input's device) when either input is a tensor.
 
     Raises:
-        InputError: an accuracy is outside its interval (e.g. given in percent).
+        InputError: an accuracy is outside its interval (e.g. given in percent), or ``b1``/``b0`` is not finite.
 
     Example:
         >>> round(effective_robustness(0.76, 0.60), 4)   # the line predicts 0.351 from 0.76

@@ -76,6 +76,25 @@ def pool_activation(x: torch.Tensor, tap: LayerTap, pooling: Pooling = "auto") -
     raise InputError(f"unknown layer layout {tap.layout!r}; expected 'tokens', 'spatial' or 'vector'")
 
 
+def flatten_activation(x: torch.Tensor, tap: LayerTap) -> torch.Tensor:
+    """One layer's output as ``(N, everything)``, nothing pooled: ``flatten(1)`` of the sample-first output (the
+    view PyTorch-Model-Compare, the paper's CKA, compares; token-first ``(L, N, D)`` outputs are transposed).
+
+    >>> flatten_activation(torch.zeros(197, 2, 768), LayerTap("blocks.0", "tokens", seq_first=True)).shape
+    torch.Size([2, 151296])
+    """
+    if isinstance(x, (tuple, list)):
+        x = x[0]
+    if tap.layout == "tokens" and tap.seq_first:
+        x = x.transpose(0, 1)
+    return x.flatten(1)
+
+
+LayerReducer = Callable[[str, torch.Tensor, LayerTap], torch.Tensor]
+"""``(layer name, its output, its tap) -> tensor``: what :meth:`Classifier.forward_with_layers` keeps of a layer
+when given instead of a pooling name (e.g. a minibatch's Gram matrix, so the whole output is never kept)."""
+
+
 class Classifier(nn.Module):
     """An image classifier written as ``logits = head(encoder(x))`` with a linear head.
 
@@ -148,14 +167,14 @@ class Classifier(nn.Module):
             raise InputError(f"layer tap {name!r} points to {tap.module!r}, which is not a submodule of the "
                              "encoder") from None
 
-    def forward_with_layers(self, x: torch.Tensor, layers: Sequence[str] = (), pooling: Pooling = "auto"
+    def forward_with_layers(self, x: torch.Tensor, layers: Sequence[str] = (), pooling: Pooling | LayerReducer = "auto"
                             ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """One forward pass returning ``(h, logits, {layer: (N, D) pooled activation})``.
 
         Args:
             x: preprocessed batch.
             layers: names from :attr:`layers`; ``"all"`` is not accepted here, expand it first.
-            pooling: see :func:`pool_activation`.
+            pooling: see :func:`pool_activation`; or a :data:`LayerReducer` called on each layer's output.
         """
         unknown = [name for name in layers if name not in self.taps]
         if unknown:
@@ -166,7 +185,8 @@ class Classifier(nn.Module):
             tap = self.taps[name]
 
             def hook(_module, _inputs, output, name=name, tap=tap):
-                captured[name] = pool_activation(output, tap, pooling)
+                captured[name] = (pooling(name, output, tap) if callable(pooling)
+                                  else pool_activation(output, tap, pooling))
 
             handles.append(self._tap_module(name, tap).register_forward_hook(hook))
         try:

@@ -7,6 +7,7 @@
   sets, an UpSet-style chart (bars of exclusive intersection sizes over a membership matrix) for 1 or more than
   3 sets, where Venn circles cannot show every intersection.
 - :func:`cka_depth_figure`, :func:`cka_heatmap_figure` (Fig. 5/6): CKA per layer.
+- :func:`concept_thresholds_figure`: unique concepts and polysemanticity against the AP threshold (footnote 4).
 - :func:`wiseft_figure` (Fig. 11-18): accuracy, ER, kurtosis and unique concepts vs the Wise-FT alpha.
 
 :func:`save_figure` writes a figure as PNG and SVG.
@@ -26,12 +27,14 @@ import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullFormatter, NullLocator
 
 from robustsig.errors import InputError
 from robustsig.report.pool import KIND_COLORS, ModelGroup, model_groups
-from robustsig.study.results import CkaRow, ImportanceRow, ModelRow, PruningRow, RobustnessRow, WiseFtRow
+from robustsig.study.results import (CkaRow, ConceptThresholdRow, ImportanceRow, ModelRow, PruningRow, RobustnessRow,
+                                     WiseFtRow)
 
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">")
 _ORDER_STYLES = {"singular": "-", "importance": "--", "random": ":"}
@@ -249,11 +252,16 @@ def _layer_order(values: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(values))
 
 
-def cka_heatmap_figure(cka: Sequence[CkaRow], model_a: str, model_b: str) -> Figure:
-    """Fig. 5/6: CKA of every layer of ``model_a`` against every layer of ``model_b`` (missing pairs blank)."""
+def cka_heatmap_figure(cka: Sequence[CkaRow], model_a: str, model_b: str, dataset: str | None = None) -> Figure:
+    """Fig. 5/6: CKA of every layer of ``model_a`` against every layer of ``model_b`` (missing pairs blank), on
+    ``dataset`` (default: the first of the pair's rows)."""
     rows = [row for row in cka if (row.model_a, row.model_b) == (model_a, model_b)]
     if not rows:
         raise InputError(f"no CKA rows for the pair ({model_a!r}, {model_b!r})")
+    dataset = rows[0].dataset if dataset is None else dataset
+    rows = [row for row in rows if row.dataset == dataset]
+    if not rows:
+        raise InputError(f"no CKA rows for the pair ({model_a!r}, {model_b!r}) on {dataset!r}")
     layers_a = _layer_order([row.layer_a for row in rows])
     layers_b = _layer_order([row.layer_b for row in rows])
     grid = [[math.nan] * len(layers_b) for _ in layers_a]
@@ -269,40 +277,73 @@ def cka_heatmap_figure(cka: Sequence[CkaRow], model_a: str, model_b: str) -> Fig
     ax.set_xticks(range(0, len(layers_b), step_b), layers_b[::step_b], fontsize=6, rotation=60, ha="right")
     ax.set_ylabel(model_a)
     ax.set_xlabel(model_b)
-    ax.set_title(f"CKA: {model_a} vs {model_b}", fontsize=10)
+    ax.set_title(f"CKA: {model_a} vs {model_b} on {dataset} ({rows[0].estimator})", fontsize=10)
     return figure
 
 
-def cka_depth_figure(cka: Sequence[CkaRow]) -> Figure:
+def _cka_curve(rows: Sequence[CkaRow]) -> list[float] | None:
+    """CKA between corresponding layers of one pair on one dataset (the diagonal of a layer x layer grid), or None
+    when the layers do not correspond one to one."""
+    layers_a = _layer_order([row.layer_a for row in rows])
+    layers_b = _layer_order([row.layer_b for row in rows])
+    if len(rows) == len(layers_a) * len(layers_b) and len(layers_a) == len(layers_b) > 1:
+        values = {(row.layer_a, row.layer_b): row.cka for row in rows}
+        return [values[(a, b)] for a, b in zip(layers_a, layers_b)]
+    if len(rows) == len(layers_a) == len(layers_b):
+        return [row.cka for row in rows]
+    return None
+
+
+def cka_depth_figure(cka: Sequence[CkaRow], id_set: str | None = None) -> Figure:
     """Fig. 5/6: CKA between corresponding layers of each pair (the i-th layer of a with the i-th of b) against
-    relative depth, one curve per pair. For a pair computed layer x layer, the diagonal is used."""
-    pairs = _layer_order([f"{row.model_a}\x00{row.model_b}" for row in cka])
-    figure = Figure(figsize=(6.4, 4.2), layout="constrained")
-    ax = figure.subplots()
-    plotted = 0
-    for pair in pairs:
+    relative depth, one panel per pair: the id set in orange, the mean over the shift sets (every other dataset)
+    in blue with a band of one standard deviation. For a pair computed layer x layer, the diagonal is used.
+
+    Args:
+        cka: the rows of ``cka.csv``.
+        id_set: the in-distribution set's name (default: the first dataset of the rows).
+    """
+    if not cka:
+        raise InputError("no CKA rows to plot")
+    id_set = cka[0].dataset if id_set is None else id_set
+    curves: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for pair in _layer_order([f"{row.model_a}\x00{row.model_b}" for row in cka]):
         model_a, model_b = pair.split("\x00")
         rows = [row for row in cka if (row.model_a, row.model_b) == (model_a, model_b)]
-        layers_a = _layer_order([row.layer_a for row in rows])
-        layers_b = _layer_order([row.layer_b for row in rows])
-        if len(rows) == len(layers_a) * len(layers_b) and len(layers_a) == len(layers_b) > 1:
-            values = {(row.layer_a, row.layer_b): row.cka for row in rows}
-            curve = [values[(a, b)] for a, b in zip(layers_a, layers_b)]
-        elif len(rows) == len(layers_a) == len(layers_b):
-            curve = [row.cka for row in rows]
-        else:
-            continue
-        depth = [i / max(len(curve) - 1, 1) for i in range(len(curve))]
-        ax.plot(depth, curve, marker=".", label=f"{model_a} vs {model_b}")
-        plotted += 1
-    if not plotted:
+        per_set = {name: _cka_curve([row for row in rows if row.dataset == name])
+                   for name in _layer_order([row.dataset for row in rows])}
+        per_set = {name: curve for name, curve in per_set.items() if curve is not None}
+        if per_set and len({len(curve) for curve in per_set.values()}) == 1:
+            curves[(model_a, model_b)] = per_set
+    if not curves:
         raise InputError("no CKA pair has corresponding layers (the same number of layers in a and b)")
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("relative depth (layer index / last layer index)")
-    ax.set_ylabel("CKA")
-    ax.set_title("CKA between corresponding layers", fontsize=10)
-    ax.grid(True, linewidth=0.3)
-    ax.legend(fontsize=6)
+    columns = min(3, len(curves))
+    lines = math.ceil(len(curves) / columns)
+    figure = Figure(figsize=(3.4 * columns + 0.6, 2.8 * lines + 0.4), layout="constrained")
+    axes = figure.subplots(lines, columns, squeeze=False, sharey=True)
+    for ax, ((model_a, model_b), per_set) in zip(axes.flat, curves.items()):
+        length = len(next(iter(per_set.values())))
+        depth = [i / max(length - 1, 1) for i in range(length)]
+        shifts = [curve for name, curve in per_set.items() if name != id_set]
+        if shifts:
+            values = np.array(shifts, dtype=float)
+            mean, std = values.mean(axis=0), values.std(axis=0)  # population std over the shift sets
+            ax.fill_between(depth, mean - std, mean + std, color="tab:blue", alpha=0.25, linewidth=0)
+            ax.plot(depth, mean, color="tab:blue", marker=".", label=f"shift sets: mean ± std ({len(shifts)})")
+        if id_set in per_set:
+            ax.plot(depth, per_set[id_set], color="tab:orange", marker=".", label=f"{id_set} (id)")
+        ax.set_title(f"{model_a} vs {model_b}", fontsize=8)
+        ax.set_ylim(0, 1.02)
+        ax.grid(True, linewidth=0.3)
+        ax.legend(fontsize=6)
+    for ax in axes.flat[len(curves):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("relative depth", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("CKA")
+    estimators = ", ".join(_layer_order([row.estimator for row in cka]))
+    figure.suptitle(f"CKA between corresponding layers ({estimators} estimator)", fontsize=10)
     return figure
 
 
@@ -339,6 +380,32 @@ def wiseft_figure(wiseft: Sequence[WiseFtRow]) -> Figure:
         ax.set_ylabel(name)
         ax.grid(True, linewidth=0.3)
         ax.legend(fontsize=6)
+    return figure
+
+
+def concept_thresholds_figure(models: Sequence[ModelRow], rows: Sequence[ConceptThresholdRow], basis: str) -> Figure:
+    """Threshold sensitivity (footnote 4): unique concepts and the paper's polysemanticity against the AP threshold,
+    one line per model (dashed: finetuned, dotted: supervised), the paper's 0.9 and its footnote's 0.85 marked."""
+    rows = [row for row in rows if row.basis == basis]
+    if not rows:
+        raise InputError(f"concept_thresholds_figure: no row of concept_thresholds.csv in the {basis} basis")
+    kinds = {model.model: model.kind for model in models}
+    figure, axes = _grid(2, columns=2)
+    figure.suptitle(f"Concept counts against the AP threshold ({basis} basis, orientation {rows[0].orientation})")
+    styles = {"finetuned": "--", "supervised": ":"}
+    for i, model in enumerate(dict.fromkeys(row.model for row in rows)):
+        points = sorted((row for row in rows if row.model == model), key=lambda row: row.threshold)
+        for ax, column in zip(axes, ("unique_concepts", "polysemanticity")):
+            ax.plot([row.threshold for row in points], [getattr(row, column) for row in points], marker=".",
+                    color=f"C{i % 10}", linestyle=styles.get(kinds.get(model, ""), "-"), label=model)
+    for ax, name in zip(axes, ("unique concepts (eq. 5)", "polysemanticity (mean over all directions)")):
+        for mark, style in ((0.9, "-"), (0.85, ":")):
+            ax.axvline(mark, color="0.6", linewidth=0.6, linestyle=style)
+        ax.set_xlabel("AP threshold")
+        ax.set_ylabel(name)
+        ax.grid(True, linewidth=0.3)
+        ax.legend(fontsize=6)
+    axes[0].yaxis.set_major_locator(MaxNLocator(integer=True))
     return figure
 
 

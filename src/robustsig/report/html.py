@@ -31,9 +31,9 @@ from robustsig.errors import DataError, InputError
 from robustsig.report import figures, tables
 from robustsig.report.pool import KIND_TITLES, model_groups
 from robustsig.study.config import StudyConfig, validate_study_config
-from robustsig.study.results import (AccuracyRow, CkaRow, ConceptRow, ConceptTopRow, DatasetRow, ImportanceRow,
-                                     KurtosisRow, ModelRow, OutlierRow, PrivilegedRow, PruningRow, Results,
-                                     RobustnessRow, VennRow, WiseFtRow, jsonable, package_versions,
+from robustsig.study.results import (AccuracyRow, CkaRow, ConceptRow, ConceptThresholdRow, ConceptTopRow, DatasetRow,
+                                     ImportanceRow, KurtosisRow, ModelRow, OutlierRow, PrivilegedRow, PruningRow,
+                                     Results, RobustnessRow, VennRow, WiseFtRow, jsonable, package_versions,
                                      study_rows)
 
 _CSS = """
@@ -183,11 +183,18 @@ def _accuracy_section(page: _Page, models: Sequence[ModelRow]) -> str | None:
     if not accuracy and not robustness:
         return None
     text = ""
+    parameters = page.provenance.get("tables", {}).get("robustness", {}).get("parameters") or {}
+    note = tables.shift_sets_note(parameters)
+    if note and (not parameters.get("paper_shift_sets") or parameters.get("missing_classes")):
+        text += f"<p class=\"note\">{_e(note)}</p>"  # a study that departs from the paper's S says so first
     if robustness:
-        text += page.table(tables.accuracy_table(models, robustness))
+        text += page.table(tables.accuracy_table(models, robustness, shift_note=note))
         text += page.figure(lambda: figures.robustness_figure(models, robustness), "fig1_robustness",
                             "Fig. 1: ACC(I) vs ACC(S) on logit axes, with the baseline line (the models above it "
                             "are effectively robust).", ["robustness"])
+    elif note:
+        text += ("<p class=\"note\">No model has an effective robustness: eq. 1 is undefined where ACC(I) is 0 or 1 "
+                 "(its logit is infinite), and that holds for every model here.</p>")
     else:
         text += ("<p class=\"note\">No results/robustness.csv: effective robustness needs shift sets, and the "
                  "study had none.</p>")
@@ -270,6 +277,12 @@ def _concepts_section(page: _Page, models: Sequence[ModelRow]) -> str | None:
     bases = list(dict.fromkeys(row.basis for row in summary))
     for basis in bases:
         text += page.table(tables.concepts_table(models, summary, basis))
+    sweep = page.read(ConceptThresholdRow)
+    for basis in list(dict.fromkeys(row.basis for row in sweep)):
+        text += page.figure(lambda basis=basis: figures.concept_thresholds_figure(models, sweep, basis),
+                            f"concept_thresholds_{basis}", f"Threshold sensitivity ({basis} basis): unique concepts "
+                            "and the paper's polysemanticity at each AP threshold (results/concept_thresholds.csv; "
+                            "solid line: the paper's 0.9, dotted: its footnote's 0.85).", ["concept_thresholds"])
     if top:
         text += page.table(tables.concept_top_table(top))
     for basis in bases:
@@ -287,21 +300,29 @@ def _cka_section(page: _Page, models: Sequence[ModelRow]) -> str | None:
     rows = page.read(CkaRow)
     if not rows:
         return None
-    text = ""
+    id_sets = [row.dataset for row in page.read(DatasetRow) if row.role == "id"]
+    id_set = id_sets[0] if id_sets else rows[0].dataset
+    estimators = ", ".join(dict.fromkeys(row.estimator for row in rows))
+    text = (f"<p class=\"note\">Estimator: {_e(estimators)} (minibatch: the paper's, torch_cka's unbiased HSIC "
+            "summed over minibatches of flattened layer outputs; pooled: CKA of pooled activations over all images). "
+            f"Datasets: {_e(', '.join(dict.fromkeys(row.dataset for row in rows)))}.</p>")
     try:
-        depth = figures.cka_depth_figure(rows)
+        depth = figures.cka_depth_figure(rows, id_set)
     except InputError as error:  # no pair with corresponding layers: say so instead of a figure
         text += f"<p class=\"note\">{_e(error)}</p>"
     else:
-        text += page.figure(lambda: depth, "fig5_cka_depth", "Fig. 5: CKA between corresponding layers of each "
-                            "pair, against relative depth.", ["cka"])
+        text += page.figure(lambda: depth, "fig5_cka_depth", f"Fig. 5: CKA between corresponding layers of each "
+                            f"pair, against relative depth: {id_set} (orange) and the mean ± std over the shift "
+                            "sets (blue).", ["cka"])
     pairs = list(dict.fromkeys((row.model_a, row.model_b) for row in rows))
     for i, (model_a, model_b) in enumerate(pairs):
         pair_rows = [row for row in rows if (row.model_a, row.model_b) == (model_a, model_b)]
+        shown = id_set if any(row.dataset == id_set for row in pair_rows) else pair_rows[0].dataset
+        pair_rows = [row for row in pair_rows if row.dataset == shown]
         if len({row.layer_b for row in pair_rows}) > 1 and len(pair_rows) > len({row.layer_a for row in pair_rows}):
-            text += page.figure(lambda a=model_a, b=model_b: figures.cka_heatmap_figure(rows, a, b),
+            text += page.figure(lambda a=model_a, b=model_b, d=shown: figures.cka_heatmap_figure(rows, a, b, d),
                                 f"fig6_cka_{i}", f"Fig. 6: CKA of every layer of {model_a} against every layer of "
-                                f"{model_b}.", ["cka"])
+                                f"{model_b}, on {shown}.", ["cka"])
     return text
 
 

@@ -116,14 +116,36 @@ def pool_table(name: str, title: str, models: Sequence[ModelRow], values: Mappin
     return ReportTable(name, title, ("Backbone", "Pretraining"), groups, tuple(rows), caption, tuple(sources))
 
 
-def accuracy_table(models: Sequence[ModelRow], robustness: Sequence[RobustnessRow]) -> ReportTable:
-    """Tables 1-2: in-distribution accuracy and effective robustness of every model."""
+def accuracy_table(models: Sequence[ModelRow], robustness: Sequence[RobustnessRow], *,
+                   shift_note: str = "") -> ReportTable:
+    """Tables 1-2: in-distribution accuracy and effective robustness of every model; ``shift_note`` (what ACC(S)
+    averages over, see :func:`shift_sets_note`) is added to the caption."""
     values = {row.model: (percent(row.acc_id), signed_percent(row.er)) for row in robustness}
     line = f"b1 = {robustness[0].b1:.3g}, b0 = {robustness[0].b0:.3g}" if robustness else ""
     return pool_table("accuracy", "Accuracy and effective robustness", models, values, ("ACC (%)", "ER (%)"),
                       caption="ACC: top-1 accuracy on the in-distribution set; ER: mean shift accuracy minus the "
-                              f"baseline line's prediction ({line}), in percent.",
+                              f"baseline line's prediction ({line}), in percent." + (f" {shift_note}" if shift_note
+                                                                                     else ""),
                       sources=("robustness",))
+
+
+def shift_sets_note(parameters: Mapping[str, object]) -> str:
+    """What ACC(S) averaged over (from the provenance of ``robustness.csv``): the sets and their kinds, whether
+    they are the paper's five, and the classes any set was scored without (``allow_missing_classes``)."""
+    sets = parameters.get("shift_sets")
+    if not isinstance(sets, Mapping) or not sets:
+        return ""
+    listed = ", ".join(f"{name} ({kind})" for name, kind in sets.items())
+    text = f"ACC(S) is the mean over {len(sets)} shift set(s): {listed}"
+    text += (", the paper's five kinds." if parameters.get("paper_shift_sets") else
+             "; these are not the paper's five shift sets (ImageNet-V2, -R, -Sketch, ObjectNet, -A), so ER is not "
+             "comparable with the paper's numbers.")
+    missing = parameters.get("missing_classes")
+    if isinstance(missing, Mapping) and missing:
+        text += " Scored without some of their class folders (allow_missing_classes): " + "; ".join(
+            f"{name}, {len(classes)} missing ({', '.join(map(str, list(classes)[:10]))}"
+            f"{', ...' if len(classes) > 10 else ''})" for name, classes in missing.items()) + "."
+    return text
 
 
 def dataset_accuracy_table(accuracy: Sequence[AccuracyRow], datasets: Sequence[str]) -> ReportTable:
@@ -156,14 +178,21 @@ def privileged_table(models: Sequence[ModelRow], privileged: Sequence[Privileged
 
 
 def concepts_table(models: Sequence[ModelRow], concepts: Sequence[ConceptRow], basis: str) -> ReportTable:
-    """Tables 3-8 style: unique concepts and polysemanticity in one basis."""
+    """Tables 3 and 6 style: unique concepts and polysemanticity (the paper's, and the active-only variant) in one
+    basis; the caption names the threshold and the AP orientation."""
     rows = [row for row in concepts if row.basis == basis]
-    values = {row.model: (integer(row.unique_concepts), decimal(2)(row.polysemanticity)) for row in rows}
+    values = {row.model: (integer(row.unique_concepts), decimal(2)(row.polysemanticity),
+                          decimal(2)(row.polysemanticity_active)) for row in rows}
     threshold = f" (AP >= {rows[0].threshold:g})" if rows else ""
+    orientations = ", ".join(dict.fromkeys(row.orientation for row in rows)) or "not recorded"
     return pool_table(f"concepts_{basis}", f"Concepts, {basis} basis", models, values,
-                      ("Unique concepts", "Polysemanticity"),
+                      ("Unique concepts", "Polysemanticity", "Polysemanticity (active)"),
                       caption=f"Unique concepts: Broden concepts encoded{threshold} by at least one direction of "
-                              f"the {basis} basis; polysemanticity: mean concepts per encoding direction.",
+                              f"the {basis} basis (eq. 5); polysemanticity: the paper's, mean concepts per "
+                              "direction over all directions probed (Table 6); polysemanticity (active): a variant, "
+                              "the mean over only the directions that encode a concept. AP orientation: "
+                              f"{orientations} (both: the better side of each direction; positive: h . v_i as "
+                              "the SVD's sign convention gives it).",
                       sources=("concepts",))
 
 

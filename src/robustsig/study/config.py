@@ -37,6 +37,7 @@ import yaml
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, NonNegativeInt, PositiveInt,
                       ValidationError, ValidationInfo, model_validator)
 
+from robustsig._yaml import SafeLoader, safe_load
 from robustsig.errors import DataError, InputError
 from robustsig.study._messages import format_validation_error
 
@@ -146,6 +147,16 @@ def _alphas(values: list[float]) -> list[float]:
     return _unique(values)
 
 
+PATH_OPTIONS: tuple[str, ...] = ("class_map", "ground_truth", "mappings")
+"""Dataset options that name a file or folder the study reads (``class_map`` may also be an inline mapping)."""
+
+
+def _resolve_path_options(options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+    """The path options of a dataset read from the config file's folder, as its root is."""
+    return {key: str(_resolve(Path(value), info)) if key in PATH_OPTIONS and isinstance(value, str) and value.strip()
+            else value for key, value in options.items()}
+
+
 def _all_layers(value: Any) -> Any:
     return None if value == "all" else value
 
@@ -157,7 +168,7 @@ Layers = Annotated[list[str] | None, BeforeValidator(_all_layers)]
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # no NaN line, no inf fraction
 
 
 # --------------------------------------------------------------------------- models and datasets
@@ -180,8 +191,8 @@ class DatasetEntry(_Section):
     name: Name = Field(description="a unique dataset name (defaults to the kind)")
     kind: DatasetKind = Field(description=f"one of {', '.join(IMAGENET_KINDS + GENERIC_KINDS)}")
     root: StudyPath = Field(description="the dataset's root folder")
-    options: dict[str, Any] = Field(default_factory=dict,
-                                    description="extra options passed to rs.open_dataset for this kind")
+    options: Annotated[dict[str, Any], AfterValidator(_resolve_path_options)] = Field(
+        default_factory=dict, description="extra options passed to rs.open_dataset for this kind")
 
     @model_validator(mode="before")
     @classmethod
@@ -280,6 +291,13 @@ class ConceptsOptions(_Analysis):
     venn_groups: list[Annotated[list[str], Field(min_length=2)]] | None = Field(
         default=None, description="lists of model names whose concept sets a Venn diagram compares "
                                   "(default: zero-shot, finetuned and supervised per backbone and pretraining)")
+    orientation: Literal["positive", "both"] = Field(
+        default="both", description="both: a direction encodes a concept when it separates it on either side "
+                                    "(max of AP(s) and AP(-s); a singular vector's sign is arbitrary); positive: "
+                                    "only the side the SVD's sign convention points to")
+    thresholds: Annotated[list[Annotated[float, Field(gt=0, le=1)]], AfterValidator(_unique)] = Field(
+        default_factory=lambda: [0.8, 0.85, 0.9, 0.95], min_length=1,
+        description="AP thresholds of the sensitivity sweep (unique concepts and polysemanticity at each)")
 
 
 class CkaPair(_Section):
@@ -288,6 +306,8 @@ class CkaPair(_Section):
     layers: Layers = Field(default=None, description="layer names of model_a, or 'all'")
     layers_b: Layers = Field(default=None, description="layer names of model_b (default: the same as layers)")
     cross: bool = Field(default=False, description="every layer of a against every layer of b (a heatmap)")
+    dataset: str | None = Field(default=None, description="only this dataset for this pair (default: the "
+                                                          "analysis's datasets)")
 
 
 class CkaOptions(_Analysis):
@@ -297,7 +317,20 @@ class CkaOptions(_Analysis):
     kernel: Literal["linear", "rbf"] = "linear"
     unbiased: bool = False
     pooling: Literal["auto", "cls", "mean"] = "auto"
-    dataset: str | None = Field(default=None, description="the dataset to compute it on (default: the id set)")
+    dataset: str | None = Field(default=None, description="the only dataset to compute it on (default: the id set "
+                                                          "and every shift set)")
+    estimator: Literal["minibatch", "pooled"] = Field(
+        default="minibatch", description="minibatch: the paper's (torch_cka: flattened layer outputs, unbiased HSIC "
+                                         "summed over minibatches, both models in one pass); pooled: CKA over every "
+                                         "image of the pooled layers in the stores (kernel, unbiased, pooling)")
+    minibatch: int = Field(default=256, ge=4, description="images per minibatch of the minibatch estimator")
+
+    @model_validator(mode="after")
+    def _linear_minibatch(self) -> CkaOptions:
+        if self.estimator == "minibatch" and self.kernel != "linear":
+            raise ValueError(f"kernel {self.kernel!r} needs estimator: pooled; the minibatch estimator (the paper's, "
+                             "torch_cka) is linear")
+        return self
 
 
 class WiseFtPair(_Section):
@@ -430,7 +463,8 @@ class StudyConfig(_Section):
     # ---- the second validation step: files exist
     def check_paths(self) -> list[MissingPath]:
         """Every path the study reads that does not exist (dataset roots, checkpoints, class-name and template
-        files, the baseline CSV), all at once. Output folders are created, so they are not checked."""
+        files, class maps, ground-truth and mapping files, the baseline CSV), all at once. Output folders are
+        created, so they are not checked."""
         wanted: list[tuple[str, Path]] = []
         for i, entry in enumerate(self.models):
             weights = spec_weights_path(entry.spec)
@@ -442,6 +476,10 @@ class StudyConfig(_Section):
         wanted += [(f"datasets.shift[{i}].root", entry.root) for i, entry in enumerate(self.datasets.shift)]
         if self.datasets.broden is not None:
             wanted.append(("datasets.broden.root", self.datasets.broden.root))
+        for key, entry in [("datasets.id", self.datasets.id),
+                           *((f"datasets.shift[{i}]", entry) for i, entry in enumerate(self.datasets.shift))]:
+            wanted += [(f"{key}.options.{name}", Path(value)) for name, value in entry.options.items()
+                       if name in PATH_OPTIONS and isinstance(value, str)]
         if self.baseline.fit_csv is not None:
             wanted.append(("baseline.fit_csv", self.baseline.fit_csv))
         return [MissingPath(key, path) for key, path in wanted if not _exists(path)]
@@ -534,6 +572,7 @@ def _reference_problems(config: StudyConfig) -> list[str]:
         for i, pair in enumerate(analyses.cka.pairs):
             model_ref(f"analyses.cka.pairs[{i}].model_a", pair.model_a)
             model_ref(f"analyses.cka.pairs[{i}].model_b", pair.model_b)
+            dataset_ref(f"analyses.cka.pairs[{i}].dataset", pair.dataset)
     if analyses.wiseft is not None:
         pair_names: set[str] = set()
         for i, pair in enumerate(analyses.wiseft.pairs):
@@ -556,8 +595,9 @@ def _suggest(name: str, choices: Iterable[str]) -> str:
 
 # --------------------------------------------------------------------------- loading
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key repeated in one mapping (YAML keeps the last one silently)."""
+class _UniqueKeyLoader(SafeLoader):
+    """robustsig's YAML loader (safe, alias bombs refused) that also refuses a key repeated in one mapping (YAML
+    keeps the last one silently)."""
 
 
 def _unique_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
@@ -598,7 +638,7 @@ def validate_study_config(data: Mapping[str, Any], *, base_dir: str | os.PathLik
 
 
 def load_study_config(path: str | os.PathLike) -> StudyConfig:
-    """Read and validate a study YAML file (``yaml`` safe loading; a repeated key is an error).
+    """Read and validate a study YAML file (``yaml`` safe loading; a repeated key or an alias bomb is an error).
 
     Args:
         path: the YAML file; relative paths inside it are read from its folder.
@@ -617,14 +657,7 @@ def load_study_config(path: str | os.PathLike) -> StudyConfig:
                          "`robustsig study init --preset paper --out study.yaml`") from None
     except (OSError, UnicodeDecodeError) as error:
         raise InputError(f"cannot read study config {str(path)!r}: {error}") from None
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        context = getattr(error, "context", None)
-        problem = getattr(error, "problem", None) or str(error)
-        raise InputError(f"{path} is not valid YAML{where}: {context + ', ' if context else ''}{problem}") from None
+    data = safe_load(text, str(path), _UniqueKeyLoader)
     return validate_study_config(data if data is not None else {}, base_dir=path.resolve().parent,
                                  source=str(path))
 

@@ -121,6 +121,12 @@ def _paper_analyses() -> list[str]:
              "    bases: [singular, neuron]",
              "    top_k: 3  # concepts listed for the most privileged direction",
              "    venn_groups: null  # null: zero-shot / finetuned / supervised per backbone and pretraining",
+             "    # orientation: both = a direction encodes a concept when its projections separate the concept's",
+             "    # images from the others on either side (AP = max(AP(s), AP(-s))). Why: the sign of a singular",
+             "    # vector is arbitrary (SVD fixes it only by convention), and the paper asks whether the projections",
+             "    # separate positives from negatives; `positive` counts only the side the sign convention picked.",
+             "    orientation: both",
+             "    thresholds: [0.8, 0.85, 0.9, 0.95]  # threshold sensitivity sweep (footnote 4: conclusions hold at 0.85)",
              "  cka:  # layer-by-layer CKA between each zero-shot model and its finetuned version (Fig. 5, 6)",
              "    kernel: linear",
              "    pairs:"]

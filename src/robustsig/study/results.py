@@ -11,10 +11,13 @@ Layout of ``OUTPUT_DIR/results/``::
     importance.csv  model, direction, singular_value, importance, privileged
     privileged.csv  model, num_directions, num_privileged, top_direction, top_ratio, spearman
     pruning.csv     model, order, fraction, dataset, accuracy, er
-    concepts.csv    model, basis, num_directions, num_concepts, unique_concepts, polysemanticity, threshold
+    concepts.csv    model, basis, num_directions, num_concepts, unique_concepts, polysemanticity, threshold,
+                    polysemanticity_active, orientation
+    concept_thresholds.csv  model, basis, threshold, unique_concepts, polysemanticity, polysemanticity_active,
+                    orientation   (the threshold sensitivity sweep)
     concept_top.csv model, basis, direction, rank, concept, category, ap
     venn.csv        model, basis, concept, category
-    cka.csv         model_a, model_b, layer_a, layer_b, cka
+    cka.csv         model_a, model_b, layer_a, layer_b, cka, dataset, estimator
     wiseft.csv      pair, alpha, acc_id, acc_shift, er, kurtosis, unique_concepts
     provenance.json what each table was computed on (models, datasets, store keys, sample counts), the config,
                     package versions
@@ -196,8 +199,28 @@ class ConceptRow:
     num_directions: int = _column("directions probed")
     num_concepts: int = _column("Broden concepts probed (enough positives)")
     unique_concepts: int = _column("concepts encoded (AP >= threshold) by at least one direction (eq. 5)")
-    polysemanticity: float = _column("mean number of concepts a direction encodes, over directions encoding any")
+    polysemanticity: float = _column("the paper's: mean number of concepts a direction encodes, over all directions "
+                                     "probed (Section 4, Table 6)")
     threshold: float = _column("the AP threshold")
+    polysemanticity_active: float = _column("a variant: the same mean over only the directions that encode at "
+                                            "least one concept (NaN when none does)")
+    orientation: str = _column("both (AP of the better side of each direction) or positive (the AP of h . v_i as "
+                               "the sign convention gives it)")
+
+
+@dataclass(frozen=True)
+class ConceptThresholdRow:
+    """Threshold sensitivity: the concept summary of a model in one basis at each AP threshold of the sweep."""
+
+    TABLE: ClassVar[str] = "concept_thresholds"
+    KEY: ClassVar[tuple[str, ...]] = ("model", "basis", "threshold")
+    model: str = _column("model name")
+    basis: str = _column("singular or neuron")
+    threshold: float = _column("the AP threshold")
+    unique_concepts: int = _column("concepts encoded by at least one direction (eq. 5)")
+    polysemanticity: float = _column("the paper's: mean concepts per direction over all directions probed")
+    polysemanticity_active: float = _column("variant: mean over the directions encoding at least one (NaN: none)")
+    orientation: str = _column("both or positive (as concepts.csv)")
 
 
 @dataclass(frozen=True)
@@ -232,12 +255,14 @@ class CkaRow:
     """CKA between a layer of one model and a layer of another, on the same images."""
 
     TABLE: ClassVar[str] = "cka"
-    KEY: ClassVar[tuple[str, ...]] = ("model_a", "model_b", "layer_a", "layer_b")
+    KEY: ClassVar[tuple[str, ...]] = ("model_a", "model_b", "layer_a", "layer_b", "dataset")
     model_a: str = _column("first model")
     model_b: str = _column("second model")
     layer_a: str = _column("layer of model_a (rows are written in layer order)")
     layer_b: str = _column("layer of model_b")
     cka: float = _column("CKA in [0, 1]")
+    dataset: str = _column("the images it is computed on (the id set and each shift set)")
+    estimator: str = _column("minibatch (the paper's, torch_cka) or pooled (see docs/study.md)")
 
 
 @dataclass(frozen=True)
@@ -257,7 +282,7 @@ class WiseFtRow:
 
 TABLES: dict[str, type] = {row.TABLE: row for row in (
     ModelRow, DatasetRow, AccuracyRow, RobustnessRow, KurtosisRow, OutlierRow, ImportanceRow, PrivilegedRow,
-    PruningRow, ConceptRow, ConceptTopRow, VennRow, CkaRow, WiseFtRow)}
+    PruningRow, ConceptRow, ConceptTopRow, VennRow, CkaRow, WiseFtRow, ConceptThresholdRow)}
 """Table name -> row type; the CSV file is ``NAME.csv``."""
 
 Row = TypeVar("Row")

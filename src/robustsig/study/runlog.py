@@ -10,7 +10,6 @@ import os
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import TextIO
 
 from tqdm.auto import tqdm
 
@@ -27,7 +26,7 @@ class RunLog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.echo = echo
-        self._file: TextIO = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
 
     def line(self, tag: str, subject: str, text: str) -> None:
         """Log ``[tag] subject: text``."""
@@ -35,15 +34,35 @@ class RunLog:
 
     def write(self, message: str) -> None:
         """Log one line as it is."""
-        self._file.write(f"{datetime.now().isoformat(timespec='seconds')} {message}\n")
-        self._file.flush()
+        self._append(f"{datetime.now().isoformat(timespec='seconds')} {message}\n")
         if self.echo:
             tqdm.write(message, file=sys.stderr)
 
     def detail(self, text: str) -> None:
         """Write to the file only (tracebacks, long details)."""
-        self._file.write(text if text.endswith("\n") else text + "\n")
-        self._file.flush()
+        self._append(text if text.endswith("\n") else text + "\n")
+
+    def _append(self, text: str) -> None:
+        """Append ``text`` whole or not at all: a write cut short (a full disk) is undone, so the log never ends
+        in half a line; the error then names the log."""
+        # a non-UTF-8 file name in a message is written as \xe9, never a UnicodeEncodeError
+        data = text.encode("utf-8", errors="backslashreplace")
+        size = os.fstat(self._fd).st_size
+        try:
+            done = 0
+            while done < len(data):
+                done += _write(self._fd, data[done:])
+        except OSError as error:
+            try:
+                os.ftruncate(self._fd, size)
+            except OSError:
+                pass
+            raise OSError(error.errno, error.strerror or str(error), str(self.path)) from error
 
     def close(self) -> None:
-        self._file.close()
+        os.close(self._fd)
+
+
+def _write(fd: int, data: bytes) -> int:
+    """``os.write`` (one place for tests to simulate a full disk)."""
+    return os.write(fd, data)

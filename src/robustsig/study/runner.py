@@ -33,9 +33,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from robustsig._atomic import sweep_temporaries
 from robustsig._progress import progress as progress_bar
 from robustsig._progress import quiet
-from robustsig.errors import DataError, InputError, RobustsigError
+from robustsig.errors import DataError, InputError, RobustsigError, os_error_message
+from robustsig.study.analyses import cka as cka_analysis
 from robustsig.study.config import StudyConfig, load_study_config, select
 from robustsig.study.ledger import Ledger
 from robustsig.study.results import (TABLES, AccuracyRow, CkaRow, ConceptRow, DatasetRow, KurtosisRow, ModelRow,
@@ -183,6 +185,9 @@ def _run(full: StudyConfig, selected: StudyConfig, results: Results, log: RunLog
     log.write(f"=== robustsig study run: {len(selected.models)} model(s), analyses: "
               f"{', '.join(selected.enabled_analyses())}{selection}; device {device or 'auto'}; "
               f"results in {results.root} ===")
+    swept = [path for folder in (results.root, full.report_dir) for path in sweep_temporaries(folder)]
+    if swept:
+        log.line("results", "", f"deleted {len(swept)} temporary file(s) a killed run left")
     ledger = Ledger(results.root)
     if ledger.problem:
         log.line("ledger", "", ledger.problem)
@@ -228,6 +233,8 @@ def _execute(tasks: list[Task], ctx: RunContext) -> list[StepRecord]:
                     raise
                 except RobustsigError as error:
                     step_status, message = "failed", str(error)
+                except OSError as error:  # a full disk, a file where a folder should be: the path and the cause
+                    step_status, message = "failed", os_error_message(error)
                 except Exception as error:  # noqa: BLE001 (one failing task must not lose the others' results)
                     step_status = "failed"
                     message = (f"{type(error).__name__}: {error} (an unexpected error: the traceback is in "
@@ -263,12 +270,12 @@ def _drop_stale_rows(results: Results, config: StudyConfig, log: RunLog) -> None
     """Drop the rows of models and pairs that are no longer in the config (the config is the source of truth);
     a table written by another robustsig version is deleted (it is recomputed)."""
     models = set(config.model_names())
-    cka_pairs = {(p.model_a, p.model_b) for p in config.analyses.cka.pairs} if config.analyses.cka else set()
+    cka_planned = {(pair.model_a, pair.model_b, dataset) for pair, dataset in cka_analysis.planned(config)}
     wiseft_pairs = {p.name for p in config.analyses.wiseft.pairs} if config.analyses.wiseft else set()
 
     def kept(row: Any) -> bool:
         if isinstance(row, CkaRow):
-            return (row.model_a, row.model_b) in cka_pairs
+            return (row.model_a, row.model_b, row.dataset) in cka_planned
         if isinstance(row, WiseFtRow):
             return row.pair in wiseft_pairs
         return getattr(row, "model", None) in models

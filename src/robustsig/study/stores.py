@@ -57,6 +57,17 @@ def _covers(stored: Any, wanted: dict[str, Any]) -> bool:
             and (not wanted["layers"] or stored.get("pooling") == wanted["pooling"]))
 
 
+def skipped_note(store: ActivationStore) -> str:
+    """``, 1 undecodable image(s) skipped, 2 unlisted file(s) skipped (see the store's manifest)`` or ``""``."""
+    unlisted = sum("id" not in item for item in store.skipped)
+    undecodable = len(store.skipped) - unlisted
+    parts = [f"{undecodable} undecodable image(s) skipped"] if undecodable else []
+    if unlisted:
+        parts.append(f"{unlisted} unlisted file(s) skipped (unreadable, not regular files or link loops; the "
+                     "store's manifest names them)")
+    return "".join(f", {part}" for part in parts)
+
+
 class ExtractTask(Task):
     """Make sure the store of ``subject`` on ``dataset`` exists and matches the config (see the module docstring).
 
@@ -85,9 +96,7 @@ class ExtractTask(Task):
     def _reuse(self, ctx: RunContext, path: Path, digest: str, how: str) -> Outcome:
         store = ActivationStore(path)
         ctx.verify(self.subject, self.dataset, store, digest)
-        skipped = len(store.skipped)
-        note = f", {skipped} undecodable image(s) skipped" if skipped else ""
-        return Outcome("reused", f"{how} ({store.num_rows} images{note})")
+        return Outcome("reused", f"{how} ({store.num_rows} images{skipped_note(store)})")
 
     def execute(self, ctx: RunContext) -> Outcome:
         from robustsig.extraction.extractor import extract, store_key
@@ -130,7 +139,6 @@ class ExtractTask(Task):
         ctx.ledger.mark_store(name, digest, identity)
         ctx.verify(self.subject, self.dataset, store, digest)
         summary = store.summary
-        skipped = len(store.skipped)
-        note = f", {skipped} undecodable image(s) skipped" if skipped else ""
         return Outcome("done", f"extracted {summary['computed']} images in {summary['seconds']:.1f} s "
-                               f"({summary['images_per_s'] or 0:.1f} images/s{note}; {store.num_rows} stored)")
+                               f"({summary['images_per_s'] or 0:.1f} images/s{skipped_note(store)}; "
+                               f"{store.num_rows} stored)")

@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from robustsig._stamps import file_stamp
 from robustsig.errors import InputError, RobustsigError
 from robustsig.models.classifier import Classifier
 from robustsig.study.config import ModelEntry, StudyConfig, WiseFtPair, spec_weights_path
@@ -75,22 +76,21 @@ def random_init_seed(name: str) -> int:
 
 
 def _file_stamp(path: str | os.PathLike) -> Any:
-    """Size and modification time of a file; of every file under a folder (a local OpenCLIP or Hugging Face
-    model folder); None when it cannot be read."""
+    """The stamp (:mod:`robustsig._stamps`) of a file; of every file under a folder (a local OpenCLIP or Hugging
+    Face model folder); None when it cannot be read."""
     path = Path(path).expanduser()
     try:
         if path.is_dir():
             return {str(item.relative_to(path)): _file_stamp(item) for item in sorted(path.rglob("*"))
                     if item.is_file()}
-        stat = path.stat()
     except OSError:
         return None
-    return [stat.st_size, stat.st_mtime_ns]
+    return file_stamp(path)
 
 
 def model_identity(entry: ModelEntry) -> dict[str, Any]:
-    """What determines a pool model's weights, known without loading it: the spec, the size and modification
-    time of the files it reads (weights, class names, templates), and for a random-init model its seed and the
+    """What determines a pool model's weights, known without loading it: the spec, the stamps (size, times and
+    inode) of the files it reads (weights, class names, templates), and for a random-init model its seed and the
     torch version that draws it. Weights named by a tag (downloaded once, then cached) or shipped in a package
     are identified by the spec alone."""
     from robustsig.models.spec import ModelSpec

@@ -36,10 +36,18 @@ class Outcome:
 
 @dataclass(frozen=True)
 class VerifiedStore:
-    """An activation store checked against the current model and dataset in this run, and its key digest."""
+    """An activation store checked against the current model and dataset in this run, its key digest, and the
+    digest of its dataset's annotations (class names, class map, concepts: what the store does not hold)."""
 
     store: ActivationStore
     digest: str
+    annotations: str | None = None
+
+    @property
+    def provenance(self) -> str:
+        """What a step that reads the store *and* its dataset's labels, class map or concepts is keyed by: the
+        store's digest and the annotations' digest (a swapped class-map entry re-scores the store)."""
+        return f"{self.digest}+{self.annotations}"
 
     def record(self, model: str, dataset: str) -> InputRecord:
         """What a results table computed on this store records in its provenance."""
@@ -73,6 +81,7 @@ class RunContext:
         self.progress = progress
         self.autocast = None if config.autocast == "none" else config.autocast
         self._datasets: dict[str, Any] = {}
+        self._annotations: dict[str, str | None] = {}
         self._stores: dict[tuple[str, str], VerifiedStore] = {}
 
     def dataset(self, name: str) -> Any:
@@ -88,8 +97,16 @@ class RunContext:
         """``STORE_DIR/SUBJECT/DATASET``: one store per model (or Wise-FT point) and dataset."""
         return Path(self.config.store_dir) / subject.name / dataset
 
+    def annotations(self, name: str) -> str | None:
+        """The digest of dataset ``name``'s annotations (:meth:`robustsig.data.base.ImageSource.annotations`),
+        None for a dataset without them; once per run, as the dataset is opened once."""
+        if name not in self._annotations:
+            annotations = getattr(self.dataset(name), "annotations", None)
+            self._annotations[name] = provenance_digest(annotations()) if callable(annotations) else None
+        return self._annotations[name]
+
     def verify(self, subject: Subject, dataset: str, store: ActivationStore, digest: str) -> VerifiedStore:
-        verified = VerifiedStore(store, digest)
+        verified = VerifiedStore(store, digest, self.annotations(dataset))
         self._stores[(subject.name, dataset)] = verified
         return verified
 

@@ -2,8 +2,8 @@
 
 A :class:`Recipe` holds every value that decides the trained weights (optimiser, schedule, augmentation,
 precision, seed). Run options that do not change the result (data-loader workers, checkpoint interval,
-device) are not part of it. Overrides come from a YAML file (read with ``yaml.safe_load``) and/or keyword
-arguments (the command-line options); every value is validated and all problems are reported at once.
+device) are not part of it. Overrides come from a YAML file (read safely, alias bombs refused: :mod:`robustsig._yaml`)
+and/or keyword arguments (the command-line options); every value is validated and all problems are reported at once.
 
 =======================  ==============================  ===================================================
 field                    ``finetune`` (D.1)              ``supervised`` (D.2)
@@ -46,6 +46,7 @@ from typing import Any, Literal
 
 import yaml
 
+from robustsig._yaml import safe_load
 from robustsig.errors import InputError
 
 Schedule = Literal["cosine", "step", "constant"]
@@ -321,14 +322,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"recipe file {str(path)!r} not found; pass a YAML file of recipe keys (e.g. 'lr: 1.0e-5')")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        where = getattr(err, "problem_mark", None)
-        at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
-        raise InputError(f"recipe file {str(path)!r} is not valid YAML{at}: "
-                         f"{getattr(err, 'problem', None) or err}") from None
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"cannot read recipe file {str(path)!r}: {err}") from None
+    data = safe_load(text, f"recipe file {str(path)!r}")
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -8,14 +8,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from robustsig.study.analyses import accuracy, cka, concepts, importance, kurtosis, pruning, wiseft
+from robustsig.study.analyses import (accuracy, cka, concept_thresholds, concepts, importance, kurtosis, pruning,
+                                     wiseft)
 from robustsig.study.config import ModelEntry, StudyConfig
 from robustsig.study.plan import Planner
 from robustsig.study.tasks import Task
 
+
+def _concepts_plan(planner: Planner, config: StudyConfig, entry: ModelEntry) -> None:
+    """The concepts of one model: its AP matrices and summary, then the threshold sweep read from them."""
+    concepts.plan(planner, config, entry)
+    concept_thresholds.plan(planner, config, entry)
+
+
 PER_MODEL: dict[str, Callable[[Planner, StudyConfig, ModelEntry], None]] = {
     "accuracy": accuracy.plan, "kurtosis": kurtosis.plan, "importance": importance.plan, "pruning": pruning.plan,
-    "concepts": concepts.plan}
+    "concepts": _concepts_plan}
 """Analysis name -> adds the tasks of one model."""
 
 PER_POOL: dict[str, Callable[[Planner, StudyConfig], None]] = {

@@ -20,9 +20,10 @@ BATCH_ROWS = 4096
 
 def store_accuracy(store: ActivationStore, dataset: Any) -> float:
     """Top-1 accuracy of the stored logits with the dataset's scoring rule (its class subset or class map)."""
-    from robustsig.data.scoring import scoring_rule
+    from robustsig.data.scoring import check_head_fit, scoring_rule
     from robustsig.metrics.scoring import TopOneAccumulator
 
+    check_head_fit(dataset, store.manifest["tensors"].get("logits", {}).get("shape", [0, 0])[1])
     accumulator = TopOneAccumulator(**scoring_rule(dataset))
     for batch in store.batches(["logits", "labels"], BATCH_ROWS):
         accumulator.update(batch["logits"], batch["labels"])

@@ -6,7 +6,8 @@ Three kinds of steps, so that a new threshold re-runs only what depends on it:
 - ``concept_ap:SUBJECT:BASIS`` computes the full AP matrix (concepts x directions) on the balanced per-concept image
   sets (``dataset.balanced_sets(min_positives, seed)``; images of a set that could not be decoded are left out) and
   saves it as ``results/concept_ap/SUBJECT_BASIS.npy``, with the concept names and categories in the ``.json``
-  next to it. Its provenance is the Broden store, the basis, ``min_positives`` and ``seed``: not the threshold.
+  next to it. Its provenance is the Broden store and its concepts (names, categories, presence matrix), the basis,
+  ``min_positives`` and ``seed``: not the threshold.
 - ``concepts:MODEL`` reads the matrices and writes ``concepts.csv`` (unique concepts, eq. 5; polysemanticity),
   ``concept_top.csv`` (the ``top_k`` concepts of the most privileged direction) and ``venn.csv`` (the concepts each
   model encodes, AP >= threshold).
@@ -15,9 +16,16 @@ Three kinds of steps, so that a new threshold re-runs only what depends on it:
   of every region in the provenance of ``venn.csv`` (the report draws the diagrams).
 
 Bases. *Singular*: the score of an image on direction i is ``h . v_i``, with ``v_i`` the right singular vectors of
-the head as :func:`robustsig.head_svd` returns them: its sign convention (the largest-magnitude entry of each
-``v_i`` is positive) is kept, so a concept that only the negative side of a direction separates has a low AP on
-it. *Neuron*: the scores are the components of ``h`` themselves.
+the head as :func:`robustsig.head_svd` returns them (its sign convention: the largest-magnitude entry of each
+``v_i`` is positive). *Neuron*: the scores are the components of ``h`` themselves.
+
+Orientation (``orientation``, in the AP step's provenance). ``both`` (the default and the paper preset's): the AP
+of a (concept, direction) pair is the larger of AP(s) and AP(-s), so a concept that the negative side of ``v_i``
+separates counts as encoded: the sign of a singular vector is arbitrary, and the paper asks whether the projections
+*separate* positives from negatives. ``positive``: the AP of the scores as the sign convention gives them.
+
+``concept_thresholds:MODEL`` (:mod:`robustsig.study.analyses.concept_thresholds`) reads the same matrices and
+writes the threshold sensitivity sweep: a new sweep reruns only it.
 
 The most privileged direction is the most important singular direction (eq. 4) on the importance dataset (default:
 the id set); its neuron-basis counterpart is the dimension of h with the largest mean |h_i| there (the top outlier
@@ -86,7 +94,8 @@ def ap_device(device: str | None) -> torch.device:
 
 
 def concept_ap_matrix(store: ActivationStore, dataset: Any, basis: str, *, min_positives: int, seed: int,
-                      device: str | torch.device = "cpu") -> tuple[torch.Tensor, list[str], list[str]]:
+                      orientation: str = "both", device: str | torch.device = "cpu"
+                      ) -> tuple[torch.Tensor, list[str], list[str]]:
     """AP of every direction of ``basis`` for every concept with enough positives, on balanced per-concept sets.
 
     Args:
@@ -94,6 +103,7 @@ def concept_ap_matrix(store: ActivationStore, dataset: Any, basis: str, *, min_p
         dataset: the concept dataset (``balanced_sets``, ``concept_categories``).
         basis: ``"singular"`` (projections on the head's right singular vectors) or ``"neuron"`` (h itself).
         min_positives, seed: see :meth:`robustsig.data.concepts.ConceptImageDataset.balanced_sets`.
+        orientation: ``"both"`` or ``"positive"`` (see :func:`robustsig.average_precision_matrix`).
         device: where the projections and the AP are computed (a GPU gives the same values).
 
     Returns:
@@ -128,7 +138,7 @@ def concept_ap_matrix(store: ActivationStore, dataset: Any, basis: str, *, min_p
                 scores = scores @ V
             ap_parts.append(average_precision_matrix(
                 [scores[torch.from_numpy(np.searchsorted(union, rows)).to(device)] for _, rows, _ in group],
-                [torch.from_numpy(labels) for _, _, labels in group], device=device))
+                [torch.from_numpy(labels) for _, _, labels in group], orientation=orientation, device=device))
             group, group_rows = [], 0
     categories = getattr(dataset, "concept_categories", None)
     names = [concept.name for concept, _, _ in members]
@@ -150,11 +160,12 @@ class ConceptApTask(AnalysisTask):
         self.basis = basis
         self.min_positives = options.min_positives
         self.seed = options.seed
+        self.orientation = options.orientation
 
     def provenance(self, ctx: RunContext) -> dict[str, Any]:
-        return {"store": ctx.store(self.subject, self.dataset).digest, "basis": self.basis,
+        return {"store": ctx.store(self.subject, self.dataset).provenance, "basis": self.basis,
                 "min_positives": self.min_positives, "seed": self.seed,
-                "sign": SIGN_CONVENTION if self.basis == "singular" else None}
+                "sign": SIGN_CONVENTION if self.basis == "singular" else None, "orientation": self.orientation}
 
     def present(self, ctx: RunContext) -> bool:
         return files_present(*ap_paths(ctx.results.root, self.subject.name, self.basis))
@@ -164,14 +175,14 @@ class ConceptApTask(AnalysisTask):
         verified = ctx.store(self.subject, self.dataset)
         ap, names, categories = concept_ap_matrix(verified.store, ctx.dataset(self.dataset), self.basis,
                                                   min_positives=self.min_positives, seed=self.seed,
-                                                  device=ap_device(ctx.device))
+                                                  orientation=self.orientation, device=ap_device(ctx.device))
         npy, sidecar = ap_paths(ctx.results.root, self.subject.name, self.basis)
         with atomic_output(npy) as temporary, open(temporary, "wb") as handle:
             np.save(handle, ap.numpy(), allow_pickle=False)
         write_text_atomic(sidecar, json.dumps({
             "subject": self.subject.name, "basis": self.basis, "dataset": self.dataset, "store_key": verified.digest,
             "min_positives": self.min_positives, "seed": self.seed, "rows": "concepts", "columns": "directions",
-            "sign": SIGN_CONVENTION if self.basis == "singular" else None,
+            "sign": SIGN_CONVENTION if self.basis == "singular" else None, "orientation": self.orientation,
             "concepts": names, "categories": categories}, indent=1) + "\n")
         return (f"AP of {ap.shape[0]} concepts x {ap.shape[1]} directions in {time.perf_counter() - begin:.1f} s "
                 f"-> {npy}")
@@ -202,7 +213,8 @@ class ConceptsTask(AnalysisTask):
 
     def provenance(self, ctx: RunContext) -> dict[str, Any]:
         return {"ap": {basis: ctx.ledger.digest(task) for basis, task in self.ap_tasks.items()},
-                "threshold": self.options.threshold, "top_k": self.options.top_k,
+                "threshold": self.options.threshold, "orientation": self.options.orientation,
+                "top_k": self.options.top_k,
                 "top_store": ctx.store(self.subject, self.top_dataset).digest}
 
     def present(self, ctx: RunContext) -> bool:
@@ -215,7 +227,8 @@ class ConceptsTask(AnalysisTask):
             category = dict(zip(names, categories))
             summary = concept_summary(ap, self.options.threshold, names)
             summaries.append(ConceptRow(self.model, basis, ap.shape[1], ap.shape[0], summary.unique_concepts,
-                                        summary.polysemanticity, self.options.threshold))
+                                        summary.polysemanticity, self.options.threshold,
+                                        summary.polysemanticity_active, self.options.orientation))
             direction = top_direction(ctx, self.subject, self.top_dataset, basis)
             tops += [ConceptTopRow(self.model, basis, direction, rank, str(name), category[name], value)
                      for rank, (name, value) in enumerate(summary.top_concepts(direction, self.options.top_k), 1)]
@@ -225,7 +238,8 @@ class ConceptsTask(AnalysisTask):
         ctx.results.replace(ConceptRow, summaries, model=self.model)
         ctx.results.replace(ConceptTopRow, tops, model=self.model)
         ctx.results.replace(VennRow, members, model=self.model)
-        parameters = {"threshold": self.options.threshold, "top_k": self.options.top_k,
+        parameters = {"threshold": self.options.threshold, "orientation": self.options.orientation,
+                      "top_k": self.options.top_k,
                       "min_positives": self.options.min_positives, "seed": self.options.seed,
                       "singular_sign": SIGN_CONVENTION, "ap_matrices": f"results/{AP_DIR}/MODEL_BASIS.npy"}
         broden = ctx.config.datasets.broden.name

@@ -46,7 +46,7 @@ class PruningTask(AnalysisTask):
 
     def provenance(self, ctx: RunContext) -> dict[str, Any]:
         names = list(dict.fromkeys([self.id_name, *self.datasets]))
-        return {"stores": {name: ctx.store(self.subject, name).digest for name in names},
+        return {"stores": {name: ctx.store(self.subject, name).provenance for name in names},
                 "fractions": self.options.fractions, "orders": self.options.orders, "seed": self.options.seed,
                 "importance_dataset": self.id_name,
                 "baseline": ctx.baseline.provenance() if self._with_er else None}

@@ -45,7 +45,8 @@ class WiseFtTask(AnalysisTask):
         return [(float(alpha), wiseft_subject(self.pair, alpha)) for alpha in self.options.alphas]
 
     def provenance(self, ctx: RunContext) -> dict[str, Any]:
-        return {"points": {repr(alpha): {"stores": {name: ctx.store(subject, name).digest for name in self.datasets},
+        return {"points": {repr(alpha): {"stores": {name: ctx.store(subject, name).provenance
+                                                    for name in self.datasets},
                                          "ap": ctx.ledger.digest(self.ap_tasks[alpha]) if self.ap_tasks else None}
                            for alpha, subject in self._points()},
                 "kurtosis": self.options.kurtosis, "threshold": self.threshold, "shift_sets": self.shifts,
