@@ -1,7 +1,6 @@
-"""Metrics against the naive ways, side by side in one process (issue 2's targets):
+"""Metrics against the naive ways, side by side in one process (issue 2's targets; the concept AP matrix is in
+bench_ap):
 
-- concept AP matrix vs a loop of ``sklearn.metrics.average_precision_score`` calls (200 concepts x 256
-  directions, balanced per-concept sets of 200 samples; target >= 100x);
 - linear CKA in feature space vs the N x N Gram form (Kornblith et al.'s reference code) at N = 10,000 and
   d = 256 and 512 (target >= 20x, and O(d^2) memory: peak resident memory of each is printed). The feature-space
   form costs 3 N d^2 multiply-adds against 2 N^2 d for the Gram form, so its advantage is ~2N/(3d) in flops
@@ -39,31 +38,6 @@ def peak_extra_memory_mb(fn: Callable[[], object]) -> float | None:
         return (_status_kb("VmHWM") - before) / 1024
     except OSError:
         return None
-
-
-def bench_average_precision() -> None:
-    from sklearn.metrics import average_precision_score
-
-    from robustsig.metrics.concepts import average_precision_matrix
-
-    concepts, directions, per_concept = 200, 256, 200
-    rng = np.random.default_rng(0)
-    scores = [rng.normal(size=(per_concept, directions)).astype(np.float32) for _ in range(concepts)]
-    labels = [rng.permutation(np.arange(per_concept) < per_concept // 2) for _ in range(concepts)]
-
-    def sklearn_loop() -> np.ndarray:
-        return np.array([[average_precision_score(labels[c], scores[c][:, d]) for d in range(directions)]
-                         for c in range(concepts)])
-
-    def ours() -> torch.Tensor:
-        return average_precision_matrix(scores, labels)
-
-    reference = sklearn_loop()
-    error = float(np.abs(ours().numpy() - reference).max())
-    assert error <= 1e-9, error
-    medians = side_by_side({"average_precision_matrix": ours, "sklearn loop": sklearn_loop}, repeats=3, warmup=0)
-    report(f"AP matrix, {concepts} concepts x {directions} directions x {per_concept} samples "
-           f"(max |diff| vs sklearn {error:.1e})", medians, "average_precision_matrix", "sklearn loop", target=100)
 
 
 def _gram_cka(X: torch.Tensor, Y: torch.Tensor) -> float:
@@ -150,7 +124,6 @@ def run() -> None:
         bench_pruning()
         for width in (256, 512):
             bench_cka(width=width)
-        bench_average_precision()
     finally:
         torch.set_num_threads(threads)
 

@@ -130,6 +130,114 @@ def test_concept_overlaps_are_exclusive_venn_regions():
     assert regions == {("b",): {"car"}, ("c",): {"tree"}, ("a", "c"): {"dog"}, ("a", "b", "c"): {"sky"}}
 
 
+def sklearn_sets(sets, flags, sign=1.0):
+    """sklearn's AP for each (concept, direction) of per-concept sets; NaN where a set has no positive."""
+    def one(y, s):
+        return average_precision_score(y, sign * s) if y.any() else np.nan
+    return np.array([[one(np.asarray(y, bool), np.asarray(s)[:, d]) for d in range(np.asarray(s).shape[1])]
+                     for s, y in zip(sets, flags)])
+
+
+def random_sets(rng, count, directions, low, high, dtype, ties):
+    sets, flags = [], []
+    for _ in range(count):
+        n = int(rng.integers(low, high + 1))
+        s = rng.normal(size=(n, directions))
+        if ties:
+            s = np.round(s * 2) / 2  # ~10 distinct values per direction: most rows tie, groups mix labels
+        sets.append(s.astype(dtype))
+        flags.append(rng.permutation(np.arange(n) < max(1, n // 2)))
+    return sets, flags
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("max_elements", [1 << 20, 700])
+def test_per_concept_both_orientations_equal_sklearn(dtype, ties, max_elements):
+    rng = np.random.default_rng(11)
+    sets, flags = random_sets(rng, 30, 12, 1, 150, dtype, ties)
+    positive = sklearn_sets(sets, flags)
+    negated = sklearn_sets(sets, flags, sign=-1.0)
+    ap = rs.average_precision_matrix(sets, flags, max_elements=max_elements)
+    both = rs.average_precision_matrix(sets, flags, orientation="both", max_elements=max_elements)
+    assert ap.dtype == both.dtype == torch.float64 and ap.shape == both.shape == (30, 12)
+    assert np.abs(ap.numpy() - positive).max() <= 1e-14
+    assert np.abs(both.numpy() - np.maximum(positive, negated)).max() <= 1e-14
+    assert bool((both >= ap).all())
+
+
+def test_per_concept_degenerate_sets_equal_sklearn():
+    zero_ties = np.array([[0.0, 1.0], [-0.0, 1.0], [0.0, -2.0], [1e-45, 3.0]], dtype=np.float32)  # -0.0 == 0.0
+    extremes = np.array([[np.finfo(np.float32).max, -1.0], [-np.finfo(np.float32).max, -1.0],
+                         [np.finfo(np.float32).tiny, 0.5], [-1e-45, 0.5], [7.0, 0.25]], dtype=np.float32)
+    sets = [
+        np.full((6, 2), 0.3, dtype=np.float32),                      # constant scores: one threshold, AP = P/n
+        np.arange(5, dtype=np.float32)[:, None].repeat(2, 1),        # all positive: AP 1
+        np.array([[0.2, -0.2]], dtype=np.float32),                   # a single (positive) sample
+        np.array([[1.0, 1.0], [1.0, 2.0]], dtype=np.float32),        # two samples, a tie in direction 0
+        zero_ties,
+        extremes,
+    ]
+    flags = [np.array([1, 0, 1, 0, 0, 0], bool), np.ones(5, bool), np.ones(1, bool), np.array([0, 1], bool),
+             np.array([1, 0, 0, 1], bool), np.array([1, 0, 0, 1, 0], bool)]
+    expected = sklearn_sets(sets, flags)
+    ap = rs.average_precision_matrix(sets, flags)
+    assert np.abs(ap.numpy() - expected).max() <= 1e-15
+    assert ap[0].tolist() == [2 / 6, 2 / 6] and ap[1].tolist() == [1.0, 1.0]
+    both = rs.average_precision_matrix(sets, flags, orientation="both")
+    assert np.abs(both.numpy() - np.maximum(expected, sklearn_sets(sets, flags, -1.0))).max() <= 1e-15
+
+
+def test_per_concept_single_class_sets():
+    s = np.random.default_rng(3).normal(size=(8, 3))
+    with pytest.warns(RuntimeWarning, match=r"1 concept\(s\) have no positive sample \(concepts 1\)"):
+        ap = rs.average_precision_matrix([s, s, s[:4]], [np.ones(8, bool), np.zeros(8, bool), np.ones(4, bool)],
+                                         orientation="both")
+    assert ap[0].tolist() == [1.0] * 3 and ap[2].tolist() == [1.0] * 3 and bool(torch.isnan(ap[1]).all())
+
+
+def test_orientation_both_finds_a_concept_on_the_negative_side():
+    rng = np.random.default_rng(4)
+    labels = np.arange(100) < 50
+    s = rng.normal(size=(100, 2))
+    s[:, 1] -= 10 * labels                                           # direction 1 separates the concept downwards
+    ap = rs.average_precision_matrix([s], [labels])
+    both = rs.average_precision_matrix([s], [labels], orientation="both")
+    assert ap[0, 1] < 0.4 and both[0, 1] == 1.0
+    assert float(both[0, 0]) == pytest.approx(max(float(ap[0, 0]), sklearn_sets([s], [labels], -1)[0, 0]), abs=1e-15)
+
+
+def test_device_argument_gives_the_same_values():
+    rng = np.random.default_rng(13)
+    sets, flags = random_sets(rng, 9, 5, 2, 60, np.float32, True)
+    reference = rs.average_precision_matrix(sets, flags, orientation="both")
+    tensors = [torch.from_numpy(s) for s in sets]
+    devices = ["cpu", torch.device("cpu")] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        ap = rs.average_precision_matrix(tensors, flags, orientation="both", device=device)
+        assert ap.device.type == "cpu"
+        torch.testing.assert_close(ap, reference, rtol=0, atol=1e-15)  # a GPU may sum in another order
+    if torch.cuda.is_available():
+        on_gpu = rs.average_precision_matrix([t.cuda() for t in tensors], [torch.from_numpy(f).cuda() for f in flags],
+                                             orientation="both")
+        torch.testing.assert_close(on_gpu, reference, rtol=0, atol=1e-15)
+
+
+def test_per_concept_bad_inputs_are_named():
+    good = [torch.randn(4, 2), torch.randn(3, 2)]
+    flags = [torch.tensor([True, False, True, False]), torch.tensor([True, False, False])]
+    with pytest.raises(rs.InputError, match=r"scores\[1\].*NaN"):
+        rs.average_precision_matrix([good[0], torch.tensor([[0.0, 1.0], [float("inf"), 0.0], [1.0, 1.0]])], flags)
+    with pytest.raises(rs.InputError, match=r"labels\[1\] must have shape \(3,\)"):
+        rs.average_precision_matrix(good, [flags[0], flags[0]])
+    with pytest.raises(rs.InputError, match="orientation must be one of 'positive', 'both'"):
+        rs.average_precision_matrix(good, flags, orientation="negative")
+    with pytest.raises(rs.InputError, match="orientation"):
+        rs.average_precision_matrix(torch.randn(4, 2), flags[0][:, None], orientation="Both")
+    with pytest.raises(rs.InputError, match="empty list"):
+        rs.average_precision_matrix([], [])
+
+
 @pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("max_elements", [1 << 23, 2000])
 def test_both_orientations_equal_sklearn_dense(ties, max_elements):

@@ -202,6 +202,16 @@ def test_docstring_examples_run(name):
     assert result.attempted > 0 and result.failed == 0
 
 
+def test_concept_ap_runs_on_the_study_device_when_it_is_a_gpu():
+    from robustsig.study.analyses.concepts import ap_device
+
+    assert ap_device("cpu") == torch.device("cpu")
+    assert ap_device(None) == torch.device("cuda:0" if torch.cuda.is_available() else "cpu")  # auto
+    if not torch.cuda.is_available():
+        with pytest.raises(rs.InputError, match="no CUDA GPU"):
+            ap_device("cuda")
+
+
 class _Scaled:
     """A preprocess: the image (a tensor here) times ``factor``; its repr tells two preprocessings apart."""
 

@@ -7,10 +7,14 @@ the others: its average precision (AP) is high. ``average_precision_matrix`` ret
 
     AP = 1/P * sum over positives n of  #{positives with score >= s_n} / #{samples with score >= s_n}
 
-so each direction's scores are sorted once, and per concept only its positives are ranked among themselves.
-Memory stays bounded by chunking directions and concepts (``max_elements`` entries per temporary array). The
-sorting runs on the CPU with numpy, whose vectorised sort is ~10x faster than torch's there; tensors on another
-device are copied to the host.
+The per-concept form (the paper's balanced sets, the path the study uses) pads concepts of similar size into
+batches and sorts every (concept, direction) row of a batch at once; float32 scores travel as float64 sort keys
+whose lowest mantissa bit is the label, so the sort alone orders the labels and equal scores stay recognisable.
+Cumulative counts then give every AP; only the rows holding ties are redone with their tie groups. The same
+sort serves ``orientation="both"`` (the AP of ``-s`` counts from the other end). It runs in torch on the scores'
+device (or ``device``: a GPU gives the same values), with numpy's vectorised sort on the CPU. The dense form sorts
+each direction once and ranks, per concept, only its positives among themselves (on the CPU, with numpy). Memory
+stays bounded by chunking (``max_elements`` entries per temporary array).
 
 A concept without a positive sample has no AP: NaN with a warning (sklearn returns 0.0 with a warning; NaN keeps
 such a concept from ever counting as encoded or not encoded). A concept without negatives has AP 1.
@@ -24,6 +28,7 @@ on ``v_i`` is an accident of the SVD's sign convention. ``orientation="positive"
 from __future__ import annotations
 
 import itertools
+import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +43,13 @@ from robustsig.metrics._checks import as_matrix, to_tensor
 #: Default bound on the entries of one temporary array (~1M entries: ~8 MB per int64 array).
 MAX_ELEMENTS = 1 << 20
 
+#: Concepts batched into one sort differ in size by at most this factor (the padding costs sort work).
+_BUCKET_RATIO = 1.25
+
+#: Entries of one batch of the per-concept form at most: its temporaries stay in the CPU's cache (2 MB per
+#: float64 array; 1M-entry batches took 2x longer, measured).
+_CHUNK_ELEMENTS = 1 << 18
+
 #: The paper's threshold: a direction encodes a concept when its AP is at least 0.9.
 AP_THRESHOLD = 0.9
 
@@ -45,7 +57,7 @@ Orientation = Literal["positive", "both"]
 ORIENTATIONS: tuple[str, ...] = ("positive", "both")
 
 
-def _as_bool_labels(x: Any, name: str, shape: tuple[int, ...]) -> np.ndarray:
+def _bool_labels(x: Any, name: str, shape: tuple[int, ...]) -> torch.Tensor:
     t = to_tensor(x, name)
     if tuple(t.shape) != shape:
         raise InputError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
@@ -53,15 +65,20 @@ def _as_bool_labels(x: Any, name: str, shape: tuple[int, ...]) -> np.ndarray:
         if not bool(((t == 0) | (t == 1)).all()):
             raise InputError(f"{name} must be boolean (or 0/1) concept membership")
         t = t != 0
-    return t.cpu().numpy()
+    return t
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    # numpy's check on the CPU: with many small per-concept sets torch's overhead shows (~10x, measured)
+    return bool(np.isfinite(t.numpy()).all()) if t.device.type == "cpu" else bool(torch.isfinite(t).all())
 
 
 def _as_scores(x: Any, name: str) -> np.ndarray:
     # scores keep their float dtype: ties are compared in the precision they were stored in, as sklearn does
-    scores = as_matrix(x, name, finite=False).cpu().numpy()
-    if not np.isfinite(scores).all():  # numpy's check: many small per-concept sets make torch's overhead show
+    scores = as_matrix(x, name, finite=False).cpu()
+    if not _all_finite(scores):
         raise InputError(f"{name} contains NaN or infinite values")
-    return scores
+    return scores.numpy()
 
 
 def _warn_no_positives(positives: np.ndarray) -> None:
@@ -153,56 +170,204 @@ def _ap_matrix_dense(scores: np.ndarray, labels: np.ndarray, max_elements: int) 
     return ap
 
 
-def _ap_matrix_per_concept(scores: Sequence[Any], labels: Sequence[Any], max_elements: int) -> np.ndarray:
-    """AP for per-concept sample sets: ``scores[c]`` (N_c x D) with boolean ``labels[c]`` (N_c)."""
+def _sort_rows(x: torch.Tensor) -> torch.Tensor:
+    """``x`` sorted along its last dimension, in place. Hand-written: on the CPU numpy's vectorised sort is ~7x
+    faster than torch's (measured)."""
+    if x.device.type == "cpu":
+        x.numpy().sort(axis=-1)
+        return x
+    return x.copy_(torch.sort(x, dim=-1).values)
+
+
+def _argsort_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values, indices)`` of ``x`` sorted along its last dimension."""
+    if x.device.type == "cpu":
+        order = torch.from_numpy(np.argsort(x.numpy(), axis=-1))
+        return x.take_along_dim(order, -1), order
+    return torch.sort(x, dim=-1)
+
+
+def _ap_tied_rows(positive: torch.Tensor, count: torch.Tensor, tied: torch.Tensor, n: torch.Tensor,
+                  n_positive: torch.Tensor, orientation: str) -> torch.Tensor:
+    """``P * AP`` of rows that hold ties: each positive counts the samples of its whole tie group (see
+    :func:`_ap_sorted`); ``positive`` and ``count`` are float64 ``R x W``, ``n`` and ``n_positive`` int64 ``R x 1``."""
+    width = positive.shape[-1]
+    index = torch.arange(width, device=positive.device)
+    group_end = ~tied
+    is_start = torch.cat([torch.ones_like(group_end[:, :1]), group_end], -1)
+    start = torch.where(is_start, index, 0).cummax(-1).values
+    ratio = (n_positive - (count - positive).gather(-1, start)) / (n - start).clamp_min(1)
+    ap = (ratio * positive).sum(-1)
+    if orientation == "both":
+        is_end = torch.cat([group_end, torch.ones_like(group_end[:, :1])], -1)
+        end = torch.where(is_end, index, width - 1).flip(-1).cummin(-1).values.flip(-1)
+        ap = torch.maximum(ap, ((count.gather(-1, end) / (end + 1)) * positive).sum(-1))
+    return ap
+
+
+class _Buffers:
+    """Flat buffers reused by the batches of one call. Hand-written: a fresh multi-MB tensor per step of every
+    batch cost more in page faults than the arithmetic itself (~2x the whole kernel, measured)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.flat: dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        size = math.prod(shape)
+        buffer = self.flat.get(name)
+        if buffer is None or buffer.numel() < size or buffer.dtype != dtype:
+            buffer = self.flat[name] = torch.empty(size, dtype=dtype, device=self.device)
+        return buffer[:size].view(shape)
+
+
+def _ap_sorted(positive: torch.Tensor, tied: torch.Tensor, n: torch.Tensor, n_positive: torch.Tensor,
+               orientation: str, buffers: _Buffers) -> torch.Tensor:
+    """AP of each row of a batch from its labels in increasing score order, ties grouped (sklearn's values).
+
+    Args:
+        positive: ``B x D x W`` float64, 1 for a positive; row (b, d) holds its ``n[b]`` samples first, then padding
+            (label 0).
+        tied: ``B x D x (W-1)`` bool, entry i ties with entry i + 1 (never true in the padding).
+        n, n_positive: ``B`` int64, samples and positives of each batch entry (``n_positive`` > 0).
+        orientation: ``"positive"`` (AP of the scores) or ``"both"`` (the larger of the AP of s and of -s).
+        buffers: where the temporaries live.
+
+    Returns:
+        ``B x D`` float64.
+
+    With ``start``/``end`` the first/last position of an entry's tie group, a positive at position i adds to
+    ``P * AP(s)`` the positives over the samples scoring at least as high, ``(P - positives before start) /
+    (n - start)``, and to ``P * AP(-s)`` the positives over the samples scoring at most as high,
+    ``(positives up to end) / (end + 1)``. Without ties ``start = end = i``, so the k-th positive adds
+    ``(P + 1 - k) / (n - i)``: that runs on every row, and only the rows holding a tie are redone with their groups.
+    Counts are exact in float64; dividing is a multiplication by the reciprocals of the W possible counts.
+    """
+    batch, directions, width = positive.shape
+    index = torch.arange(width, device=positive.device, dtype=torch.float64)
+    rows = tied.sum(-1).flatten().nonzero().flatten()                   # rare for continuous scores
+    count = torch.cumsum(positive, -1, out=buffers.get("count", positive.shape, torch.float64))
+    above = n[:, None, None] - index                                   # samples at or above i (<= 0: the padding)
+    terms = torch.sub(n_positive[:, None, None] + 1.0, count, out=buffers.get("terms", positive.shape, torch.float64))
+    terms *= positive
+    terms *= torch.where(above > 0, 1.0 / above, 0.0)
+    ap = terms.sum(-1)
+    if orientation == "both":
+        torch.mul(count, positive, out=terms)
+        terms *= 1.0 / (index + 1.0)
+        ap = torch.maximum(ap, terms.sum(-1))
+    if rows.numel():
+        flat = (-1, width)
+        ap.view(-1)[rows] = _ap_tied_rows(positive.reshape(flat)[rows], count.reshape(flat)[rows],
+                                          tied.reshape(-1, width - 1)[rows], n[rows // directions, None],
+                                          n_positive[rows // directions, None], orientation)
+    return ap / n_positive[:, None]
+
+
+def _size_buckets(sizes: np.ndarray, directions: int, max_elements: int) -> list[tuple[list[int], int, int]]:
+    """Batches ``(concepts, directions per chunk, width)`` of concepts of similar size (padded to ``width``, the
+    largest: at most ``_BUCKET_RATIO`` times the smallest), each chunk within ``max_elements`` entries."""
+    batches = []
+    order = np.argsort(sizes, kind="stable").tolist()
+    while order:
+        take = int(np.searchsorted(sizes[order], _BUCKET_RATIO * sizes[order[0]], side="right"))
+        bucket, order = order[:take], order[take:]
+        width = int(sizes[bucket[-1]])
+        chunk = max(1, min(directions, max_elements // width))
+        per_batch = max(1, max_elements // (width * chunk))
+        batches += [(bucket[i:i + per_batch], chunk, width) for i in range(0, len(bucket), per_batch)]
+    return batches
+
+
+def _padding(width: int, device: torch.device) -> torch.Tensor:
+    """float64 padding entries: above every float32 value, increasing (no two tie), lowest bit 0 (negatives)."""
+    bits = torch.arange(width, device=device, dtype=torch.int64) * 2 + (0x7FF0000000000000 - 2 * width)
+    return bits.view(torch.float64)
+
+
+def _ap_batch(sets: Sequence[torch.Tensor], flags: Sequence[torch.Tensor], group: list[int], d0: int, d1: int,
+              width: int, orientation: str, buffers: _Buffers) -> torch.Tensor:
+    """AP (``len(group) x (d1 - d0)``) of a batch of concepts padded to ``width`` samples: one batched sort.
+
+    float32 scores are sorted as float64 values (exact) that carry the label in their lowest mantissa bit, so the
+    sort alone orders the labels and keeps equal scores recognisable (equal but for that bit); float64 scores have
+    no spare bit and are sorted with their indices.
+    """
+    device = buffers.device
+    shape = (len(group), d1 - d0, width)
+    sizes = [sets[c].shape[0] for c in group]
+    n = torch.tensor(sizes, device=device)
+    labels = torch.zeros(len(group), 1, width, dtype=torch.int64, device=device)
+    values = buffers.get("values", shape, torch.float64)
+    single = sets[group[0]].dtype == torch.float32
+    pad = _padding(width, device) if single else torch.full((width,), torch.inf, dtype=torch.float64, device=device)
+    for j, c in enumerate(group):                                      # copies only: the math is batched
+        values[j, :, :sizes[j]] = sets[c][:, d0:d1].T
+        values[j, :, sizes[j]:] = pad[sizes[j]:]
+        labels[j, 0, :sizes[j]] = flags[c]
+    n_positive = labels.sum((1, 2))
+    positive = buffers.get("positive", shape, torch.float64)
+    tied = buffers.get("tied", shape[:2] + (width - 1,), torch.bool)
+    if single:
+        values.add_(0.0)                                               # -0.0 becomes 0.0: one threshold, as sklearn
+        bits = values.view(torch.int64).bitwise_or_(labels)
+        _sort_rows(values)
+        positive.copy_(torch.bitwise_and(bits, 1, out=buffers.get("terms", shape, torch.float64).view(torch.int64)))
+        bits.bitwise_or_(1)
+        torch.eq(bits[..., 1:], bits[..., :-1], out=tied)
+    else:
+        values, order = _argsort_rows(values)
+        positive.copy_(labels.expand_as(order).take_along_dim(order, -1))
+        torch.eq(values[..., 1:], values[..., :-1], out=tied)
+        tied &= torch.arange(1, width, device=device) < n[:, None, None]
+    return _ap_sorted(positive, tied, n, n_positive, orientation, buffers)
+
+
+def _per_concept_inputs(scores: Sequence[Any], labels: Sequence[Any]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Validated score matrices (one float dtype) and boolean label vectors, on their own devices."""
     if len(scores) != len(labels):
         raise InputError(f"scores and labels must list the same concepts, got {len(scores)} score sets and "
                          f"{len(labels)} label vectors")
     if len(scores) == 0:
         raise InputError("scores is an empty list: give one score matrix per concept")
-    sets = [_as_scores(s, f"scores[{c}] (samples x directions)") for c, s in enumerate(scores)]
+    sets = [as_matrix(s, f"scores[{c}] (samples x directions)", finite=False) for c, s in enumerate(scores)]
+    for c, s in enumerate(sets):
+        if not _all_finite(s):
+            raise InputError(f"scores[{c}] (samples x directions) contains NaN or infinite values")
     d = sets[0].shape[1]
     for c, s in enumerate(sets):
         if s.shape[1] != d:
             raise InputError(f"scores[{c}] has {s.shape[1]} directions, scores[0] has {d}: all concepts must be "
                              "scored on the same directions")
-    flags = [_as_bool_labels(y, f"labels[{c}]", (sets[c].shape[0],)) for c, y in enumerate(labels)]
-    dtype = np.result_type(*(s.dtype for s in sets))
+    if any(s.dtype == torch.float64 for s in sets):
+        sets = [s.double() for s in sets]
+    flags = [_bool_labels(y, f"labels[{c}]", (sets[c].shape[0],)) for c, y in enumerate(labels)]
+    return sets, flags
+
+
+def _ap_matrix_per_concept(scores: Sequence[Any], labels: Sequence[Any], max_elements: int, orientation: str,
+                           device: torch.device | None) -> torch.Tensor:
+    """AP for per-concept sample sets: ``scores[c]`` (N_c x D) with boolean ``labels[c]`` (N_c)."""
+    sets, flags = _per_concept_inputs(scores, labels)
+    device = sets[0].device if device is None else device
+    d = sets[0].shape[1]
     sizes = np.array([s.shape[0] for s in sets])
     positives = np.array([int(y.sum()) for y in flags])
     _warn_no_positives(positives)
-    ap = np.full((len(sets), d), np.nan)
-    d_chunk = max(1, min(d, max_elements // max(1, int(sizes.max()))))
-    for group in _chunks_by_size(sizes, d_chunk, max_elements):
-        group = [c for c in group if positives[c] > 0]
-        if not group:
-            continue
-        width = int(sizes[group].max())
-        is_positive = np.zeros((len(group), 1, width), dtype=bool)
-        for j, c in enumerate(group):
-            is_positive[j, 0, :sizes[c]] = flags[c]
-        n_positive = positives[group]
-        for d0 in range(0, d, d_chunk):
-            dc = min(d_chunk, d - d0)
-            values = np.empty((len(group), dc, width), dtype=dtype)
-            for j, c in enumerate(group):
-                values[j, :, :sizes[c]] = sets[c][:, d0:d0 + dc].T
-                values[j, :, sizes[c]:] = -np.inf                            # padding sorts first, never positive
-            order = np.argsort(values, axis=-1)
-            all_above, ties = _counts_at_least(np.sort(values, axis=-1).reshape(-1, width))
-            positive = np.take_along_axis(is_positive, order, axis=-1).reshape(-1, width)  # labels, sorted
-            below = np.cumsum(positive, axis=-1, dtype=np.int32) - positive  # positives strictly before
-            if ties is not None:                                             # ... before the tie group
-                rows, start = ties
-                below[rows] = np.take_along_axis(below[rows], start, axis=-1)
-            n_rows = np.repeat(n_positive, dc)
-            ap[group, d0:d0 + dc] = _ap_sum(positive, n_rows[:, None] - below, all_above,
-                                            n_rows).reshape(len(group), dc)
-    return ap
+    ap = torch.full((len(sets), d), torch.nan, dtype=torch.float64, device=device)
+    buffers = _Buffers(device)
+    present = np.flatnonzero(positives > 0)
+    for batch, chunk, width in _size_buckets(sizes[present], d, min(max_elements, _CHUNK_ELEMENTS)):
+        group = present[batch].tolist()
+        for d0 in range(0, d, chunk):
+            d1 = min(d, d0 + chunk)
+            ap[group, d0:d1] = _ap_batch(sets, flags, group, d0, d1, width, orientation, buffers)
+    return ap.cpu()
 
 
 def average_precision_matrix(scores: Any, labels: Any, *, orientation: Orientation = "positive",
-                             max_elements: int = MAX_ELEMENTS) -> torch.Tensor:
+                             max_elements: int = MAX_ELEMENTS, device: str | torch.device | None = None
+                             ) -> torch.Tensor:
     """Average precision of every direction for every concept (the values of sklearn's
     ``average_precision_score(labels[:, c], scores[:, d])``, ties grouped by distinct score).
 
@@ -220,7 +385,9 @@ def average_precision_matrix(scores: Any, labels: Any, *, orientation: Orientati
             and the AP of their negation (each sklearn's value), so a direction that separates a concept on its
             negative side counts as well (see the module notes).
         max_elements: bound on the entries of one temporary array; peak memory is about 60 bytes per entry
-            (~60 MB at the default).
+            (~60 MB at the default; the per-concept form batches at most 2**18 entries, ~15 MB).
+        device: where the per-concept form computes (default: the device of ``scores``; ``"cuda"`` runs it on
+            the GPU with the same values). The dense form computes on the CPU.
 
     Returns:
         float64 CPU tensor ``C x D``; NaN (with a warning) for a concept without positives.
@@ -240,22 +407,17 @@ def average_precision_matrix(scores: Any, labels: Any, *, orientation: Orientati
         if not isinstance(labels, (list, tuple)):
             raise InputError("scores is a list of per-concept score matrices, so labels must be a list of "
                              "per-concept boolean vectors")
-        ap = _ap_matrix_per_concept(scores, labels, max_elements)
-        if orientation == "both":  # the same kernel on the negated scores (negation keeps every tie)
-            with warnings.catch_warnings():  # a concept without positives was warned about once already
-                warnings.simplefilter("ignore", RuntimeWarning)
-                ap = np.fmax(ap, _ap_matrix_per_concept([-_as_scores(x, "scores") for x in scores], labels,
-                                                        max_elements))
-        return torch.from_numpy(ap)
+        return _ap_matrix_per_concept(scores, labels, max_elements, orientation,
+                                      None if device is None else torch.device(device))
     s = _as_scores(scores, "scores (samples x directions)")
     y = to_tensor(labels, "labels")
     if y.ndim != 2:
         raise InputError(f"labels must be N x C (one column per concept), got shape {tuple(y.shape)}; for a single "
                          "concept use labels[:, None]")
-    y = _as_bool_labels(y, "labels (samples x concepts)", (s.shape[0], y.shape[1]))
+    y = _bool_labels(y, "labels (samples x concepts)", (s.shape[0], y.shape[1])).cpu().numpy()
     ap = _ap_matrix_dense(s, y, max_elements)
     if orientation == "both":
-        with warnings.catch_warnings():
+        with warnings.catch_warnings():   # the no-positive warning was given once already
             warnings.simplefilter("ignore", RuntimeWarning)
             ap = np.fmax(ap, _ap_matrix_dense(-s, y, max_elements))
     return torch.from_numpy(ap)

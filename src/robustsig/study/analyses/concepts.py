@@ -45,6 +45,7 @@ import numpy as np
 import torch
 
 from robustsig._atomic import atomic_output, write_text_atomic
+from robustsig.distributed import resolve_device
 from robustsig.errors import DataError
 from robustsig.extraction.store import ActivationStore
 from robustsig.metrics.concepts import average_precision_matrix, concept_overlaps, concept_summary
@@ -85,6 +86,13 @@ def load_ap(results_root: str | os.PathLike, subject: str, basis: str) -> tuple[
     return ap, list(info["concepts"]), list(info["categories"])
 
 
+def ap_device(device: str | None) -> torch.device:
+    """Where the AP matrices are computed: the study's device when it is a CUDA GPU (``auto``: one when torch sees
+    it), else the CPU (the AP kernel works in float64, which MPS lacks)."""
+    resolved = resolve_device(device)
+    return resolved if resolved.type == "cuda" else torch.device("cpu")
+
+
 def concept_members(store: ActivationStore, dataset: Any, *, min_positives: int, seed: int
                     ) -> list[tuple[Any, np.ndarray, np.ndarray]]:
     """The balanced per-concept sets (``dataset.balanced_sets(min_positives, seed)``) as ``(concept, store rows,
@@ -109,12 +117,12 @@ def concept_members(store: ActivationStore, dataset: Any, *, min_positives: int,
     return members
 
 
-def concept_score_groups(store: ActivationStore, members: Sequence[tuple[Any, np.ndarray, np.ndarray]], basis: str
-                         ) -> Iterator[tuple[list[torch.Tensor], list[torch.Tensor]]]:
+def concept_score_groups(store: ActivationStore, members: Sequence[tuple[Any, np.ndarray, np.ndarray]], basis: str,
+                         device: str | torch.device = "cpu") -> Iterator[tuple[list[torch.Tensor], list[torch.Tensor]]]:
     """The per-concept score sets of ``members`` in ``basis`` (the list form of
     :func:`robustsig.average_precision_matrix`), a group of concepts at a time (``SCORE_BUDGET`` entries read at
-    once), in the order of ``members``: ``(scores, labels)`` per group."""
-    V = store_head_svd(store).V.to(torch.float32) if basis == "singular" else None
+    once), in the order of ``members``: ``(scores, labels)`` per group, the scores on ``device``."""
+    V = store_head_svd(store).V.to(device, torch.float32) if basis == "singular" else None
     width = V.shape[1] if V is not None else store.manifest["tensors"]["h"]["shape"][1]
     group, group_rows = [], 0
     for i, member in enumerate(members):
@@ -122,16 +130,17 @@ def concept_score_groups(store: ActivationStore, members: Sequence[tuple[Any, np
         group_rows += len(member[1])
         if group_rows * width >= SCORE_BUDGET or i == len(members) - 1:
             union = np.unique(np.concatenate([rows for _, rows, _ in group]))
-            scores = gather_rows(store, "h", union).to(torch.float32)
+            scores = gather_rows(store, "h", union).to(device, torch.float32)
             if V is not None:
                 scores = scores @ V
-            yield ([scores[torch.from_numpy(np.searchsorted(union, rows))] for _, rows, _ in group],
+            yield ([scores[torch.from_numpy(np.searchsorted(union, rows)).to(device)] for _, rows, _ in group],
                    [torch.from_numpy(labels) for _, _, labels in group])
             group, group_rows = [], 0
 
 
 def concept_ap_matrix(store: ActivationStore, dataset: Any, basis: str, *, min_positives: int, seed: int,
-                      orientation: str = "both") -> tuple[torch.Tensor, list[str], list[str]]:
+                      orientation: str = "both", device: str | torch.device = "cpu"
+                      ) -> tuple[torch.Tensor, list[str], list[str]]:
     """AP of every direction of ``basis`` for every concept with enough positives, on balanced per-concept sets.
 
     Args:
@@ -140,6 +149,7 @@ def concept_ap_matrix(store: ActivationStore, dataset: Any, basis: str, *, min_p
         basis: ``"singular"`` (projections on the head's right singular vectors) or ``"neuron"`` (h itself).
         min_positives, seed: see :meth:`robustsig.data.concepts.ConceptImageDataset.balanced_sets`.
         orientation: ``"both"`` or ``"positive"`` (see :func:`robustsig.average_precision_matrix`).
+        device: where the projections and the AP are computed (a GPU gives the same values).
 
     Returns:
         ``(ap, names, categories)``: the ``C x D`` float64 matrix and the C concepts probed.
@@ -148,8 +158,8 @@ def concept_ap_matrix(store: ActivationStore, dataset: Any, basis: str, *, min_p
         DataError: no concept has ``min_positives`` positive (and as many negative) decoded images.
     """
     members = concept_members(store, dataset, min_positives=min_positives, seed=seed)
-    ap_parts = [average_precision_matrix(scores, labels, orientation=orientation)
-                for scores, labels in concept_score_groups(store, members, basis)]
+    ap_parts = [average_precision_matrix(scores, labels, orientation=orientation, device=device)
+                for scores, labels in concept_score_groups(store, members, basis, device)]
     categories = getattr(dataset, "concept_categories", None)
     names = [concept.name for concept, _, _ in members]
     return (torch.cat(ap_parts), names,
@@ -185,7 +195,7 @@ class ConceptApTask(AnalysisTask):
         verified = ctx.store(self.subject, self.dataset)
         ap, names, categories = concept_ap_matrix(verified.store, ctx.dataset(self.dataset), self.basis,
                                                   min_positives=self.min_positives, seed=self.seed,
-                                                  orientation=self.orientation)
+                                                  orientation=self.orientation, device=ap_device(ctx.device))
         npy, sidecar = ap_paths(ctx.results.root, self.subject.name, self.basis)
         with atomic_output(npy) as temporary, open(temporary, "wb") as handle:
             np.save(handle, ap.numpy(), allow_pickle=False)

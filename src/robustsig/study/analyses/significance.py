@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import torch
 
 from robustsig._atomic import write_text_atomic
 from robustsig.metrics.significance import (DEFAULT_STOP_AFTER, benjamini_hochberg, concatenate,
@@ -49,12 +48,6 @@ class ConceptSignificanceRow:
     orientation: str = _column("positive (AP of s) or both (max of AP(s), AP(-s))")
 
 
-def device_of(ctx: RunContext) -> torch.device:
-    if ctx.device not in (None, "auto"):
-        return torch.device(ctx.device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 class ConceptSignificanceTask(AnalysisTask):
     """The permutation test of one model's concepts in one basis."""
 
@@ -85,13 +78,14 @@ class ConceptSignificanceTask(AnalysisTask):
         begin = time.perf_counter()
         options, orientation = self.options, self.options.orientation
         verified = ctx.store(self.subject, self.dataset)
+        device = concepts_analysis.ap_device(ctx.device)
         members = concepts_analysis.concept_members(verified.store, ctx.dataset(self.dataset),
                                                     min_positives=options.min_positives, seed=options.seed)
         tests, start = [], 0
-        for scores, labels in concepts_analysis.concept_score_groups(verified.store, members, self.basis):
+        for scores, labels in concepts_analysis.concept_score_groups(verified.store, members, self.basis, device):
             tests.append(permutation_p_values(scores, labels, threshold=options.threshold,
                                               permutations=options.permutations, seed=options.seed,
-                                              orientation=orientation, first_concept=start, device=device_of(ctx),
+                                              orientation=orientation, first_concept=start, device=device,
                                               stop_after=DEFAULT_STOP_AFTER))
             start += len(scores)
         result = benjamini_hochberg(concatenate(tests), options.alpha)
