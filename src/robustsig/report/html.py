@@ -152,7 +152,7 @@ class _Page:
         enabled = bool(self.config and (self.config.get("analyses") or {}).get(analysis) is not None
                        and (self.config["analyses"][analysis] or {}).get("enabled", True))
         names = " and ".join(f"results/{name}.csv" for name in files)
-        why = (f"although the study config enables it: the run did not finish it; rerun `robustsig study run` "
+        why = ("although the study config enables it: the run did not finish it; rerun `robustsig study run` "
                "to complete it" if enabled else f"the {analysis} analysis was not part of this study")
         return f"<p class=\"note\">Not run: {_e(names)} absent ({_e(why)}).</p>"
 
