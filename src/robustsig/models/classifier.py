@@ -140,6 +140,14 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.encode(x))
 
+    def named_parameters(self, *args: Any, **kwargs: Any):
+        """As ``nn.Module``'s, with a head built on first use (a zero-shot head) built first, so an optimizer
+        never holds its placeholders."""
+        materialize = getattr(self.head, "materialize", None)
+        if materialize is not None:
+            materialize()
+        return super().named_parameters(*args, **kwargs)
+
     # --- intermediate layers -----------------------------------------------------------------------------
     def _tap_module(self, name: str, tap: LayerTap) -> nn.Module:
         try:
