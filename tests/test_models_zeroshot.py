@@ -263,3 +263,4 @@ def test_classifier_builds_its_head_only_when_used(tokenizer, tmp_path):
         assert other.head.built
         torch.testing.assert_close(other.W, eager.weight, rtol=0, atol=0)
         assert all(p.device.type == "cpu" for p in other.parameters())
+
