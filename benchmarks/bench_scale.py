@@ -1,6 +1,6 @@
 """The whole study at the paper's sizes (issue 12, point 1), on synthetic stores, times ``--scale``.
 
-``python -m benchmarks scale --scale 0.25`` runs only this part (``--scale 1`` is the paper's size: about 45 GB of
+``python -m benchmarks scale --scale 0.25`` runs only this part (``--scale 1`` is the paper's size: about 52 GB of
 stores; the default, 0.02, takes a few minutes). What it does:
 
 1. writes the paper's datasets in their real layouts (``benchmarks.scale_data``: empty image files, Broden's CSVs
