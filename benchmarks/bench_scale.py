@@ -183,8 +183,11 @@ print(json.dumps({"seconds": time.perf_counter() - begin, "ok": summary.ok,
 
 def run_study_child(config_path: Path) -> tuple[dict[str, Any], float]:
     """``run_study`` in a child process: its summary and the child's peak RSS (GB)."""
-    env = dict(os.environ, PYTHONPATH=str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               ROBUSTSIG_PROGRESS="0")
+    import robustsig
+
+    # the child runs the very robustsig this process imported (the one that keyed the stores)
+    source = str(Path(robustsig.__file__).resolve().parents[1])
+    env = dict(os.environ, PYTHONPATH=source + os.pathsep + os.environ.get("PYTHONPATH", ""), ROBUSTSIG_PROGRESS="0")
     done = subprocess.run([sys.executable, "-c", _CHILD, str(config_path)], env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"study run failed ({done.returncode}):\n{done.stderr[-4000:]}")
