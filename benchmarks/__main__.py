@@ -1,11 +1,17 @@
 """`make bench`: every benchmark module's ``run()``, each printing side-by-side medians and ratios.
 
-    python -m benchmarks            # all
-    python -m benchmarks metrics    # modules whose name contains 'metrics'
+    python -m benchmarks                        # all
+    python -m benchmarks metrics                # modules whose name contains 'metrics'
+    python -m benchmarks scale --scale 0.25     # only the paper-scale study, at a quarter of the paper's size
+    python -m benchmarks scale --scale 1 --keep # the paper's size, keeping the synthetic data in .bench/
+
+Options (for the modules that read them, from ``benchmarks.OPTIONS``): ``--scale FRACTION`` of the paper's sizes
+(``bench_scale``; default 0.02), ``--keep`` the data written.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import pkgutil
 import sys
@@ -13,12 +19,22 @@ import sys
 import benchmarks
 
 
-def main(selected: list[str]) -> None:
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks")
+    parser.add_argument("selected", nargs="*", help="run only the modules whose name contains one of these")
+    parser.add_argument("--scale", type=float, default=None, help="fraction of the paper's sizes (bench_scale)")
+    parser.add_argument("--keep", action="store_true", help="keep the data a benchmark writes under .bench/")
+    args = parser.parse_args(argv)
+    if args.scale is not None:
+        if not 0 < args.scale <= 1:
+            parser.error(f"--scale must be in (0, 1], got {args.scale}")
+        benchmarks.OPTIONS["scale"] = args.scale
+    benchmarks.OPTIONS["keep"] = args.keep
     names = sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__) if m.name.startswith("bench_"))
-    if selected:
-        names = [n for n in names if any(s in n for s in selected)]
+    if args.selected:
+        names = [n for n in names if any(s in n for s in args.selected)]
     if not names:
-        sys.exit(f"no benchmark module matches {selected}")
+        sys.exit(f"no benchmark module matches {args.selected}")
     for name in names:
         print(f"== {name}", flush=True)
         importlib.import_module(f"benchmarks.{name}").run()

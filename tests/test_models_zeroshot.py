@@ -164,3 +164,103 @@ def test_bad_inputs(tokenizer, tmp_path):
         zero_shot_head(torch.nn.Linear(2, 2), tokenizer, NAMES, TEMPLATES, use_cache=False)
     with pytest.raises(rs.InputError, match="batch_size"):
         zero_shot_head(tiny_clip(), tokenizer, NAMES, TEMPLATES, batch_size=0, use_cache=False)
+
+
+# --- the cut-short causal text tower ------------------------------------------------------------------------
+LONG_TEMPLATES = ["{}", "a photo of a {}.", "a bad photo of the {} on a rainy afternoon in the old town square.",
+                  "itap of my {c}.", "a close-up origami sculpture of the small {}, seen from far above the table."]
+
+
+def tiny_custom_text_clip(**text) -> torch.nn.Module:
+    model = open_clip.CustomTextCLIP(
+        embed_dim=16, vision_cfg=CLIPVisionCfg(layers=1, width=32, patch_size=8, image_size=32, head_width=16),
+        text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=2, **text))
+    return model.eval()
+
+
+def sequence_lengths(model) -> list[int]:
+    """Records the token-sequence length of every text-transformer pass."""
+    lengths: list[int] = []
+    transformer = model.text.transformer if hasattr(model, "text") else model.transformer
+    transformer.register_forward_pre_hook(lambda _m, args, kwargs: lengths.append(args[0].shape[1]),
+                                          with_kwargs=True)
+    return lengths
+
+
+def min_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    return float(((a * b).sum(1) / (a.square().sum(1) * b.square().sum(1)).sqrt()).min())
+
+
+@pytest.mark.parametrize("make, causal", [(tiny_clip, True), (tiny_custom_text_clip, True),
+                                          (lambda: tiny_custom_text_clip(no_causal_mask=True), False),
+                                          (lambda: tiny_custom_text_clip(pool_type="last"), False)])
+def test_cut_short_tower_gives_open_clips_head(make, causal, tokenizer):
+    from robustsig.models.zeroshot import causal_text_tower
+
+    torch.manual_seed(0)
+    model = make()
+    assert (causal_text_tower(model) is not None) is causal
+    lengths = sequence_lengths(model)
+    head = zero_shot_head(model, tokenizer, NAMES, LONG_TEMPLATES, batch_size=3, use_cache=False)
+    templates = [t.replace("{c}", "{}") for t in LONG_TEMPLATES]
+    theirs = open_clip.build_zero_shot_classifier(model, tokenizer, NAMES, templates).T
+    assert min_cosine(head.weight, theirs) >= 0.99999
+    torch.testing.assert_close(head.weight.double(), reference_head(model, tokenizer, NAMES, LONG_TEMPLATES),
+                               rtol=1e-5, atol=1e-5)
+    # the passes after ours: open_clip's builder (10 classes a pass), then the reference (one per class)
+    ours = lengths[:-(len(NAMES) + (len(NAMES) * len(LONG_TEMPLATES) + 9) // 10)]
+    if causal:  # every batch stops at its longest prompt's end-of-text token: far short of 77
+        ends = tokenizer([t.format(n) for n in NAMES for t in templates]).argmax(-1)
+        assert sorted(ours) == ours and max(ours) == int(ends.max()) + 1 and min(ours) < max(ours) < 77
+    else:
+        assert set(ours) == {77}
+
+
+def test_cut_short_eos_pooling(tokenizer):
+    from robustsig.models.zeroshot import causal_text_tower
+
+    torch.manual_seed(1)
+    eot = tokenizer.eot_token_id
+    model = tiny_custom_text_clip(pool_type="eos", eos_id=eot)
+    assert causal_text_tower(model) is not None
+    head = zero_shot_head(model, tokenizer, NAMES, LONG_TEMPLATES, batch_size=4, use_cache=False)
+    torch.testing.assert_close(head.weight.double(), reference_head(model, tokenizer, NAMES, LONG_TEMPLATES),
+                               rtol=1e-5, atol=1e-5)
+
+
+# --- built on first use ----------------------------------------------------------------------------------------
+def test_classifier_builds_its_head_only_when_used(tokenizer, tmp_path):
+    from robustsig.models.openclip import classifier_from_clip
+    from robustsig.models.options import LoadOptions
+    from robustsig.models.spec import ModelSpec
+
+    torch.manual_seed(2)
+    model = tiny_clip()
+    lengths = sequence_lengths(model)
+    options = LoadOptions(device=torch.device("cpu"), classnames=NAMES, templates=TEMPLATES, use_cache=False)
+    clf = classifier_from_clip(model, tokenizer, spec=ModelSpec.parse("openclip:ViT-B-32"), options=options).eval()
+    probe = len(lengths)  # one prompt to learn the width
+    clf = clf.to(torch.float64).to(torch.float32)  # moves before the build are replayed after it
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        h = clf.encode(x)
+        assert clf.head.built is False and len(lengths) == probe and h.shape == (3, 16)
+        assert (clf.head.out_features, clf.head.in_features) == (len(NAMES), 16) and "not built" in repr(clf.head)
+        eager = zero_shot_head(model, tokenizer, NAMES, TEMPLATES, use_cache=False)
+        calls = len(lengths)
+        logits = clf(x)  # first use builds it
+    assert clf.head.built and len(lengths) == calls + 1
+    torch.testing.assert_close(clf.W, eager.weight, rtol=0, atol=0)
+    torch.testing.assert_close(logits, eager(h), rtol=0, atol=0)
+    assert clf.W.device.type == "cpu" and clf.W.dtype == torch.float32
+    assert clf.encoder.training is False  # the build left the image tower in eval mode
+
+    # the weight, the state dict (fingerprint) and parameters() each build a head that is not built yet
+    for use in (lambda c: c.W, lambda c: c.fingerprint(), lambda c: list(c.parameters())):
+        other = classifier_from_clip(model, tokenizer, spec=ModelSpec.parse("openclip:ViT-B-32"), options=options)
+        use(other)
+        assert other.head.built
+        torch.testing.assert_close(other.W, eager.weight, rtol=0, atol=0)
+        assert all(p.device.type == "cpu" for p in other.parameters())
+

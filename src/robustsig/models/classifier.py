@@ -159,6 +159,14 @@ class Classifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.encode(x))
 
+    def named_parameters(self, *args: Any, **kwargs: Any):
+        """As ``nn.Module``'s, with a head built on first use (a zero-shot head) built first, so an optimizer
+        never holds its placeholders."""
+        materialize = getattr(self.head, "materialize", None)
+        if materialize is not None:
+            materialize()
+        return super().named_parameters(*args, **kwargs)
+
     # --- intermediate layers -----------------------------------------------------------------------------
     def _tap_module(self, name: str, tap: LayerTap) -> nn.Module:
         try:
@@ -200,8 +208,34 @@ class Classifier(nn.Module):
     # --- identity ----------------------------------------------------------------------------------------
     def fingerprint(self) -> str:
         """A digest of every parameter and buffer (names, shapes, dtypes, values): equal weights give equal
-        fingerprints, so activation stores are keyed by the weights actually used, not by a file name."""
+        fingerprints, so activation stores are keyed by the weights actually used, not by a file name.
+
+        After :meth:`pin_fingerprint` the digest is computed once and returned again while no tensor was changed
+        in place or replaced since (checked from each tensor's storage address and version counter)."""
+        pin = self.__dict__.get("_fingerprint_pin")
+        if pin is not None and pin[0] == self._state_stamp():
+            return pin[1]
         return state_fingerprint(self.state_dict())
+
+    def pin_fingerprint(self) -> str:
+        """Compute the fingerprint and keep it for later calls (for a classifier whose weights its owner never
+        changes, e.g. a study's pool model keyed against every dataset's store); any in-place change or
+        replacement of a tensor seen afterwards drops the pin.
+
+        Example:
+            >>> clf = Classifier(torch.nn.Identity(), torch.nn.Linear(2, 2), preprocess=lambda im: im,
+            ...                  classnames=["a", "b"])
+            >>> clf.pin_fingerprint() == clf.fingerprint()
+            True
+        """
+        self.__dict__.pop("_fingerprint_pin", None)
+        digest = state_fingerprint(self.state_dict())
+        self.__dict__["_fingerprint_pin"] = (self._state_stamp(), digest)
+        return digest
+
+    def _state_stamp(self) -> tuple:
+        return tuple((name, t.data_ptr(), t._version, tuple(t.shape), t.dtype, t.device)
+                     for name, t in self.state_dict(keep_vars=True).items())
 
 
 def state_fingerprint(state: Mapping[str, torch.Tensor]) -> str:

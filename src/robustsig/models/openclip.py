@@ -26,7 +26,7 @@ from robustsig.models.fetch import hf_hub_file, url_file
 from robustsig.models.options import LoadOptions, fixed_head_classnames, random_init_warning
 from robustsig.models.prompts import imagenet_classnames, resolve_classnames
 from robustsig.models.spec import ModelSpec, close_matches
-from robustsig.models.zeroshot import zero_shot_head
+from robustsig.models.zeroshot import lazy_zero_shot_head
 
 _CHECKPOINT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "model.safetensors",
                      "open_clip_pytorch_model.bin", "pytorch_model.bin", "open_clip_pytorch_model.pth")
@@ -69,13 +69,14 @@ def load(spec: ModelSpec, options: LoadOptions) -> Classifier:
 
 def classifier_from_clip(model: nn.Module, tokenizer, *, spec: ModelSpec, options: LoadOptions) -> Classifier:
     """Wrap an open_clip model: zero-shot head from ``options`` (class names, templates, cache), image tower
-    as the encoder, the model's own eval transform as ``preprocess``."""
+    as the encoder, the model's own eval transform as ``preprocess``. The head is built when first used."""
     from open_clip import get_model_preprocess_cfg
 
     classnames = resolve_classnames(options.classnames, default=imagenet_classnames())
     model = model.to(options.device)
-    head = zero_shot_head(model, tokenizer, classnames, options.templates, batch_size=options.batch_size,
-                          device=options.device, cache_dir=options.cache_dir, use_cache=options.use_cache)
+    # built on first use: a classifier used only through encode() or its layer taps never runs the text tower
+    head = lazy_zero_shot_head(model, tokenizer, classnames, options.templates, batch_size=options.batch_size,
+                               device=options.device, cache_dir=options.cache_dir, use_cache=options.use_cache)
     preprocess_cfg = {k: list(v) if isinstance(v, tuple) else v for k, v in get_model_preprocess_cfg(model).items()}
     build = {"quick_gelu": _uses_quick_gelu(model), "preprocess_cfg": preprocess_cfg}
     return _classifier(model.visual, head, classnames, spec, build)

@@ -162,6 +162,8 @@ class Classifiers:
         except RobustsigError as error:
             self._failed[name] = error
             raise
+        # a pool model is never changed: its weights are digested once for the keys of all its stores
+        classifier.pin_fingerprint()
         self._pool[name] = classifier
         return classifier
 
