@@ -133,7 +133,7 @@ def _measure(clf: Classifier, images: torch.Tensor, work: Path) -> None:
            slow="bare model(x)", target=0.9)
 
     growth = {size: statistics.median(_child_peak_growth(size) for _ in range(3)) for size in (1024, 4096)}
-    print(f"peak RSS growth of rs.extract (median of 3 fresh processes per size, shards of 256): "
+    print("peak RSS growth of rs.extract (median of 3 fresh processes per size, shards of 256): "
           + ", ".join(f"{size} images {grown / 2**20:.1f} MiB" for size, grown in growth.items())
           + f"; ratio {growth[4096] / max(growth[1024], 1):.2f} for 4x the images (flat: ~1)", flush=True)
 

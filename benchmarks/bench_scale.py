@@ -86,7 +86,6 @@ def write_stores(config: Any, log_path: Path) -> dict[str, int]:
     from robustsig.extraction.extractor import store_key
     from robustsig.extraction.key import key_digest
     from robustsig.extraction.store import MANIFEST, read_json
-    from robustsig.extraction.writer import StoreWriter
     from robustsig.study.analyses import build_plan
     from robustsig.study.runlog import RunLog
     from robustsig.study.stores import ExtractTask
