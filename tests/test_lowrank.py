@@ -279,3 +279,27 @@ def test_curve_scores_with_the_datasets_rule_and_dedupes_fraction_zero(folder):
     assert table["flop_fraction"][1] < 1.0
     low = low_rank_classifier(clf, cal, 0.5, "singular")
     assert table["acc:id"][3] == accuracies({"x": low}, folder, progress=False)["x"]
+
+
+def test_cli_json_per_fraction_and_saved_model(tmp_path, capsys, folder):
+    import json
+
+    from cli_helpers import run_cli
+
+    out = tmp_path / "low.safetensors"
+    code, stdout, stderr = run_cli(capsys, "lowrank", "bundled:mobilenet_v2", f"folder:{folder.root}",
+                                   "--shift", f"folder:{folder.root}", "--fractions", "0,0.5", "--order",
+                                   "importance,singular", "--calibration", "4", "--batch-size", "5", "--save",
+                                   str(out), "--json")
+    assert code == 0, stderr
+    doc = json.loads(stdout)
+    rows = doc["fractions"]
+    assert [(r["order"], r["fraction"]) for r in rows] == [("importance", 0.0), ("importance", 0.5),
+                                                           ("singular", 0.0), ("singular", 0.5)]
+    assert all({"fraction", "accuracy", "parameters", "er", "flops"} <= set(r) for r in rows)
+    assert rows[0]["parameters"] == doc["parameters_original"] > rows[1]["parameters"]
+    assert rows[0]["accuracy"] == rows[2]["accuracy"]
+    again = rs.load_classifier(f"bundled:mobilenet_v2@{doc['saved']}", device="cpu")
+    assert again.meta["lowrank"]["fraction"] == 0.5 and again.meta["lowrank"]["order"] == "importance"
+    code, _, stderr = run_cli(capsys, "lowrank", "bundled:mobilenet_v2", f"folder:{folder.root}", "--order", "size")
+    assert code == 2 and "--order must be one or more of singular, importance, random" in stderr
