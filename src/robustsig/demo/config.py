@@ -73,6 +73,9 @@ DEPTHS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 """Relative depths at which MobileNetV2 and EfficientNet-Lite0 are compared by CKA."""
 WISEFT_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 PRUNING_FRACTIONS = tuple(round(0.1 * i, 1) for i in range(10))
+LOWRANK_FRACTIONS = (0.0, 0.25, 0.5, 0.75)
+LOWRANK_CALIBRATION = 64
+"""The low-rank encoder of the zero-shot MobileNetV2: fractions of every map's rank pruned, calibration images."""
 
 
 def layers_at_depths(layers: Sequence[str], depths: Sequence[float]) -> list[str]:
@@ -134,6 +137,9 @@ def demo_config(data: DemoData, out_dir: str | os.PathLike, *, finetuned: str | 
             "wiseft": {"alphas": list(WISEFT_ALPHAS), "pairs": [
                 {"name": "mobilenet_v2-wiseft", "zero_shot": ZERO_SHOT, "finetuned": FINETUNED},
             ]},
+            "layer_kurtosis": {},
+            "lowrank": {"models": [ZERO_SHOT], "fractions": list(LOWRANK_FRACTIONS),
+                        "orders": ["importance", "singular"], "calibration_images": LOWRANK_CALIBRATION},
         },
     }
     if description is not None:
