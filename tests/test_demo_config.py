@@ -50,7 +50,8 @@ def test_demo_config_validates_and_names_existing_paths(small_demo, finetuned, t
     assert (pair.zero_shot, pair.finetuned) == ("mobilenet_v2", "mobilenet_v2-ft")
     assert config.analyses.wiseft.alphas == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert config.check_paths() == []
-    assert config.enabled_analyses() == ["accuracy", "kurtosis", "importance", "pruning", "concepts", "cka", "wiseft"]
+    assert config.enabled_analyses() == ["accuracy", "kurtosis", "importance", "pruning", "concepts", "cka", "wiseft",
+                                        "layer_kurtosis", "lowrank"]
     assert [d.name for d in config.datasets.evaluation()] == ["photos", "sketch", "cartoon", "rephoto", "viewpoint",
                                                              "occlusion"]
     assert all(d.options == {"class_map": str(small_demo.class_map_path)} for d in config.datasets.evaluation())
