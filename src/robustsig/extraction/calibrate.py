@@ -122,14 +122,10 @@ def calibrate_linear_maps(classifier: Classifier, dataset: Dataset, *, images: i
             handle.remove()
     if seen == 0:
         raise InputError("the calibration set gave no image: pass a dataset with decodable images")
-    importance, zero_rows = {}, {}
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", RuntimeWarning)
-        for path, accumulator in accumulators.items():
-            count = len(caught)
-            importance[path] = accumulator.compute().cpu()
-            if len(caught) > count:
-                zero_rows[path] = accumulator._zero
+    zero_rows = {path: acc.zero_vectors for path, acc in accumulators.items() if acc.zero_vectors}
+    with warnings.catch_warnings():  # one warning for all maps below instead of one per map
+        warnings.simplefilter("ignore", RuntimeWarning)
+        importance = {path: accumulator.compute().cpu() for path, accumulator in accumulators.items()}
     if zero_rows:
         warnings.warn(f"{len(zero_rows)} linear map(s) got all-zero input vectors (e.g. {next(iter(zero_rows))}: "
                       f"{next(iter(zero_rows.values()))}); they have no direction and are left out of the importance",

@@ -142,7 +142,7 @@ def low_rank_curve(classifier: Classifier, calibration: Calibration, datasets: M
             ident = repr(sorted(model.meta["lowrank"]["ranks"].items()))
             variants.setdefault(ident, model)
             keys.append((order, float(fraction), ident))
-    first_image = next(iter(_first_shape(classifier, datasets[id_name])))
+    first_image = _image_shape(classifier, datasets[id_name])
     # counted on the original weights with explicit attention: the fused nn.MultiheadAttention path is invisible to
     # the FLOP counter, so the original module would seem cheaper than the same attention made explicit
     original_flops = flops_per_image(low_rank_classifier(classifier, calibration, 0.0), first_image)
@@ -179,10 +179,10 @@ def low_rank_curve(classifier: Classifier, calibration: Calibration, datasets: M
                                       "b1": b1, "b0": b0})
 
 
-def _first_shape(classifier: Classifier, dataset: Dataset):
+def _image_shape(classifier: Classifier, dataset: Dataset) -> tuple[int, ...]:
+    """The shape of one preprocessed image of ``dataset`` (what the FLOPs are counted on)."""
     from robustsig.extraction.calibrate import image_batches
 
     for images, _ in image_batches(classifier, dataset, batch_size=1, limit=1, device=torch.device("cpu")):
-        yield tuple(images.shape[1:])
-        return
+        return tuple(images.shape[1:])
     raise InputError("the id set gave no decodable image")

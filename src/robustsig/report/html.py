@@ -315,13 +315,17 @@ def _wiseft_section(page: _Page, models: Sequence[ModelRow]) -> str | None:
             + page.table(tables.wiseft_table(rows)))
 
 
+def _shown_dataset(page: _Page, rows: Sequence[Any]) -> str:
+    """The id set when the rows cover it, else the first dataset of the rows."""
+    dataset = _id_dataset(page, rows)
+    return dataset if dataset in {row.dataset for row in rows} else rows[0].dataset
+
+
 def _layer_kurtosis_section(page: _Page, models: Sequence[ModelRow]) -> str | None:
     rows = page.read(LayerKurtosisRow)
     if not rows:
         return None
-    dataset = _id_dataset(page, rows)
-    if dataset not in {row.dataset for row in rows}:
-        dataset = rows[0].dataset
+    dataset = _shown_dataset(page, rows)
     vectors = ", ".join(sorted({row.vectors for row in rows}))
     return page.figure(lambda: figures.layer_kurtosis_figure(models, rows, dataset), "layer_kurtosis",
                        f"Kurtosis (eq. 2) of every layer tap against relative depth on {dataset}; one vector per image "
@@ -334,9 +338,7 @@ def _lowrank_section(page: _Page, models: Sequence[ModelRow]) -> str | None:
     rows = page.read(LowRankRow)
     if not rows:
         return None
-    dataset = _id_dataset(page, rows)
-    if dataset not in {row.dataset for row in rows}:
-        dataset = rows[0].dataset
+    dataset = _shown_dataset(page, rows)
     options = ((page.config or {}).get("analyses") or {}).get("lowrank") or {}
     budget = options.get("budget", "rank")
     xlabel = "fraction of each map's rank pruned" if budget == "rank" else "fraction of the maps' parameters removed"
