@@ -92,6 +92,7 @@ def study_data(root: Path, **analyses: Any) -> dict[str, Any]:
         "cka": {"pairs": [{"model_a": "zs", "model_b": "ctrl", "layers": "all"},
                           {"model_a": "zs", "model_b": "ft", "cross": True}], "minibatch": 8},
         "wiseft": {"pairs": [{"zero_shot": "zs", "finetuned": "ft"}], "alphas": [0.0, 0.5, 1.0]},
+        "layer_kurtosis": {"models": ["zs"], "datasets": ["photos"]},
         "predict_er": {"resamples": 200},
     }
     sections.update(analyses)

@@ -60,6 +60,9 @@ _PUBLIC: dict[str, str] = {
     "zero_shot_head": "robustsig.models.zeroshot",
     "interpolate": "robustsig.models.wiseft",
     "interpolation_path": "robustsig.models.wiseft",
+    "calibrate_linear_maps": "robustsig.extraction.calibrate",
+    "low_rank_classifier": "robustsig.models.lowrank",
+    "low_rank_curve": "robustsig.models.lowrank",
     # training (the model pool: finetuning, from scratch, Wise-FT sweeps)
     "Recipe": "robustsig.train.recipes",
     "load_recipe": "robustsig.train.recipes",

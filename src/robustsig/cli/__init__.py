@@ -31,6 +31,7 @@ COMMAND_MODULES: list[str] = [
     "robustsig.cli.report",
     "robustsig.cli.train",
     "robustsig.cli.wiseft",
+    "robustsig.cli.lowrank",
 ]
 
 for _module in COMMAND_MODULES:

@@ -79,6 +79,9 @@ PRUNING_FRACTIONS = tuple(round(0.1 * i, 1) for i in range(10))
 SIGNIFICANCE_PERMUTATIONS = 200
 """Label permutations per concept in the demo (the study default is 1000): the smallest p-value, 1/201, is still
 below the Benjamini-Hochberg bound once a few of the 29 concepts are significant, at a fifth of the time."""
+LOWRANK_FRACTIONS = (0.0, 0.1, 0.25)
+LOWRANK_CALIBRATION = 64
+"""The low-rank encoder of the zero-shot MobileNetV2: fractions of every map's rank pruned, calibration images."""
 
 
 def layers_at_depths(layers: Sequence[str], depths: Sequence[float]) -> list[str]:
@@ -141,6 +144,9 @@ def demo_config(data: DemoData, out_dir: str | os.PathLike, *, finetuned: str | 
                 {"name": "mobilenet_v2-wiseft", "zero_shot": ZERO_SHOT, "finetuned": FINETUNED},
             ]},
             "predict_er": {"label_free": True},
+            "layer_kurtosis": {},
+            "lowrank": {"models": [ZERO_SHOT], "fractions": list(LOWRANK_FRACTIONS),
+                        "orders": ["importance", "singular"], "calibration_images": LOWRANK_CALIBRATION},
         },
     }
     if description is not None:

@@ -115,6 +115,11 @@ class ImportanceAccumulator:
         self._vectors += int(valid.sum())
         self._zero += int((~valid).sum())
 
+    @property
+    def zero_vectors(self) -> int:
+        """Number of all-zero activation vectors seen (left out of the mean: they have no direction)."""
+        return self._zero
+
     def mean_abs_cosine(self) -> torch.Tensor:
         """``mean_n |cos(v_i, h_n)|`` for every direction, in the order of :func:`head_svd` (float64)."""
         if self._zero:

@@ -248,7 +248,14 @@ def save_classifier(clf: Classifier, path: str | os.PathLike) -> Path:
 
 def restore_classifier(clf: Classifier, ckpt: Checkpoint) -> Classifier:
     """Load a robustsig checkpoint's weights into a classifier of the same architecture (built with random
-    weights and the checkpoint's class names)."""
+    weights and the checkpoint's class names). A low-rank model's factorised layout (``meta["lowrank"]``) is rebuilt
+    first."""
+    lowrank = (ckpt.meta or {}).get("meta", {}).get("lowrank")
+    if lowrank:
+        from robustsig.models.linear_maps import apply_structure
+
+        apply_structure(clf.encoder, lowrank.get("factorised", {}))
+        clf.meta["lowrank"] = lowrank
     load_into(clf, ckpt.state_dict, f"robustsig checkpoint {ckpt.path!r}")
     return clf
 

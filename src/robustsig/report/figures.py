@@ -152,10 +152,13 @@ def importance_figure(models: Sequence[ModelRow], importance: Sequence[Importanc
     return figure
 
 
-def pruning_figure(models: Sequence[ModelRow], pruning: Sequence[PruningRow], dataset: str, metric: str = "accuracy"
+def pruning_figure(models: Sequence[ModelRow], pruning: Sequence[PruningRow], dataset: str, metric: str = "accuracy",
+                   *, title: str = "Pruning singular directions", xlabel: str = "fraction of directions pruned"
                    ) -> Figure:
     """Fig. 3/8/9: ``metric`` (``"accuracy"`` on ``dataset``, or ``"er"``) vs the fraction of singular directions
-    pruned; color: model kind, line style: pruning order. One panel per backbone x pretraining."""
+    pruned; color: model kind, line style: pruning order. One panel per backbone x pretraining. Any rows with the
+    same fields (the low-rank model's :class:`~robustsig.study.results.LowRankRow`) plot alike, with their own
+    ``title`` and ``xlabel``."""
     if metric not in ("accuracy", "er"):
         raise InputError(f"metric: expected 'accuracy' or 'er'; got {metric!r}")
     curves: dict[tuple[str, str], list[tuple[float, float]]] = {}
@@ -168,7 +171,7 @@ def pruning_figure(models: Sequence[ModelRow], pruning: Sequence[PruningRow], da
               for group in model_groups(models)]
     groups = [group for group in groups if group.members]
     name = f"accuracy on {dataset} (%)" if metric == "accuracy" else "effective robustness (%)"
-    figure, axes = _group_panels(groups, f"Pruning singular directions: {name}")
+    figure, axes = _group_panels(groups, f"{title}: {name}")
     for ax, group in zip(axes, groups):
         for model in group.members:
             for (curve_model, order), points in curves.items():
@@ -177,7 +180,7 @@ def pruning_figure(models: Sequence[ModelRow], pruning: Sequence[PruningRow], da
                     ax.plot(*zip(*points), color=KIND_COLORS.get(model.kind), linestyle=_ORDER_STYLES.get(order, "-."),
                             marker=".", markersize=3, label=f"{model.kind}, {order}")
         ax.set_title(group.title, fontsize=9)
-        ax.set_xlabel("fraction of directions pruned")
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(name)
         ax.grid(True, linewidth=0.3)
         ax.legend(fontsize=6)
@@ -466,6 +469,28 @@ def tracking_figure(wiseft: Sequence[WiseFtRow]) -> Figure:
         ax.set_title(pair, fontsize=9)
         ax.set_xlabel("alpha")
         ax.set_ylabel("rescaled to [0, 1] over the sweep")
+def layer_kurtosis_figure(models: Sequence[ModelRow], rows: Sequence[Any], dataset: str) -> Figure:
+    """Kurtosis (eq. 2, log scale) of every layer tap against its relative depth, on ``dataset``; one panel per
+    backbone x pretraining, its models (zero-shot, finetuned, supervised) colored by kind. ``rows``:
+    :class:`~robustsig.study.results.LayerKurtosisRow`."""
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for row in rows:
+        if row.dataset == dataset and math.isfinite(row.kurtosis):
+            curves.setdefault(row.model, []).append((row.depth, row.kurtosis))
+    groups = [ModelGroup(group.title, tuple(m for m in group.members if m.model in curves))
+              for group in model_groups(models)]
+    groups = [group for group in groups if group.members]
+    figure, axes = _group_panels(groups, f"Kurtosis through the network on {dataset}")
+    for ax, group in zip(axes, groups):
+        for i, model in enumerate(group.members):
+            points = sorted(curves[model.model])
+            ax.plot(*zip(*points), color=KIND_COLORS.get(model.kind), marker=_MARKERS[i % len(_MARKERS)],
+                    markersize=3, label=f"{model.model} ({model.kind})")
+        ax.axhline(3.0, color="0.5", linewidth=0.6, linestyle=":")
+        ax.set_yscale("log")
+        ax.set_title(group.title, fontsize=9)
+        ax.set_xlabel("relative depth of the layer")
+        ax.set_ylabel("kurtosis (Gaussian = 3)")
         ax.grid(True, linewidth=0.3)
         ax.legend(fontsize=6)
     return figure

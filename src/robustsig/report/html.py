@@ -34,8 +34,9 @@ from robustsig.study.analyses.predict_er import SIGNATURES, ErPredictorRow, ErTr
 from robustsig.study.analyses.significance import ConceptSignificanceRow
 from robustsig.study.config import StudyConfig, validate_study_config
 from robustsig.study.results import (AccuracyRow, CkaRow, ConceptRow, ConceptThresholdRow, ConceptTopRow, DatasetRow,
-                                     ImportanceRow, KurtosisRow, ModelRow, OutlierRow, PrivilegedRow, PruningRow,
-                                     Results, RobustnessRow, VennRow, WiseFtRow, jsonable, package_versions,
+                                     ImportanceRow, KurtosisRow, LayerKurtosisRow, LowRankRow, ModelRow, OutlierRow,
+                                     PrivilegedRow, PruningRow, Results, RobustnessRow, VennRow, WiseFtRow, jsonable,
+                                     package_versions,
                                      study_rows)
 
 _CSS = """
@@ -360,6 +361,49 @@ def _predict_er_section(page: _Page, models: Sequence[ModelRow]) -> str | None:
                             "Wise-FT: ER and the signatures against alpha, each rescaled over its sweep.",
                             ["wiseft", "er_tracking"])
         text += page.table(tables.tracking_table(tracking))
+def _shown_dataset(page: _Page, rows: Sequence[Any]) -> str:
+    """The id set when the rows cover it, else the first dataset of the rows."""
+    dataset = _id_dataset(page, rows)
+    return dataset if dataset in {row.dataset for row in rows} else rows[0].dataset
+
+
+def _layer_kurtosis_section(page: _Page, models: Sequence[ModelRow]) -> str | None:
+    rows = page.read(LayerKurtosisRow)
+    if not rows:
+        return None
+    dataset = _shown_dataset(page, rows)
+    vectors = ", ".join(sorted({row.vectors for row in rows}))
+    return page.figure(lambda: figures.layer_kurtosis_figure(models, rows, dataset), "layer_kurtosis",
+                       f"Kurtosis (eq. 2) of every layer tap against relative depth on {dataset}; one vector per image "
+                       f"and layer ({vectors}: cls = a ViT block's class token, mean = the mean over positions or "
+                       "tokens). Every dataset, with outlier dimensions: results/layer_kurtosis.csv.",
+                       ["layer_kurtosis"])
+
+
+def _lowrank_section(page: _Page, models: Sequence[ModelRow]) -> str | None:
+    rows = page.read(LowRankRow)
+    if not rows:
+        return None
+    dataset = _shown_dataset(page, rows)
+    options = ((page.config or {}).get("analyses") or {}).get("lowrank") or {}
+    budget = options.get("budget", "rank")
+    xlabel = "fraction of each map's rank pruned" if budget == "rank" else "fraction of the maps' parameters removed"
+    kwargs = {"title": "Low-rank encoder", "xlabel": xlabel}
+    text = page.figure(lambda: figures.pruning_figure(models, rows, dataset, "accuracy", **kwargs), "lowrank_accuracy",
+                       f"Accuracy on {dataset} of the low-rank model of the whole encoder: every linear map keeps its "
+                       "most important singular directions (dashed: importance, eq. 4 on the map's own inputs; solid: "
+                       "singular value; dotted: random).", ["lowrank"])
+    if any(row.er is not None for row in rows):
+        text += page.figure(lambda: figures.pruning_figure(models, rows, dataset, "er", **kwargs), "lowrank_er",
+                            "Effective robustness of the low-rank model.", ["lowrank"])
+    shown = [row for row in rows if row.dataset == dataset]
+    body = "".join(f"<tr><td>{_e(row.model)}</td><td>{_e(row.order)}</td><td>{row.fraction:g}</td>"
+                   f"<td>{100 * row.accuracy:.1f}</td><td>{'' if row.er is None else f'{100 * row.er:.1f}'}</td>"
+                   f"<td>{100 * row.parameter_fraction:.0f}%</td><td>{100 * row.flop_fraction:.0f}%</td></tr>"
+                   for row in shown)
+    text += (f"<table><caption>Low-rank encoder on {_e(dataset)} (results/lowrank.csv)</caption><tr><th>model</th>"
+             "<th>order</th><th>fraction</th><th>accuracy (%)</th><th>ER (%)</th><th>parameters</th><th>FLOPs</th>"
+             f"</tr>{body}</table>")
     return text
 
 
@@ -371,6 +415,8 @@ _SECTIONS: tuple[tuple[str, str, tuple[str, ...], Callable[[_Page, Sequence[Mode
     ("concepts", "Concepts", ("concepts",), _concepts_section),
     ("cka", "CKA per layer", ("cka",), _cka_section),
     ("wiseft", "Wise-FT", ("wiseft",), _wiseft_section),
+    ("layer_kurtosis", "Kurtosis through the network", ("layer_kurtosis",), _layer_kurtosis_section),
+    ("lowrank", "Low-rank encoder", ("lowrank",), _lowrank_section),
     ("predict_er", "Signatures as ER predictors", ("signatures", "er_predictors"), _predict_er_section),
 )
 

@@ -42,7 +42,7 @@ from robustsig.errors import DataError, InputError
 from robustsig.study._messages import format_validation_error
 
 ANALYSES: tuple[str, ...] = ("accuracy", "kurtosis", "importance", "pruning", "concepts", "cka", "wiseft",
-                              "predict_er")
+                              "layer_kurtosis", "lowrank", "predict_er")
 """The analyses a study can run, in the order they run (and the names ``--only`` accepts)."""
 
 MODEL_KINDS: tuple[str, ...] = ("zero-shot", "finetuned", "supervised")
@@ -361,6 +361,29 @@ class WiseFtOptions(_Analysis):
     concepts: bool = Field(default=True, description="unique concepts per alpha (needs datasets.broden)")
 
 
+class LayerKurtosisOptions(_Analysis):
+    """Kurtosis (eq. 2) and outlier dimensions of every layer tap, per model and dataset (pooled layer vectors)."""
+
+    models: list[str] | None = Field(default=None, description="model names (default: every model)")
+    datasets: list[str] | None = Field(default=None, description="dataset names (default: id and shift sets)")
+
+
+class LowRankOptions(_Analysis):
+    """A low-rank model of the whole encoder: every linear map keeps its most important singular directions."""
+
+    fractions: Annotated[list[float], AfterValidator(_fractions)] = Field(
+        default_factory=lambda: [0.0, 0.25, 0.5, 0.75], min_length=1,
+        description="fractions removed, in [0, 1): of each map's rank (budget: rank) or of the maps' parameters")
+    orders: Annotated[list[PruningOrder], AfterValidator(_unique)] = Field(
+        default_factory=lambda: ["importance", "singular", "random"], min_length=1,
+        description="directions pruned first: importance (eq. 4 on each map's inputs), singular, random")
+    budget: Literal["rank", "parameters"] = "rank"
+    calibration_images: PositiveInt | None = Field(default=256, description="id images of the calibration pass "
+                                                                            "(null: all)")
+    models: list[str] | None = Field(default=None, description="model names (default: every model)")
+    datasets: list[str] | None = Field(default=None, description="dataset names (default: id and shift sets)")
+
+
 class PredictErOptions(_Analysis):
     """Signatures as ER predictors: the signature table, leave-one-model-out prediction of ER against the label-free
     baselines DoC and ATC, and Wise-FT tracking (robustsig.study.analyses.predict_er)."""
@@ -383,6 +406,8 @@ class Analyses(_Section):
     concepts: ConceptsOptions | None = None
     cka: CkaOptions | None = None
     wiseft: WiseFtOptions | None = None
+    layer_kurtosis: LayerKurtosisOptions | None = None
+    lowrank: LowRankOptions | None = None
     predict_er: PredictErOptions | None = None
 
     @model_validator(mode="before")
@@ -571,6 +596,12 @@ def _reference_problems(config: StudyConfig) -> list[str]:
     if analyses.pruning is not None:
         for i, name in enumerate(analyses.pruning.datasets or []):
             dataset_ref(f"analyses.pruning.datasets[{i}]", name)
+    for name in ("layer_kurtosis", "lowrank"):
+        section = getattr(analyses, name)
+        for i, dataset in enumerate((section.datasets or []) if section is not None else []):
+            dataset_ref(f"analyses.{name}.datasets[{i}]", dataset)
+        for i, model in enumerate((section.models or []) if section is not None else []):
+            model_ref(f"analyses.{name}.models[{i}]", model)
     needs_broden = [key for key, wanted in (("analyses.concepts", analyses.enabled("concepts")),
                                             ("analyses.wiseft.concepts",
                                              analyses.enabled("wiseft") and analyses.wiseft.concepts))

@@ -280,9 +280,46 @@ class WiseFtRow:
     unique_concepts: int | None = _column("unique concepts (singular basis)")
 
 
+@dataclass(frozen=True)
+class LayerKurtosisRow:
+    """Activation kurtosis (eq. 2) and outlier dimensions of one layer tap of a model on one dataset."""
+
+    TABLE: ClassVar[str] = "layer_kurtosis"
+    KEY: ClassVar[tuple[str, ...]] = ("model", "dataset", "layer")
+    model: str = _column("model name")
+    dataset: str = _column("dataset name")
+    layer: str = _column("layer tap name")
+    depth: float = _column("relative depth: the tap's index / (number of taps - 1), 0 = input side")
+    kurtosis: float = _column("mean over images of the kurtosis of the layer's vector (Gaussian = 3)")
+    outliers: int = _column("dimensions whose mean |activation| is at least 5 times the mean over dimensions")
+    vectors: str = _column("the vector per image: cls (a ViT's class token), mean (the mean over tokens or "
+                           "positions) or vector (a layer with one vector per image)")
+    dim: int = _column("width of the layer's vector")
+
+
+@dataclass(frozen=True)
+class LowRankRow:
+    """Accuracy of a low-rank model of the whole encoder (every linear map keeps a budget of its directions)."""
+
+    TABLE: ClassVar[str] = "lowrank"
+    KEY: ClassVar[tuple[str, ...]] = ("model", "order", "fraction", "dataset")
+    model: str = _column("model name")
+    order: str = _column("importance (eq. 4 on each map's inputs), singular or random: the directions pruned first")
+    fraction: float = _column("fraction removed: of each map's rank, or of the maps' parameters (see provenance)")
+    dataset: str = _column("dataset name")
+    accuracy: float = _column("top-1 accuracy of the low-rank model")
+    er: float | None = _column("ER of the low-rank model (the same on every dataset row of this model, order and "
+                               "fraction; empty without shift sets)")
+    parameters: int = _column("parameters of the low-rank classifier (encoder and head)")
+    parameter_fraction: float = _column("parameters relative to the original model")
+    flop_fraction: float = _column("FLOPs per image relative to the original model (matrix products, convolutions, "
+                                   "attention)")
+
+
 TABLES: dict[str, type] = {row.TABLE: row for row in (
     ModelRow, DatasetRow, AccuracyRow, RobustnessRow, KurtosisRow, OutlierRow, ImportanceRow, PrivilegedRow,
-    PruningRow, ConceptRow, ConceptTopRow, VennRow, CkaRow, WiseFtRow, ConceptThresholdRow)}
+    PruningRow, ConceptRow, ConceptTopRow, VennRow, CkaRow, WiseFtRow, ConceptThresholdRow,
+    LayerKurtosisRow, LowRankRow)}
 """Table name -> row type; the CSV file is ``NAME.csv``. Analyses that keep their rows beside them add them with
 :func:`register_table`."""
 

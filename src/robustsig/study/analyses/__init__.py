@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from robustsig.study.analyses import (accuracy, cka, concept_thresholds, concepts, importance, kurtosis, predict_er,
-                                     pruning, significance, wiseft)
+from robustsig.study.analyses import (accuracy, cka, concept_thresholds, concepts, importance, kurtosis,
+                                     layer_kurtosis, lowrank, predict_er, pruning, significance, wiseft)
 from robustsig.study.config import ModelEntry, StudyConfig
 from robustsig.study.plan import Planner
 from robustsig.study.tasks import Task
@@ -25,7 +25,7 @@ def _concepts_plan(planner: Planner, config: StudyConfig, entry: ModelEntry) -> 
 
 PER_MODEL: dict[str, Callable[[Planner, StudyConfig, ModelEntry], None]] = {
     "accuracy": accuracy.plan, "kurtosis": kurtosis.plan, "importance": importance.plan, "pruning": pruning.plan,
-    "concepts": _concepts_plan}
+    "concepts": _concepts_plan, "layer_kurtosis": layer_kurtosis.plan, "lowrank": lowrank.plan}
 """Analysis name -> adds the tasks of one model."""
 
 PER_POOL: dict[str, Callable[[Planner, StudyConfig], None]] = {
@@ -40,7 +40,10 @@ def build_plan(full: StudyConfig, selected: StudyConfig) -> list[Task]:
         full: the whole config; it decides which stores hold layers (CKA), so a selection never changes a store.
         selected: what to run.
     """
-    planner = Planner(cka.layer_requests(full), full.analyses.cka.pooling if full.analyses.cka else "auto")
+    requests = cka.layer_requests(full)
+    for key, layers in layer_kurtosis.layer_requests(full).items():  # every tap: "all" covers any CKA request
+        requests[key] = layers
+    planner = Planner(requests, full.analyses.cka.pooling if full.analyses.cka else "auto")
     enabled = selected.enabled_analyses()
     for entry in selected.models:
         for name in enabled:
