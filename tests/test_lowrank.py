@@ -281,6 +281,33 @@ def test_curve_scores_with_the_datasets_rule_and_dedupes_fraction_zero(folder):
     assert table["acc:id"][3] == accuracies({"x": low}, folder, progress=False)["x"]
 
 
+def test_curve_evaluates_each_order_on_its_own_model(folder, monkeypatch):
+    """Two orders at one fraction keep as many directions per map but different ones: each is its own model
+    (a curve that deduplicated by ranks alone scored the singular order with the importance order's model)."""
+    import robustsig.models.lowrank as lowrank_module
+
+    clf = clip_classifier("vit")
+    cal = calibrate_linear_maps(clf, folder, progress=False)
+    seen = {}
+    real = lowrank_module.accuracies
+
+    def spy(variants, dataset, **kwargs):
+        seen.update(variants)
+        return real(variants, dataset, **kwargs)
+
+    monkeypatch.setattr(lowrank_module, "accuracies", spy)
+    low_rank_curve(clf, cal, {"id": folder}, id_name="id", shift_names=[], fractions=[0.0, 0.5],
+                   orders=["importance", "singular"], progress=False)
+    assert len(seen) == 3  # the original (fraction 0 of both orders) and one model per order at 0.5
+    x = batch_of(clf, folder, n=4)
+    with torch.no_grad():
+        by_order = {order: low_rank_classifier(clf, cal, 0.5, order)(x) for order in ("importance", "singular")}
+        evaluated = {ident: model(x) for ident, model in seen.items()}
+    assert not torch.equal(by_order["importance"], by_order["singular"])  # the orders keep different directions
+    assert any(torch.equal(logits, by_order["singular"]) for logits in evaluated.values())
+    assert any(torch.equal(logits, by_order["importance"]) for logits in evaluated.values())
+
+
 def test_cli_json_per_fraction_and_saved_model(tmp_path, capsys, folder):
     import json
 

@@ -136,16 +136,20 @@ def low_rank_curve(classifier: Classifier, calibration: Calibration, datasets: M
         raise InputError("give at least one fraction and one order")
     variants: dict[str, Classifier] = {}
     keys: list[tuple[str, float, str]] = []
+    original = low_rank_classifier(classifier, calibration, 0.0)  # every map at full rank
+    full_ranks = original.meta["lowrank"]["ranks"]
     for order in orders:
         for fraction in fractions:
+            # one model per kept set: equal ranks are not enough (two orders keep as many, but different,
+            # directions of each map); a budget that prunes nothing is the original model for every order
             model = low_rank_classifier(classifier, calibration, float(fraction), order, budget, seed=seed)
-            ident = repr(sorted(model.meta["lowrank"]["ranks"].items()))
+            ident = f"{order}@{float(fraction)!r}" if model.meta["lowrank"]["ranks"] != full_ranks else "original"
             variants.setdefault(ident, model)
             keys.append((order, float(fraction), ident))
     first_image = _image_shape(classifier, datasets[id_name])
     # counted on the original weights with explicit attention: the fused nn.MultiheadAttention path is invisible to
     # the FLOP counter, so the original module would seem cheaper than the same attention made explicit
-    original_flops = flops_per_image(low_rank_classifier(classifier, calibration, 0.0), first_image)
+    original_flops = flops_per_image(original, first_image)
     flops = {ident: flops_per_image(model, first_image) for ident, model in variants.items()}
     scores = {name: accuracies(variants, dataset, batch_size=batch_size, workers=workers, device=device,
                                progress=progress, desc=f"low-rank on {name}")
