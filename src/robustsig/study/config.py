@@ -382,6 +382,7 @@ class LowRankOptions(_Analysis):
                                                                             "(null: all)")
     models: list[str] | None = Field(default=None, description="model names (default: every model)")
     datasets: list[str] | None = Field(default=None, description="dataset names (default: id and shift sets)")
+    seed: int = 0
 
 
 class PredictErOptions(_Analysis):
