@@ -34,7 +34,7 @@ def report(tmp_path_factory):
 def test_every_section_table_and_figure_is_written(report):
     files, page = report
     assert files.sections == {name: True for name in ("accuracy", "kurtosis", "importance", "pruning", "concepts",
-                                                       "cka", "wiseft", "predict_er")}
+                                                       "cka", "wiseft", "layer_kurtosis", "lowrank", "predict_er")}
     assert "Not run" not in page
     stems = {path.stem for path in files.tables}
     assert stems == {"accuracy", "accuracy_by_dataset", "kurtosis", "privileged", "concepts_singular",
@@ -45,11 +45,12 @@ def test_every_section_table_and_figure_is_written(report):
     assert figure_stems == ["concept_thresholds_singular", "er_tracking", "fig11_wiseft", "fig1_robustness",
                             "fig2_importance", "fig3_pruning_accuracy", "fig4_venn_neuron_0", "fig4_venn_neuron_1",
                             "fig4_venn_singular_0", "fig4_venn_singular_1", "fig5_cka_depth", "fig6_cka_0",
-                            "fig9_pruning_er", "signatures_vs_er"]
+                            "fig9_pruning_er", "layer_kurtosis", "lowrank_accuracy", "lowrank_er",
+                            "signatures_vs_er"]
     # the figures are inlined: one data-URI image per figure, identical to the PNG written next to the page
     inlined = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     pngs = {path.read_bytes() for path in files.figures if path.suffix == ".png"}
-    assert len(inlined) == len(pngs) == 14 and {base64.b64decode(data) for data in inlined} == pngs
+    assert len(inlined) == len(pngs) == 17 and {base64.b64decode(data) for data in inlined} == pngs
     assert "<link" not in page and "src=\"http" not in page and "href=\"http" not in page  # self-contained
     # the CKA section names its estimator and datasets; Fig. 5 shows the id set and the shift sets' band
     assert "Estimator: minibatch (minibatch: the paper" in page and "Datasets: val, sketch, v2." in page
@@ -126,7 +127,8 @@ def test_report_command(tmp_path, capsys):
     document = json.loads(capsys.readouterr().out)
     assert caught.value.code == 0 and document["html"] == str(tmp_path / "report" / "report.html")
     assert document["sections"] == {"accuracy": True, "kurtosis": False, "importance": False, "pruning": False,
-                                    "concepts": False, "cka": False, "wiseft": False, "predict_er": False}
+                                    "concepts": False, "cka": False, "wiseft": False, "layer_kurtosis": False,
+                                    "lowrank": False, "predict_er": False}
     assert [path.rsplit("/", 1)[1] for path in document["tables"]] == ["accuracy_by_dataset.csv",
                                                                        "accuracy_by_dataset.md",
                                                                        "accuracy_by_dataset.tex"]

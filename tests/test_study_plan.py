@@ -52,7 +52,9 @@ def test_the_plan_is_a_topological_order_model_by_model(config):
     assert {"extract:zs:photos", "extract:ft:shift-b", "extract:zs@alpha=0.5:photos",
             "concept_ap:zs@alpha=0.5:singular", "concept_ap:ft:singular"} <= set(wiseft.needs)
     # the paper's CKA (minibatch) runs both models itself, on the id set and every shift set: no layers stored
-    assert all(task.layers == () for task in tasks if isinstance(task, ExtractTask))
+    # the only layers stored are the ones layer_kurtosis asks for (every tap of zs on the id set)
+    assert {task.id: task.layers for task in tasks if isinstance(task, ExtractTask) and task.layers} == {
+        "extract:zs:photos": "all"}
     cka = [task for task in tasks if task.tag == "cka"]
     assert [(task.id, task.needs) for task in cka] == [(f"cka:zs:{b}:{d}", ()) for d in ("photos", "shift-a", "shift-b")
                                                        for b in ("ctrl", "ft")]
@@ -109,7 +111,8 @@ def test_custom_layers_and_datasets(tmp_path):
                       cka={"pairs": [{"model_a": "zs", "model_b": "ctrl", "layers": ["block1"],
                                       "layers_b": ["stage0", "stage3"]},
                                      {"model_a": "zs", "model_b": "ft", "layers": ["block4", "block1"]}],
-                           "dataset": "shift-a", "pooling": "mean", "estimator": "pooled"})
+                           "dataset": "shift-a", "pooling": "mean", "estimator": "pooled"},
+                      layer_kurtosis={"enabled": False})
     config = validate_study_config(data, base_dir=tmp_path)
     tasks = {task.id: task for task in build_plan(config, config)}
     assert tasks["extract:zs:shift-a"].layers == ("block1", "block4")

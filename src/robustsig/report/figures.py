@@ -469,6 +469,11 @@ def tracking_figure(wiseft: Sequence[WiseFtRow]) -> Figure:
         ax.set_title(pair, fontsize=9)
         ax.set_xlabel("alpha")
         ax.set_ylabel("rescaled to [0, 1] over the sweep")
+        ax.grid(True, linewidth=0.3)
+        ax.legend(fontsize=6)
+    return figure
+
+
 def layer_kurtosis_figure(models: Sequence[ModelRow], rows: Sequence[Any], dataset: str) -> Figure:
     """Kurtosis (eq. 2, log scale) of every layer tap against its relative depth, on ``dataset``; one panel per
     backbone x pretraining, its models (zero-shot, finetuned, supervised) colored by kind. ``rows``:

@@ -361,6 +361,9 @@ def _predict_er_section(page: _Page, models: Sequence[ModelRow]) -> str | None:
                             "Wise-FT: ER and the signatures against alpha, each rescaled over its sweep.",
                             ["wiseft", "er_tracking"])
         text += page.table(tables.tracking_table(tracking))
+    return text
+
+
 def _shown_dataset(page: _Page, rows: Sequence[Any]) -> str:
     """The id set when the rows cover it, else the first dataset of the rows."""
     dataset = _id_dataset(page, rows)
