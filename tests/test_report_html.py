@@ -147,7 +147,7 @@ def test_the_page_renders_in_chromium_without_errors(report):
     files, _ = report
     seen = check_page(files.html)
     assert seen.errors == [] and seen.dialogs == []
-    assert len(seen.images) == 11
+    assert len(seen.images) == 17  # every figure of the page, as inlined (test_every_section_table_and_figure_is_written)
     assert all(image["complete"] and image["width"] > 0 and image["height"] > 0 for image in seen.images)
     assert seen.scripts == 0 and seen.title == f"study {XSS}"
     assert f"{XSS} (0.97)" in seen.text  # the concept name is shown as text, not run
