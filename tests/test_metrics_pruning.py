@@ -177,3 +177,47 @@ def test_bad_arguments_are_named(head_and_data):
         rs.pruning_curve(h, torch.full((400,), -1), W)
     with pytest.raises(rs.InputError, match="30 entries"):
         rs.pruning_curve(h, labels, W, b[:5])
+
+
+@pytest.mark.parametrize("scoring", [{}, {"class_mask": [3, 5, 7, 11, 13, 17]},
+                                     {"class_map": [[0, 1, 2], [7], [10, 12], [20, 21, 22, 25]]}])
+def test_curves_of_several_orders_equal_rebuilding_the_head(scoring):
+    # 1,300 rows in batches of 1,100 and 200: blocks of scored rows end inside a batch and at its end
+    g = torch.Generator().manual_seed(8)
+    W = torch.randn(30, 48, dtype=torch.float64, generator=g)
+    b = torch.randn(30, dtype=torch.float64, generator=g)
+    h = torch.randn(1300, 48, dtype=torch.float64, generator=g)
+    if "class_map" in scoring:
+        labels = torch.randint(0, 4, (1300,), generator=g)
+    elif "class_mask" in scoring:
+        labels = torch.tensor(scoring["class_mask"])[torch.randint(0, 6, (1300,), generator=g)]
+    else:
+        labels = (h @ W.T + b + 2.0 * torch.randn(1300, 30, dtype=torch.float64, generator=g)).argmax(1)
+    fractions = [0.0, 0.1, 0.35, 0.5, 0.8, 1.0]
+    importance = rs.direction_importance(W, h)
+    curves = rs.PruningCurves(W, b, fractions, ["singular", "importance", "random"], importance=importance, seed=4,
+                              **scoring)
+    for rows in (slice(0, 1100), slice(1100, 1300)):
+        curves.update(h[rows], labels[rows])
+    result = curves.compute()
+    assert list(result) == ["singular", "importance", "random"]
+    for order, curve in result.items():
+        reference = {"class_indices" if name == "class_mask" else name: value for name, value in scoring.items()}
+        expected = naive_curve(h, labels, W, b, fractions, order, importance=importance, seed=4, **reference)
+        np.testing.assert_array_equal(curve["accuracy"], expected)
+        assert curve.meta == {"order": order, "rank": 30, "n_samples": 1300}
+    assert not np.array_equal(result["singular"]["accuracy"], result["random"]["accuracy"])
+
+
+def test_row_argmax_is_torch_argmax_with_ties_nan_and_views():
+    from robustsig.metrics.scoring import row_argmax
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randint(0, 4, (300, 40), generator=g).double()           # many ties: the first maximum wins
+    x[5, 7] = float("nan")
+    x[6, :] = float("-inf")
+    x[7, [3, 9]] = float("nan")                                          # the first NaN wins
+    for view in (x, x.float(), x[:, 5:30], x.T.contiguous().T, x.float()[::2]):
+        assert row_argmax(view).tolist() == view.argmax(dim=1).tolist()
+    half = x.half()
+    assert row_argmax(half).tolist() == half.argmax(dim=1).tolist()

@@ -32,6 +32,7 @@ _PUBLIC: dict[str, str] = {
     "importance_spearman": "robustsig.metrics.directions",
     "pruning_curve": "robustsig.metrics.pruning",
     "PruningAccumulator": "robustsig.metrics.pruning",
+    "PruningCurves": "robustsig.metrics.pruning",
     "pruning_effective_robustness": "robustsig.metrics.pruning",
     "MetricTable": "robustsig.metrics.table",
     "top1_correct": "robustsig.metrics.scoring",

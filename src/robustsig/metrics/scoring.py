@@ -37,6 +37,22 @@ ClassIndices = Sequence[int] | Tensor
 ClassMap = Sequence[Sequence[int]]
 
 
+def row_argmax(scores: Tensor) -> Tensor:
+    """The index of each row's maximum (the first one on ties; a NaN counts as the maximum), as ``torch.argmax``.
+
+    Hand-written because torch's CPU ``argmax`` over rows is slow: on a 4096 x 1000 float32 block it takes ~8 ms,
+    ``amax`` 0.35 ms and numpy's vectorised ``argmax`` 0.8 ms (same semantics: first maximum, NaN wins). Scoring a
+    pruning curve takes one argmax per level, so CPU float32/float64 rows go through numpy; other devices and
+    dtypes keep torch's.
+
+    >>> row_argmax(torch.tensor([[1.0, 3.0, 3.0], [float("nan"), 5.0, 0.0]])).tolist()
+    [1, 0]
+    """
+    if scores.device.type == "cpu" and scores.dtype in (torch.float32, torch.float64) and scores.dim() == 2:
+        return torch.from_numpy(scores.detach().numpy().argmax(axis=1))
+    return scores.argmax(dim=1)
+
+
 def _check_range(ids: Tensor, num_logits: int, what: str) -> None:
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_logits):
         raise InputError(f"{what} must be logit indices in 0..{num_logits - 1}, got {int(ids.min())}.."
@@ -151,13 +167,20 @@ class TopOneRule:
             return scored_logits[:, self._class_positions.to(scored_logits.device)].amax(dim=2)
         return scored_logits
 
+    def targets(self, labels: Tensor) -> Tensor:
+        """The position in :meth:`class_scores` each label's row must put first (for scoring many logits of the
+        same rows, as the levels of a pruning curve, with :meth:`hits`)."""
+        if self._class_positions is not None:
+            return labels
+        return self._label_to_position.to(labels.device)[labels]
+
+    def hits(self, scored_logits: Tensor, targets: Tensor) -> Tensor:
+        """Boolean vector: is the top-1 prediction the row's :meth:`targets` position?"""
+        return row_argmax(self.class_scores(scored_logits)).to(targets.device) == targets
+
     def correct(self, scored_logits: Tensor, labels: Tensor) -> Tensor:
         """Boolean vector: is the top-1 prediction right? ``scored_logits`` holds the :attr:`columns` only."""
-        labels = labels.to(scored_logits.device)
-        scores = self.class_scores(scored_logits)
-        if self._class_positions is not None:
-            return scores.argmax(dim=1) == labels
-        return scores.argmax(dim=1) == self._label_to_position.to(scored_logits.device)[labels]
+        return self.hits(scored_logits, self.targets(labels.to(scored_logits.device)))
 
 
 def top1_correct(logits: Any, labels: Any, class_indices: Any = None, class_map: ClassMap | None = None) -> Tensor:

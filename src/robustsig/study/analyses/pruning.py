@@ -1,9 +1,9 @@
 """Pruning curves: accuracy (and ER) after pruning a fraction of the head's least important singular directions,
 per order (singular value, importance, random), on the id set and every shift set: ``pruning.csv``.
 
-Each dataset's store is read once for all orders and fractions (:class:`robustsig.metrics.pruning.PruningAccumulator`
-evaluates every level from one projection), scored with the dataset's rule. The ``importance`` order uses the
-importance computed on the id set for every dataset, as the paper does. ER per fraction
+Each dataset's store is read once for all orders and fractions (:class:`robustsig.metrics.pruning.PruningCurves`
+evaluates every level of every order from one projection), scored with the dataset's rule. The ``importance``
+order uses the importance computed on the id set for every dataset, as the paper does. ER per fraction
 (:func:`robustsig.pruning_effective_robustness`) is given when the curves cover the id set and every shift set; it
 is empty at levels where the pruned id accuracy is 0 or 1.
 """
@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
-from robustsig.metrics.pruning import PruningAccumulator, pruning_effective_robustness
+from robustsig.metrics.pruning import PruningCurves, pruning_effective_robustness
 from robustsig.metrics.table import MetricTable
 from robustsig.study.analyses._streams import BATCH_ROWS, store_bias, store_head_svd, store_importance
 from robustsig.study.config import ModelEntry, PruningOptions, StudyConfig
@@ -67,12 +67,11 @@ class PruningTask(AnalysisTask):
         curves: dict[str, dict[str, MetricTable]] = {}
         for name in self.datasets:
             scoring = pruning_scoring(ctx.dataset(name))
-            accumulators = {order: PruningAccumulator(svd, bias, options.fractions, order, importance=importance,
-                                                      seed=options.seed, **scoring) for order in options.orders}
+            accumulator = PruningCurves(svd, bias, options.fractions, options.orders, importance=importance,
+                                        seed=options.seed, **scoring)
             for batch in ctx.store(self.subject, name).store.batches(["h", "labels"], BATCH_ROWS):
-                for accumulator in accumulators.values():
-                    accumulator.update(batch["h"], batch["labels"])
-            curves[name] = {order: accumulator.compute() for order, accumulator in accumulators.items()}
+                accumulator.update(batch["h"], batch["labels"])
+            curves[name] = accumulator.compute()
 
         er: dict[str, list[float | None]] = {}
         undefined = 0
