@@ -93,17 +93,15 @@ def write_results(root: Path) -> Results:
     results.write(ConceptSignificanceRow, [ConceptSignificanceRow(m, "singular", 40, len(c), 1.5, len(c) - 1, len(c),
                                                                   0.05, 1000, 0.9, "positive")
                                            for m, c in CONCEPTS.items()])
-    predict_er_tables(results, PredictErOptions(resamples=100), write=True)
-    from robustsig.study.analyses.predict_er import LabelFreeRow, SignatureLayerRow
+    from robustsig.study.analyses.predict_er import LabelFreeRow
     from robustsig.study.results import LayerKurtosisRow, LowRankRow
 
     layers = ["block0", "block1", "block2"]
-    results.write(SignatureLayerRow, [SignatureLayerRow(m.model, "val", layer, 3.0 + i) for m in MODELS
-                                      for i, layer in enumerate(layers)])
     results.write(LabelFreeRow, [LabelFreeRow(m, method, d, acc - 0.05, acc) for m, accs in ACCURACY.items()
                                  for method in ("doc", "atc-maxprob") for d, acc in zip(("v2", "sketch"), accs[1:])])
     results.write(LayerKurtosisRow, [LayerKurtosisRow(m.model, "val", layer, i / 2, 3.0 + i * (m.kind == "zero-shot"),
                                                       i, "mean", 64) for m in MODELS for i, layer in enumerate(layers)])
+    predict_er_tables(results, PredictErOptions(resamples=100), write=True)  # its layer profile reads the rows above
     results.write(LowRankRow, [LowRankRow("rn50-oa-zs", order, f, d, 0.6 - f / 2, 0.05 - f / 10, int(1e6 * (1 - f)),
                                           1 - f, 1 - f) for order in ("importance", "singular")
                                for f in (0.0, 0.5) for d in ("val", "v2")])

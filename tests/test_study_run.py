@@ -342,7 +342,8 @@ def test_concept_significance_follows_its_p_values(study):
 
 def test_signatures_and_er_prediction_follow_the_tables_and_stores(study):
     from robustsig.study.analyses.predict_er import (ErPredictionRow, ErPredictorRow, ErTrackingRow, LabelFreeRow,
-                                                     SignatureLayerRow, SignatureRow)
+                                                     SignatureRow)
+    from robustsig.study.results import LayerKurtosisRow
 
     signatures = {row.model: row for row in study.read(SignatureRow)}
     assert list(signatures) == list(MODELS)
@@ -355,13 +356,15 @@ def test_signatures_and_er_prediction_follow_the_tables_and_stores(study):
         importance = np.sort([r.importance for r in study.read(ImportanceRow) if r.model == model])[::-1]
         top = max(1, round(0.2 * importance.size))
         assert row.importance_concentration == pytest.approx(importance[:top].sum() / importance.sum())
-    # the layer profile: the stores of the CKA models hold layers, the id set's kurtosis of each
-    layers = study.read(SignatureLayerRow)
+    # the layer profile: layer_kurtosis.csv's rows of the model on its kurtosis dataset (the id set)
+    profile = [row for row in study.read(LayerKurtosisRow) if row.model == "zs" and row.dataset == "photos"]
     zs_store = store(study, "zs", "photos")
-    assert [row.layer for row in layers if row.model == "zs"] == zs_store.layers
-    first = next(row for row in layers if row.model == "zs")
+    assert [row.layer for row in profile] == zs_store.layers and len(profile) > 1
+    assert signatures["zs"].layers == len(profile)
+    assert signatures["zs"].layer_kurtosis_mean == pytest.approx(np.mean([row.kurtosis for row in profile]))
+    first = profile[0]
     assert first.kurtosis == pytest.approx(rs.activation_kurtosis(zs_store.read(first.layer).flatten(1)), rel=1e-9)
-    assert signatures["mnv2"].layers is None  # no layer store: the column stays empty
+    assert signatures["mnv2"].layers is None  # layer_kurtosis left it out: the column stays empty
     # DoC and ATC on the stores, with the folder sets' (plain) scoring rule
     label_free = {(row.model, row.method, row.dataset): row for row in study.read(LabelFreeRow)}
     for model in MODELS:

@@ -5,8 +5,9 @@ Tables (``results/``):
 - ``signatures.csv``: one row per model, from in-distribution data only: kurtosis and the outlier-dimension count,
   the privileged-direction count and top importance ratio, the importance concentration (share of the total
   importance held by the top 20% of directions), unique concepts raw and significant (with the chance level) and
-  polysemanticity in the singular basis, the mean of the all-layer kurtosis profile where the model's store holds
-  layers (the profile itself: ``signature_layers.csv``), and the measured ER next to them.
+  polysemanticity in the singular basis, the mean of the all-layer kurtosis profile where the ``layer_kurtosis``
+  analysis measured the model on that same set (the profile itself: ``layer_kurtosis.csv``), and the measured ER
+  next to them.
 - ``label_free.csv``: DoC and ATC (max-softmax and negative-entropy scores) predicted accuracy on each shift set,
   from the stored logits with each set's scoring rule (:mod:`robustsig.metrics.labelfree`), with the measured
   accuracy beside it; their mean over the shift sets gives a predicted ACC(S) and so a predicted ER.
@@ -37,8 +38,8 @@ from robustsig.errors import DataError
 from robustsig.metrics.erpredict import agreement, loo_mean, loo_monotone, loo_ridge, small_pool_note
 from robustsig.study.config import PredictErOptions, StudyConfig
 from robustsig.study.plan import Planner
-from robustsig.study.results import (ConceptRow, ImportanceRow, KurtosisRow, ModelRow, OutlierRow, PrivilegedRow,
-                                     Results, RobustnessRow, WiseFtRow, _column, register_table)
+from robustsig.study.results import (ConceptRow, ImportanceRow, KurtosisRow, LayerKurtosisRow, ModelRow, OutlierRow,
+                                     PrivilegedRow, Results, RobustnessRow, WiseFtRow, _column, register_table)
 from robustsig.study.subjects import model_subject
 from robustsig.study.tasks import AnalysisTask, RunContext
 
@@ -82,22 +83,9 @@ class SignatureRow:
     significant_concepts: int | None = _column("unique concepts whose max AP is significant (BH), singular basis")
     chance_unique: float | None = _column("the chance level of unique_concepts")
     polysemanticity: float | None = _column("polysemanticity (concepts.csv), singular basis")
-    layers: int | None = _column("layers of the store whose kurtosis profile is in signature_layers.csv")
+    layers: int | None = _column("layer taps of the model in layer_kurtosis.csv on the same dataset")
     layer_kurtosis_mean: float | None = _column("mean kurtosis over those layers")
     er: float | None = _column("the measured ER (robustness.csv), for the scatter")
-
-
-@register_table
-@dataclass(frozen=True)
-class SignatureLayerRow:
-    """The all-layer kurtosis profile: the kurtosis of each stored layer's (pooled) output."""
-
-    TABLE: ClassVar[str] = "signature_layers"
-    KEY: ClassVar[tuple[str, ...]] = ("model", "layer")
-    model: str = _column("model name")
-    dataset: str = _column("the in-distribution set")
-    layer: str = _column("layer tap (store order)")
-    kurtosis: float = _column("activation kurtosis of its pooled output")
 
 
 @register_table
@@ -175,13 +163,12 @@ def _finite(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else value
 
 
-def signature_rows(results: Results, layers: Mapping[str, Sequence[SignatureLayerRow]] | None = None
-                   ) -> list[SignatureRow]:
-    """The signature table from the results tables present (a missing table leaves its columns empty).
+def signature_rows(results: Results) -> list[SignatureRow]:
+    """The signature table from the results tables present (a missing table leaves its columns empty). The layer
+    profile of a model is its ``layer_kurtosis.csv`` rows on the dataset its kurtosis was measured on.
 
     Args:
         results: the results folder.
-        layers: the layer kurtosis profile per model (default: ``signature_layers.csv`` when present).
 
     Raises:
         DataError: the folder has neither models.csv nor robustness.csv.
@@ -193,11 +180,11 @@ def signature_rows(results: Results, layers: Mapping[str, Sequence[SignatureLaye
     if not models:
         raise DataError(f"{results.root} holds neither models.csv nor robustness.csv: expected the results/ folder of "
                         "a study run with the accuracy analysis and shift sets")
-    if layers is None:
-        layers = {}
-        for row in _read(results, SignatureLayerRow):
-            layers.setdefault(row.model, []).append(row)
     kurtosis = {row.model: row for row in _read(results, KurtosisRow)}
+    layers: dict[str, list[LayerKurtosisRow]] = {}
+    for row in _read(results, LayerKurtosisRow):
+        if row.model in kurtosis and row.dataset == kurtosis[row.model].dataset:
+            layers.setdefault(row.model, []).append(row)
     outliers: dict[str, int] = {}
     for row in _read(results, OutlierRow):
         outliers[row.model] = outliers.get(row.model, 0) + 1
@@ -213,7 +200,7 @@ def signature_rows(results: Results, layers: Mapping[str, Sequence[SignatureLaye
         k, p, c, s, r = (table.get(model) for table in (kurtosis, privileged, concepts, significance, robustness))
         profile = layers.get(model, [])
         rows.append(SignatureRow(
-            model, k.dataset if k else (profile[0].dataset if profile else ""),
+            model, k.dataset if k else "",
             k.kurtosis if k else None, outliers.get(model, 0) if k else None,
             p.num_privileged if p else None, _finite(p.top_ratio) if p else None,
             importance_concentration(importance[model], TOP_FRACTION) if model in importance else None,
@@ -362,7 +349,6 @@ class PredictErResult:
 
 
 def predict_er_tables(results: Results, options: PredictErOptions | None = None, *, write: bool = False,
-                      layers: Mapping[str, Sequence[SignatureLayerRow]] | None = None,
                       label_free: Sequence[LabelFreeRow] | None = None) -> PredictErResult:
     """The signature table, the leave-one-out evaluation and the Wise-FT tracking of a results folder.
 
@@ -370,10 +356,10 @@ def predict_er_tables(results: Results, options: PredictErOptions | None = None,
         results: the results folder.
         options: the analysis options (default: the defaults).
         write: write signatures.csv, er_predictions.csv, er_predictors.csv and er_tracking.csv.
-        layers, label_free: fresh rows (default: those in the folder).
+        label_free: fresh rows (default: those in the folder).
     """
     options = options or PredictErOptions()
-    signatures = signature_rows(results, layers)
+    signatures = signature_rows(results)
     evaluation = evaluate(signatures, label_free_er(results, label_free), combination=options.combination,
                           resamples=options.resamples, seed=options.seed)
     tracking = tracking_rows(_read(results, WiseFtRow))
@@ -386,20 +372,6 @@ def predict_er_tables(results: Results, options: PredictErOptions | None = None,
 
 
 # --------------------------------------------------------------------------- the study step
-
-def _layer_profile(ctx: RunContext, model: str, dataset: str) -> list[SignatureLayerRow]:
-    from robustsig.metrics.kurtosis import KurtosisAccumulator
-    from robustsig.study.analyses._streams import BATCH_ROWS
-
-    store = ctx.store(model_subject(model), dataset).store
-    rows = []
-    for layer in store.layers:
-        accumulator = KurtosisAccumulator()
-        for batch in store.batches([layer], BATCH_ROWS):
-            accumulator.update(batch[layer].flatten(1))
-        rows.append(SignatureLayerRow(model, dataset, layer, accumulator.compute()))
-    return rows
-
 
 def _scores(store: Any, rule: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
     """Per-image confidences (both scores) and correctness of a store's logits under ``rule``, batch by batch."""
@@ -439,7 +411,7 @@ def label_free_rows(ctx: RunContext, model: str, id_name: str, shifts: Sequence[
     return rows
 
 
-_READS = ("accuracy", "kurtosis", "importance", "concepts")
+_READS = ("accuracy", "kurtosis", "importance", "concepts", "layer_kurtosis")
 
 
 class PredictErTask(AnalysisTask):
@@ -467,10 +439,7 @@ class PredictErTask(AnalysisTask):
         return all(ctx.results.has(table) for table in (SignatureRow, ErPredictorRow, ErPredictionRow))
 
     def compute(self, ctx: RunContext) -> str:
-        layers = {model: _layer_profile(ctx, model, self.id_name) for model in self.pool}
-        ctx.results.write(SignatureLayerRow, [row for rows in layers.values() for row in rows])
         records = [ctx.store(model_subject(model), self.id_name).record(model, self.id_name) for model in self.pool]
-        ctx.results.record(SignatureLayerRow, records, {"dataset": self.id_name})
         label_free = None
         if self.options.label_free:
             label_free = [row for model in self.pool for row in label_free_rows(ctx, model, self.id_name, self.shifts)]
@@ -478,7 +447,7 @@ class PredictErTask(AnalysisTask):
             ctx.results.record(LabelFreeRow, records + [ctx.store(model_subject(model), name).record(model, name)
                                                         for model in self.pool for name in self.shifts],
                                {"methods": list(METHODS), "scoring": "each dataset's rule (class subset or map)"})
-        result = predict_er_tables(ctx.results, self.options, write=True, layers=layers, label_free=label_free)
+        result = predict_er_tables(ctx.results, self.options, write=True, label_free=label_free)
         parameters = {"id_set": self.id_name, "signatures": list(SIGNATURES), "resamples": self.options.resamples,
                       "seed": self.options.seed, "fit": "leave-one-model-out; isotonic (increasing) per signature, "
                       "ridge (alpha 1) on z-scored signatures", "note": result.evaluation.note}
