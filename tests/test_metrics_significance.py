@@ -1,5 +1,5 @@
 """Concept significance: the permutation statistic and p-values against a brute-force sklearn loop (ties, both
-orientations, both kernels, sequential stopping), pure-noise sets (BH keeps the count near zero while the raw count
+orientations, chunked, sequential stopping), pure-noise sets (BH keeps the count near zero while the raw count
 is large), planted concepts found, grouped calls equal one call, and input validation."""
 
 from __future__ import annotations
@@ -46,7 +46,9 @@ def tiny_sets(seed: int, concepts: int, size: int, directions: int, ties: bool):
         y[: size // 2] = True
         rng.shuffle(y)
         s = rng.normal(size=(size, directions)) + (1.5 * y[:, None] * (np.arange(directions) == c % directions))
-        if ties:
+        if ties == "some":                                    # ties in every other direction only
+            s[:, ::2] = np.round(s[:, ::2] * 2) / 2
+        elif ties:
             s = np.round(s * 2) / 2
         scores.append(torch.tensor(s, dtype=torch.float32))
         labels.append(torch.tensor(y))
@@ -54,7 +56,7 @@ def tiny_sets(seed: int, concepts: int, size: int, directions: int, ties: bool):
 
 
 @pytest.mark.parametrize("orientation", ["positive", "both"])
-@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("ties", [False, True, "some"])
 def test_p_values_equal_brute_force_sklearn(orientation, ties):
     scores, labels = tiny_sets(3, concepts=3, size=10, directions=3, ties=ties)
     test = permutation_p_values(scores, labels, permutations=60, seed=5, orientation=orientation)
@@ -72,14 +74,19 @@ def test_sequential_stopping_equals_brute_force():
     assert int(test.drawn.min()) < 100  # some concept stopped early
 
 
-@pytest.mark.parametrize("size", [30, 120])  # both kernels: quadratic forms (<= 80 images) and sorted cumsum
-def test_statistic_equals_sklearn_on_both_kernels(size, monkeypatch):
-    scores, labels = tiny_sets(9, concepts=3, size=size, directions=7, ties=True)
-    expected = [brute_statistic(s.double().numpy(), y.numpy(), "both") for s, y in zip(scores, labels)]
-    for limit in (0, 10_000):  # force each kernel on the same data
-        monkeypatch.setattr(significance, "QUADRATIC_MAX_IMAGES", limit)
-        test = permutation_p_values(scores, labels, permutations=3, orientation="both", max_elements=500)
+@pytest.mark.parametrize("ties", [False, True, "some"])
+@pytest.mark.parametrize("size", [30, 120])
+def test_statistic_equals_sklearn_in_chunks(size, ties):
+    # max_elements 500 splits the directions and the permutations into many chunks
+    scores, labels = tiny_sets(9, concepts=3, size=size, directions=7, ties=ties)
+    for orientation in ("positive", "both"):
+        expected = [brute_statistic(s.double().numpy(), y.numpy(), orientation) for s, y in zip(scores, labels)]
+        test = permutation_p_values(scores, labels, permutations=3, orientation=orientation, max_elements=500)
         np.testing.assert_allclose(test.max_ap.numpy(), expected, atol=1e-12)
+    whole = permutation_p_values(scores, labels, permutations=40, seed=1, orientation="both")
+    chunked = permutation_p_values(scores, labels, permutations=40, seed=1, orientation="both", max_elements=500)
+    np.testing.assert_array_equal(whole.p_values.numpy(), chunked.p_values.numpy())
+    np.testing.assert_allclose(chunked.p_values.numpy(), brute_p_values(scores, labels, 40, 1, "both")[1], atol=1e-12)
 
 
 def noise_sets(seed: int, concepts: int, size: int = 12, directions: int = 150):
