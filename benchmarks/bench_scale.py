@@ -49,6 +49,7 @@ SUPERVISED_VIT = "torchvision:convnext_tiny"
 NOISE = {"imagenet": 6.0, "imagenet-v2": 7.0, "imagenet-sketch": 9.0, "imagenet-r": 9.5, "objectnet": 10.0,
          "imagenet-a": 12.0, "broden": 8.0}
 SHARD = 4096
+PAPER_PERMUTATIONS = 1000  # the paper preset's analyses.concepts.permutations
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -67,6 +68,12 @@ def bench_config(roots: dict[str, Path], broden: Path, out: Path) -> dict[str, A
         entry["root"] = str(roots[entry["kind"]])
     config["datasets"]["broden"]["root"] = str(broden)
     config["analyses"] = {k: v for k, v in config["analyses"].items() if k not in SKIPPED}
+    # the paper's CKA estimator (minibatch) runs both models on images: extraction-side work the synthetic sets
+    # cannot feed; the analysis-side CKA is the pooled estimator on the stored layer taps, on the id set
+    id_set = config["datasets"]["id"]
+    config["analyses"]["cka"].update(estimator="pooled", dataset=id_set.get("name", id_set["kind"]))
+    # the permutation test runs apart (significance_probe): at 1,000 permutations it is hours of CPU at full size
+    config["analyses"]["concepts"]["permutations"] = 0
     config.update(output_dir=str(out), store_dir=str(out / "store"), device="cpu", workers=0,
                   description="bench_scale: synthetic stores at the paper's sizes")
     return config
@@ -222,6 +229,48 @@ def ap_floor(config: Any) -> tuple[int, float, float]:
     return elements, elements / rate, rate
 
 
+def significance_probe(config: Any, permutations: int) -> None:
+    """The permutation test of one model's singular basis at the preset's settings, timed apart from the study (at
+    full size the study's 56 tests take hours on a CPU); printed with its floor: the permutations drawn x the
+    elements of each concept's set, at the rate of one float32 cumulative sum over them (a kernel has to read
+    every permuted label at least once)."""
+    from robustsig.data.registry import open_dataset
+    from robustsig.extraction.store import ActivationStore
+    from robustsig.metrics.significance import DEFAULT_STOP_AFTER, permutation_p_values
+    from robustsig.study.analyses import concepts as concepts_analysis
+
+    options = config.analyses.concepts
+    broden = config.datasets.broden
+    model = config.models[0].name
+    store = ActivationStore(Path(config.store_dir) / model / broden.name)
+    dataset = open_dataset("broden", broden.root, **broden.options)
+    members = concepts_analysis.concept_members(store, dataset, min_positives=options.min_positives,
+                                                seed=options.seed)
+    seconds, drawn, elements, start = 0.0, 0, 0, 0
+    for scores, labels in concepts_analysis.concept_score_groups(store, members, "singular"):
+        begin = time.perf_counter()
+        test = permutation_p_values(scores, labels, threshold=options.threshold, permutations=permutations,
+                                    seed=options.seed, orientation=options.orientation, first_concept=start,
+                                    stop_after=DEFAULT_STOP_AFTER)
+        seconds += time.perf_counter() - begin
+        drawn += int(sum(int(b) * s.numel() for b, s in zip(test.drawn, scores)))
+        elements += sum(s.numel() for s in scores)
+        start += len(scores)
+    block = torch.rand(64, 256, 400)
+    times = []
+    for _ in range(5):
+        begin = time.perf_counter()
+        block.cumsum(-1)
+        times.append(time.perf_counter() - begin)
+    floor = drawn / (block.numel() / sorted(times)[2])
+    tests = len(config.models) * len(options.bases)
+    print(f"  concept significance ({model}, singular basis, {len(members)} concepts, {permutations} permutations at "
+          f"most, stopping at the {DEFAULT_STOP_AFTER}th exceedance): {seconds:.1f} s; "
+          f"{drawn / max(elements, 1):.0f} permutations drawn per element on average; floor (one float32 cumsum "
+          f"of every permuted label) {floor:.1f} s = {seconds / floor:.1f}x; the study's {tests} tests: "
+          f"~{seconds * tests / 60:.0f} min", flush=True)
+
+
 def run() -> None:
     import yaml
 
@@ -265,6 +314,9 @@ def run() -> None:
         print(f"  concept AP ({', '.join(ap_tags)}): {elements / 1e9:.2f} G elements; floor (one torch sort of them "
               f"at {rate / 1e6:.0f} M elements/s) {floor:.1f} s; measured {ap_seconds:.1f} s = "
               f"{ap_seconds / floor:.1f}x the floor", flush=True)
-    print(f"  extrapolated to scale 1 (linear in images): {total / scale / 60:.0f} min", flush=True)
+    if scale < 1:
+        print(f"  extrapolated to scale 1 (linear in images): {total / scale / 60:.0f} min", flush=True)
+    if config.analyses.concepts is not None:
+        significance_probe(config, PAPER_PERMUTATIONS)
     if not OPTIONS.get("keep"):
         shutil.rmtree(root)
