@@ -6,7 +6,9 @@ stores; the default, 0.02, takes a few minutes). What it does:
 1. writes the paper's datasets in their real layouts (``benchmarks.scale_data``: empty image files, Broden's CSVs
    with Zipf concept frequencies);
 2. takes the ``paper`` preset's config (its 28 model names and its analyses, so analyses added to the preset run
-   here too; ``wiseft`` is left out: it extracts interpolated models on images) with each model standing in as a
+   here too; ``wiseft`` is left out: it extracts interpolated models on images; CKA uses the ``pooled`` estimator
+   on the stored layer taps of the id set, since the paper's minibatch estimator runs both models on images; the
+   permutation test is timed apart, see 5.) with each model standing in as a
    random-init torchvision network of the pool's width: 512 (``resnet18``: RN101, ViT-B-16, ViT-B-32 CLIP
    embeddings), 1024 (``densenet121``: RN50) and 768 (``convnext_tiny``: the supervised ViTs);
 3. writes every store the study's plan asks for with :class:`~robustsig.extraction.writer.StoreWriter` under the
@@ -17,7 +19,10 @@ stores; the default, 0.02, takes a few minutes). What it does:
    decorrelates with depth;
 4. runs ``robustsig study run`` in a child process and prints the wall time of each step kind, the peak RSS, and
    the floor of the concept AP step: one torch sort of all its elements (sum over concepts of the balanced-set
-   size x directions, over every model and basis).
+   size x directions, over every model and basis);
+5. times the concept permutation test (1,000 permutations, the preset's) on one model's singular basis, with its
+   floor (permutations drawn x elements at the rate of a float32 cumulative sum), and extrapolates it to the
+   study's 56 tests.
 
 The data lives in ``.bench/scale-SCALE/`` and is deleted afterwards unless ``--keep``.
 """
@@ -229,6 +234,38 @@ def ap_floor(config: Any) -> tuple[int, float, float]:
     return elements, elements / rate, rate
 
 
+def pruning_floor(config: Any) -> tuple[float, float]:
+    """``(flops, seconds)``: the multiply-adds of the pruning step (per model and dataset, one projection ``h V``
+    and one evaluation of the scored logits per order: every level comes from cumulative blocks) and their time
+    at the rate of one float32 matmul of a store batch by a 1,024-wide head, timed here."""
+    from robustsig.data.registry import open_dataset
+    from robustsig.data.scoring import pruning_scoring
+    from robustsig.metrics.scoring import TopOneRule
+    from robustsig.extraction.store import ActivationStore
+
+    options = config.analyses.pruning
+    flops = 0.0
+    for entry in config.datasets.evaluation():
+        dataset = open_dataset(entry.kind, entry.root, **entry.options)
+        scoring = pruning_scoring(dataset)
+        for model in config.models:
+            manifest = ActivationStore(Path(config.store_dir) / model.name / entry.name).manifest
+            rows, width = manifest["tensors"]["h"]["shape"]
+            classes = manifest["head"]["W"]["shape"][0]
+            scored = len(TopOneRule(classes, class_indices=scoring["class_mask"],
+                                    class_map=scoring["class_map"]).columns)
+            rank = min(width, classes)
+            flops += 2.0 * rows * rank * (width + scored * len(options.orders))
+    a, b = torch.randn(4096, 1024), torch.randn(1024, 1000)
+    times = []
+    for _ in range(5):
+        begin = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - begin)
+    rate = 2.0 * 4096 * 1024 * 1000 / sorted(times)[2]
+    return flops, flops / rate
+
+
 def significance_probe(config: Any, permutations: int) -> None:
     """The permutation test of one model's singular basis at the preset's settings, timed apart from the study (at
     full size the study's 56 tests take hours on a CPU); printed with its floor: the permutations drawn x the
@@ -314,6 +351,12 @@ def run() -> None:
         print(f"  concept AP ({', '.join(ap_tags)}): {elements / 1e9:.2f} G elements; floor (one torch sort of them "
               f"at {rate / 1e6:.0f} M elements/s) {floor:.1f} s; measured {ap_seconds:.1f} s = "
               f"{ap_seconds / floor:.1f}x the floor", flush=True)
+    if config.analyses.pruning is not None:
+        flops, floor = pruning_floor(config)
+        measured = sum(by_tag.get("pruning", []))
+        print(f"  pruning: {flops / 1e12:.2f} TFLOP (a projection and one scored-logit evaluation per order for every "
+              f"image); floor at this machine's matmul rate {floor:.1f} s; measured {measured:.1f} s = "
+              f"{measured / max(floor, 1e-9):.1f}x the floor", flush=True)
     if scale < 1:
         print(f"  extrapolated to scale 1 (linear in images): {total / scale / 60:.0f} min", flush=True)
     if config.analyses.concepts is not None:

@@ -124,3 +124,26 @@ def test_bad_input():
         rs.doc_accuracy(torch.zeros(2, 2), torch.tensor([0]), torch.zeros(1, 2))
     with pytest.raises(InputError, match="class_indices and/or class_map"):
         rs.doc_accuracy(torch.zeros(2, 2), torch.tensor([0, 1]), torch.zeros(1, 2), id_rule={"classes": [0]})
+
+
+@pytest.mark.parametrize("rule", [None, {"class_indices": [1, 4, 7]}, {"class_map": [[0, 3], [1], [2, 5]]}])
+def test_score_table_equals_the_softmax_by_hand(rule):
+    from robustsig.metrics.labelfree import confidence_score_table
+
+    rng = np.random.default_rng(4)
+    logits = rng.normal(size=(30, 10)) * 3
+    if rule is None:
+        classes = logits
+    elif "class_indices" in rule:
+        classes = logits[:, rule["class_indices"]]
+    else:
+        classes = np.stack([logits[:, ids].max(1) for ids in rule["class_map"]], axis=1)
+    p = softmax(classes)
+    table = confidence_score_table(torch.tensor(logits), rule=rule)
+    np.testing.assert_allclose(table["maxprob"].numpy(), p.max(1), atol=1e-12)
+    np.testing.assert_allclose(table["entropy"].numpy(), (p * np.log(p)).sum(1), atol=1e-12)
+    for score in ("maxprob", "entropy"):
+        assert torch.equal(confidence_scores(torch.tensor(logits), score=score, rule=rule), table[score])
+    assert list(confidence_score_table(torch.tensor(logits), rule=rule, scores=["entropy"])) == ["entropy"]
+    with pytest.raises(InputError, match="scores must be among"):
+        confidence_score_table(torch.tensor(logits), scores=["margin"])

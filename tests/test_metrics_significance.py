@@ -48,6 +48,11 @@ def tiny_sets(seed: int, concepts: int, size: int, directions: int, ties: bool):
         s = rng.normal(size=(size, directions)) + (1.5 * y[:, None] * (np.arange(directions) == c % directions))
         if ties == "some":                                    # ties in every other direction only
             s[:, ::2] = np.round(s[:, ::2] * 2) / 2
+        elif ties == "few":                                   # a pair and a triple of equal scores per direction
+            for d in range(1, directions):                    # (direction 0 keeps none)
+                a, b, c, e, f = rng.choice(size, 5, replace=False)
+                s[[b, c], d] = s[a, d]
+                s[f, d] = s[e, d]
         elif ties:
             s = np.round(s * 2) / 2
         scores.append(torch.tensor(s, dtype=torch.float32))
@@ -56,7 +61,7 @@ def tiny_sets(seed: int, concepts: int, size: int, directions: int, ties: bool):
 
 
 @pytest.mark.parametrize("orientation", ["positive", "both"])
-@pytest.mark.parametrize("ties", [False, True, "some"])
+@pytest.mark.parametrize("ties", [False, True, "some", "few"])
 def test_p_values_equal_brute_force_sklearn(orientation, ties):
     scores, labels = tiny_sets(3, concepts=3, size=10, directions=3, ties=ties)
     test = permutation_p_values(scores, labels, permutations=60, seed=5, orientation=orientation)
@@ -74,7 +79,7 @@ def test_sequential_stopping_equals_brute_force():
     assert int(test.drawn.min()) < 100  # some concept stopped early
 
 
-@pytest.mark.parametrize("ties", [False, True, "some"])
+@pytest.mark.parametrize("ties", [False, True, "some", "few"])
 @pytest.mark.parametrize("size", [30, 120])
 def test_statistic_equals_sklearn_in_chunks(size, ties):
     # max_elements 500 splits the directions and the permutations into many chunks
@@ -140,3 +145,12 @@ def test_bad_input_names_the_problem(call, message):
     scores, labels = noise_sets(3, concepts=2, directions=5)
     with pytest.raises(InputError, match=message):
         call(scores, labels)
+
+
+def test_permutations_drawn_block_by_block_are_the_whole_draw():
+    from robustsig.metrics.significance import _blocks, _permutation_blocks
+
+    bounds = _blocks(700, stop_after=20)
+    assert bounds[0] == (0, 60) and bounds[-1][1] == 700 and all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+    pieces = torch.cat(list(_permutation_blocks(4, 7, 3001, bounds)))
+    assert torch.equal(pieces, permutation_order(4, 7, 700, 3001))

@@ -137,7 +137,8 @@ def extract(classifier: Classifier, dataset: Dataset, out_dir: str | os.PathLike
 
 def store_key(classifier: Classifier, dataset: Dataset, layers: Sequence[str] | Literal["all"] | None = None, *,
               pooling: Pooling = "auto", dtype: str | torch.dtype = torch.float32,
-              autocast: Literal["fp16", "bf16"] | None = None, logits_topk: int | None = None) -> dict[str, Any]:
+              autocast: Literal["fp16", "bf16"] | None = None, logits_topk: int | None = None,
+              description: dict[str, Any] | None = None) -> dict[str, Any]:
     """The key :func:`extract` gives a store of these arguments, computed without any forward pass.
 
     Compare it with a store's ``manifest["key"]`` to know beforehand whether :func:`extract` would reuse the store
@@ -145,6 +146,8 @@ def store_key(classifier: Classifier, dataset: Dataset, layers: Sequence[str] | 
 
     Args:
         classifier, dataset, layers, pooling, dtype, autocast, logits_topk: as for :func:`extract`.
+        description: the dataset's :func:`~robustsig.extraction.key.describe_dataset`, when the caller already
+            took it (a study describes each dataset once per run: one ``stat`` per file for all its stores).
 
     Returns:
         The key as plain JSON data (its digest is :func:`robustsig.extraction.key.key_digest` of it).
@@ -156,7 +159,7 @@ def store_key(classifier: Classifier, dataset: Dataset, layers: Sequence[str] | 
     """
     _, layer_names, store_dtype = _check_arguments(classifier, dataset, layers, dtype, autocast, pooling,
                                                    logits_topk, 1, 1, None)
-    return _store_key(classifier, dataset, layer_names, pooling, store_dtype, autocast, logits_topk)
+    return _store_key(classifier, dataset, layer_names, pooling, store_dtype, autocast, logits_topk, description)
 
 
 def _loader_transform(classifier: Classifier, dataset: Dataset) -> Any:
@@ -168,11 +171,13 @@ def _loader_transform(classifier: Classifier, dataset: Dataset) -> Any:
 
 
 def _store_key(classifier: Classifier, dataset: Dataset, layer_names: list[str], pooling: str, store_dtype: str,
-               autocast: str | None, logits_topk: int | None) -> dict[str, Any]:
+               autocast: str | None, logits_topk: int | None,
+               description: dict[str, Any] | None = None) -> dict[str, Any]:
     own_transform = getattr(dataset, "transform", None)
     preprocess = own_transform if own_transform is not None else _loader_transform(classifier, dataset)
     return extraction_key(spec=classifier.spec, fingerprint=classifier.fingerprint(),
-                          dataset=describe_dataset(dataset), preprocess=describe_transform(preprocess),
+                          dataset=description if description is not None else describe_dataset(dataset),
+                          preprocess=describe_transform(preprocess),
                           layers=layer_names, pooling=pooling, dtype=store_dtype, autocast=autocast,
                           logits_topk=logits_topk)
 

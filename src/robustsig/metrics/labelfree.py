@@ -27,7 +27,7 @@ functions on a store streamed in batches.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -69,13 +69,29 @@ def confidence_scores(logits: Any, *, score: Score = "maxprob", rule: Any = None
     """
     if score not in SCORES:
         raise InputError(f"score must be one of {', '.join(SCORES)}; got {score!r}")
+    return confidence_score_table(logits, rule=rule, scores=(score,))[score]
+
+
+def confidence_score_table(logits: Any, *, rule: Any = None, scores: Sequence[str] = SCORES) -> dict[str, Tensor]:
+    """:func:`confidence_scores` of several scores from one softmax: score name -> float64 vector (length N).
+
+    >>> table = confidence_score_table(torch.tensor([[0.0, 0.0]]))
+    >>> table["maxprob"].tolist(), round(float(table["entropy"][0]), 4)
+    ([0.5], -0.6931)
+    """
+    unknown = [score for score in scores if score not in SCORES]
+    if unknown:
+        raise InputError(f"scores must be among {', '.join(SCORES)}; got {unknown[0]!r}")
     logits = as_matrix(logits, "logits (samples x classes)", min_rows=0)
     chosen = TopOneRule(logits.shape[1], **_rule(rule, "rule"))
     classes = chosen.class_scores(logits[:, chosen.columns.to(logits.device)]).to(torch.float64)
     log_p = torch.log_softmax(classes, dim=1)
-    if score == "maxprob":
-        return log_p.amax(dim=1).exp().cpu()
-    return (log_p.exp() * log_p).sum(dim=1).cpu()
+    table = {}
+    if "maxprob" in scores:
+        table["maxprob"] = log_p.amax(dim=1).exp().cpu()
+    if "entropy" in scores:
+        table["entropy"] = (log_p.exp() * log_p).sum(dim=1).cpu()
+    return table
 
 
 def doc_from_scores(acc_id: float, id_scores: Any, shift_scores: Any) -> float:

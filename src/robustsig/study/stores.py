@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from robustsig.errors import DataError
-from robustsig.extraction.key import describe_dataset, key_differences
+from robustsig.extraction.key import key_differences
 from robustsig.extraction.store import MANIFEST, ActivationStore, read_json, shard_index
 from robustsig.study.results import jsonable
 from robustsig.study.subjects import Subject
@@ -88,9 +88,9 @@ class ExtractTask(Task):
         self.layers = layers
         self.pooling = pooling
 
-    def _identity(self, ctx: RunContext, dataset: Any) -> dict[str, Any]:
+    def _identity(self, ctx: RunContext) -> dict[str, Any]:
         layers = self.layers if self.layers == "all" else list(self.layers)
-        return jsonable({"subject": ctx.classifiers.identity(self.subject), "dataset": describe_dataset(dataset),
+        return jsonable({"subject": ctx.classifiers.identity(self.subject), "dataset": ctx.description(self.dataset),
                          "layers": layers, "pooling": self.pooling if layers else None, "autocast": ctx.autocast})
 
     def _reuse(self, ctx: RunContext, path: Path, digest: str, how: str) -> Outcome:
@@ -105,7 +105,7 @@ class ExtractTask(Task):
         dataset = ctx.dataset(self.dataset)
         path = ctx.store_path(self.subject, self.dataset)
         name = f"{self.subject.name}/{self.dataset}"
-        identity = self._identity(ctx, dataset)
+        identity = self._identity(ctx)
         manifest = _manifest(path)
         checked = ctx.ledger.store(name)
         if (manifest is not None and manifest.get("complete") and checked is not None
@@ -114,7 +114,8 @@ class ExtractTask(Task):
 
         classifier = ctx.classifiers.get(self.subject)
         layers = None if not self.layers else ("all" if self.layers == "all" else list(self.layers))
-        key = store_key(classifier, dataset, layers, pooling=self.pooling, autocast=ctx.autocast)
+        key = store_key(classifier, dataset, layers, pooling=self.pooling, autocast=ctx.autocast,
+                        description=ctx.description(self.dataset))
         overwrite = False
         if manifest is not None:
             stored = manifest.get("key")

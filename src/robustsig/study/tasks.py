@@ -81,6 +81,7 @@ class RunContext:
         self.progress = progress
         self.autocast = None if config.autocast == "none" else config.autocast
         self._datasets: dict[str, Any] = {}
+        self._descriptions: dict[str, dict[str, Any]] = {}
         self._annotations: dict[str, str | None] = {}
         self._stores: dict[tuple[str, str], VerifiedStore] = {}
 
@@ -92,6 +93,17 @@ class RunContext:
             entry = self.config.dataset(name)
             self._datasets[name] = open_dataset(entry.kind, entry.root, **entry.options)
         return self._datasets[name]
+
+    def description(self, name: str) -> dict[str, Any]:
+        """:func:`~robustsig.extraction.key.describe_dataset` of dataset ``name`` (its files' stamps), taken once per
+        run as the dataset is opened once: every store of the run is checked against the same snapshot (one
+        ``stat`` per file instead of one per file and model), and a file changed during the run changes the next
+        run's keys."""
+        if name not in self._descriptions:
+            from robustsig.extraction.key import describe_dataset
+
+            self._descriptions[name] = describe_dataset(self.dataset(name))
+        return self._descriptions[name]
 
     def store_path(self, subject: Subject, dataset: str) -> Path:
         """``STORE_DIR/SUBJECT/DATASET``: one store per model (or Wise-FT point) and dataset."""

@@ -42,7 +42,7 @@ from robustsig import distributed
 from robustsig._progress import progress as progress_bar
 from robustsig.errors import DataError, InputError
 from robustsig.extraction.extractor import _AUTOCAST, _loader_transform
-from robustsig.extraction.key import describe_dataset, describe_transform
+from robustsig.extraction.key import describe_transform
 from robustsig.extraction.loader import batch_loader
 from robustsig.extraction.store import ActivationStore
 from robustsig.metrics.cka import MIN_UNBIASED_ROWS, PAPER_MINIBATCH, LinearCKA, MinibatchCKA, MinibatchCKAMatrix
@@ -316,7 +316,7 @@ class MinibatchCkaTask(CkaTask):
         pair, options = self.pair, self.options
         return jsonable({"models": [ctx.classifiers.identity(model_subject(model))
                                     for model in (pair.model_a, pair.model_b)],
-                         "dataset": describe_dataset(ctx.dataset(self.dataset)), "layers": pair_layers(pair),
+                         "dataset": ctx.description(self.dataset), "layers": pair_layers(pair),
                          "cross": pair.cross, "estimator": "minibatch", "minibatch": options.minibatch,
                          "autocast": ctx.autocast})
 

@@ -377,15 +377,15 @@ def _scores(store: Any, rule: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
     """Per-image confidences (both scores) and correctness of a store's logits under ``rule``, batch by batch."""
     import torch
 
-    from robustsig.metrics.labelfree import SCORES, confidence_scores
+    from robustsig.metrics.labelfree import SCORES, confidence_score_table
     from robustsig.metrics.scoring import top1_correct
     from robustsig.study.analyses._streams import BATCH_ROWS
 
     scores: dict[str, list] = {score: [] for score in SCORES}
     correct = []
     for batch in store.batches(["logits", "labels"], BATCH_ROWS):
-        for score in SCORES:
-            scores[score].append(confidence_scores(batch["logits"], score=score, rule=rule))
+        for score, values in confidence_score_table(batch["logits"], rule=rule).items():
+            scores[score].append(values)
         correct.append(top1_correct(batch["logits"], batch["labels"], **rule).cpu())
     return {score: torch.cat(parts) for score, parts in scores.items()}, torch.cat(correct).to(torch.float64)
 
