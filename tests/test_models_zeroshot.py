@@ -18,6 +18,7 @@ TEMPLATES = ["a photo of a {}.", "a blurry photo of the {c}.", "{} in the wild"]
 
 
 def tiny_clip() -> torch.nn.Module:
+    torch.manual_seed(0)  # the same random tower whatever ran before
     model = open_clip.CLIP(embed_dim=16,
                            vision_cfg=CLIPVisionCfg(layers=2, width=32, patch_size=8, image_size=32, head_width=16),
                            text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=1))
@@ -48,8 +49,10 @@ def test_head_equals_direct_reimplementation_and_open_clip(tokenizer, tmp_path):
     head = zero_shot_head(model, tokenizer, NAMES, TEMPLATES, batch_size=5, cache_dir=tmp_path)
     assert head.bias is None and head.weight.dtype == torch.float32
     assert tuple(head.weight.shape) == (len(NAMES), 16)
+    # the head runs the float32 tower on prompts cut after their end-of-text token, the reference on all 77 tokens:
+    # equal up to float32 rounding, ~1e-6 of the rows' norm (100)
     torch.testing.assert_close(head.weight.double(), reference_head(model, tokenizer, NAMES, TEMPLATES),
-                               rtol=1e-6, atol=1e-5)
+                               rtol=1e-5, atol=1e-4)
     # open_clip's own builder (float32, (d, K), unscaled) agrees up to float32 rounding
     theirs = open_clip.build_zero_shot_classifier(model, tokenizer, NAMES,
                                                   [t.replace("{c}", "{}") for t in TEMPLATES])
@@ -120,7 +123,8 @@ def test_damaged_cache_entry_is_rebuilt(tokenizer, tmp_path):
     counter = CountingTextTower(model)
     rebuilt = zero_shot_head(model, tokenizer, NAMES, TEMPLATES, cache_dir=tmp_path)
     assert counter.calls == 1
-    torch.testing.assert_close(rebuilt.weight, first.weight)
+    # (the counting wrapper hides the tower's parts, so the rebuild runs it on all 77 tokens: float32 rounding)
+    torch.testing.assert_close(rebuilt.weight, first.weight, rtol=1e-5, atol=1e-4)
 
 
 def test_prompts_from_files(tokenizer, tmp_path):
