@@ -1,6 +1,6 @@
 """The whole study at the paper's sizes (issue 12, point 1), on synthetic stores, times ``--scale``.
 
-``python -m benchmarks scale --scale 0.25`` runs only this part (``--scale 1`` is the paper's size: about 52 GB of
+``python -m benchmarks scale --scale 0.25`` runs only this part (``--scale 1`` is the paper's size: 53 GB of
 stores; the default, 0.02, takes a few minutes). What it does:
 
 1. writes the paper's datasets in their real layouts (``benchmarks.scale_data``: empty image files, Broden's CSVs
@@ -17,9 +17,10 @@ stores; the default, 0.02, takes a few minutes). What it does:
    ``h`` is class means plus noise with planted heavy-tailed outlier dimensions, the head reads the class means,
    the logits are ``h W^T + b``; the CKA models' stores hold every layer tap, each pair sharing a signal that
    decorrelates with depth;
-4. runs ``robustsig study run`` in a child process and prints the wall time of each step kind, the peak RSS, and
-   the floor of the concept AP step: one torch sort of all its elements (sum over concepts of the balanced-set
-   size x directions, over every model and basis);
+4. runs ``robustsig study run`` in a child process and prints the wall time of each step kind, the peak RSS, the
+   floor of the concept AP step: one sort of all its elements (sum over concepts of the balanced-set size x
+   directions, over every model and basis), by torch and by numpy (float64, the kernel's own sort on the CPU),
+   and the floor of the pruning step: its multiply-adds at this machine's matmul rate;
 5. times the concept permutation test (1,000 permutations, the preset's) on one model's singular basis, with its
    floor (permutations drawn x elements at the rate of a float32 cumulative sum), and extrapolates it to the
    study's 56 tests.
@@ -40,6 +41,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from benchmarks import OPTIONS
@@ -207,8 +209,9 @@ def run_study_child(config_path: Path) -> tuple[dict[str, Any], float]:
 
 
 def ap_floor(config: Any) -> tuple[int, float, float]:
-    """``(elements, seconds, sort_rate)``: the elements of every concept AP step (balanced-set size x directions,
-    over every model and basis) and one torch sort of that many elements, timed on one model's sets."""
+    """``(elements, torch_rate, numpy_rate)``: the elements of every concept AP step (balanced-set size x
+    directions, over every model and basis), and the rates (elements/s) of torch's sort of each set's rows and of
+    numpy's sort of them as float64 (what the kernel sorts on the CPU), timed on 512 directions of every set."""
     from robustsig.data.registry import open_dataset
     from robustsig.extraction.store import ActivationStore
 
@@ -223,15 +226,17 @@ def ap_floor(config: Any) -> tuple[int, float, float]:
         directions += sum(min(width, classes) if basis == "singular" else width for basis in options.bases)
     elements = sum(sizes) * directions
     D = 512
-    scores = [torch.randn(n, D) for n in sizes]
-    times = []
-    for _ in range(3):
-        begin = time.perf_counter()
-        for s in scores:
-            torch.sort(s, dim=0)
-        times.append(time.perf_counter() - begin)
-    rate = sum(sizes) * D / sorted(times)[1]
-    return elements, elements / rate, rate
+    scores = [torch.randn(D, n) for n in sizes]
+    rates = []
+    for sort in (lambda s: torch.sort(s, dim=1), lambda s: np.sort(s.numpy().astype(np.float64), axis=1)):
+        times = []
+        for _ in range(3):
+            begin = time.perf_counter()
+            for s in scores:
+                sort(s)
+            times.append(time.perf_counter() - begin)
+        rates.append(sum(sizes) * D / sorted(times)[1])
+    return elements, rates[0], rates[1]
 
 
 def pruning_floor(config: Any) -> tuple[float, float]:
@@ -345,12 +350,12 @@ def run() -> None:
     other = total - sum(sum(s) for s in by_tag.values())
     print(f"  {'(report etc.)':<14} {other:8.1f} s", flush=True)
     if config.analyses.concepts is not None:
-        elements, floor, rate = ap_floor(config)
-        ap_tags = [t for t in by_tag if "ap" in t.lower() or t == "concepts"]
-        ap_seconds = sum(sum(by_tag[t]) for t in ap_tags)
-        print(f"  concept AP ({', '.join(ap_tags)}): {elements / 1e9:.2f} G elements; floor (one torch sort of them "
-              f"at {rate / 1e6:.0f} M elements/s) {floor:.1f} s; measured {ap_seconds:.1f} s = "
-              f"{ap_seconds / floor:.1f}x the floor", flush=True)
+        elements, torch_rate, numpy_rate = ap_floor(config)
+        ap_seconds = sum(by_tag.get("concept_ap", []))
+        for name, rate in (("torch", torch_rate), ("numpy (float64)", numpy_rate)):
+            print(f"  concept AP: {elements / 1e9:.2f} G elements; floor: one {name} sort of them at "
+                  f"{rate / 1e6:.0f} M elements/s = {elements / rate:.1f} s; measured {ap_seconds:.1f} s = "
+                  f"{ap_seconds * rate / elements:.1f}x that floor", flush=True)
     if config.analyses.pruning is not None:
         flops, floor = pruning_floor(config)
         measured = sum(by_tag.get("pruning", []))
