@@ -181,8 +181,11 @@ def test_bad_arguments_are_named(head_and_data):
 
 @pytest.mark.parametrize("scoring", [{}, {"class_mask": [3, 5, 7, 11, 13, 17]},
                                      {"class_map": [[0, 1, 2], [7], [10, 12], [20, 21, 22, 25]]}])
-def test_curves_of_several_orders_equal_rebuilding_the_head(scoring):
-    # 1,300 rows in batches of 1,100 and 200: blocks of scored rows end inside a batch and at its end
+def test_curves_of_several_orders_equal_rebuilding_the_head(scoring, monkeypatch):
+    # 1,300 rows in batches of 1,100 and 200, scored 512 rows at a time: blocks end inside a batch and at its end
+    from robustsig.metrics import pruning
+
+    monkeypatch.setattr(pruning, "_SCORE_ROWS", 512)
     g = torch.Generator().manual_seed(8)
     W = torch.randn(30, 48, dtype=torch.float64, generator=g)
     b = torch.randn(30, dtype=torch.float64, generator=g)

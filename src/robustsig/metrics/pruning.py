@@ -40,9 +40,10 @@ ORDERS: tuple[str, ...] = ("singular", "importance", "random")
 #: Default levels: 0, 1/64, ..., 1 (65 fractions).
 DEFAULT_FRACTIONS: tuple[float, ...] = tuple(i / 64 for i in range(65))
 
-_SCORE_ROWS = 512
-"""Rows scored together: 512 x 1,000 float32 logits (2 MB) stay in cache while every level updates and scans them
-(whole 4096-row batches ran ~1.5x slower on this machine's CPU)."""
+_SCORE_ROWS = 2048
+"""Rows scored together: their logits stay in cache while every level updates and scans them. Measured on 50,000
+ImageNet-sized rows (1,024-wide head, 3 orders x 20 levels): 2 threads 3.78 s at 512 rows, 3.18 s at 2,048,
+3.08 s at 4,096; one thread 5.42 s at 512, 5.69 s at 4,096."""
 
 
 def pruned_counts(fractions: Sequence[float], rank: int) -> np.ndarray:
