@@ -65,7 +65,7 @@ def run() -> None:
           f"min cosine to open_clip's head {cosine:.8f} [target >= 0.99999: "
           f"{'met' if cosine >= 0.99999 else 'NOT met'}]", flush=True)
     medians = side_by_side({"robustsig": ours, "open_clip": theirs}, repeats=3, warmup=0)
-    ratio = report("zero-shot head build", medians, fast="robustsig", slow="open_clip", target=2.5)
+    report("zero-shot head build", medians, fast="robustsig", slow="open_clip", target=2.5)
     prompts = len(names) * len(templates)
     ours_full = medians["robustsig"] * tokens_through_tower(every) / tokens_through_tower(names)
     theirs_full = medians["open_clip"] * len(every) * len(templates) / prompts

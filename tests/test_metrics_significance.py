@@ -11,7 +11,6 @@ from sklearn.metrics import average_precision_score
 
 import robustsig as rs
 from robustsig.errors import InputError
-from robustsig.metrics import significance
 from robustsig.metrics.significance import permutation_order, permutation_p_values
 
 
