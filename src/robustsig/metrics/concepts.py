@@ -39,6 +39,7 @@ import torch
 
 from robustsig.errors import InputError
 from robustsig.metrics._checks import as_matrix, to_tensor
+from robustsig.metrics._ranking import tie_groups
 
 #: Default bound on the entries of one temporary array (~1M entries: ~8 MB per int64 array).
 MAX_ELEMENTS = 1 << 20
@@ -191,16 +192,10 @@ def _ap_tied_rows(positive: torch.Tensor, count: torch.Tensor, tied: torch.Tenso
                   n_positive: torch.Tensor, orientation: str) -> torch.Tensor:
     """``P * AP`` of rows that hold ties: each positive counts the samples of its whole tie group (see
     :func:`_ap_sorted`); ``positive`` and ``count`` are float64 ``R x W``, ``n`` and ``n_positive`` int64 ``R x 1``."""
-    width = positive.shape[-1]
-    index = torch.arange(width, device=positive.device)
-    group_end = ~tied
-    is_start = torch.cat([torch.ones_like(group_end[:, :1]), group_end], -1)
-    start = torch.where(is_start, index, 0).cummax(-1).values
+    start, end = tie_groups(tied)
     ratio = (n_positive - (count - positive).gather(-1, start)) / (n - start).clamp_min(1)
     ap = (ratio * positive).sum(-1)
     if orientation == "both":
-        is_end = torch.cat([group_end, torch.ones_like(group_end[:, :1])], -1)
-        end = torch.where(is_end, index, width - 1).flip(-1).cummin(-1).values.flip(-1)
         ap = torch.maximum(ap, ((count.gather(-1, end) / (end + 1)) * positive).sum(-1))
     return ap
 

@@ -41,6 +41,7 @@ import torch
 
 from robustsig.errors import InputError
 from robustsig.metrics._checks import as_matrix, to_tensor
+from robustsig.metrics._ranking import tie_groups
 from robustsig.metrics.concepts import AP_THRESHOLD
 
 Orientation = Literal["positive", "both"]
@@ -164,14 +165,8 @@ class _NullStatistic:
             values, order = torch.sort(scores.T, dim=1, descending=True)
         device = scores.device
         position = torch.arange(n, device=device)
-        equal = values[:, 1:] == values[:, :-1]
-        is_end = torch.ones(d, n, dtype=torch.bool, device=device)
-        is_end[:, :-1] = ~equal
-        is_start = torch.ones_like(is_end)
-        is_start[:, 1:] = is_end[:, :-1]
-        in_group = ~(is_end & is_start)                                    # tied with a neighbour
-        group_end = torch.where(is_end, position, n).flip(1).cummin(1).values.flip(1)
-        group_start = torch.where(is_start, position, 0).cummax(1).values
+        group_start, group_end = tie_groups(values[:, 1:] == values[:, :-1])
+        in_group = group_start != group_end                                # tied with a neighbour
         tied = in_group.sum(1)
         dense = tied > max(8, n // 4)
         self.order, self.dense_order = order[~dense], order[dense]
@@ -191,22 +186,21 @@ class _NullStatistic:
             self.tie_end = group_end[~dense].gather(1, self.tie_position)
             self.tie_start = group_start[~dense].gather(1, self.tie_position)
         self.d_chunk = max(1, min(d, max_elements // n))
-        self._weights: dict[torch.dtype, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.b_chunk = max(1, max_elements // (self.d_chunk * n))
+        self._weights: dict[torch.dtype, torch.Tensor] = {}
 
-    def _weights_of(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    def _weights_of(self, dtype: torch.dtype) -> torch.Tensor:
+        """``N x 2``: ``1 / (i + 1)`` (the scores read forwards) and ``1 / (N - i)`` (the negated scores)."""
         if dtype not in self._weights:
             i = torch.arange(self.n, dtype=torch.float64, device=self.order.device)
-            self._weights[dtype] = ((1.0 / (i + 1)).to(dtype), (1.0 / (self.n - i)).to(dtype))
+            self._weights[dtype] = torch.stack([1.0 / (i + 1), 1.0 / (self.n - i)], dim=1).to(dtype)
         return self._weights[dtype]
 
-    def _both_weights(self, dtype: torch.dtype) -> torch.Tensor:
-        return torch.stack(self._weights_of(dtype), dim=1)                          # N x 2
-
-    def max_ap(self, flags: torch.Tensor, dtype: torch.dtype, max_elements: int) -> torch.Tensor:
+    def max_ap(self, flags: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """The statistic of each row of ``flags`` (``B x N`` boolean, every row with the same positive count)."""
         y = flags.to(dtype)
         positives = float(flags[0].sum())
-        b_chunk = max(1, max_elements // (self.d_chunk * self.n))
+        b_chunk = self.b_chunk
         best = torch.full((y.shape[0],), -math.inf, dtype=dtype, device=y.device)
         for dense, order in ((False, self.order), (True, self.dense_order)):
             for d0 in range(0, order.shape[0], self.d_chunk):
@@ -224,11 +218,12 @@ class _NullStatistic:
     def _ap(self, ordered: torch.Tensor, directions: slice, positives: float) -> torch.Tensor:
         """``P * AP`` with the tie-free sums, corrected at the tied positions."""
         dtype = ordered.dtype
-        forward, backward = self._weights_of(dtype)
+        weights = self._weights_of(dtype)
+        forward, backward = weights[:, 0], weights[:, 1]
         above = ordered.cumsum(-1)
         weighted = above * ordered                                                   # o_i c_i
         if self.both:
-            sums = weighted @ self._both_weights(dtype)                              # one pass for both sums
+            sums = weighted @ weights                                                # one pass for both sums
             ap, negated = sums[..., 0], (positives + 1) * (ordered @ backward) - sums[..., 1]
         else:
             ap, negated = weighted @ forward, None
@@ -348,12 +343,12 @@ def permutation_p_values(scores: Sequence[Any], labels: Sequence[Any], *, thresh
     for c, (s, y) in enumerate(zip(sets, flags)):
         s, y = s.to(device), y.to(device)
         statistic = _NullStatistic(s, orientation, max_elements)
-        observed.append(float(statistic.max_ap(y[None], torch.float64, max_elements)[0]))
-        t_obs = statistic.max_ap(y[None], torch.float32, max_elements)[0]
+        observed.append(float(statistic.max_ap(y[None], torch.float64)[0]))
+        t_obs = statistic.max_ap(y[None], torch.float32)[0]
         bounds = _blocks(permutations, stop_after)
         exceed, encoded, done = 0, 0, 0
         for shuffles in _permutation_blocks(seed, first_concept + c, y.numel(), bounds):
-            null = statistic.max_ap(y[shuffles.to(device)], torch.float32, max_elements)
+            null = statistic.max_ap(y[shuffles.to(device)], torch.float32)
             hits = (null >= t_obs - _TOLERANCE).cumsum(0)
             if stop_after is not None and exceed + int(hits[-1]) >= stop_after:       # Besag-Clifford: stop at the
                 stop = int(torch.searchsorted(hits, stop_after - exceed))              # stop_after-th exceedance
