@@ -100,7 +100,7 @@ def write_stores(config: Any, log_path: Path) -> dict[str, int]:
     from robustsig.extraction.extractor import store_key
     from robustsig.extraction.key import key_digest
     from robustsig.extraction.store import MANIFEST, read_json
-    from robustsig.study.analyses import build_plan
+    from robustsig.study.registry import build_plan
     from robustsig.study.runlog import RunLog
     from robustsig.study.stores import ExtractTask
     from robustsig.study.subjects import Classifiers
@@ -186,7 +186,7 @@ def _write_store(path: Path, key: dict, digest: str, clf: Any, entry: Any, datas
 
 _CHILD = """
 import json, sys, time
-from robustsig.study.runner import run_study
+from robustsig.runner import run_study
 begin = time.perf_counter()
 summary = run_study(sys.argv[1], progress=False)
 print(json.dumps({"seconds": time.perf_counter() - begin, "ok": summary.ok,
@@ -279,7 +279,7 @@ def significance_probe(config: Any, permutations: int) -> None:
     from robustsig.data.registry import open_dataset
     from robustsig.extraction.store import ActivationStore
     from robustsig.metrics.significance import DEFAULT_STOP_AFTER, permutation_p_values
-    from robustsig.study.analyses import concepts as concepts_analysis
+    from robustsig.study.analyses.concepts import ap as concepts_analysis
 
     options = config.analyses.concepts
     broden = config.datasets.broden

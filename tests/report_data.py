@@ -4,10 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from robustsig.study.results import (AccuracyRow, CkaRow, ConceptRow, ConceptThresholdRow, ConceptTopRow, DatasetRow,
-                                     ImportanceRow,
-                                     InputRecord, KurtosisRow, ModelRow, OutlierRow, PrivilegedRow, PruningRow,
-                                     Results, RobustnessRow, VennRow, WiseFtRow)
+from robustsig.study.analyses.accuracy import AccuracyRow, RobustnessRow
+from robustsig.study.analyses.cka import CkaRow
+from robustsig.study.analyses.concepts.summary import ConceptRow, ConceptTopRow, VennRow
+from robustsig.study.analyses.concepts.thresholds import ConceptThresholdRow
+from robustsig.study.analyses.importance import ImportanceRow, PrivilegedRow
+from robustsig.study.analyses.kurtosis import KurtosisRow, OutlierRow
+from robustsig.study.analyses.pruning import PruningRow
+from robustsig.study.analyses.wiseft import WiseFtRow
+from robustsig.study.results import DatasetRow, InputRecord, ModelRow, Results
 
 XSS = "<script>alert(1)</script>"
 
@@ -87,14 +92,15 @@ def write_results(root: Path) -> Results:
     results.write(WiseFtRow, [WiseFtRow("rn50-oa", a, 0.598 + 0.16 * a, 0.331 - 0.08 * a, 0.08 - 0.1 * a,
                                         41.0 - 34 * a, 4 - 2 * round(a)) for a in (0.0, 0.5, 1.0)])
     from robustsig.study.analyses.predict_er import predict_er_tables
-    from robustsig.study.analyses.significance import ConceptSignificanceRow
-    from robustsig.study.config import PredictErOptions
+    from robustsig.study.analyses.concepts.significance import ConceptSignificanceRow
+    from robustsig.study.analyses.predict_er import PredictErOptions
 
     results.write(ConceptSignificanceRow, [ConceptSignificanceRow(m, "singular", 40, len(c), 1.5, len(c) - 1, len(c),
                                                                   0.05, 1000, 0.9, "positive")
                                            for m, c in CONCEPTS.items()])
     from robustsig.study.analyses.predict_er import LabelFreeRow
-    from robustsig.study.results import LayerKurtosisRow, LowRankRow
+    from robustsig.study.analyses.layer_kurtosis import LayerKurtosisRow
+    from robustsig.study.analyses.lowrank import LowRankRow
 
     layers = ["block0", "block1", "block2"]
     results.write(LabelFreeRow, [LabelFreeRow(m, method, d, acc - 0.05, acc) for m, accs in ACCURACY.items()

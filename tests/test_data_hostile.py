@@ -284,7 +284,7 @@ def test_an_unmapped_folder_on_an_imagenet_head_warns_with_the_fix(tmp_path):
 
 
 def test_an_unmapped_folder_warns_when_a_store_is_scored(tmp_path):
-    from robustsig.study.analyses._streams import store_accuracy
+    from robustsig.study.streams import store_accuracy
 
     root = folder(tmp_path / "set", {"cat": 2, "coffee": 2})
     ds = rs.open_dataset("folder", root)

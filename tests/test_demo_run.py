@@ -17,10 +17,16 @@ import robustsig as rs
 from robustsig.cli import main
 from robustsig.demo import run as demo_run
 from robustsig.demo.config import EFFICIENTNET, FINETUNED, RANDOM, WISEFT_ALPHAS, ZERO_SHOT
+from robustsig.runner import StepRecord
+from robustsig.study.analyses.accuracy import AccuracyRow, RobustnessRow
+from robustsig.study.analyses.cka import CkaRow
+from robustsig.study.analyses.concepts.summary import ConceptRow
+from robustsig.study.analyses.importance import PrivilegedRow
+from robustsig.study.analyses.kurtosis import KurtosisRow
+from robustsig.study.analyses.pruning import PruningRow
+from robustsig.study.analyses.wiseft import WiseFtRow
 from robustsig.study.config import load_study_config
-from robustsig.study.results import (AccuracyRow, CkaRow, ConceptRow, KurtosisRow, PrivilegedRow, PruningRow,
-                                     Results, RobustnessRow, WiseFtRow)
-from robustsig.study.runner import StepRecord
+from robustsig.study.results import Results
 
 from cli_helpers import run_cli
 
@@ -185,7 +191,7 @@ def test_the_description_is_escaped_and_the_logit_ticks_do_not_crowd(first_run, 
     html = rs.build_report(out / "results", tmp_path / "report.html", config=config).html.read_text()
     head = html.split("<nav>")[0]
     assert ('<p class="note">First &lt;b&gt;paragraph&lt;/b&gt;.</p><p class="note">Second &amp; last.</p>' in head)
-    from robustsig.report.figures import _logit, robustness_figure
+    from robustsig.study.analyses.accuracy import _logit, robustness_figure
     from robustsig.study.results import ModelRow
 
     models = [ModelRow("a", "x:a", "A", "t", "zero-shot"), ModelRow("b", "x:b", "A", "t", "finetuned")]

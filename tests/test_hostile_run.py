@@ -20,8 +20,8 @@ import yaml
 import robustsig as rs
 from robustsig._atomic import TEMP_PREFIX, process_alive, write_text_atomic
 from robustsig.errors import InputError
-from robustsig.study.results import AccuracyRow
-from robustsig.study.runner import run_study
+from robustsig.runner import run_study
+from robustsig.study.analyses.accuracy import AccuracyRow
 
 from cli_helpers import run_cli
 from extract_helpers import image_folder, tiny_classifier

@@ -15,11 +15,12 @@ from torch import nn
 
 import robustsig as rs
 from robustsig.extraction.calibrate import accuracies, calibrate_linear_maps
+from robustsig.extraction.lowrank import low_rank_curve
 from robustsig.metrics.directions import head_svd
 from robustsig.metrics.lowrank import MapShape, kept_directions, low_rank_factors
 from robustsig.models.classifier import Classifier
 from robustsig.models.linear_maps import FactorisedMap, LinearMap, explicit_attention, find_linear_maps
-from robustsig.models.lowrank import low_rank_classifier, low_rank_curve
+from robustsig.models.lowrank import low_rank_classifier
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from extract_helpers import Tensorize, image_folder  # noqa: E402
@@ -284,7 +285,7 @@ def test_curve_scores_with_the_datasets_rule_and_dedupes_fraction_zero(folder):
 def test_curve_evaluates_each_order_on_its_own_model(folder, monkeypatch):
     """Two orders at one fraction keep as many directions per map but different ones: each is its own model
     (a curve that deduplicated by ranks alone scored the singular order with the importance order's model)."""
-    import robustsig.models.lowrank as lowrank_module
+    import robustsig.extraction.lowrank as lowrank_module
 
     clf = clip_classifier("vit")
     cal = calibrate_linear_maps(clf, folder, progress=False)

@@ -13,10 +13,14 @@ import numpy as np
 import pytest
 
 import robustsig as rs
-from robustsig.study.analyses.predict_er import (ErPredictorRow, LabelFreeRow, SignatureRow, evaluate,
-                                                 label_free_er, predict_er_tables)
-from robustsig.study.results import (ConceptRow, ImportanceRow, KurtosisRow, ModelRow, PrivilegedRow, Results,
-                                     RobustnessRow, WiseFtRow)
+from robustsig.study.analyses.accuracy import RobustnessRow
+from robustsig.study.analyses.concepts.summary import ConceptRow
+from robustsig.study.analyses.importance import ImportanceRow, PrivilegedRow
+from robustsig.study.analyses.kurtosis import KurtosisRow
+from robustsig.study.analyses.predict_er.tables import (ErPredictorRow, LabelFreeRow, SignatureRow, evaluate,
+                                                        label_free_er, predict_er_tables)
+from robustsig.study.analyses.wiseft import WiseFtRow
+from robustsig.study.results import ModelRow, Results
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cli_helpers import run_cli  # noqa: E402

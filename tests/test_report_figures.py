@@ -11,8 +11,16 @@ from PIL import Image
 
 import robustsig as rs
 from robustsig.report import figures
-from robustsig.study.results import (CkaRow, ConceptThresholdRow, ImportanceRow, ModelRow, PruningRow, RobustnessRow,
-                                     WiseFtRow)
+from robustsig.report.figures import curve_figure
+from robustsig.study.analyses.accuracy import RobustnessRow, robustness_figure
+from robustsig.study.analyses.cka import CkaRow
+from robustsig.study.analyses.cka.report import cka_depth_figure, cka_heatmap_figure
+from robustsig.study.analyses.concepts.summary import venn_figure
+from robustsig.study.analyses.concepts.thresholds import ConceptThresholdRow, concept_thresholds_figure
+from robustsig.study.analyses.importance import ImportanceRow, importance_figure
+from robustsig.study.analyses.pruning import PruningRow
+from robustsig.study.analyses.wiseft import WiseFtRow, wiseft_figure
+from robustsig.study.results import ModelRow
 
 from report_data import MODELS, write_results
 
@@ -34,7 +42,7 @@ def saved(figure, tmp_path, stem):
 
 def test_robustness_figure_has_logit_axes_in_percent_and_the_baseline(results, tmp_path):
     rows = results.read(RobustnessRow)
-    figure = figures.robustness_figure(MODELS, rows)
+    figure = robustness_figure(MODELS, rows)
     FigureCanvasAgg(figure).draw()
     ax = figure.axes[0]
     assert ax.get_xscale() == ax.get_yscale() == "logit"
@@ -50,7 +58,7 @@ def test_robustness_figure_has_logit_axes_in_percent_and_the_baseline(results, t
 
 
 def test_importance_and_pruning_panels(results, tmp_path):
-    figure = figures.importance_figure(MODELS, results.read(ImportanceRow))
+    figure = importance_figure(MODELS, results.read(ImportanceRow))
     titles = [ax.get_title() for ax in figure.axes if ax.get_visible()]
     assert titles == ["RN50 / openai", "RN50 / yfcc15m", "ViT-B-32 / openai"]
     first = figure.axes[0]
@@ -58,53 +66,53 @@ def test_importance_and_pruning_panels(results, tmp_path):
     assert first.lines[0].get_ydata()[0] == pytest.approx(0.5)  # the privileged direction of rn50-oa-zs ranks first
     saved(figure, tmp_path, "importance")
     pruning = results.read(PruningRow)
-    accuracy = figures.pruning_figure(MODELS, pruning, "val")
+    accuracy = curve_figure(MODELS, pruning, "val")
     assert [len(ax.lines) for ax in accuracy.axes if ax.get_visible()] == [6, 4, 2]  # models x orders
     line = accuracy.axes[2].lines[0]
     assert list(line.get_xdata()) == [0.0, 0.5, 0.9]
     np.testing.assert_allclose(line.get_ydata(), [63.3, 63.3 * 0.85, 63.3 * 0.73])
-    er = figures.pruning_figure(MODELS, pruning, "val", metric="er")
+    er = curve_figure(MODELS, pruning, "val", metric="er")
     np.testing.assert_allclose(er.axes[2].lines[0].get_ydata(), [12.34, 12.34 * 0.85, 12.34 * 0.73])
     saved(er, tmp_path, "pruning_er")
     with pytest.raises(rs.InputError, match="metric: expected 'accuracy' or 'er'"):
-        figures.pruning_figure(MODELS, pruning, "val", metric="loss")
+        curve_figure(MODELS, pruning, "val", metric="loss")
 
 
 def test_venn_diagrams_for_two_and_three_sets(tmp_path):
-    figure = figures.venn_figure({"A": {"a", "b", "c"}, "B": {"c", "d"}, "C": {"e"}}, "three")
+    figure = venn_figure({"A": {"a", "b", "c"}, "B": {"c", "d"}, "C": {"e"}}, "three")
     texts = {text.get_text() for text in figure.axes[0].texts}
     assert {"A", "B", "C", "2", "1"} <= texts  # region counts: A only 2, A&B 1, B only 1, C only 1
     saved(figure, tmp_path, "venn3")
-    two = figures.venn_figure({"A": {"a"}, "B": {"a", "b"}}, "two")
+    two = venn_figure({"A": {"a"}, "B": {"a", "b"}}, "two")
     assert sorted(text.get_text() for text in two.axes[0].texts if text.get_text().isdigit()) == ["0", "1", "1"]
 
 
 def test_more_than_three_sets_fall_back_to_an_upset_chart(tmp_path):
     sets = {"A": {"a", "b", "c", "d"}, "B": {"c", "d", "e"}, "C": {"d", "f"}, "D": {"g"}}
-    figure = figures.venn_figure(sets, "four")
+    figure = venn_figure(sets, "four")
     bars, dots = figure.axes
     heights = [patch.get_height() for patch in bars.patches]
     assert heights == [2, 1, 1, 1, 1, 1]  # A only {a, b}; then {c}: A&B, {d}: A&B&C, {e}, {f}, {g}
     FigureCanvasAgg(figure).draw()
     assert [label.get_text() for label in dots.get_yticklabels()] == ["A (4)", "B (3)", "C (2)", "D (1)"]
     assert saved(figure, tmp_path, "upset")[0] > 0
-    empty = figures.venn_figure({"A": set(), "B": set()}, "none")
+    empty = venn_figure({"A": set(), "B": set()}, "none")
     assert empty.axes[0].get_title() == "none: no concepts encoded"
     with pytest.raises(rs.InputError, match="at least one set"):
-        figures.venn_figure({}, "nothing")
+        venn_figure({}, "nothing")
 
 
 def test_cka_heatmap_and_depth_curves(results, tmp_path):
     rows = results.read(CkaRow)
-    heatmap = figures.cka_heatmap_figure(rows, "rn50-oa-zs", "rn50-oa-ft")  # the first dataset: val
+    heatmap = cka_heatmap_figure(rows, "rn50-oa-zs", "rn50-oa-ft")  # the first dataset: val
     grid = np.asarray(heatmap.axes[0].images[0].get_array())
     expected = [[1.0 - 0.1 * abs(i - j) - 0.05 * i for j in range(3)] for i in range(3)]
     np.testing.assert_allclose(grid, expected)
     assert "on val (minibatch)" in heatmap.axes[0].get_title()
-    sketch = figures.cka_heatmap_figure(rows, "rn50-oa-zs", "rn50-oa-ft", "sketch")
+    sketch = cka_heatmap_figure(rows, "rn50-oa-zs", "rn50-oa-ft", "sketch")
     np.testing.assert_allclose(np.asarray(sketch.axes[0].images[0].get_array()), np.asarray(expected) - 0.2)
     saved(heatmap, tmp_path, "cka_heatmap")
-    depth = figures.cka_depth_figure(rows, "val")
+    depth = cka_depth_figure(rows, "val")
     panels = [ax for ax in depth.axes if ax.get_visible()]
     assert [ax.get_title() for ax in panels] == ["rn50-oa-zs vs rn50-oa-ft", "vit-oa-zs vs rn50-oa-zs"]
     for ax, id_curve in zip(panels, ([1.0, 0.95, 0.9], [0.5, 0.6])):
@@ -118,27 +126,27 @@ def test_cka_heatmap_and_depth_curves(results, tmp_path):
     assert "minibatch estimator" in depth.get_suptitle()
     saved(depth, tmp_path, "cka_depth")
     with pytest.raises(rs.InputError, match="no CKA rows for the pair"):
-        figures.cka_heatmap_figure(rows, "a", "b")
+        cka_heatmap_figure(rows, "a", "b")
     ragged = [CkaRow("a", "b", "l1", "m1", 0.5, "val", "pooled"), CkaRow("a", "b", "l1", "m2", 0.4, "val", "pooled"),
               CkaRow("a", "b", "l2", "m1", 0.3, "val", "pooled")]
     with pytest.raises(rs.InputError, match="no CKA pair has corresponding layers"):
-        figures.cka_depth_figure(ragged)
+        cka_depth_figure(ragged)
 
 
 def test_wiseft_panels_follow_the_computed_metrics(results, tmp_path):
-    full = figures.wiseft_figure(results.read(WiseFtRow))
+    full = wiseft_figure(results.read(WiseFtRow))
     panels = [ax.get_ylabel() for ax in full.axes]
     assert panels == ["accuracy (%)", "ER (%)", "kurtosis", "unique concepts"]
     np.testing.assert_allclose(full.axes[1].lines[0].get_ydata(), [8.0, 3.0, -2.0])
     saved(full, tmp_path, "wiseft")
-    partial = figures.wiseft_figure([WiseFtRow("p", a, 0.5 + a / 4, None, None, 3 + a, None) for a in (0.0, 1.0)])
+    partial = wiseft_figure([WiseFtRow("p", a, 0.5 + a / 4, None, None, 3 + a, None) for a in (0.0, 1.0)])
     assert [ax.get_ylabel() for ax in partial.axes] == ["accuracy (%)", "kurtosis"]
     assert len(partial.axes[0].lines) == 1  # no shift accuracy: no dashed line
     np.testing.assert_allclose(partial.axes[1].lines[0].get_ydata(), [3.0, 4.0])
 
 
 def test_threshold_sweep_panels(results, tmp_path):
-    figure = figures.concept_thresholds_figure(results.read(ModelRow), results.read(ConceptThresholdRow), "singular")
+    figure = concept_thresholds_figure(results.read(ModelRow), results.read(ConceptThresholdRow), "singular")
     assert [ax.get_ylabel() for ax in figure.axes] == ["unique concepts (eq. 5)",
                                                       "polysemanticity (mean over all directions)"]
     rows = [row for row in results.read(ConceptThresholdRow) if row.model == "rn50-oa-zs"]
@@ -149,4 +157,4 @@ def test_threshold_sweep_panels(results, tmp_path):
     assert "orientation both" in figure._suptitle.get_text()
     saved(figure, tmp_path, "thresholds")
     with pytest.raises(rs.InputError, match="no row of concept_thresholds.csv in the neuron basis"):
-        figures.concept_thresholds_figure([], results.read(ConceptThresholdRow), "neuron")
+        concept_thresholds_figure([], results.read(ConceptThresholdRow), "neuron")

@@ -13,8 +13,9 @@ import pytest
 import robustsig as rs
 from robustsig.cli import main
 from robustsig.report.html import build_report
+from robustsig.study.analyses.accuracy import AccuracyRow, RobustnessRow
 from robustsig.study.config import validate_study_config
-from robustsig.study.results import AccuracyRow, ModelRow, Results, RobustnessRow
+from robustsig.study.results import ModelRow, Results
 
 from browser import CHROMIUM, check_page
 from report_data import ACCURACY, ER, MODELS, XSS, write_results

@@ -12,8 +12,12 @@ import pytest
 
 import robustsig as rs
 from robustsig.study import results as results_module
-from robustsig.study.results import (TABLES, AccuracyRow, ImportanceRow, InputRecord, KurtosisRow, PruningRow,
-                                     Results, WiseFtRow, columns)
+from robustsig.study.analyses.accuracy import AccuracyRow
+from robustsig.study.analyses.importance import ImportanceRow
+from robustsig.study.analyses.kurtosis import KurtosisRow
+from robustsig.study.analyses.pruning import PruningRow
+from robustsig.study.analyses.wiseft import WiseFtRow
+from robustsig.study.results import InputRecord, Results, TABLES, columns
 
 from report_data import MODELS, write_results
 

@@ -6,8 +6,12 @@ import pytest
 
 import robustsig as rs
 from robustsig.report import tables
-from robustsig.study.results import (AccuracyRow, ConceptRow, ConceptTopRow, KurtosisRow, ModelRow, RobustnessRow,
-                                     WiseFtRow)
+from robustsig.study.analyses.accuracy import (AccuracyRow, RobustnessRow, accuracy_table, dataset_accuracy_table,
+                                               shift_sets_note)
+from robustsig.study.analyses.concepts.summary import ConceptRow, ConceptTopRow, concept_top_table, concepts_table
+from robustsig.study.analyses.kurtosis import KurtosisRow, kurtosis_table
+from robustsig.study.analyses.wiseft import WiseFtRow, wiseft_table
+from robustsig.study.results import ModelRow
 
 from report_data import MODELS, write_results
 
@@ -18,7 +22,7 @@ def results(tmp_path_factory):
 
 
 def test_accuracy_table_in_the_paper_layout(results):
-    table = tables.accuracy_table(MODELS, results.read(RobustnessRow))
+    table = accuracy_table(MODELS, results.read(RobustnessRow))
     assert tables.to_csv(table) == (
         "Backbone,Pretraining,Zero-shot ACC (%),Zero-shot ER (%),Finetuned ACC (%),Finetuned ER (%),"
         "Supervised ACC (%),Supervised ER (%)\n"
@@ -56,14 +60,14 @@ def test_accuracy_table_in_the_paper_layout(results):
 
 
 def test_kurtosis_and_concept_tables(results):
-    kurtosis = tables.kurtosis_table(MODELS, results.read(KurtosisRow), dataset="val")
+    kurtosis = kurtosis_table(MODELS, results.read(KurtosisRow), dataset="val")
     assert tables.to_csv(kurtosis) == (
         "Backbone,Pretraining,Zero-shot Kurtosis,Finetuned Kurtosis,Supervised Kurtosis\n"
         "RN50,openai,41.3,7.0,\n"
         "RN50,yfcc15m,19.5,,\n"
         "RN50,imagenet-1k,,,4.0\n"
         "ViT-B-32,openai,12.3,,\n")
-    concepts = tables.concepts_table(MODELS, results.read(ConceptRow), basis="singular")
+    concepts = concepts_table(MODELS, results.read(ConceptRow), basis="singular")
     assert tables.to_markdown(concepts) == (
         "| Backbone | Pretraining | Zero-shot Unique concepts | Zero-shot Polysemanticity | "
         "Zero-shot Polysemanticity (active) | Finetuned Unique concepts | Finetuned Polysemanticity | "
@@ -76,14 +80,14 @@ def test_kurtosis_and_concept_tables(results):
         "| ViT-B-32 | openai | 3 | 1.25 | 2.50 | – | – | – | – | – | – |")
     assert "the paper's, mean concepts per direction over all directions probed" in concepts.caption
     assert "AP orientation: both" in concepts.caption
-    neuron = tables.concepts_table(MODELS, results.read(ConceptRow), basis="neuron")
+    neuron = concepts_table(MODELS, results.read(ConceptRow), basis="neuron")
     assert [row[2] for row in neuron.rows] == ["5", "2", None, "4"] and neuron.name == "concepts_neuron"
 
 
 def test_rows_and_kinds_without_values_are_left_out():
     models = [ModelRow("a", "timm:x", "ResNet", "in1k", "supervised"), ModelRow("b", "timm:y", "ViT", "in21k",
                                                                                   "supervised")]
-    table = tables.kurtosis_table(models, [KurtosisRow("b", "val", 3.04, 10, 4), KurtosisRow("a", "other", 9.0, 10, 4)],
+    table = kurtosis_table(models, [KurtosisRow("b", "val", 3.04, 10, 4), KurtosisRow("a", "other", 9.0, 10, 4)],
                                   dataset="val")
     assert tables.to_csv(table) == "Backbone,Pretraining,Supervised Kurtosis\nViT,in21k,3.0\n"
     assert tables.to_latex(table).splitlines()[4:9] == [
@@ -95,11 +99,11 @@ def test_two_models_in_one_cell_are_refused():
     models = [ModelRow("a", "timm:x", "RN50", "openai", "zero-shot"), ModelRow("b", "timm:y", "RN50", "openai",
                                                                                 "zero-shot")]
     with pytest.raises(rs.DataError, match="models 'a' and 'b' have the same backbone, pretraining and kind"):
-        tables.kurtosis_table(models, [], dataset="val")
+        kurtosis_table(models, [], dataset="val")
 
 
 def test_long_tables_escape_names(results):
-    top = tables.concept_top_table(results.read(ConceptTopRow))
+    top = concept_top_table(results.read(ConceptTopRow))
     assert tables.to_csv(top) == ("Model,Basis,Direction,Top-1,Top-2\n"
                                   "rn50-oa-zs,singular,0,<script>alert(1)</script> (0.97),sky (0.93)\n"
                                   "vit-oa-zs,singular,3,50%_a&b (0.91),\n")
@@ -110,9 +114,9 @@ def test_long_tables_escape_names(results):
         r"rn50-oa-zs & singular & 0 & \textless{}script\textgreater{}alert(1)\textless{}/script\textgreater{} (0.97) "
         r"& sky (0.93) \\",
         r"vit-oa-zs & singular & 3 & 50\%\_a\&b (0.91) & -- \\"]
-    by_dataset = tables.dataset_accuracy_table(results.read(AccuracyRow), ["sketch", "val"])
+    by_dataset = dataset_accuracy_table(results.read(AccuracyRow), ["sketch", "val"])
     assert tables.to_csv(by_dataset).splitlines()[:2] == ["Model,sketch,val", "rn50-oa-zs,33.1,59.8"]
-    wiseft = tables.wiseft_table([WiseFtRow("p|q", 0.5, 0.5, None, None, 3.25, None)])
+    wiseft = wiseft_table([WiseFtRow("p|q", 0.5, 0.5, None, None, 3.25, None)])
     assert tables.to_markdown(wiseft).splitlines()[2] == r"| p\|q | 0.5 | 50.0 | – | – | 3.2 | – |"
 
 
@@ -124,7 +128,7 @@ def test_latex_and_markdown_escaping():
 
 
 def test_write_table_writes_three_formats(tmp_path, results):
-    table = tables.kurtosis_table(MODELS, results.read(KurtosisRow), dataset="val")
+    table = kurtosis_table(MODELS, results.read(KurtosisRow), dataset="val")
     paths = tables.write_table(table, tmp_path / "tables")
     assert [path.name for path in paths] == ["kurtosis.csv", "kurtosis.md", "kurtosis.tex"]
     assert paths[0].read_text() == tables.to_csv(table)
@@ -134,13 +138,13 @@ def test_write_table_writes_three_formats(tmp_path, results):
 
 def test_the_shift_sets_note_says_what_acc_s_averaged_over():
     paper = {name: name for name in ("imagenet-v2", "imagenet-r", "imagenet-sketch", "objectnet", "imagenet-a")}
-    assert tables.shift_sets_note({"shift_sets": paper, "paper_shift_sets": True, "missing_classes": {}}) == (
+    assert shift_sets_note({"shift_sets": paper, "paper_shift_sets": True, "missing_classes": {}}) == (
         "ACC(S) is the mean over 5 shift set(s): imagenet-v2 (imagenet-v2), imagenet-r (imagenet-r), imagenet-sketch "
         "(imagenet-sketch), objectnet (objectnet), imagenet-a (imagenet-a), the paper's five kinds.")
-    own = tables.shift_sets_note({"shift_sets": {"cartoon": "folder"}, "paper_shift_sets": False,
+    own = shift_sets_note({"shift_sets": {"cartoon": "folder"}, "paper_shift_sets": False,
                                   "missing_classes": {"r": [f"n{i}" for i in range(12)]}})
     assert "cartoon (folder); these are not the paper's five shift sets" in own
     assert own.endswith("r, 12 missing (n0, n1, n2, n3, n4, n5, n6, n7, n8, n9, ...).")
-    assert tables.shift_sets_note({"shift_sets": ["old", "list"]}) == ""  # results of an older run: no claim
-    table = tables.accuracy_table(MODELS, [], shift_note=own)
+    assert shift_sets_note({"shift_sets": ["old", "list"]}) == ""  # results of an older run: no claim
+    table = accuracy_table(MODELS, [], shift_note=own)
     assert table.caption.endswith(own)

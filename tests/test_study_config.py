@@ -86,9 +86,9 @@ def test_cross_reference_errors_are_listed_together():
         "(set `name:` on one of them)",
         "analyses.kurtosis.dataset: expected the name of an evaluation dataset (one of imagenet, imagenet-r) "
         "(did you mean 'imagenet-r'?); got 'imagenet-v2'",
-        "datasets.broden: required by analyses.concepts and analyses.wiseft.concepts; expected {root: "
-        "/path/to/broden1_224}",
+        "datasets.broden: required by analyses.concepts; expected {root: /path/to/broden1_224}",
         "analyses.cka.pairs[1].model_b: expected the name of a model of the study (did you mean 'zs'?); got 'zss'",
+        "datasets.broden: required by analyses.wiseft.concepts; expected {root: /path/to/broden1_224}",
         "analyses.wiseft.pairs[1]: expected two different models; got 'ft' twice",
     ]
 

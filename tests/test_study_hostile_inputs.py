@@ -17,9 +17,9 @@ import torch
 from PIL import Image
 
 import robustsig as rs
+from robustsig.runner import run_study
+from robustsig.study.analyses.accuracy import AccuracyRow
 from robustsig.study.config import load_study_config
-from robustsig.study.results import AccuracyRow
-from robustsig.study.runner import run_study
 
 from study_helpers import write_concept_folder, write_config
 

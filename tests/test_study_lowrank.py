@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 
 import robustsig as rs
+from robustsig.runner import run_study
+from robustsig.study.analyses.accuracy import AccuracyRow, RobustnessRow
+from robustsig.study.analyses.layer_kurtosis import LayerKurtosisRow
+from robustsig.study.analyses.lowrank import LowRankRow
 from robustsig.study.config import load_study_config
-from robustsig.study.results import AccuracyRow, LayerKurtosisRow, LowRankRow, RobustnessRow
-from robustsig.study.runner import run_study
 
 from study_helpers import build_world, study_data, write_config
 

@@ -12,10 +12,11 @@ import pytest
 import torch
 
 import robustsig as rs
-from robustsig.study.analyses import build_plan
-from robustsig.study.analyses.cka import _bounds, layer_cka, match_layers
+from robustsig.study.analyses.cka import match_layers
+from robustsig.study.analyses.cka.estimators import _bounds, layer_cka
 from robustsig.study.config import select, validate_study_config
 from robustsig.study.ledger import Ledger, provenance_digest
+from robustsig.study.registry import build_plan
 from robustsig.study.stores import ExtractTask, _covers
 
 from study_helpers import study_data
@@ -198,7 +199,7 @@ def test_a_store_with_more_layers_serves_a_store_with_fewer():
     assert not _covers(None, key)
 
 
-@pytest.mark.parametrize("name", ["ledger", "baseline", "analyses.cka", "results"])
+@pytest.mark.parametrize("name", ["ledger", "baseline", "analyses.cka.options", "results"])
 def test_docstring_examples_run(name):
     module = importlib.import_module(f"robustsig.study.{name}")
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
@@ -206,7 +207,7 @@ def test_docstring_examples_run(name):
 
 
 def test_concept_ap_runs_on_the_study_device_when_it_is_a_gpu():
-    from robustsig.study.analyses.concepts import ap_device
+    from robustsig.study.analyses.concepts.ap import ap_device
 
     assert ap_device("cpu") == torch.device("cpu")
     assert ap_device(None) == torch.device("cuda:0" if torch.cuda.is_available() else "cpu")  # auto
@@ -256,7 +257,7 @@ def _tiny(preprocess, seed: int) -> rs.Classifier:
 
 
 def test_the_paired_pass_feeds_both_models_the_same_minibatches():
-    from robustsig.study.analyses.cka import paired_cka
+    from robustsig.study.analyses.cka.estimators import paired_cka
 
     from cka_oracle import torch_cka_compare
 

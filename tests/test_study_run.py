@@ -22,13 +22,17 @@ from scipy.stats import spearmanr
 import oracles
 import robustsig as rs
 from robustsig.cli import main
-from robustsig.study.analyses.cka import match_layers
+from robustsig.runner import run_study
+from robustsig.study.analyses.accuracy import AccuracyRow, RobustnessRow
+from robustsig.study.analyses.cka import CkaRow, match_layers
+from robustsig.study.analyses.concepts.summary import ConceptRow, ConceptTopRow, VennRow
+from robustsig.study.analyses.concepts.thresholds import ConceptThresholdRow
+from robustsig.study.analyses.importance import ImportanceRow, PrivilegedRow
+from robustsig.study.analyses.kurtosis import KurtosisRow, OutlierRow
+from robustsig.study.analyses.pruning import PruningRow
+from robustsig.study.analyses.wiseft import WiseFtRow
 from robustsig.study.config import load_study_config
 from robustsig.study.ledger import Ledger
-from robustsig.study.results import (AccuracyRow, CkaRow, ConceptRow, ConceptThresholdRow, ConceptTopRow,
-                                     ImportanceRow, KurtosisRow, OutlierRow, PrivilegedRow, PruningRow, RobustnessRow,
-                                     VennRow, WiseFtRow)
-from robustsig.study.runner import run_study
 from robustsig.study.subjects import random_init_seed
 
 from browser import CHROMIUM, check_page
@@ -323,7 +327,7 @@ def test_wiseft_sweep_matches_its_stores(study):
 
 
 def test_concept_significance_follows_its_p_values(study):
-    from robustsig.study.analyses.significance import ConceptSignificanceRow
+    from robustsig.study.analyses.concepts.significance import ConceptSignificanceRow
 
     rows = study.read(ConceptSignificanceRow)
     assert {(row.model, row.basis) for row in rows} == {(m, b) for m in MODELS for b in ("singular", "neuron")}
@@ -343,7 +347,7 @@ def test_concept_significance_follows_its_p_values(study):
 def test_signatures_and_er_prediction_follow_the_tables_and_stores(study):
     from robustsig.study.analyses.predict_er import (ErPredictionRow, ErPredictorRow, ErTrackingRow, LabelFreeRow,
                                                      SignatureRow)
-    from robustsig.study.results import LayerKurtosisRow
+    from robustsig.study.analyses.layer_kurtosis import LayerKurtosisRow
 
     signatures = {row.model: row for row in study.read(SignatureRow)}
     assert list(signatures) == list(MODELS)

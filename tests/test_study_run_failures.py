@@ -12,9 +12,10 @@ import pytest
 
 import oracles
 import robustsig as rs
+from robustsig.runner import run_study
+from robustsig.study.analyses.accuracy import AccuracyRow, RobustnessRow
 from robustsig.study.analyses.importance import ImportanceTask
-from robustsig.study.results import AccuracyRow, KurtosisRow, RobustnessRow
-from robustsig.study.runner import run_study
+from robustsig.study.analyses.kurtosis import KurtosisRow
 
 from cli_helpers import run_cli
 from study_helpers import build_world, counting_forwards, study_data, write_checkpoint, write_config

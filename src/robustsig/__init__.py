@@ -63,7 +63,7 @@ _PUBLIC: dict[str, str] = {
     "interpolation_path": "robustsig.models.wiseft",
     "calibrate_linear_maps": "robustsig.extraction.calibrate",
     "low_rank_classifier": "robustsig.models.lowrank",
-    "low_rank_curve": "robustsig.models.lowrank",
+    "low_rank_curve": "robustsig.extraction.lowrank",
     # training (the model pool: finetuning, from scratch, Wise-FT sweeps)
     "Recipe": "robustsig.train.recipes",
     "load_recipe": "robustsig.train.recipes",
@@ -81,8 +81,8 @@ _PUBLIC: dict[str, str] = {
     # study and report
     "StudyConfig": "robustsig.study.config",
     "load_study_config": "robustsig.study.config",
-    "run_study": "robustsig.study.runner",
-    "RunSummary": "robustsig.study.runner",
+    "run_study": "robustsig.runner",
+    "RunSummary": "robustsig.runner",
     "Results": "robustsig.study.results",
     "build_report": "robustsig.report.html",
     "run_demo": "robustsig.demo.run",

@@ -60,7 +60,8 @@ def lowrank_command(
     from robustsig.metrics.robustness import PAPER_B0, PAPER_B1
     from robustsig.models.checkpoint import save_classifier
     from robustsig.models.factory import load_classifier
-    from robustsig.models.lowrank import low_rank_classifier, low_rank_curve
+    from robustsig.extraction.lowrank import low_rank_curve
+    from robustsig.models.lowrank import low_rank_classifier
 
     levels = _numbers(fractions, "--fractions")
     orders = [part.strip() for part in order.split(",") if part.strip()]

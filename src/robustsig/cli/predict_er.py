@@ -30,8 +30,7 @@ def predict_er_command(
     Example: `robustsig predict-er robustsig-demo/results`.
     """
     from robustsig.errors import DataError
-    from robustsig.study.analyses.predict_er import predict_er_tables
-    from robustsig.study.config import PredictErOptions
+    from robustsig.study.analyses.predict_er import PredictErOptions, predict_er_tables
     from robustsig.study.results import Results
 
     if not results_dir.is_dir():

@@ -12,7 +12,7 @@ from robustsig.cli._output import emit_json, format_table, run_long_command
 from robustsig.errors import InputError
 
 if TYPE_CHECKING:
-    from robustsig.study.runner import RunSummary
+    from robustsig.runner import RunSummary
 
 study_app = typer.Typer(name="study", no_args_is_help=True, add_completion=False,
                         help="The main job: one YAML file names a model pool, datasets and analyses "
@@ -87,7 +87,7 @@ def run(config_path: Path = typer.Argument(..., metavar="STUDY.yaml", help="the 
     """Extract what the activation stores lack, compute every analysis, write results/ and the HTML report.
 
     Rerunning redoes nothing already done; a changed setting reruns only what depends on it."""
-    from robustsig.study.runner import run_study
+    from robustsig.runner import run_study
 
     run_long_command(lambda progress: run_study(config_path, only=only, device=device, progress=progress),
                      json_output=json_output, show=_print_summary, kept="every step finished so far is")

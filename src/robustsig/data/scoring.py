@@ -13,17 +13,7 @@ import torch
 from torch import Tensor
 
 from robustsig.errors import InputError
-from robustsig.metrics.scoring import top1_accuracy
-
-
-def scoring_rule(dataset: Any) -> dict[str, Any]:
-    """The keyword arguments of :func:`~robustsig.metrics.scoring.top1_correct` (and of
-    :class:`~robustsig.metrics.scoring.TopOneAccumulator`) for ``dataset``: its ``class_map`` when it has one
-    (ObjectNet), else its ``class_indices`` (``None``: all logits)."""
-    class_map = getattr(dataset, "class_map", None)
-    if class_map is not None:
-        return {"class_indices": None, "class_map": class_map}
-    return {"class_indices": getattr(dataset, "class_indices", None), "class_map": None}
+from robustsig.metrics.scoring import scoring_rule, top1_accuracy
 
 
 def _same_class(name: str, index: int) -> bool:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from robustsig.demo.build import CONCEPT_SET, ID_SET, DemoData
-from robustsig.study.config import PAPER_BASELINE
+from robustsig.study.sections import PAPER_BASELINE
 
 BASE_SPEC = "bundled:mobilenet_v2"
 """The model the demo finetunes (and the Wise-FT sweep starts from)."""

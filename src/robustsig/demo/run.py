@@ -6,7 +6,7 @@ The run, each stage cached so that a rerun takes seconds:
 2. the finetuned MobileNetV2 (:func:`~robustsig.demo.finetune.finetune_demo_model`) in ``OUT/finetune/``;
 3. the study config (:func:`~robustsig.demo.config.demo_config`) written as ``OUT/study.yaml``, a file to read, edit
    and rerun with ``robustsig study run OUT/study.yaml``;
-4. the study (:func:`~robustsig.study.runner.run_study`): stores in ``OUT/store/``, tables in ``OUT/results/``, the
+4. the study (:func:`~robustsig.runner.run_study`): stores in ``OUT/store/``, tables in ``OUT/results/``, the
    report in ``OUT/report/report.html``.
 
 >>> run = run_demo("robustsig-demo")          # doctest: +SKIP
@@ -33,7 +33,7 @@ from robustsig.demo.shifts import SHIFTS
 from robustsig.demo.sources import DEMO_CLASSES
 from robustsig.errors import InputError
 from robustsig._atomic import write_text_atomic
-from robustsig.study.runner import RunSummary, run_study
+from robustsig.runner import RunSummary, run_study
 
 MARK = "demo.json"
 """Written in the output folder: marks it as the demo's (a folder holding other files is refused) and records the
@@ -55,7 +55,7 @@ class DemoRun:
         data: the demo data (``data.reused``: built before).
         finetune: the finetuned model (``finetune.reused``: trained before).
         study_file: the study config written and run.
-        summary: the study run's :class:`~robustsig.study.runner.RunSummary`.
+        summary: the study run's :class:`~robustsig.runner.RunSummary`.
         timings: seconds per stage: ``data``, ``finetune``, ``extract`` (the study's extraction steps),
             ``analyses`` (its other steps), ``report`` (the rest of the study run), ``total``.
     """

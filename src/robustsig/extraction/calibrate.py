@@ -11,7 +11,6 @@ import copy
 import warnings
 from contextlib import AbstractContextManager, nullcontext
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import Dataset, IterableDataset
@@ -23,7 +22,7 @@ from robustsig.errors import InputError
 from robustsig.extraction.loader import batch_loader
 from robustsig.metrics.directions import HeadSVD, ImportanceAccumulator
 from robustsig.models.classifier import Classifier
-from robustsig.models.linear_maps import LinearMap, explicit_attention, find_linear_maps
+from robustsig.models.linear_maps import Calibration, LinearMap, explicit_attention, find_linear_maps
 
 
 def image_batches(classifier: Classifier, dataset: Dataset, *, batch_size: int = 32, limit: int | None = None,
@@ -45,27 +44,6 @@ def image_batches(classifier: Classifier, dataset: Dataset, *, batch_size: int =
     for batch in loader:
         if batch.images is not None:
             yield batch.images.to(device), batch.labels.to(device)
-
-
-@dataclass
-class Calibration:
-    """The linear maps of an encoder, their decompositions and the importance of their directions.
-
-    Attributes:
-        maps: path (in the encoder, after :func:`~robustsig.models.linear_maps.explicit_attention`) -> the map.
-        svds: path -> :func:`robustsig.head_svd` of its weight (float64, on the CPU).
-        importance: path -> eq. 4 of each direction on the map's own inputs over the calibration images.
-        rows: path -> input vectors per image (tokens or positions the map is applied to).
-        images: number of calibration images.
-        zero_rows: path -> all-zero input vectors left out of the importance (they have no direction).
-    """
-
-    maps: dict[str, LinearMap]
-    svds: dict[str, HeadSVD]
-    importance: dict[str, torch.Tensor]
-    rows: dict[str, float]
-    images: int
-    zero_rows: dict[str, int] = field(default_factory=dict)
 
 
 def calibrate_linear_maps(classifier: Classifier, dataset: Dataset, *, images: int | None = None, batch_size: int = 32,

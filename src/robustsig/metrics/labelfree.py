@@ -13,7 +13,7 @@ signature has to beat.
 Each set is scored with its own rule (:mod:`robustsig.metrics.scoring`): the softmax runs over the classes the
 rule predicts among: every logit, ImageNet-R/-A's 200 ``class_indices``, or ObjectNet's classes through its class
 map (each class's score is the max of its logits). A rule is a mapping ``{"class_indices": ..., "class_map": ...}``
-(what :func:`robustsig.data.scoring.scoring_rule` returns) or a robustsig dataset, whose rule is read off it.
+(what :func:`robustsig.metrics.scoring.scoring_rule` returns) or a robustsig dataset, whose rule is read off it.
 
 Confidences are per image, so computing them batch by batch (:func:`confidence_scores`) and feeding the
 concatenated scores to :func:`doc_from_scores` / :func:`atc_from_scores` gives exactly the answer of the one-shot
@@ -35,7 +35,7 @@ from torch import Tensor
 
 from robustsig.errors import InputError
 from robustsig.metrics._checks import as_labels, as_matrix, as_vector
-from robustsig.metrics.scoring import TopOneRule, top1_correct
+from robustsig.metrics.scoring import TopOneRule, scoring_rule, top1_correct
 
 Score = Literal["maxprob", "entropy"]
 SCORES: tuple[str, ...] = ("maxprob", "entropy")
@@ -50,8 +50,6 @@ def _rule(rule: Any, name: str) -> dict[str, Any]:
             raise InputError(f"{name}: expected a mapping with class_indices and/or class_map (a dataset's scoring "
                              f"rule); got keys {unknown}")
         return {"class_indices": rule.get("class_indices"), "class_map": rule.get("class_map")}
-    from robustsig.data.scoring import scoring_rule
-
     return scoring_rule(rule)
 
 

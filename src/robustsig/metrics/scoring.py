@@ -1,7 +1,7 @@
 """Top-1 correctness with a dataset's class subset or class mapping applied (pure tensor math).
 
 Three scoring rules cover every set of the paper; the datasets carry theirs as attributes of the same names
-(see :func:`robustsig.accuracy` and :func:`robustsig.data.scoring.scoring_rule`):
+(see :func:`robustsig.accuracy` and :func:`robustsig.metrics.scoring.scoring_rule`):
 
 - plain: the prediction is the argmax over all logits; labels are logit indices (ImageNet val, -V2, -Sketch);
 - ``class_indices``: the argmax over those logit columns only (indices, or a boolean mask over the logits);
@@ -35,6 +35,16 @@ from robustsig.metrics._checks import as_labels, as_matrix, to_tensor
 
 ClassIndices = Sequence[int] | Tensor
 ClassMap = Sequence[Sequence[int]]
+
+
+def scoring_rule(dataset: Any) -> dict[str, Any]:
+    """The keyword arguments of :func:`top1_correct` (and of :class:`TopOneAccumulator`) for ``dataset`` (any object
+    with the attributes a robustsig dataset has): its ``class_map`` when it has one (ObjectNet), else its
+    ``class_indices`` (``None``: all logits)."""
+    class_map = getattr(dataset, "class_map", None)
+    if class_map is not None:
+        return {"class_indices": None, "class_map": class_map}
+    return {"class_indices": getattr(dataset, "class_indices", None), "class_map": None}
 
 
 def row_argmax(scores: Tensor) -> Tensor:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustsig.errors import InputError
+from robustsig.metrics.directions import HeadSVD
 from robustsig.metrics.lowrank import MapShape
 
 MapKind = Literal["linear", "conv1x1"]
@@ -252,3 +253,24 @@ def apply_structure(root: nn.Module, ranks: Mapping[str, int]) -> None:
 def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
     parent, _, child = path.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, child, module)
+
+
+@dataclass
+class Calibration:
+    """The linear maps of an encoder, their decompositions and the importance of their directions.
+
+    Attributes:
+        maps: path (in the encoder, after :func:`~robustsig.models.linear_maps.explicit_attention`) -> the map.
+        svds: path -> :func:`robustsig.head_svd` of its weight (float64, on the CPU).
+        importance: path -> eq. 4 of each direction on the map's own inputs over the calibration images.
+        rows: path -> input vectors per image (tokens or positions the map is applied to).
+        images: number of calibration images.
+        zero_rows: path -> all-zero input vectors left out of the importance (they have no direction).
+    """
+
+    maps: dict[str, LinearMap]
+    svds: dict[str, HeadSVD]
+    importance: dict[str, torch.Tensor]
+    rows: dict[str, float]
+    images: int
+    zero_rows: dict[str, int] = field(default_factory=dict)

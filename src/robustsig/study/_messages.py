@@ -7,7 +7,7 @@ import difflib
 import inspect
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -84,13 +84,15 @@ def _describe(root: type[BaseModel], error: dict[str, Any]) -> str:
     return f"{message}; got {_short(error['input'])}"
 
 
-def format_validation_error(error: ValidationError, root: type[BaseModel], source: str) -> str:
+def format_validation_error(error: ValidationError, root: type[BaseModel], source: str,
+                            note: Callable[[tuple], str] | None = None) -> str:
     """One message listing every problem of ``error`` as ``key.path: what was expected; got what``.
 
     Args:
         error: the pydantic error raised while validating ``root``.
         root: the model class that was validated (used to list the keys allowed where an unknown one appears).
         source: what was validated, for the first line (a file name).
+        note: what to add to the problems at a location (the plugin that provides an analysis's section).
 
     Returns:
         A multi-line message, problems in document order.
@@ -98,7 +100,8 @@ def format_validation_error(error: ValidationError, root: type[BaseModel], sourc
     lines = []
     for item in error.errors(include_url=False):
         path = key_path(item["loc"])
+        extra = note(tuple(item["loc"])) if note is not None else ""
         for line in _describe(root, item).splitlines():
-            lines.append(f"  - {path}: {line}" if path else f"  - {line}")
+            lines.append((f"  - {path}: {line}" if path else f"  - {line}") + extra)
     count = len(lines)
     return f"{source} is not a valid study config ({count} problem{'s' if count != 1 else ''}):\n" + "\n".join(lines)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from robustsig.errors import InputError
-from robustsig.study.config import Baseline
+from robustsig.study.sections import Baseline
 
 # Column names recognised without options: ours, imagenet-testbed's robustness_top1s.csv, open_clip's results.
 ID_COLUMNS = ("imagenet", "acc_id", "val", "ImageNet 1k")

@@ -10,7 +10,7 @@ time and is done before the next is loaded.
 Which stores hold layers is decided on the *whole* config (CKA pairs), not on the ``--only`` selection, so that
 ``--only kurtosis`` never re-extracts a CKA model's store without its layers.
 
-:func:`robustsig.study.analyses.build_plan` builds the plan of a config.
+:func:`robustsig.study.registry.build_plan` builds the plan of a config.
 """
 
 from __future__ import annotations
@@ -35,6 +35,13 @@ class Planner:
         self._layers = dict(layers or {})
         self._pooling = pooling
         self._tasks: dict[str, Task] = {}
+        self.origin = "robustsig"
+        """The origin given to the tasks added from now on (the registry sets it while a plugin plans)."""
+
+    @property
+    def pooling(self) -> str:
+        """How the stores pool layer outputs in this plan."""
+        return self._pooling
 
     def store(self, subject: Subject, dataset: str) -> str:
         """The id of the extraction step of ``subject`` on ``dataset`` (added on first request)."""
@@ -46,7 +53,10 @@ class Planner:
         missing = [need for need in task.needs if need not in self._tasks]
         if missing:
             raise InputError(f"task {task.id} needs {missing}, which are not planned before it")
-        self._tasks.setdefault(task.id, task)
+        if task.id not in self._tasks:
+            if self.origin != "robustsig":
+                task.origin = self.origin
+            self._tasks[task.id] = task
         return task.id
 
     def __iter__(self) -> Iterator[Task]:

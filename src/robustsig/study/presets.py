@@ -19,7 +19,7 @@ from collections.abc import Callable
 import yaml
 
 from robustsig.errors import InputError
-from robustsig.study.config import PAPER_BASELINE, PLACEHOLDER_PREFIX
+from robustsig.study.sections import PAPER_BASELINE, PLACEHOLDER_PREFIX
 
 PAPER_POOL: dict[str, tuple[str, ...]] = {
     "RN50": ("openai", "yfcc15m", "cc12m"),

@@ -4,24 +4,10 @@ Layout of ``OUTPUT_DIR/results/``::
 
     models.csv      model, spec, backbone, pretraining, kind          (the pool, from the config)
     datasets.csv    dataset, kind, role, root                         (role: id | shift | concepts)
-    accuracy.csv    model, dataset, accuracy, num_samples
-    robustness.csv  model, acc_id, acc_shift, er, b1, b0
-    kurtosis.csv    model, dataset, kurtosis, num_samples, dim
-    outliers.csv    model, dataset, dimension, score
-    importance.csv  model, direction, singular_value, importance, privileged
-    privileged.csv  model, num_directions, num_privileged, top_direction, top_ratio, spearman
-    pruning.csv     model, order, fraction, dataset, accuracy, er
-    concepts.csv    model, basis, num_directions, num_concepts, unique_concepts, polysemanticity, threshold,
-                    polysemanticity_active, orientation
-    concept_thresholds.csv  model, basis, threshold, unique_concepts, polysemanticity, polysemanticity_active,
-                    orientation   (the threshold sensitivity sweep)
-    concept_top.csv model, basis, direction, rank, concept, category, ap
-    venn.csv        model, basis, concept, category
-    cka.csv         model_a, model_b, layer_a, layer_b, cka, dataset, estimator
-    wiseft.csv      pair, alpha, acc_id, acc_shift, er, kurtosis, unique_concepts
+    NAME.csv        one table per result table of each analysis (its module defines the row type; docs/study.md
+                    lists them all)
     provenance.json what each table was computed on (models, datasets, store keys, sample counts), the config,
                     package versions
-    concept_ap/     the full AP matrices of the concepts analysis (see robustsig.study.analyses.concepts)
     ledger.json     what ``robustsig study run`` has finished (see robustsig.study.ledger), and run.log its log
 
 Each table is a frozen dataclass (a row type) whose fields are its columns in order; :data:`TABLES` lists them.
@@ -31,11 +17,12 @@ back bit for bit; an empty cell is None (only in the columns typed ``| None``). 
 
 Example:
     >>> import tempfile
-    >>> from robustsig.study.results import AccuracyRow, Results
+    >>> from robustsig.study.results import ModelRow, Results
     >>> results = Results(tempfile.mkdtemp())
-    >>> _ = results.write(AccuracyRow, [AccuracyRow("mnv2", "photos", 0.75, 8)])
-    >>> results.read(AccuracyRow)[0].accuracy
-    0.75
+    >>> _ = results.write(ModelRow, [ModelRow("mnv2", "bundled:mobilenet_v2", "MobileNetV2", "imagenet-1k",
+    ...                                       "supervised")])
+    >>> results.read(ModelRow)[0].backbone
+    'MobileNetV2'
 """
 
 from __future__ import annotations
@@ -64,7 +51,8 @@ if TYPE_CHECKING:
     from robustsig.study.config import StudyConfig
 
 
-def _column(doc: str) -> Any:
+def column(doc: str) -> Any:
+    """A column of a result table, with what it holds (a dataclass field)."""
     return field(metadata={"doc": doc})
 
 
@@ -76,11 +64,11 @@ class ModelRow:
 
     TABLE: ClassVar[str] = "models"
     KEY: ClassVar[tuple[str, ...]] = ("model",)
-    model: str = _column("model name (unique)")
-    spec: str = _column("model spec, e.g. openclip:ViT-B-32@openai")
-    backbone: str = _column("architecture: the row group of the paper's tables")
-    pretraining: str = _column("pretraining data tag: the row within a backbone")
-    kind: str = _column("zero-shot, finetuned or supervised: the column group of the paper's tables")
+    model: str = column("model name (unique)")
+    spec: str = column("model spec, e.g. openclip:ViT-B-32@openai")
+    backbone: str = column("architecture: the row group of the paper's tables")
+    pretraining: str = column("pretraining data tag: the row within a backbone")
+    kind: str = column("zero-shot, finetuned or supervised: the column group of the paper's tables")
 
 
 @dataclass(frozen=True)
@@ -89,248 +77,29 @@ class DatasetRow:
 
     TABLE: ClassVar[str] = "datasets"
     KEY: ClassVar[tuple[str, ...]] = ("dataset",)
-    dataset: str = _column("dataset name (unique)")
-    kind: str = _column("dataset kind (imagenet, imagenet-v2, ..., folder, csv, webdataset, broden)")
-    role: str = _column("id (in-distribution), shift, or concepts (Broden)")
-    root: str = _column("the dataset's root folder")
+    dataset: str = column("dataset name (unique)")
+    kind: str = column("dataset kind (imagenet, imagenet-v2, ..., folder, csv, webdataset, broden)")
+    role: str = column("id (in-distribution), shift, or concepts (Broden)")
+    root: str = column("the dataset's root folder")
 
 
-@dataclass(frozen=True)
-class AccuracyRow:
-    """Top-1 accuracy of a model on a dataset (the dataset's class subset or mapping applied)."""
-
-    TABLE: ClassVar[str] = "accuracy"
-    KEY: ClassVar[tuple[str, ...]] = ("model", "dataset")
-    model: str = _column("model name")
-    dataset: str = _column("dataset name")
-    accuracy: float = _column("top-1 accuracy, a fraction in [0, 1]")
-    num_samples: int = _column("images scored (corrupt images skipped)")
+TABLES: dict[str, type] = {row.TABLE: row for row in (ModelRow, DatasetRow)}
+"""Table name -> row type; the CSV file is ``NAME.csv``. Every analysis adds its own with :func:`result_table`."""
 
 
-@dataclass(frozen=True)
-class RobustnessRow:
-    """Effective robustness (eq. 1) of a model."""
+def result_table(row: type) -> type:
+    """Register a result table (a class decorator on a frozen dataclass with ``TABLE``, its name, and ``KEY``, the
+    columns that identify a row): its fields are the CSV's columns in order, each declared with :func:`column`.
+    The name must be new.
 
-    TABLE: ClassVar[str] = "robustness"
-    KEY: ClassVar[tuple[str, ...]] = ("model",)
-    model: str = _column("model name")
-    acc_id: float = _column("accuracy on the in-distribution set")
-    acc_shift: float = _column("mean accuracy over the shift sets")
-    er: float = _column("acc_shift - sigmoid(b1 logit(acc_id) + b0)")
-    b1: float = _column("slope of the baseline line (logit space)")
-    b0: float = _column("intercept of the baseline line (logit space)")
-
-
-@dataclass(frozen=True)
-class KurtosisRow:
-    """Activation kurtosis (eq. 2) of the head's input h."""
-
-    TABLE: ClassVar[str] = "kurtosis"
-    KEY: ClassVar[tuple[str, ...]] = ("model", "dataset")
-    model: str = _column("model name")
-    dataset: str = _column("dataset the activations come from")
-    kurtosis: float = _column("mean over samples of the kurtosis of h (Gaussian = 3)")
-    num_samples: int = _column("activation vectors averaged")
-    dim: int = _column("width of h")
-
-
-@dataclass(frozen=True)
-class OutlierRow:
-    """A feature dimension of h carrying outlier activations (mean |h_i| far above the average dimension's)."""
-
-    TABLE: ClassVar[str] = "outliers"
-    KEY: ClassVar[tuple[str, ...]] = ("model", "dataset", "dimension")
-    model: str = _column("model name")
-    dataset: str = _column("dataset the activations come from")
-    dimension: int = _column("index of the dimension of h")
-    score: float = _column("mean |h_i| over the mean of mean |h_j| over all dimensions (>= 5: an outlier)")
-
-
-@dataclass(frozen=True)
-class ImportanceRow:
-    """Importance (eq. 4) of one singular direction of the head."""
-
-    TABLE: ClassVar[str] = "importance"
-    KEY: ClassVar[tuple[str, ...]] = ("model", "direction")
-    model: str = _column("model name")
-    direction: int = _column("index of the singular direction, 0 = largest singular value")
-    singular_value: float = _column("singular value s_i of the head W")
-    importance: float = _column("s_i / sum(s) x mean_n |cos(v_i, h_n)|")
-    privileged: bool = _column("importance above privileged_ratio x the mean importance")
-
-
-@dataclass(frozen=True)
-class PrivilegedRow:
-    """Summary of a model's privileged directions."""
-
-    TABLE: ClassVar[str] = "privileged"
-    KEY: ClassVar[tuple[str, ...]] = ("model",)
-    model: str = _column("model name")
-    num_directions: int = _column("rank of the head (directions scored)")
-    num_privileged: int = _column("directions flagged privileged")
-    top_direction: int = _column("the most important direction")
-    top_ratio: float = _column("its importance over the mean importance")
-    spearman: float = _column("Spearman correlation of singular values and importances")
-
-
-@dataclass(frozen=True)
-class PruningRow:
-    """Accuracy of a model after pruning a fraction of its head's singular directions."""
-
-    TABLE: ClassVar[str] = "pruning"
-    KEY: ClassVar[tuple[str, ...]] = ("model", "order", "fraction", "dataset")
-    model: str = _column("model name")
-    order: str = _column("singular (smallest singular values first), importance or random")
-    fraction: float = _column("fraction of directions pruned, in [0, 1)")
-    dataset: str = _column("dataset name")
-    accuracy: float = _column("top-1 accuracy of the pruned head")
-    er: float | None = _column("ER of the pruned model (the same on every dataset row of this model, order and "
-                               "fraction; empty without shift sets)")
-
-
-@dataclass(frozen=True)
-class ConceptRow:
-    """Concept probing summary of a model in one basis."""
-
-    TABLE: ClassVar[str] = "concepts"
-    KEY: ClassVar[tuple[str, ...]] = ("model", "basis")
-    model: str = _column("model name")
-    basis: str = _column("singular (the head's right singular vectors) or neuron (canonical basis)")
-    num_directions: int = _column("directions probed")
-    num_concepts: int = _column("Broden concepts probed (enough positives)")
-    unique_concepts: int = _column("concepts encoded (AP >= threshold) by at least one direction (eq. 5)")
-    polysemanticity: float = _column("the paper's: mean number of concepts a direction encodes, over all directions "
-                                     "probed (Section 4, Table 6)")
-    threshold: float = _column("the AP threshold")
-    polysemanticity_active: float = _column("a variant: the same mean over only the directions that encode at "
-                                            "least one concept (NaN when none does)")
-    orientation: str = _column("both (AP of the better side of each direction) or positive (the AP of h . v_i as "
-                               "the sign convention gives it)")
-
-
-@dataclass(frozen=True)
-class ConceptThresholdRow:
-    """Threshold sensitivity: the concept summary of a model in one basis at each AP threshold of the sweep."""
-
-    TABLE: ClassVar[str] = "concept_thresholds"
-    KEY: ClassVar[tuple[str, ...]] = ("model", "basis", "threshold")
-    model: str = _column("model name")
-    basis: str = _column("singular or neuron")
-    threshold: float = _column("the AP threshold")
-    unique_concepts: int = _column("concepts encoded by at least one direction (eq. 5)")
-    polysemanticity: float = _column("the paper's: mean concepts per direction over all directions probed")
-    polysemanticity_active: float = _column("variant: mean over the directions encoding at least one (NaN: none)")
-    orientation: str = _column("both or positive (as concepts.csv)")
-
-
-@dataclass(frozen=True)
-class ConceptTopRow:
-    """The top concepts of a model's most privileged direction."""
-
-    TABLE: ClassVar[str] = "concept_top"
-    KEY: ClassVar[tuple[str, ...]] = ("model", "basis", "direction", "rank")
-    model: str = _column("model name")
-    basis: str = _column("singular or neuron")
-    direction: int = _column("the direction (the most privileged one)")
-    rank: int = _column("1 = highest AP")
-    concept: str = _column("Broden concept name")
-    category: str = _column("Broden category (color, object, material, part, scene, texture)")
-    ap: float = _column("average precision of the direction for the concept")
-
-
-@dataclass(frozen=True)
-class VennRow:
-    """Membership of the concept sets that the Venn diagrams compare: one row per concept a model encodes."""
-
-    TABLE: ClassVar[str] = "venn"
-    KEY: ClassVar[tuple[str, ...]] = ("model", "basis", "concept")
-    model: str = _column("model name")
-    basis: str = _column("singular or neuron")
-    concept: str = _column("a concept encoded by at least one direction")
-    category: str = _column("its Broden category")
-
-
-@dataclass(frozen=True)
-class CkaRow:
-    """CKA between a layer of one model and a layer of another, on the same images."""
-
-    TABLE: ClassVar[str] = "cka"
-    KEY: ClassVar[tuple[str, ...]] = ("model_a", "model_b", "layer_a", "layer_b", "dataset")
-    model_a: str = _column("first model")
-    model_b: str = _column("second model")
-    layer_a: str = _column("layer of model_a (rows are written in layer order)")
-    layer_b: str = _column("layer of model_b")
-    cka: float = _column("CKA in [0, 1]")
-    dataset: str = _column("the images it is computed on (the id set and each shift set)")
-    estimator: str = _column("minibatch (the paper's, torch_cka) or pooled (see docs/study.md)")
-
-
-@dataclass(frozen=True)
-class WiseFtRow:
-    """One point of a Wise-FT sweep (weights (1 - alpha) theta_zero_shot + alpha theta_finetuned)."""
-
-    TABLE: ClassVar[str] = "wiseft"
-    KEY: ClassVar[tuple[str, ...]] = ("pair", "alpha")
-    pair: str = _column("Wise-FT pair name")
-    alpha: float = _column("interpolation weight: 0 = zero-shot, 1 = finetuned")
-    acc_id: float = _column("accuracy on the in-distribution set")
-    acc_shift: float | None = _column("mean accuracy over the shift sets")
-    er: float | None = _column("effective robustness")
-    kurtosis: float | None = _column("activation kurtosis")
-    unique_concepts: int | None = _column("unique concepts (singular basis)")
-
-
-@dataclass(frozen=True)
-class LayerKurtosisRow:
-    """Activation kurtosis (eq. 2) and outlier dimensions of one layer tap of a model on one dataset."""
-
-    TABLE: ClassVar[str] = "layer_kurtosis"
-    KEY: ClassVar[tuple[str, ...]] = ("model", "dataset", "layer")
-    model: str = _column("model name")
-    dataset: str = _column("dataset name")
-    layer: str = _column("layer tap name")
-    depth: float = _column("relative depth: the tap's index / (number of taps - 1), 0 = input side")
-    kurtosis: float = _column("mean over images of the kurtosis of the layer's vector (Gaussian = 3)")
-    outliers: int = _column("dimensions whose mean |activation| is at least 5 times the mean over dimensions")
-    vectors: str = _column("the vector per image: cls (a ViT's class token), mean (the mean over tokens or "
-                           "positions) or vector (a layer with one vector per image)")
-    dim: int = _column("width of the layer's vector")
-
-
-@dataclass(frozen=True)
-class LowRankRow:
-    """Accuracy of a low-rank model of the whole encoder (every linear map keeps a budget of its directions)."""
-
-    TABLE: ClassVar[str] = "lowrank"
-    KEY: ClassVar[tuple[str, ...]] = ("model", "order", "fraction", "dataset")
-    model: str = _column("model name")
-    order: str = _column("importance (eq. 4 on each map's inputs), singular or random: the directions pruned first")
-    fraction: float = _column("fraction removed: of each map's rank, or of the maps' parameters (see provenance)")
-    dataset: str = _column("dataset name")
-    accuracy: float = _column("top-1 accuracy of the low-rank model")
-    er: float | None = _column("ER of the low-rank model (the same on every dataset row of this model, order and "
-                               "fraction; empty without shift sets)")
-    parameters: int = _column("parameters of the low-rank classifier (encoder and head)")
-    parameter_fraction: float = _column("parameters relative to the original model")
-    flop_fraction: float = _column("FLOPs per image relative to the original model (matrix products, convolutions, "
-                                   "attention)")
-
-
-TABLES: dict[str, type] = {row.TABLE: row for row in (
-    ModelRow, DatasetRow, AccuracyRow, RobustnessRow, KurtosisRow, OutlierRow, ImportanceRow, PrivilegedRow,
-    PruningRow, ConceptRow, ConceptTopRow, VennRow, CkaRow, WiseFtRow, ConceptThresholdRow,
-    LayerKurtosisRow, LowRankRow)}
-"""Table name -> row type; the CSV file is ``NAME.csv``. Analyses that keep their rows beside them add them with
-:func:`register_table`."""
-
-
-def register_table(row: type) -> type:
-    """Add a row type defined beside its analysis to :data:`TABLES` (a class decorator); its ``TABLE`` name must be
-    new."""
+    Raises:
+        InputError: another row type already has that name.
+    """
     if TABLES.get(row.TABLE, row) is not row:
         raise InputError(f"table {row.TABLE!r} is already {TABLES[row.TABLE].__name__}")
     TABLES[row.TABLE] = row
     return row
+
 
 Row = TypeVar("Row")
 

@@ -19,15 +19,19 @@ import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from robustsig._stamps import file_stamp
 from robustsig.errors import InputError, RobustsigError
 from robustsig.models.classifier import Classifier
-from robustsig.study.config import ModelEntry, StudyConfig, WiseFtPair, spec_weights_path
 from robustsig.study.runlog import RunLog
+from robustsig.study.sections import ModelEntry, spec_weights_path
+
+if TYPE_CHECKING:
+    from robustsig.study.analyses.wiseft import WiseFtPair
+    from robustsig.study.config import StudyConfig
 
 POOL_CAPACITY = 2
 """Pool models kept built at once (a Wise-FT sweep needs its two end points)."""

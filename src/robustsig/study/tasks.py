@@ -12,16 +12,18 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from robustsig.errors import InputError
 from robustsig.extraction.store import ActivationStore
 from robustsig.study.baseline import BaselineLine
-from robustsig.study.config import StudyConfig
 from robustsig.study.ledger import Ledger, provenance_digest
 from robustsig.study.results import InputRecord, Results
 from robustsig.study.runlog import RunLog
 from robustsig.study.subjects import Classifiers, Subject
+
+if TYPE_CHECKING:
+    from robustsig.study.config import StudyConfig
 
 Status = Literal["done", "reused"]
 
@@ -142,6 +144,8 @@ class Task(ABC):
     """
 
     tag: ClassVar[str]
+    origin: str = "robustsig"
+    """Who planned it: ``robustsig``, or the plugin whose analysis added it (its failures name the plugin)."""
 
     def __init__(self, id: str, label: str, needs: tuple[str, ...] = (), models: tuple[str, ...] = ()) -> None:
         self.id = id

@@ -14,18 +14,61 @@ ImageNet-V2, -R, -Sketch, ObjectNet, -A; when not, ER still computes, averaged o
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
+
+from robustsig.errors import InputError
 from robustsig.metrics.robustness import SHIFT_SETS
-from robustsig.study.analyses._streams import store_accuracy
+from robustsig.report.figures import MARKERS
+from robustsig.report.tables import ReportTable, percent, pool_table, signed_percent
+from robustsig.study.streams import store_accuracy
+from robustsig.study.analysis import (Analysis, AnalysisOptions, AnalysisTask, ModelEntry, Planner, Results,
+                                      RunContext, Subject, column, has_rows, model_subject, result_table)
 from robustsig.study.baseline import BaselineLine
-from robustsig.study.config import ModelEntry, StudyConfig
-from robustsig.study.plan import Planner
-from robustsig.study.results import AccuracyRow, RobustnessRow
-from robustsig.study.subjects import Subject, model_subject
-from robustsig.study.tasks import AnalysisTask, RunContext, has_rows
+from robustsig.study.pool import KIND_COLORS
+from robustsig.study.results import ModelRow
+
+if TYPE_CHECKING:
+    from robustsig.report.page import Page
+    from robustsig.study.config import StudyConfig
+
+
+class AccuracyOptions(AnalysisOptions):
+    """Top-1 accuracy on every evaluation set, and ER (eq. 1) when shift sets are given."""
+
+
+@result_table
+@dataclass(frozen=True)
+class AccuracyRow:
+    """Top-1 accuracy of a model on a dataset (the dataset's class subset or mapping applied)."""
+
+    TABLE: ClassVar[str] = "accuracy"
+    KEY: ClassVar[tuple[str, ...]] = ("model", "dataset")
+    model: str = column("model name")
+    dataset: str = column("dataset name")
+    accuracy: float = column("top-1 accuracy, a fraction in [0, 1]")
+    num_samples: int = column("images scored (corrupt images skipped)")
+
+
+@result_table
+@dataclass(frozen=True)
+class RobustnessRow:
+    """Effective robustness (eq. 1) of a model."""
+
+    TABLE: ClassVar[str] = "robustness"
+    KEY: ClassVar[tuple[str, ...]] = ("model",)
+    model: str = column("model name")
+    acc_id: float = column("accuracy on the in-distribution set")
+    acc_shift: float = column("mean accuracy over the shift sets")
+    er: float = column("acc_shift - sigmoid(b1 logit(acc_id) + b0)")
+    b1: float = column("slope of the baseline line (logit space)")
+    b0: float = column("intercept of the baseline line (logit space)")
 
 
 def shift_robustness(acc_id: float, shift_accuracies: Mapping[str, float], baseline: BaselineLine
@@ -106,9 +149,178 @@ class AccuracyTask(AnalysisTask):
         return describe_robustness(acc_id, acc_shift, er)
 
 
-def plan(planner: Planner, config: StudyConfig, entry: ModelEntry) -> None:
-    """The accuracy step of ``entry`` and the extractions it needs (every evaluation set)."""
-    subject = model_subject(entry.name)
-    datasets = [dataset.name for dataset in config.datasets.evaluation()]
-    needs = tuple(planner.store(subject, name) for name in datasets)
-    planner.add(AccuracyTask(entry.name, datasets, [dataset.name for dataset in config.datasets.shift], needs))
+class Accuracy(Analysis):
+    """Accuracy on every evaluation set and ER (see the module notes)."""
+
+    name = "accuracy"
+    title = "Accuracy and effective robustness"
+    Options = AccuracyOptions
+    tables = (AccuracyRow, RobustnessRow)
+    essential = ("accuracy", "robustness")
+
+    def plan_model(self, planner: Planner, config: StudyConfig, entry: ModelEntry) -> None:
+        """The accuracy step of ``entry`` and the extractions it needs (every evaluation set)."""
+        subject = model_subject(entry.name)
+        datasets = [dataset.name for dataset in config.datasets.evaluation()]
+        needs = tuple(planner.store(subject, name) for name in datasets)
+        planner.add(AccuracyTask(entry.name, datasets, [dataset.name for dataset in config.datasets.shift], needs))
+
+    def summary(self, results: Results, config: StudyConfig) -> dict[str, dict[str, Any]]:
+        """ACC(I), ACC(S) (the mean over every shift set, when the model has them all) and ER."""
+        accuracy = {(row.model, row.dataset): row.accuracy for row in _rows(results, AccuracyRow)}
+        er = {row.model: row.er for row in _rows(results, RobustnessRow)}
+        shifts = [entry.name for entry in config.datasets.shift]
+        out = {}
+        for name in config.model_names():
+            values = [accuracy.get((name, shift)) for shift in shifts]
+            acc_shift = (math.fsum(values) / len(shifts) if shifts and all(v is not None for v in values) else None)
+            out[name] = {"acc_id": accuracy.get((name, config.datasets.id.name)), "acc_shift": acc_shift,
+                         "er": er.get(name)}
+        return out
+
+    def report(self, page: Page, models: Sequence[ModelRow]) -> str | None:
+        return _report(page, models)
+
+
+def _rows(results: Results, table: type) -> list:
+    return results.read(table) if results.has(table) else []
+
+
+# --------------------------------------------------------------------------- report
+
+_PERCENT_TICKS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98,
+                  0.99, 0.995, 0.998, 0.999)
+_MAX_TICKS = 12
+"""A logit axis keeps a tick only when it is at least 1/12 of the axis (in logit units) past the last one kept."""
+_CLIP = 1e-3
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, _CLIP), 1 - _CLIP)
+    return math.log(p / (1 - p))
+
+
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z))
+
+
+
+def _percent_axis(axis, low: float, high: float) -> None:
+    ticks: list[float] = []
+    spacing = (_logit(high) - _logit(low)) / _MAX_TICKS
+    for tick in (tick for tick in _PERCENT_TICKS if low <= tick <= high):
+        if not ticks or _logit(tick) - _logit(ticks[-1]) >= spacing:
+            ticks.append(tick)
+    ticks = ticks or [low, high]
+    axis.set_major_locator(FixedLocator(ticks))
+    axis.set_major_formatter(FuncFormatter(lambda value, _: f"{100 * value:g}%"))
+    axis.set_minor_locator(NullLocator())
+    axis.set_minor_formatter(NullFormatter())
+
+
+def robustness_figure(models: Sequence[ModelRow], robustness: Sequence[RobustnessRow]) -> Figure:
+    """Fig. 1: shift accuracy against in-distribution accuracy on logit axes, the baseline line, the pool
+    (color: kind; marker: backbone)."""
+    if not robustness:
+        raise InputError("robustness_figure needs at least one row of robustness.csv")
+    meta = {model.model: model for model in models}
+    backbones = list(dict.fromkeys(meta[row.model].backbone if row.model in meta else "?" for row in robustness))
+    figure = Figure(figsize=(6.4, 5.2), layout="constrained")
+    ax = figure.subplots()
+    ax.set_xscale("logit")
+    ax.set_yscale("logit")
+    values = [min(max(v, _CLIP), 1 - _CLIP) for row in robustness for v in (row.acc_id, row.acc_shift)]
+    low = _sigmoid(_logit(min(values)) - 0.4)
+    high = _sigmoid(_logit(max(values)) + 0.4)
+    b1, b0 = robustness[0].b1, robustness[0].b0
+    xs = [_sigmoid(_logit(low) + (_logit(high) - _logit(low)) * i / 100) for i in range(101)]
+    ax.plot(xs, [_sigmoid(b1 * _logit(x) + b0) for x in xs], color="black", linewidth=1.2,
+            label=f"baseline: logit(y) = {b1:.3g} logit(x) {'+' if b0 >= 0 else '-'} {abs(b0):.3g}")
+    ax.plot(xs, xs, color="grey", linewidth=0.8, linestyle=":", label="y = x")
+    seen: set[tuple[str, str]] = set()
+    for row in robustness:
+        model = meta.get(row.model)
+        kind = model.kind if model else "?"
+        backbone = model.backbone if model else "?"
+        label = f"{kind}, {backbone}" if (kind, backbone) not in seen else None
+        seen.add((kind, backbone))
+        ax.scatter([min(max(row.acc_id, _CLIP), 1 - _CLIP)], [min(max(row.acc_shift, _CLIP), 1 - _CLIP)],
+                   color=KIND_COLORS.get(kind, "#7f7f7f"), marker=MARKERS[backbones.index(backbone) % len(MARKERS)],
+                   s=40, edgecolor="black", linewidth=0.4, zorder=3, label=label)
+    ax.set_xlim(low, high)
+    ax.set_ylim(min(low, _sigmoid(b1 * _logit(low) + b0)), high)
+    _percent_axis(ax.xaxis, *ax.get_xlim())
+    _percent_axis(ax.yaxis, *ax.get_ylim())
+    ax.set_xlabel("ACC(I): in-distribution accuracy (logit scale)")
+    ax.set_ylabel("ACC(S): mean shift accuracy (logit scale)")
+    ax.grid(True, linewidth=0.3)
+    ax.legend(fontsize=7, loc="upper left")
+    return figure
+
+
+def accuracy_table(models: Sequence[ModelRow], robustness: Sequence[RobustnessRow], *,
+                   shift_note: str = "") -> ReportTable:
+    """Tables 1-2: in-distribution accuracy and effective robustness of every model; ``shift_note`` (what ACC(S)
+    averages over, see :func:`shift_sets_note`) is added to the caption."""
+    values = {row.model: (percent(row.acc_id), signed_percent(row.er)) for row in robustness}
+    line = f"b1 = {robustness[0].b1:.3g}, b0 = {robustness[0].b0:.3g}" if robustness else ""
+    return pool_table("accuracy", "Accuracy and effective robustness", models, values, ("ACC (%)", "ER (%)"),
+                      caption="ACC: top-1 accuracy on the in-distribution set; ER: mean shift accuracy minus the "
+                              f"baseline line's prediction ({line}), in percent." + (f" {shift_note}" if shift_note
+                                                                                     else ""),
+                      sources=("robustness",))
+
+
+def shift_sets_note(parameters: Mapping[str, object]) -> str:
+    """What ACC(S) averaged over (from the provenance of ``robustness.csv``): the sets and their kinds, whether
+    they are the paper's five, and the classes any set was scored without (``allow_missing_classes``)."""
+    sets = parameters.get("shift_sets")
+    if not isinstance(sets, Mapping) or not sets:
+        return ""
+    listed = ", ".join(f"{name} ({kind})" for name, kind in sets.items())
+    text = f"ACC(S) is the mean over {len(sets)} shift set(s): {listed}"
+    text += (", the paper's five kinds." if parameters.get("paper_shift_sets") else
+             "; these are not the paper's five shift sets (ImageNet-V2, -R, -Sketch, ObjectNet, -A), so ER is not "
+             "comparable with the paper's numbers.")
+    missing = parameters.get("missing_classes")
+    if isinstance(missing, Mapping) and missing:
+        text += " Scored without some of their class folders (allow_missing_classes): " + "; ".join(
+            f"{name}, {len(classes)} missing ({', '.join(map(str, list(classes)[:10]))}"
+            f"{', ...' if len(classes) > 10 else ''})" for name, classes in missing.items()) + "."
+    return text
+
+
+def dataset_accuracy_table(accuracy: Sequence[AccuracyRow], datasets: Sequence[str]) -> ReportTable:
+    """Accuracy of every model on every dataset (one row per model)."""
+    by_model: dict[str, dict[str, float]] = {}
+    for row in accuracy:
+        by_model.setdefault(row.model, {})[row.dataset] = row.accuracy
+    rows = tuple((model, *(percent(scores.get(name)) for name in datasets)) for model, scores in by_model.items())
+    return ReportTable("accuracy_by_dataset", "Accuracy per dataset", ("Model",), (("", tuple(datasets)),), rows,
+                       "Top-1 accuracy (%) with each dataset's class subset or mapping applied.", ("accuracy",))
+
+
+def _report(page: Page, models: Sequence[ModelRow]) -> str | None:
+    accuracy, robustness = page.read(AccuracyRow), page.read(RobustnessRow)
+    if not accuracy and not robustness:
+        return None
+    text = ""
+    parameters = page.parameters("robustness")
+    note = shift_sets_note(parameters)
+    if note and (not parameters.get("paper_shift_sets") or parameters.get("missing_classes")):
+        text += page.note(note)  # a study that departs from the paper's S says so first
+    if robustness:
+        text += page.table(accuracy_table(models, robustness, shift_note=note))
+        text += page.figure(lambda: robustness_figure(models, robustness), "fig1_robustness",
+                            "Fig. 1: ACC(I) vs ACC(S) on logit axes, with the baseline line (the models above it "
+                            "are effectively robust).", ["robustness"])
+    elif note:
+        text += page.note("No model has an effective robustness: eq. 1 is undefined where ACC(I) is 0 or 1 (its "
+                          "logit is infinite), and that holds for every model here.")
+    else:
+        text += page.note("No results/robustness.csv: effective robustness needs shift sets, and the study had "
+                          "none.")
+    if accuracy:
+        names = list(dict.fromkeys(row.dataset for row in accuracy))
+        text += page.table(dataset_accuracy_table(accuracy, names))
+    return text

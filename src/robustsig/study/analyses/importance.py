@@ -5,15 +5,63 @@ privileged when its importance is at least ``privileged_ratio`` (default 5) time
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from matplotlib.figure import Figure
+from pydantic import Field
 
 from robustsig.metrics.directions import PRIVILEGED_FACTOR, importance_spearman, privileged_directions
-from robustsig.study.analyses._streams import store_importance
-from robustsig.study.config import ModelEntry, StudyConfig
-from robustsig.study.plan import Planner
-from robustsig.study.results import ImportanceRow, PrivilegedRow
-from robustsig.study.subjects import model_subject
-from robustsig.study.tasks import AnalysisTask, RunContext, has_rows
+from robustsig.report.figures import group_panels, present_groups
+from robustsig.report.tables import ReportTable, decimal, integer, pool_table
+from robustsig.study.streams import store_importance
+from robustsig.study.analysis import (Analysis, AnalysisOptions, AnalysisTask, ModelEntry, Planner, Results,
+                                      RunContext, column, has_rows, model_subject, result_table, unknown_datasets)
+from robustsig.study.pool import KIND_COLORS
+from robustsig.study.results import ModelRow
+
+if TYPE_CHECKING:
+    from robustsig.report.page import Page
+    from robustsig.study.config import StudyConfig
+
+
+class ImportanceOptions(AnalysisOptions):
+    """Importance of the head's singular directions (eq. 4) and the privileged ones."""
+
+    dataset: str | None = Field(default=None, description="the dataset to compute it on (default: the id set)")
+    privileged_ratio: float | None = Field(default=None, gt=0,
+                                           description="importance / mean importance above which a direction "
+                                                       "is privileged (null: robustsig's default)")
+
+
+@result_table
+@dataclass(frozen=True)
+class ImportanceRow:
+    """Importance (eq. 4) of one singular direction of the head."""
+
+    TABLE: ClassVar[str] = "importance"
+    KEY: ClassVar[tuple[str, ...]] = ("model", "direction")
+    model: str = column("model name")
+    direction: int = column("index of the singular direction, 0 = largest singular value")
+    singular_value: float = column("singular value s_i of the head W")
+    importance: float = column("s_i / sum(s) x mean_n |cos(v_i, h_n)|")
+    privileged: bool = column("importance above privileged_ratio x the mean importance")
+
+
+@result_table
+@dataclass(frozen=True)
+class PrivilegedRow:
+    """Summary of a model's privileged directions."""
+
+    TABLE: ClassVar[str] = "privileged"
+    KEY: ClassVar[tuple[str, ...]] = ("model",)
+    model: str = column("model name")
+    num_directions: int = column("rank of the head (directions scored)")
+    num_privileged: int = column("directions flagged privileged")
+    top_direction: int = column("the most important direction")
+    top_ratio: float = column("its importance over the mean importance")
+    spearman: float = column("Spearman correlation of singular values and importances")
 
 
 class ImportanceTask(AnalysisTask):
@@ -67,7 +115,72 @@ def ratio_of(config: StudyConfig) -> float:
     return options.privileged_ratio if options is not None and options.privileged_ratio else PRIVILEGED_FACTOR
 
 
-def plan(planner: Planner, config: StudyConfig, entry: ModelEntry) -> None:
-    dataset = dataset_of(config)
-    planner.add(ImportanceTask(entry.name, dataset, ratio_of(config),
-                               (planner.store(model_subject(entry.name), dataset),)))
+class Importance(Analysis):
+    """Direction importance and privileged directions (see the module notes)."""
+
+    name = "importance"
+    title = "Importance and privileged directions"
+    Options = ImportanceOptions
+    tables = (ImportanceRow, PrivilegedRow)
+    essential = ("importance", "privileged")
+
+    def check(self, config: StudyConfig) -> list[str]:
+        return unknown_datasets(config, [("analyses.importance.dataset", config.analyses.importance.dataset)])
+
+    def plan_model(self, planner: Planner, config: StudyConfig, entry: ModelEntry) -> None:
+        dataset = dataset_of(config)
+        planner.add(ImportanceTask(entry.name, dataset, ratio_of(config),
+                                   (planner.store(model_subject(entry.name), dataset),)))
+
+    def summary(self, results: Results, config: StudyConfig) -> dict[str, dict[str, Any]]:
+        rows = results.read(PrivilegedRow) if results.has(PrivilegedRow) else []
+        return {row.model: {"privileged": row.num_privileged} for row in rows}
+
+    def report(self, page: Page, models: Sequence[ModelRow]) -> str | None:
+        importance, privileged = page.read(ImportanceRow), page.read(PrivilegedRow)
+        if not importance and not privileged:
+            return None
+        text = ""
+        if importance:
+            text += page.figure(lambda: importance_figure(models, importance), "fig2_importance",
+                                "Fig. 2/7: importance of the head's singular directions, ranked (x: privileged).",
+                                ["importance"])
+        if privileged:
+            text += page.table(privileged_table(models, privileged))
+        return text
+
+
+def importance_figure(models: Sequence[ModelRow], importance: Sequence[ImportanceRow]) -> Figure:
+    """Fig. 2/7: importance of each singular direction, ranked from the most important, log scale; privileged
+    directions marked. One panel per backbone x pretraining, its models colored by kind."""
+    by_model: dict[str, list[ImportanceRow]] = {}
+    for row in importance:
+        by_model.setdefault(row.model, []).append(row)
+    groups = present_groups(models, set(by_model))
+    figure, axes = group_panels(groups, "Importance of singular directions")
+    for ax, group in zip(axes, groups):
+        for model in group.members:
+            rows = sorted(by_model[model.model], key=lambda row: -row.importance)
+            ranks = range(len(rows))
+            ax.plot(ranks, [max(row.importance, 1e-12) for row in rows], color=KIND_COLORS.get(model.kind),
+                    linewidth=1.2, label=f"{model.kind} ({model.model})")
+            marked = [(rank, row.importance) for rank, row in zip(ranks, rows) if row.privileged]
+            if marked:
+                ax.scatter(*zip(*marked), color=KIND_COLORS.get(model.kind), marker="x", s=25, zorder=3)
+        ax.set_yscale("log")
+        ax.set_title(group.title, fontsize=9)
+        ax.set_xlabel("direction rank (by importance)")
+        ax.set_ylabel("importance")
+        ax.legend(fontsize=6)
+    return figure
+
+
+def privileged_table(models: Sequence[ModelRow], privileged: Sequence[PrivilegedRow]) -> ReportTable:
+    """Privileged directions: how many, and how far the top one stands out."""
+    values = {row.model: (integer(row.num_privileged), decimal(1)(row.top_ratio), decimal(2)(row.spearman))
+              for row in privileged}
+    return pool_table("privileged", "Privileged directions", models, values,
+                      ("Privileged", "Top ratio", "Spearman"),
+                      caption="Privileged: directions whose importance exceeds the threshold times the mean; "
+                              "top ratio: the largest importance over the mean; Spearman: rank correlation of "
+                              "singular values and importances.", sources=("privileged",))

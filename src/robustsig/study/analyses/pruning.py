@@ -13,16 +13,52 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+
+from pydantic import AfterValidator, Field
 
 from robustsig.metrics.pruning import PruningCurves, pruning_effective_robustness
 from robustsig.metrics.table import MetricTable
-from robustsig.study.analyses._streams import BATCH_ROWS, store_bias, store_head_svd, store_importance
-from robustsig.study.config import ModelEntry, PruningOptions, StudyConfig
-from robustsig.study.plan import Planner
-from robustsig.study.results import PruningRow
-from robustsig.study.subjects import model_subject
-from robustsig.study.tasks import AnalysisTask, RunContext, has_rows
+from robustsig.report.figures import curve_figure
+from robustsig.study.streams import BATCH_ROWS, store_bias, store_head_svd, store_importance
+from robustsig.study.analysis import (Analysis, AnalysisOptions, AnalysisTask, ModelEntry, Planner, RunContext,
+                                      column, has_rows, model_subject, result_table, unknown_datasets)
+from robustsig.study.results import ModelRow
+from robustsig.study.sections import PruningOrder, fractions_below_one, unique_values
+
+if TYPE_CHECKING:
+    from robustsig.report.page import Page
+    from robustsig.study.config import StudyConfig
+
+
+class PruningOptions(AnalysisOptions):
+    """Accuracy and ER after pruning the least important singular directions of the head."""
+
+    fractions: Annotated[list[float], AfterValidator(fractions_below_one)] = Field(
+        default_factory=lambda: [round(0.05 * i, 2) for i in range(20)], min_length=1,
+        description="fractions of directions to prune, in [0, 1)")
+    orders: Annotated[list[PruningOrder], AfterValidator(unique_values)] = Field(
+        default_factory=lambda: ["singular", "importance", "random"], min_length=1,
+        description="pruning orders: singular (the paper's), importance, random (controls)")
+    datasets: list[str] | None = Field(default=None, description="dataset names (default: id and shift sets)")
+    seed: int = 0
+
+
+@result_table
+@dataclass(frozen=True)
+class PruningRow:
+    """Accuracy of a model after pruning a fraction of its head's singular directions."""
+
+    TABLE: ClassVar[str] = "pruning"
+    KEY: ClassVar[tuple[str, ...]] = ("model", "order", "fraction", "dataset")
+    model: str = column("model name")
+    order: str = column("singular (smallest singular values first), importance or random")
+    fraction: float = column("fraction of directions pruned, in [0, 1)")
+    dataset: str = column("dataset name")
+    accuracy: float = column("top-1 accuracy of the pruned head")
+    er: float | None = column("ER of the pruned model (the same on every dataset row of this model, order and "
+                              "fraction; empty without shift sets)")
 
 
 class PruningTask(AnalysisTask):
@@ -104,10 +140,36 @@ class PruningTask(AnalysisTask):
         return text
 
 
-def plan(planner: Planner, config: StudyConfig, entry: ModelEntry) -> None:
-    options = config.analyses.pruning
-    subject = model_subject(entry.name)
-    datasets = options.datasets or [dataset.name for dataset in config.datasets.evaluation()]
-    id_name = config.datasets.id.name
-    needs = tuple(planner.store(subject, name) for name in dict.fromkeys([id_name, *datasets]))
-    planner.add(PruningTask(entry.name, datasets, id_name, [d.name for d in config.datasets.shift], options, needs))
+class Pruning(Analysis):
+    """Pruning curves of the head (see the module notes)."""
+
+    name = "pruning"
+    title = "Pruning singular directions"
+    Options = PruningOptions
+    tables = (PruningRow,)
+
+    def check(self, config: StudyConfig) -> list[str]:
+        return unknown_datasets(config, [(f"analyses.pruning.datasets[{i}]", name)
+                                         for i, name in enumerate(config.analyses.pruning.datasets or [])])
+
+    def plan_model(self, planner: Planner, config: StudyConfig, entry: ModelEntry) -> None:
+        options = config.analyses.pruning
+        subject = model_subject(entry.name)
+        datasets = options.datasets or [dataset.name for dataset in config.datasets.evaluation()]
+        id_name = config.datasets.id.name
+        needs = tuple(planner.store(subject, name) for name in dict.fromkeys([id_name, *datasets]))
+        planner.add(PruningTask(entry.name, datasets, id_name, [d.name for d in config.datasets.shift], options,
+                                needs))
+
+    def report(self, page: Page, models: Sequence[ModelRow]) -> str | None:
+        rows = page.read(PruningRow)
+        if not rows:
+            return None
+        dataset = page.shown_dataset(rows)
+        text = page.figure(lambda: curve_figure(models, rows, dataset, "accuracy"), "fig3_pruning_accuracy",
+                           f"Fig. 3/8: accuracy on {dataset} after pruning the least important singular directions "
+                           "(solid: by singular value; dashed: by importance; dotted: random).", ["pruning"])
+        if any(row.er is not None for row in rows):
+            text += page.figure(lambda: curve_figure(models, rows, dataset, "er"), "fig9_pruning_er",
+                                "Fig. 9: effective robustness after pruning.", ["pruning"])
+        return text

@@ -1,29 +1,7 @@
-"""Signatures as ER predictors: does what the paper calls a "good proxy for ER" predict it for a model left out?
-
-Tables (``results/``):
-
-- ``signatures.csv``: one row per model, from in-distribution data only: kurtosis and the outlier-dimension count,
-  the privileged-direction count and top importance ratio, the importance concentration (share of the total
-  importance held by the top 20% of directions), unique concepts raw and significant (with the chance level) and
-  polysemanticity in the singular basis, the mean of the all-layer kurtosis profile where the ``layer_kurtosis``
-  analysis measured the model on that same set (the profile itself: ``layer_kurtosis.csv``), and the measured ER
-  next to them.
-- ``label_free.csv``: DoC and ATC (max-softmax and negative-entropy scores) predicted accuracy on each shift set,
-  from the stored logits with each set's scoring rule (:mod:`robustsig.metrics.labelfree`), with the measured
-  accuracy beside it; their mean over the shift sets gives a predicted ACC(S) and so a predicted ER.
-- ``er_predictions.csv``: every predictor's held-out ER prediction for every model (a signature: the monotone fit
-  on the other models; the combination: ridge on the other models; ``mean of others``: the reference; DoC/ATC:
-  their label-free prediction, no fit).
-- ``er_predictors.csv``: per predictor, Spearman rho, Kendall tau and MAE with bootstrap intervals over models
-  (:mod:`robustsig.metrics.erpredict` says which values are ranked and why), and the plain warning when the pool
-  has fewer than 5 models.
-- ``er_tracking.csv``: along each Wise-FT sweep, the rank correlation of each signature the sweep measured
-  (kurtosis, unique concepts) with ER across alpha.
-
-The same tables come out of ``robustsig predict-er RESULTS_DIR`` on any results folder (without the layer profile
-and label-free rows when the study did not compute them).
+"""The tables of the predict_er analysis and how they are computed from a results folder: the signature table, the
+label-free predictions turned into ER, the leave-one-model-out evaluation of every predictor and the Wise-FT
+tracking. ``robustsig predict-er RESULTS_DIR`` computes the same tables on any results folder.
 """
-
 from __future__ import annotations
 
 import math
@@ -36,12 +14,16 @@ import numpy as np
 
 from robustsig.errors import DataError
 from robustsig.metrics.erpredict import agreement, loo_mean, loo_monotone, loo_ridge, small_pool_note
-from robustsig.study.config import PredictErOptions, StudyConfig
-from robustsig.study.plan import Planner
-from robustsig.study.results import (ConceptRow, ImportanceRow, KurtosisRow, LayerKurtosisRow, ModelRow, OutlierRow,
-                                     PrivilegedRow, Results, RobustnessRow, WiseFtRow, _column, register_table)
-from robustsig.study.subjects import model_subject
-from robustsig.study.tasks import AnalysisTask, RunContext
+from robustsig.study.analyses.accuracy import RobustnessRow
+from robustsig.study.analyses.concepts.significance import ConceptSignificanceRow
+from robustsig.study.analyses.concepts.summary import ConceptRow
+from robustsig.study.analyses.importance import ImportanceRow, PrivilegedRow
+from robustsig.study.analyses.kurtosis import KurtosisRow, OutlierRow
+from robustsig.study.analyses.layer_kurtosis import LayerKurtosisRow
+from robustsig.study.analyses.predict_er.options import PredictErOptions
+from robustsig.study.analyses.wiseft import WiseFtRow
+from robustsig.study.analysis import Results, column, result_table
+from robustsig.study.results import ModelRow
 
 BASIS = "singular"
 TOP_FRACTION = 0.2
@@ -64,93 +46,93 @@ REFERENCE = "mean of others"
 
 # --------------------------------------------------------------------------- tables
 
-@register_table
+@result_table
 @dataclass(frozen=True)
 class SignatureRow:
     """A model's robustness signatures, from in-distribution data only (empty: not computed)."""
 
     TABLE: ClassVar[str] = "signatures"
     KEY: ClassVar[tuple[str, ...]] = ("model",)
-    model: str = _column("model name")
-    dataset: str = _column("the in-distribution set the activation signatures come from")
-    kurtosis: float | None = _column("activation kurtosis (eq. 2)")
-    outlier_dimensions: int | None = _column("dimensions of h with mean |h_i| >= 5x the average dimension's")
-    privileged_directions: int | None = _column("directions with importance >= the privileged ratio x the mean")
-    top_ratio: float | None = _column("the largest importance over the mean importance")
-    importance_concentration: float | None = _column("share of the total importance held by the top 20% of "
+    model: str = column("model name")
+    dataset: str = column("the in-distribution set the activation signatures come from")
+    kurtosis: float | None = column("activation kurtosis (eq. 2)")
+    outlier_dimensions: int | None = column("dimensions of h with mean |h_i| >= 5x the average dimension's")
+    privileged_directions: int | None = column("directions with importance >= the privileged ratio x the mean")
+    top_ratio: float | None = column("the largest importance over the mean importance")
+    importance_concentration: float | None = column("share of the total importance held by the top 20% of "
                                                      "directions")
-    unique_concepts: int | None = _column("eq. 5, raw, singular basis")
-    significant_concepts: int | None = _column("unique concepts whose max AP is significant (BH), singular basis")
-    chance_unique: float | None = _column("the chance level of unique_concepts")
-    polysemanticity: float | None = _column("polysemanticity (concepts.csv), singular basis")
-    layers: int | None = _column("layer taps of the model in layer_kurtosis.csv on the same dataset")
-    layer_kurtosis_mean: float | None = _column("mean kurtosis over those layers")
-    er: float | None = _column("the measured ER (robustness.csv), for the scatter")
+    unique_concepts: int | None = column("eq. 5, raw, singular basis")
+    significant_concepts: int | None = column("unique concepts whose max AP is significant (BH), singular basis")
+    chance_unique: float | None = column("the chance level of unique_concepts")
+    polysemanticity: float | None = column("polysemanticity (concepts.csv), singular basis")
+    layers: int | None = column("layer taps of the model in layer_kurtosis.csv on the same dataset")
+    layer_kurtosis_mean: float | None = column("mean kurtosis over those layers")
+    er: float | None = column("the measured ER (robustness.csv), for the scatter")
 
 
-@register_table
+@result_table
 @dataclass(frozen=True)
 class LabelFreeRow:
     """A label-free prediction of a model's accuracy on one shift set."""
 
     TABLE: ClassVar[str] = "label_free"
     KEY: ClassVar[tuple[str, ...]] = ("model", "method", "dataset")
-    model: str = _column("model name")
-    method: str = _column("doc, atc-maxprob or atc-entropy")
-    dataset: str = _column("the shift set")
-    predicted_accuracy: float = _column("predicted from its unlabelled logits and the labelled id set")
-    accuracy: float = _column("the measured accuracy, for reference")
+    model: str = column("model name")
+    method: str = column("doc, atc-maxprob or atc-entropy")
+    dataset: str = column("the shift set")
+    predicted_accuracy: float = column("predicted from its unlabelled logits and the labelled id set")
+    accuracy: float = column("the measured accuracy, for reference")
 
 
-@register_table
+@result_table
 @dataclass(frozen=True)
 class ErPredictionRow:
     """A predictor's held-out ER prediction for one model."""
 
     TABLE: ClassVar[str] = "er_predictions"
     KEY: ClassVar[tuple[str, ...]] = ("predictor", "model")
-    predictor: str = _column("a signature column, 'ridge combination', 'mean of others', or doc/atc-*")
-    kind: str = _column("signature, combination, reference or label-free")
-    model: str = _column("model name")
-    er: float = _column("measured ER")
-    predicted_er: float = _column("held-out prediction (label-free: direct prediction)")
+    predictor: str = column("a signature column, 'ridge combination', 'mean of others', or doc/atc-*")
+    kind: str = column("signature, combination, reference or label-free")
+    model: str = column("model name")
+    er: float = column("measured ER")
+    predicted_er: float = column("held-out prediction (label-free: direct prediction)")
 
 
-@register_table
+@result_table
 @dataclass(frozen=True)
 class ErPredictorRow:
     """How well one predictor predicts ER over the pool, leaving each model out."""
 
     TABLE: ClassVar[str] = "er_predictors"
     KEY: ClassVar[tuple[str, ...]] = ("predictor",)
-    predictor: str = _column("see er_predictions.csv")
-    kind: str = _column("signature, combination, reference or label-free")
-    models: int = _column("models with ER and this predictor")
-    ranked: str = _column("what rho and tau rank: the signature itself, or the predictions")
-    spearman: float | None = _column("Spearman rho with ER")
-    spearman_low: float | None = _column("bootstrap interval over models, low end")
-    spearman_high: float | None = _column("bootstrap interval, high end")
-    kendall: float | None = _column("Kendall tau-b with ER")
-    kendall_low: float | None = _column("bootstrap interval, low end")
-    kendall_high: float | None = _column("bootstrap interval, high end")
-    mae: float = _column("mean absolute error of the predictions (ER units, fractions)")
-    mae_low: float = _column("bootstrap interval, low end")
-    mae_high: float = _column("bootstrap interval, high end")
-    note: str = _column("the small-pool warning, or empty")
+    predictor: str = column("see er_predictions.csv")
+    kind: str = column("signature, combination, reference or label-free")
+    models: int = column("models with ER and this predictor")
+    ranked: str = column("what rho and tau rank: the signature itself, or the predictions")
+    spearman: float | None = column("Spearman rho with ER")
+    spearman_low: float | None = column("bootstrap interval over models, low end")
+    spearman_high: float | None = column("bootstrap interval, high end")
+    kendall: float | None = column("Kendall tau-b with ER")
+    kendall_low: float | None = column("bootstrap interval, low end")
+    kendall_high: float | None = column("bootstrap interval, high end")
+    mae: float = column("mean absolute error of the predictions (ER units, fractions)")
+    mae_low: float = column("bootstrap interval, low end")
+    mae_high: float = column("bootstrap interval, high end")
+    note: str = column("the small-pool warning, or empty")
 
 
-@register_table
+@result_table
 @dataclass(frozen=True)
 class ErTrackingRow:
     """Does a signature track ER along a Wise-FT sweep?"""
 
     TABLE: ClassVar[str] = "er_tracking"
     KEY: ClassVar[tuple[str, ...]] = ("pair", "signature")
-    pair: str = _column("Wise-FT pair")
-    signature: str = _column("kurtosis or unique_concepts")
-    points: int = _column("alphas with both the signature and ER")
-    spearman: float | None = _column("Spearman rho of the signature and ER across alpha")
-    kendall: float | None = _column("Kendall tau-b across alpha")
+    pair: str = column("Wise-FT pair")
+    signature: str = column("kurtosis or unique_concepts")
+    points: int = column("alphas with both the signature and ER")
+    spearman: float | None = column("Spearman rho of the signature and ER across alpha")
+    kendall: float | None = column("Kendall tau-b across alpha")
 
 
 # --------------------------------------------------------------------------- assembling the signatures
@@ -174,7 +156,6 @@ def signature_rows(results: Results) -> list[SignatureRow]:
         DataError: the folder has neither models.csv nor robustness.csv.
     """
     from robustsig.metrics.directions import importance_concentration
-    from robustsig.study.analyses.significance import ConceptSignificanceRow
 
     models = [row.model for row in _read(results, ModelRow)] or [row.model for row in _read(results, RobustnessRow)]
     if not models:
@@ -369,108 +350,3 @@ def predict_er_tables(results: Results, options: PredictErOptions | None = None,
         results.write(ErPredictorRow, evaluation.predictors)
         results.write(ErTrackingRow, tracking)
     return PredictErResult(signatures, evaluation, tracking)
-
-
-# --------------------------------------------------------------------------- the study step
-
-def _scores(store: Any, rule: Mapping[str, Any]) -> tuple[dict[str, Any], Any]:
-    """Per-image confidences (both scores) and correctness of a store's logits under ``rule``, batch by batch."""
-    import torch
-
-    from robustsig.metrics.labelfree import SCORES, confidence_score_table
-    from robustsig.metrics.scoring import top1_correct
-    from robustsig.study.analyses._streams import BATCH_ROWS
-
-    scores: dict[str, list] = {score: [] for score in SCORES}
-    correct = []
-    for batch in store.batches(["logits", "labels"], BATCH_ROWS):
-        for score, values in confidence_score_table(batch["logits"], rule=rule).items():
-            scores[score].append(values)
-        correct.append(top1_correct(batch["logits"], batch["labels"], **rule).cpu())
-    return {score: torch.cat(parts) for score, parts in scores.items()}, torch.cat(correct).to(torch.float64)
-
-
-def label_free_rows(ctx: RunContext, model: str, id_name: str, shifts: Sequence[str]) -> list[LabelFreeRow]:
-    """DoC and ATC predictions of ``model``'s accuracy on each shift set, from its stores."""
-    from robustsig.data.scoring import scoring_rule
-    from robustsig.metrics.labelfree import atc_from_scores, doc_from_scores
-
-    subject = model_subject(model)
-    id_scores, id_correct = _scores(ctx.store(subject, id_name).store, scoring_rule(ctx.dataset(id_name)))
-    acc_id = float(id_correct.mean())
-    rows = []
-    for name in shifts:
-        scores, correct = _scores(ctx.store(subject, name).store, scoring_rule(ctx.dataset(name)))
-        accuracy = float(correct.mean())
-        rows += [LabelFreeRow(model, "doc", name, doc_from_scores(acc_id, id_scores["maxprob"], scores["maxprob"]),
-                              accuracy),
-                 LabelFreeRow(model, "atc-maxprob", name,
-                              atc_from_scores(id_scores["maxprob"], id_correct, scores["maxprob"]), accuracy),
-                 LabelFreeRow(model, "atc-entropy", name,
-                              atc_from_scores(id_scores["entropy"], id_correct, scores["entropy"]), accuracy)]
-    return rows
-
-
-_READS = ("accuracy", "kurtosis", "importance", "concepts", "layer_kurtosis")
-
-
-class PredictErTask(AnalysisTask):
-    """The whole pool's signature table and ER prediction (after every model's own steps)."""
-
-    tag = "predict_er"
-
-    def __init__(self, options: PredictErOptions, models: Sequence[str], id_name: str, shifts: Sequence[str],
-                 reads: Sequence[str], needs: tuple[str, ...]) -> None:
-        super().__init__("predict_er", f"{len(models)} models", needs, tuple(models))
-        self.options = options
-        self.pool = list(models)
-        self.id_name = id_name
-        self.shifts = list(shifts)
-        self.reads = list(reads)
-
-    def provenance(self, ctx: RunContext) -> dict[str, Any]:
-        stores = {model: {name: ctx.store(model_subject(model), name).provenance
-                          for name in [self.id_name, *(self.shifts if self.options.label_free else [])]}
-                  for model in self.pool}
-        return {"options": self.options.model_dump(mode="json"), "stores": stores,
-                "reads": {step: ctx.ledger.digest(step) for step in self.reads}}
-
-    def present(self, ctx: RunContext) -> bool:
-        return all(ctx.results.has(table) for table in (SignatureRow, ErPredictorRow, ErPredictionRow))
-
-    def compute(self, ctx: RunContext) -> str:
-        records = [ctx.store(model_subject(model), self.id_name).record(model, self.id_name) for model in self.pool]
-        label_free = None
-        if self.options.label_free:
-            label_free = [row for model in self.pool for row in label_free_rows(ctx, model, self.id_name, self.shifts)]
-            ctx.results.write(LabelFreeRow, label_free)
-            ctx.results.record(LabelFreeRow, records + [ctx.store(model_subject(model), name).record(model, name)
-                                                        for model in self.pool for name in self.shifts],
-                               {"methods": list(METHODS), "scoring": "each dataset's rule (class subset or map)"})
-        result = predict_er_tables(ctx.results, self.options, write=True, label_free=label_free)
-        parameters = {"id_set": self.id_name, "signatures": list(SIGNATURES), "resamples": self.options.resamples,
-                      "seed": self.options.seed, "fit": "leave-one-model-out; isotonic (increasing) per signature, "
-                      "ridge (alpha 1) on z-scored signatures", "note": result.evaluation.note}
-        for table in (SignatureRow, ErPredictionRow, ErPredictorRow, ErTrackingRow):
-            ctx.results.record(table, records, parameters)
-        best = {row.predictor: row.spearman for row in result.evaluation.predictors}
-        shown = ", ".join(f"{name} {value:+.2f}" for name, value in best.items()
-                          if value is not None and not name.startswith(COMBINATION))
-        return (f"{len(result.signatures)} signature rows; rho with ER: {shown or 'none'}"
-                + (f" (NOTE: {result.evaluation.note})" if result.evaluation.note else ""))
-
-
-def plan(planner: Planner, config: StudyConfig) -> None:
-    options = config.analyses.predict_er
-    shifts = [dataset.name for dataset in config.datasets.shift]
-    id_name = config.datasets.id.name
-    models = config.model_names()
-    planned = {task.id for task in planner}
-    reads = [f"{analysis}:{model}" for model in models for analysis in _READS]
-    reads += [f"concept_significance:{model}:{BASIS}" for model in models]
-    if config.analyses.wiseft is not None:
-        reads += [f"wiseft:{pair.name}" for pair in config.analyses.wiseft.pairs]
-    stores = [planner.store(model_subject(model), name) for model in models
-              for name in [id_name, *(shifts if options.label_free else [])]]
-    planner.add(PredictErTask(options, models, id_name, shifts, reads,
-                              tuple(stores + [step for step in reads if step in planned])))

@@ -1,12 +1,15 @@
 """``robustsig study run``: validate a study config, plan its DAG, execute it, write ``results/`` and the report.
 
+This module sits above both :mod:`robustsig.study` (the config, the plan and the analyses' steps) and
+:mod:`robustsig.report` (the page), which it runs one after the other.
+
 The run, in order:
 
 1. the config is read and validated (keys, then every path it names), and restricted to ``only`` (analyses and/or
    models, as ``--only``);
 2. ``results/models.csv``, ``datasets.csv`` and the config in ``provenance.json`` are written, rows of models or
    pairs no longer in the config are dropped, and the ER baseline line is fixed (refit from ``baseline.fit_csv``);
-3. the plan (:func:`robustsig.study.analyses.build_plan`) is executed task by task: extractions (each store reused,
+3. the plan (:func:`robustsig.study.registry.build_plan`) is executed task by task: extractions (each store reused,
    resumed or re-extracted, see :mod:`robustsig.study.stores`), AP matrices, analyses (each skipped when the ledger
    says it finished on the same inputs and parameters, see :mod:`robustsig.study.ledger`);
 4. the HTML report is built from whatever ``results/`` holds.
@@ -23,7 +26,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 import os
 import time
 import traceback
@@ -37,11 +39,10 @@ from robustsig._atomic import sweep_temporaries
 from robustsig._progress import progress as progress_bar
 from robustsig._progress import quiet
 from robustsig.errors import DataError, InputError, RobustsigError, os_error_message
-from robustsig.study.analyses import cka as cka_analysis
+from robustsig.study import registry
 from robustsig.study.config import StudyConfig, load_study_config, select
 from robustsig.study.ledger import Ledger
-from robustsig.study.results import (TABLES, AccuracyRow, CkaRow, ConceptRow, DatasetRow, KurtosisRow, ModelRow,
-                                     PrivilegedRow, Results, RobustnessRow, WiseFtRow, study_rows)
+from robustsig.study.results import DatasetRow, ModelRow, Results, study_rows
 from robustsig.study.runlog import RunLog
 from robustsig.study.tasks import RunContext, Task
 
@@ -176,7 +177,6 @@ def run_study(config_or_path: StudyConfig | str | os.PathLike, *, only: Iterable
 
 def _run(full: StudyConfig, selected: StudyConfig, results: Results, log: RunLog, device: str | None,
          progress: bool, only: list[str]) -> RunSummary:
-    from robustsig.study.analyses import build_plan
     from robustsig.study.baseline import study_baseline
     from robustsig.study.subjects import Classifiers
 
@@ -201,7 +201,7 @@ def _run(full: StudyConfig, selected: StudyConfig, results: Results, log: RunLog
                              f"({baseline.source}{f', r = {baseline.r:.3f}' if baseline.r is not None else ''})")
     ctx = RunContext(selected, results, ledger, log, baseline, Classifiers(full, device, log), device=device,
                      progress=progress)
-    tasks = build_plan(full, selected)
+    tasks = registry.build_plan(full, selected)
     steps = _execute(tasks, ctx)
     report, report_error = _report(full, results, log)
     summary = RunSummary(selected, results.root, report, steps, summary_rows(results, selected), report_error,
@@ -240,6 +240,8 @@ def _execute(tasks: list[Task], ctx: RunContext) -> list[StepRecord]:
                     message = (f"{type(error).__name__}: {error} (an unexpected error: the traceback is in "
                                f"{ctx.log.path}; if it is a memory error, lower batch_size in the config)")
                     ctx.log.detail(traceback.format_exc())
+                if step_status == "failed" and task.origin != "robustsig" and task.origin not in message:
+                    message += f" (a step of the {task.tag!r} analysis from {task.origin})"
             seconds = time.perf_counter() - begin
             status[task.id] = step_status
             steps.append(StepRecord(task.id, task.tag, task.label, step_status, seconds, message, task.models))
@@ -267,54 +269,38 @@ def _report(config: StudyConfig, results: Results, log: RunLog) -> tuple[Path | 
 
 
 def _drop_stale_rows(results: Results, config: StudyConfig, log: RunLog) -> None:
-    """Drop the rows of models and pairs that are no longer in the config (the config is the source of truth);
-    a table written by another robustsig version is deleted (it is recomputed)."""
-    models = set(config.model_names())
-    cka_planned = {(pair.model_a, pair.model_b, dataset) for pair, dataset in cka_analysis.planned(config)}
-    wiseft_pairs = {p.name for p in config.analyses.wiseft.pairs} if config.analyses.wiseft else set()
-
-    def kept(row: Any) -> bool:
-        if isinstance(row, CkaRow):
-            return (row.model_a, row.model_b, row.dataset) in cka_planned
-        if isinstance(row, WiseFtRow) or hasattr(row, "pair"):  # Wise-FT rows, and tables keyed by its pairs
-            return row.pair in wiseft_pairs
-        return getattr(row, "model", None) in models if hasattr(row, "model") else True  # pool-level tables: kept
-
-    for table in TABLES.values():
-        if table in (ModelRow, DatasetRow) or not results.has(table):
-            continue
-        try:
-            rows = results.read(table)
-        except DataError as error:
-            results.path(table).unlink()
-            log.line("results", "", f"{error}; deleted, it will be recomputed")
-            continue
-        keep = [row for row in rows if kept(row)]
-        if len(keep) < len(rows):
-            results.write(table, keep)
-            log.line("results", "", f"dropped {len(rows) - len(keep)} row(s) of {results.path(table).name} for "
-                                    "models or pairs no longer in the config")
+    """Drop the rows of models and pairs that are no longer in the config (the config is the source of truth; each
+    analysis says which of its rows still belong, :meth:`~robustsig.study.analysis.Analysis.keeps`); a table written
+    by another robustsig version is deleted (it is recomputed)."""
+    for analysis in registry.analyses():
+        for table in analysis.tables:
+            if not results.has(table):
+                continue
+            try:
+                rows = results.read(table)
+            except DataError as error:
+                results.path(table).unlink()
+                log.line("results", "", f"{error}; deleted, it will be recomputed")
+                continue
+            keep = [row for row in rows
+                    if registry.guarded(analysis, "keeps", lambda row=row: analysis.keeps(row, config), True)]
+            if len(keep) < len(rows):
+                results.write(table, keep)
+                log.line("results", "", f"dropped {len(rows) - len(keep)} row(s) of {results.path(table).name} for "
+                                        "models or pairs no longer in the config")
 
 
 def summary_rows(results: Results, config: StudyConfig) -> list[dict[str, Any]]:
-    """The terminal summary: per model, ACC(I), ACC(S), ER, kurtosis, privileged directions, unique concepts
-    (singular basis, else neuron) as read from ``results/`` (None where not computed)."""
-    def read(table: type) -> list:
-        return results.read(table) if results.has(table) else []
-
-    accuracy = {(row.model, row.dataset): row.accuracy for row in read(AccuracyRow)}
-    er = {row.model: row.er for row in read(RobustnessRow)}
-    kurtosis = {row.model: row.kurtosis for row in read(KurtosisRow)}
-    privileged = {row.model: row.num_privileged for row in read(PrivilegedRow)}
-    concepts = {(row.model, row.basis): row.unique_concepts for row in read(ConceptRow)}
-    id_name = config.datasets.id.name
-    shifts = [entry.name for entry in config.datasets.shift]
-    rows = []
-    for name in config.model_names():
-        shift_values = [accuracy.get((name, shift)) for shift in shifts]
-        acc_shift = (math.fsum(shift_values) / len(shifts)
-                     if shifts and all(value is not None for value in shift_values) else None)
-        rows.append({"model": name, "acc_id": accuracy.get((name, id_name)), "acc_shift": acc_shift,
-                     "er": er.get(name), "kurtosis": kurtosis.get(name), "privileged": privileged.get(name),
-                     "unique_concepts": concepts.get((name, "singular"), concepts.get((name, "neuron")))})
-    return rows
+    """The terminal summary: per model, the columns each analysis contributes
+    (:meth:`~robustsig.study.analysis.Analysis.summary`: ACC(I), ACC(S), ER, kurtosis, privileged directions,
+    unique concepts in the singular basis, else the neuron one), read from ``results/``; None where not computed."""
+    columns: dict[str, dict[str, Any]] = {name: {} for name in config.model_names()}
+    for analysis in registry.analyses():
+        for model, values in registry.guarded(analysis, "summary", lambda a=analysis: a.summary(results, config),
+                                              {}).items():
+            if model in columns:
+                columns[model].update(values)
+    names = ("acc_id", "acc_shift", "er", "kurtosis", "privileged", "unique_concepts")
+    return [{"model": model, **{name: values.get(name) for name in names},
+             **{name: value for name, value in values.items() if name not in names}}
+            for model, values in columns.items()]

@@ -14,38 +14,38 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, ClassVar
-
 
 from robustsig._atomic import write_text_atomic
 from robustsig.metrics.significance import (DEFAULT_STOP_AFTER, benjamini_hochberg, concatenate,
                                             permutation_p_values)
-from robustsig.study.analyses import concepts as concepts_analysis
-from robustsig.study.config import ConceptsOptions, ModelEntry, StudyConfig
-from robustsig.study.plan import Planner
-from robustsig.study.results import _column, register_table
-from robustsig.study.subjects import model_subject
-from robustsig.study.tasks import AnalysisTask, RunContext, has_rows
+from robustsig.report.tables import ReportTable, decimal, integer, pool_table
+from robustsig.study.analyses.concepts.ap import (SIGN_CONVENTION, ap_device, ap_paths, concept_members,
+                                                  concept_score_groups)
+from robustsig.study.analyses.concepts.options import ConceptsOptions
+from robustsig.study.analysis import AnalysisTask, RunContext, column, has_rows, model_subject, result_table
+from robustsig.study.results import ModelRow
 
 
-@register_table
+@result_table
 @dataclass(frozen=True)
 class ConceptSignificanceRow:
     """Raw and chance-controlled unique concepts of a model in one basis."""
 
     TABLE: ClassVar[str] = "concept_significance"
     KEY: ClassVar[tuple[str, ...]] = ("model", "basis")
-    model: str = _column("model name")
-    basis: str = _column("singular or neuron")
-    num_concepts: int = _column("concepts tested")
-    unique_concepts: int = _column("eq. 5, raw: concepts with some direction at AP >= threshold")
-    chance_unique: float = _column("its chance level: the mean raw count when every concept's labels are permuted")
-    significant_concepts: int = _column("concepts counted by eq. 5 whose max AP is significant (BH at alpha)")
-    discoveries: int = _column("concepts significant under BH whatever their AP")
-    alpha: float = _column("false discovery rate")
-    permutations: int = _column("label permutations per concept (at most; a clearly null concept stops early)")
-    threshold: float = _column("the AP threshold")
-    orientation: str = _column("positive (AP of s) or both (max of AP(s), AP(-s))")
+    model: str = column("model name")
+    basis: str = column("singular or neuron")
+    num_concepts: int = column("concepts tested")
+    unique_concepts: int = column("eq. 5, raw: concepts with some direction at AP >= threshold")
+    chance_unique: float = column("its chance level: the mean raw count when every concept's labels are permuted")
+    significant_concepts: int = column("concepts counted by eq. 5 whose max AP is significant (BH at alpha)")
+    discoveries: int = column("concepts significant under BH whatever their AP")
+    alpha: float = column("false discovery rate")
+    permutations: int = column("label permutations per concept (at most; a clearly null concept stops early)")
+    threshold: float = column("the AP threshold")
+    orientation: str = column("positive (AP of s) or both (max of AP(s), AP(-s))")
 
 
 class ConceptSignificanceTask(AnalysisTask):
@@ -69,7 +69,7 @@ class ConceptSignificanceTask(AnalysisTask):
 
     def provenance(self, ctx: RunContext) -> dict[str, Any]:
         return {"store": ctx.store(self.subject, self.dataset).provenance, **self._parameters(),
-                "sign": concepts_analysis.SIGN_CONVENTION if self.basis == "singular" else None}
+                "sign": SIGN_CONVENTION if self.basis == "singular" else None}
 
     def present(self, ctx: RunContext) -> bool:
         return has_rows(ctx.results, ConceptSignificanceRow, model=self.model, basis=self.basis)
@@ -78,11 +78,11 @@ class ConceptSignificanceTask(AnalysisTask):
         begin = time.perf_counter()
         options, orientation = self.options, self.options.orientation
         verified = ctx.store(self.subject, self.dataset)
-        device = concepts_analysis.ap_device(ctx.device)
-        members = concepts_analysis.concept_members(verified.store, ctx.dataset(self.dataset),
+        device = ap_device(ctx.device)
+        members = concept_members(verified.store, ctx.dataset(self.dataset),
                                                     min_positives=options.min_positives, seed=options.seed)
         tests, start = [], 0
-        for scores, labels in concepts_analysis.concept_score_groups(verified.store, members, self.basis, device):
+        for scores, labels in concept_score_groups(verified.store, members, self.basis, device):
             tests.append(permutation_p_values(scores, labels, threshold=options.threshold,
                                               permutations=options.permutations, seed=options.seed,
                                               orientation=orientation, first_concept=start, device=device,
@@ -95,7 +95,7 @@ class ConceptSignificanceTask(AnalysisTask):
         ctx.results.replace(ConceptSignificanceRow, [row], model=self.model, basis=self.basis)
         ctx.results.record(ConceptSignificanceRow, [verified.record(self.model, self.dataset)],
                            {key: value for key, value in self._parameters().items() if key != "basis"})
-        sidecar = concepts_analysis.ap_paths(ctx.results.root, self.subject.name, self.basis)[0].with_name(
+        sidecar = ap_paths(ctx.results.root, self.subject.name, self.basis)[0].with_name(
             f"{self.subject.name}_{self.basis}_significance.json")
         write_text_atomic(sidecar, json.dumps({
             "model": self.model, "basis": self.basis, "store_key": verified.digest, **self._parameters(),
@@ -107,12 +107,15 @@ class ConceptSignificanceTask(AnalysisTask):
                 f"({time.perf_counter() - begin:.1f} s)")
 
 
-def plan(planner: Planner, config: StudyConfig, entry: ModelEntry) -> None:
-    """The test of every basis of the concepts analysis for ``entry`` (none when ``permutations`` is 0)."""
-    options = concepts_analysis.options_of(config)
-    if not options.permutations:
-        return
-    broden = config.datasets.broden.name
-    store = planner.store(model_subject(entry.name), broden)
-    for basis in options.bases:
-        planner.add(ConceptSignificanceTask(entry.name, broden, basis, options, (store,)))
+def significance_table(models: Sequence[ModelRow], rows: Sequence[Any], basis: str) -> ReportTable:
+    """Unique concepts raw, their chance level, and the count significant under Benjamini-Hochberg."""
+    chosen = [row for row in rows if row.basis == basis]
+    values = {row.model: (integer(row.unique_concepts), decimal(1)(row.chance_unique),
+                          integer(row.significant_concepts)) for row in chosen}
+    detail = (f" (AP >= {chosen[0].threshold:g}, {chosen[0].permutations} label permutations per concept, FDR "
+              f"{chosen[0].alpha:g}, {chosen[0].orientation} orientation)") if chosen else ""
+    return pool_table(f"concept_significance_{basis}", f"Unique concepts against chance, {basis} basis", models,
+                      values, ("Raw", "Chance level", "Significant"),
+                      caption=f"Raw: eq. 5{detail}; chance level: the raw count expected when every concept's labels "
+                              "are permuted inside its balanced set; significant: raw concepts whose max AP over "
+                              "directions is significant under Benjamini-Hochberg.", sources=("concept_significance",))

@@ -1,5 +1,5 @@
-"""Metrics streamed from activation stores, shared by the analyses: every function reads a store batch by batch
-with the metric's streaming twin, so no dataset's activations are ever loaded whole."""
+"""Metrics streamed from activation stores, for every analysis (part of the public analysis API): every function
+reads a store batch by batch with the metric's streaming twin, so no dataset's activations are ever loaded whole."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from robustsig.errors import DataError
 from robustsig.extraction.store import ActivationStore
 from robustsig.metrics.directions import HeadSVD, ImportanceAccumulator, head_svd
 from robustsig.metrics.kurtosis import KurtosisAccumulator
@@ -82,3 +83,27 @@ def gather_rows(store: ActivationStore, key: str, rows: np.ndarray) -> torch.Ten
     if not parts:
         return store.read(key, slice(0, 0))
     return torch.cat(parts)
+
+
+def concept_members(store: ActivationStore, dataset: Any, *, min_positives: int, seed: int
+                    ) -> list[tuple[Any, np.ndarray, np.ndarray]]:
+    """The balanced per-concept sets (``dataset.balanced_sets(min_positives, seed)``) as ``(concept, store rows,
+    labels)``, images that could not be decoded left out, concepts left with one class only dropped.
+
+    Raises:
+        DataError: no concept has ``min_positives`` positive (and as many negative) decoded images.
+    """
+    sets = dataset.balanced_sets(min_positives=min_positives, seed=seed)
+    position = np.full(len(dataset), -1, dtype=np.int64)
+    position[store.read("ids").numpy()] = np.arange(store.num_rows)
+    members = []
+    for concept in sets:
+        rows = position[concept.indices.numpy()]
+        decoded = rows >= 0
+        labels = concept.labels.numpy()[decoded]
+        if labels.any() and not labels.all():
+            members.append((concept, rows[decoded], labels))
+    if not members:
+        raise DataError(f"no concept of the concept dataset has {min_positives} positive and as many negative decoded "
+                        "images; lower analyses.concepts.min_positives or use a larger concept dataset")
+    return members
