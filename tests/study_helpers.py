@@ -93,6 +93,7 @@ def study_data(root: Path, **analyses: Any) -> dict[str, Any]:
                           {"model_a": "zs", "model_b": "ft", "cross": True}], "minibatch": 8},
         "wiseft": {"pairs": [{"zero_shot": "zs", "finetuned": "ft"}], "alphas": [0.0, 0.5, 1.0]},
         "layer_kurtosis": {"models": ["zs"], "datasets": ["photos"]},
+        "atlas": {"directions": 2, "images": 3},
         "predict_er": {"resamples": 200},
     }
     sections.update(analyses)

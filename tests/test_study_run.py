@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from scipy.stats import spearmanr
 
 import oracles
@@ -24,6 +25,7 @@ import robustsig as rs
 from robustsig.cli import main
 from robustsig.runner import run_study
 from robustsig.study.analyses.accuracy import AccuracyRow, RobustnessRow
+from robustsig.study.analyses.atlas import AtlasConceptRow, AtlasDirectionRow, AtlasImageRow
 from robustsig.study.analyses.cka import CkaRow, match_layers
 from robustsig.study.analyses.concepts.summary import ConceptRow, ConceptTopRow, VennRow
 from robustsig.study.analyses.concepts.thresholds import ConceptThresholdRow
@@ -42,7 +44,7 @@ from study_helpers import build_world, counting_forwards, study_data, write_conf
 MODELS = ("zs", "ft", "ctrl", "mnv2")
 SETS = ("photos", "shift-a", "shift-b")
 IMAGES = {"photos": 30, "shift-a": 19, "shift-b": 20, "broden": 40}  # decoded images (shift-a: one truncated)
-SECTIONS = ("accuracy", "kurtosis", "importance", "pruning", "concepts", "cka", "wiseft", "predict_er")
+SECTIONS = ("accuracy", "kurtosis", "importance", "pruning", "concepts", "atlas", "cka", "wiseft", "predict_er")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -324,6 +326,48 @@ def test_wiseft_sweep_matches_its_stores(study):
         (folder / "zs@alpha=0.5_singular.json").read_text())["concepts"]), atol=1e-6)
     assert middle.unique_concepts == oracles.concept_counts(ap, 0.8)["unique"]
     assert rows[0.0].unique_concepts == oracles.concept_counts(np.load(folder / "zs_singular.npy"), 0.8)["unique"]
+
+
+def test_the_atlas_shows_the_top_images_and_concepts_of_the_privileged_directions(study):
+    directions, images, concepts = (study.read(table) for table in (AtlasDirectionRow, AtlasImageRow, AtlasConceptRow))
+    broden = dataset(study, "broden")
+    sets = broden.balanced_sets(min_positives=4, seed=0)
+    for model in MODELS:
+        W, h = store(study, model, "photos").read("W"), store(study, model, "photos").read("h")
+        importance = oracles.direction_importance(W, h)
+        expected = np.argsort(-importance, kind="stable")[:2]
+        rows = sorted((row for row in directions if row.model == model), key=lambda row: row.rank)
+        assert [row.direction for row in rows] == expected.tolist()
+        np.testing.assert_allclose([row.ratio for row in rows], importance[expected] / importance.mean(), rtol=1e-6)
+        V = rs.head_svd(W)[2].numpy()  # the study's sign convention: one-sided projections depend on it
+        for name in ("photos", "broden"):
+            s, samples = store(study, model, name), dataset(study, name).samples
+            projection = s.read("h").double().numpy() @ V[:, expected]
+            ids = s.read("ids").tolist()
+            for k, direction in enumerate(expected.tolist()):
+                top = np.argsort(-projection[:, k], kind="stable")[:3]
+                got = sorted((row for row in images if (row.model, row.direction, row.dataset) == (model, direction,
+                                                                                                   name)),
+                             key=lambda row: row.rank)
+                assert [row.image for row in got] == [samples[ids[i]][0] for i in top]
+                np.testing.assert_allclose([row.projection for row in got], projection[top, k], rtol=1e-4, atol=1e-5)
+                for row in got:
+                    with Image.open(study.config.results_dir / row.thumbnail) as thumbnail:
+                        assert thumbnail.size == (64, 64) and thumbnail.format == "JPEG"
+        broden_store = store(study, model, "broden")
+        scores = broden_store.read("h").double().numpy() @ V[:, expected]
+        ids = broden_store.read("ids").tolist()
+        ap = np.array([oracles.average_precision(item.labels, scores[[ids.index(i) for i in item.indices.tolist()]],
+                                                 "positive") for item in sets])
+        for k, direction in enumerate(expected.tolist()):
+            got = sorted((row for row in concepts if (row.model, row.direction) == (model, direction)),
+                         key=lambda row: row.rank)
+            best = np.argsort(-ap[:, k], kind="stable")[:3]
+            assert [row.concept for row in got] == [sets[c].name for c in best]
+            np.testing.assert_allclose([row.ap for row in got], ap[best, k], rtol=1e-6)
+    page = study.summary.report.read_text()
+    assert page.count('<table class="atlas">') == len(MODELS)
+    assert page.count('src="data:image/jpeg;base64,') == len(MODELS) * 2 * 2 * 3
 
 
 def test_concept_significance_follows_its_p_values(study):

@@ -143,6 +143,7 @@ def demo_config(data: DemoData, out_dir: str | os.PathLike, *, finetuned: str | 
             "wiseft": {"alphas": list(WISEFT_ALPHAS), "pairs": [
                 {"name": "mobilenet_v2-wiseft", "zero_shot": ZERO_SHOT, "finetuned": FINETUNED},
             ]},
+            "atlas": {},
             "predict_er": {"label_free": True},
             "layer_kurtosis": {},
             "lowrank": {"models": [ZERO_SHOT], "fractions": list(LOWRANK_FRACTIONS),

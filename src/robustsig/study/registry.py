@@ -38,6 +38,7 @@ BUILTIN: tuple[str, ...] = (
     "robustsig.study.analyses.importance:Importance",
     "robustsig.study.analyses.pruning:Pruning",
     "robustsig.study.analyses.concepts:Concepts",
+    "robustsig.study.analyses.atlas:Atlas",
     "robustsig.study.analyses.cka:Cka",
     "robustsig.study.analyses.wiseft:WiseFt",
     "robustsig.study.analyses.layer_kurtosis:LayerKurtosis",
