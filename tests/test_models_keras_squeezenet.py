@@ -21,6 +21,7 @@ from robustsig.demo.imagenet_val import load_imagenet_val_photos
 from robustsig.errors import DataError
 from robustsig.models.bundled import weights_file
 from robustsig.models.keras_squeezenet import read_keras_squeezenet
+from robustsig.train.transforms import TrainingTransform, preprocess_settings
 
 FIRES = [f"fire{i}" for i in range(2, 10)]
 CAFFE_BGR = np.array([103.939, 116.779, 123.68])
@@ -118,6 +119,18 @@ def test_swapped_fire_branches_would_be_caught(squeezenet, photos):
         out = squeezenet.encoder.features[:4](squeezenet.preprocess(photos[0])[None]).permute(0, 2, 3, 1).double()
     swapped = torch.cat([out[..., 64:], out[..., :64]], dim=-1)
     assert (swapped - torch.from_numpy(fire2)).abs().max() > 1.0
+
+
+def test_training_reads_the_caffe_input_from_the_preprocess(squeezenet, photos):
+    """Training normalises uint8 crops on the device with the mean and std read from ``preprocess``: the same
+    tensor as the eval preprocess (``rgb - Caffe means``, no scaling)."""
+    settings = preprocess_settings(squeezenet.preprocess)
+    assert settings.size == 227
+    crop = T.CenterCrop(227)(T.Resize(256)(photos[1]))
+    on_device = TrainingTransform(T.PILToTensor(), settings.mean, settings.std).on_device(T.PILToTensor()(crop)[None])
+    expected = torch.from_numpy(np.asarray(crop, np.float32) - CAFFE_BGR[::-1].astype(np.float32)).permute(2, 0, 1)
+    torch.testing.assert_close(on_device[0], expected, rtol=0, atol=1e-3)
+    torch.testing.assert_close(squeezenet.preprocess(photos[1]), expected, rtol=0, atol=1e-3)
 
 
 # --- the file is untrusted data -------------------------------------------------------------------------------
