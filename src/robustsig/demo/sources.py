@@ -145,12 +145,13 @@ def demo_class_map() -> dict[str, list[int]]:
     return {**mapped, OTHER_CLASS: [i for i in range(len(imagenet_wnids())) if i not in taken]}
 
 
-def package_dir(module: str) -> Path:
-    """The folder of an installed package, or a :class:`DataError` saying which pip package to install."""
+def package_dir(module: str, pip: str | None = None) -> Path:
+    """The folder of an installed package (found without running its code), or a :class:`DataError` saying what
+    to install: ``pip install`` and ``pip`` (default: the requirement :data:`PIP_NAMES` gives ``module``)."""
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
-        raise DataError(f"the demo's images come from the {PIP_NAMES[module]!r} package, which is not installed: "
-                        f"pip install {PIP_NAMES[module]}")
+        raise DataError(f"the demo's images come from the {PIP_NAMES.get(module, module)!r} package, which is not "
+                        f"installed: pip install {pip or PIP_NAMES[module]}")
     return Path(spec.submodule_search_locations[0])
 
 

@@ -12,7 +12,7 @@ Grammar (``FAMILY:NAME[@WEIGHTS]``):
                         ``ViT_B_16_Weights.IMAGENET1K_V1``, ``DEFAULT``) or a local checkpoint
 ``hf:PATH_OR_NAME``     a Hugging Face image-classification model (local folder or hub name)
 ``bundled:NAME[@PATH]`` real ImageNet weights installed from packages (``mobilenet_v2``,
-                        ``efficientnet_lite0``), or a finetuned copy of them
+                        ``efficientnet_lite0``/``1``/``2``, ``squeezenet1_1``), or a finetuned copy of them
 ======================  ===============================================================================
 
 No weights means a randomly initialised model (the loader warns and records ``meta["random_init"]``).
@@ -29,7 +29,8 @@ from robustsig.errors import InputError
 
 FAMILIES: tuple[str, ...] = ("openclip", "timm", "torchvision", "hf", "bundled")
 _ALIASES = {"open_clip": "openclip", "huggingface": "hf", "tv": "torchvision"}
-BUNDLED: tuple[str, ...] = ("mobilenet_v2", "efficientnet_lite0")
+BUNDLED: tuple[str, ...] = ("mobilenet_v2", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
+                             "squeezenet1_1")
 HUB_SCHEMAS: tuple[str, ...] = ("hf-hub:", "local-dir:")
 CHECKPOINT_SUFFIXES: tuple[str, ...] = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")
 
