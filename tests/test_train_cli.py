@@ -8,18 +8,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import open_clip
 import pytest
 import torch
-from open_clip.model import CLIPTextCfg, CLIPVisionCfg
-from safetensors.torch import save_file
 
 import robustsig as rs
 from robustsig.train.start import finetune_start, scratch_start
 from robustsig.train.state import load_train_state
 
 from cli_helpers import run_cli
-from train_helpers import write_colour_folder
+from train_helpers import register_clip, write_colour_folder
 
 pytestmark = [pytest.mark.filterwarnings("ignore:.*randomly initialised", "ignore:.*Grad strides do not match"),
               pytest.mark.usefixtures("one_thread")]
@@ -43,15 +40,9 @@ def colours(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory) -> str:
     """An OpenCLIP architecture ``rs-tiny-clip`` (registered with open_clip) and a weights file: its spec."""
-    folder = tmp_path_factory.mktemp("clip")
-    (folder / "rs-tiny-clip.json").write_text(json.dumps(TINY_CLIP))
-    open_clip.add_model_config(folder)
-    torch.manual_seed(11)
-    model = open_clip.CLIP(**{**TINY_CLIP, "vision_cfg": CLIPVisionCfg(**TINY_CLIP["vision_cfg"]),
-                              "text_cfg": CLIPTextCfg(**TINY_CLIP["text_cfg"])})
-    save_file(model.state_dict(), str(folder / "zero-shot.safetensors"))
-    (folder / "templates.txt").write_text("a photo of a {}.\na {} thing.\n")
-    return f"openclip:rs-tiny-clip@{folder / 'zero-shot.safetensors'}"
+    weights = register_clip(tmp_path_factory.mktemp("clip"), "rs-tiny-clip", TINY_CLIP, seed=11,
+                            templates="a photo of a {}.\na {} thing.\n")
+    return f"openclip:rs-tiny-clip@{weights}"
 
 
 def _same_logits(spec: str, state: dict[str, torch.Tensor], size: int = 32) -> None:
@@ -110,9 +101,9 @@ def test_scratch_openclip_gets_a_fresh_head_and_loads_back(colours, tiny_clip, t
     dataset = rs.open_dataset("folder", colours)
     arch = "openclip:rs-tiny-clip"
     clf = scratch_start(arch, dataset, device="cpu", seed=0)
-    assert clf.classnames == ["blue", "green", "red"] and clf.head.bias is None
+    assert clf.classnames == ["blue", "green", "red"] and clf.head.bias is not None  # D.2's linear head
     bound = 1 / clf.head.in_features ** 0.5  # nn.Linear's default init, not 100 x unit text embeddings
-    assert clf.W.abs().max() <= bound
+    assert clf.W.abs().max() <= bound and clf.b.abs().max() <= bound
     assert torch.equal(scratch_start(arch, dataset, device="cpu", seed=0).W, clf.W)  # seeded
     out = tmp_path / "clip-sup"
     code, stdout, stderr = run_cli(capsys, "train", arch, "--data", f"folder:{colours}", "--out", str(out), "--schedule",
@@ -184,7 +175,7 @@ def test_errors_exit_2_and_name_the_bad_input(colours, capsys, args, message):
 
 @pytest.mark.parametrize("command, options", [
     ("finetune", ["--data", "--recipe", "--batch-size", "--precision", "--checkpoint-every", "--new-head", "--json"]),
-    ("train", ["--data", "--lr-milestones", "--label-smoothing", "--crop-scale", "--restart", "--json"]),
+    ("train", ["--data", "--lr-milestones", "--label-smoothing", "--crop-scale", "--restart", "--json", "--head"]),
     ("wiseft", ["--alphas", "--out", "--json"]),
 ])
 def test_help(capsys, monkeypatch, command, options):
@@ -192,7 +183,9 @@ def test_help(capsys, monkeypatch, command, options):
     code, stdout, _ = run_cli(capsys, command, "--help")
     assert code == 0 and all(option in stdout for option in options)
     if command == "train":
-        assert "--new-head" not in stdout and "D.2" in stdout
+        assert "--new-head" not in stdout and "D.2" in stdout and "normalized-linear" in stdout
+    if command == "finetune":
+        assert "--head" not in stdout  # finetuning keeps the model's head
 
 
 def test_an_imagenet_root_holding_val_is_not_trained_on(tmp_path, capsys):

@@ -28,14 +28,16 @@ def test_paper_recipes():
                                                                                       (30, 60), 0.1, 5000)
     assert (SUPERVISED.crop_scale, SUPERVISED.hflip, SUPERVISED.label_smoothing, SUPERVISED.grad_clip) == (
         (0.08, 1.0), True, 0.1, None)
+    assert (SUPERVISED.head, FINETUNE.head) == ("linear", None)  # finetuning keeps the model's own head
     assert rs.load_recipe("supervised") == SUPERVISED and rs.Recipe is type(FINETUNE)
 
 
 def test_yaml_then_keyword_overrides(tmp_path):
     path = tmp_path / "recipe.yaml"
     path.write_text("base: supervised\nlr: 3e-4\nepochs: 4\nlr_milestones: [2, 3]\ncrop_scale: null\n"
-                    "grad_clip: 2\nhflip: false\n")
+                    "grad_clip: 2\nhflip: false\nhead: normalized-linear\n")
     recipe = load_recipe("finetune", path, epochs=5)
+    assert recipe.head == "normalized-linear" and load_recipe("supervised", head="null").head is None
     assert recipe.name == "supervised" and recipe.lr == 3e-4 and recipe.epochs == 5  # keyword beats file
     assert recipe.lr_milestones == (2, 3) and recipe.crop_scale is None and recipe.grad_clip == 2.0
     assert recipe.batch_size == 1024 and recipe.hflip is False
@@ -78,6 +80,7 @@ def test_every_problem_is_reported_with_its_key(tmp_path):
     ({"precision": "fp8"}, r"precision: expected one of auto, fp32, bf16, fp16"),
     ({"epochs": True}, r"epochs: expected an integer, not a boolean"),
     ({"betas": [0.9]}, r"betas: expected two numbers"),
+    ({"head": "cosine"}, r"head: expected one of linear, normalized-linear, or null; got 'cosine'"),
 ])
 def test_bad_values_name_the_key(overrides, message):
     base = "supervised" if "epochs" in overrides and overrides["epochs"] == 2 else "finetune"

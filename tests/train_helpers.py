@@ -1,7 +1,9 @@
-"""Tiny training sets written as real image files, and a tiny classifier, for the training tests."""
+"""Tiny training sets written as real image files, a tiny classifier, and tiny OpenCLIP architectures, for the
+training tests."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -47,3 +49,21 @@ def tiny_classifier(num_classes: int = 3, seed: int = 0, size: int = 16) -> Clas
     preprocess = T.Compose([T.Resize(size), T.CenterCrop(size), T.ToTensor(), T.Normalize([0.5] * 3, [0.25] * 3)])
     return Classifier(TinyNet(), nn.Linear(8, num_classes), preprocess=preprocess,
                       classnames=[f"c{i}" for i in range(num_classes)], meta={"spec": "test:tiny"})
+
+
+def register_clip(folder: Path, name: str, config: dict, seed: int, templates: str = "a photo of a {}.\n") -> Path:
+    """Register the OpenCLIP architecture ``name`` (``config``: open_clip's model JSON) and write, in ``folder``, a
+    randomly initialised CLIP of it (seeded) as ``NAME.safetensors`` and a ``templates.txt``; returns the weights."""
+    import open_clip
+    from open_clip.model import CLIPTextCfg, CLIPVisionCfg
+    from safetensors.torch import save_file
+
+    (folder / f"{name}.json").write_text(json.dumps(config))
+    open_clip.add_model_config(folder)
+    torch.manual_seed(seed)
+    model = open_clip.CLIP(**{**config, "vision_cfg": CLIPVisionCfg(**config["vision_cfg"]),
+                              "text_cfg": CLIPTextCfg(**config["text_cfg"])})
+    weights = folder / f"{name}.safetensors"
+    save_file(model.state_dict(), str(weights))
+    (folder / "templates.txt").write_text(templates)
+    return weights

@@ -2,7 +2,8 @@
 process or under ``torchrun``.
 
 Both commands take the same recipe and run options (declared once below); ``finetune`` adds the zero-shot head
-options. Recipe values come from the command's built-in recipe, then ``--recipe FILE.yaml``, then the options.
+options, ``train`` the choice of the new head (``--head``, the recipe's ``head`` key). Recipe values come from the
+command's built-in recipe, then ``--recipe FILE.yaml``, then the options.
 """
 
 from __future__ import annotations
@@ -49,6 +50,11 @@ _FINETUNE_ONLY = [
                                           "head whose size differs from the number of classes by a random one "
                                           "(not with a class_map, which names the trained head's outputs)")),
 ]
+_TRAIN_ONLY = [
+    _param("head", str | None, typer.Option(None, "--head", help="the new head: linear (D.2's: a linear layer with "
+                                            "bias on the raw embedding) | normalized-linear (bias-free, on the "
+                                            "L2-normalised embedding, CLIP's zero-shot form; OpenCLIP only)")),
+]
 _RECIPE = [
     _param("recipe", str | None, typer.Option(None, "--recipe", help="a YAML file of recipe values (e.g. 'lr: "
                                               "1.0e-5'), or a built-in recipe: finetune (D.1), supervised (D.2)")),
@@ -86,7 +92,7 @@ _RUN = [
 ]
 _RECIPE_FIELDS = ("epochs", "batch_size", "lr", "weight_decay", "warmup_steps", "schedule", "lr_milestones",
                   "lr_gamma", "label_smoothing", "grad_clip", "crop_scale", "hflip", "image_size", "precision", "seed",
-                  "deterministic")
+                  "deterministic", "head")
 
 
 def _command(name: str, base: str, doc: str, extra: list[inspect.Parameter]):
@@ -110,7 +116,7 @@ def _train(command: str, base: str, options: dict[str, Any]) -> None:
     from robustsig.train.start import finetune_start, scratch_start
 
     name_or_file = options["recipe"]
-    overrides = {key: options[key] for key in _RECIPE_FIELDS if options[key] is not None}
+    overrides = {key: options[key] for key in _RECIPE_FIELDS if options.get(key) is not None}
     if name_or_file is not None and name_or_file.strip().lower() in RECIPES:
         recipe = load_recipe(name_or_file, **overrides)
     else:
@@ -126,7 +132,7 @@ def _train(command: str, base: str, options: dict[str, Any]) -> None:
         clf = finetune_start(options["spec"], dataset, device=device, classnames=options["classnames"],
                              templates=options["templates"], new_head=options["new_head"], seed=recipe.seed)
     else:
-        clf = scratch_start(options["spec"], dataset, device=device, seed=recipe.seed)
+        clf = scratch_start(options["spec"], dataset, device=device, seed=recipe.seed, head=recipe.head)
     out = options["out"] or Path(f"{command}-{re.sub(r'[^A-Za-z0-9._-]+', '-', options['spec']).strip('-')}")
     run = dict(device=device, workers=options["workers"], checkpoint_every=options["checkpoint_every"],
                restart=options["restart"])
@@ -158,9 +164,10 @@ train = _command(
     "train", "supervised",
     "Train a classifier from scratch (random init of the spec's architecture, e.g. openclip:RN50 or "
     "torchvision:resnet50) with recipe D.2: 90 epochs, global batch 1024, AdamW lr 1e-3 (x0.1 at epochs 30 and "
-    "60), 5,000 warm-up steps, weight decay 1e-2, random resized crop + flip, label smoothing 0.1. Run it under "
-    "torchrun to use several GPUs; run it again with the same --out to resume after a kill.",
-    [])
+    "60), 5,000 warm-up steps, weight decay 1e-2, random resized crop + flip, label smoothing 0.1, and a linear "
+    "head with bias on the raw embedding (--head). Run it under torchrun to use several GPUs; run it again with the "
+    "same --out to resume after a kill.",
+    _TRAIN_ONLY)
 
 
 def register(app: typer.Typer) -> None:

@@ -2,8 +2,10 @@
 
 ``h`` is the L2-normalized image embedding, so ``clf(x) = head(h)`` are CLIP's zero-shot logits
 ``logit_scale.exp() * normalize(img) @ normalize(text).T``. The text tower is used once to build the head and
-then dropped. Layer taps: ``block0..`` (the ViT's residual blocks, token sequences with the class token
-first) or ``stem, layer1..layer4`` (ModifiedResNet feature maps); timm-tower models get the timm taps.
+then dropped. The one exception is a model trained from scratch with a plain linear head (``robustsig train
+--head linear``, recorded as ``build["normalize"] = False`` in its checkpoint): its ``h`` is the raw embedding.
+Layer taps: ``block0..`` (the ViT's residual blocks, token sequences with the class token first) or ``stem,
+layer1..layer4`` (ModifiedResNet feature maps); timm-tower models get the timm taps.
 """
 
 from __future__ import annotations
@@ -33,14 +35,17 @@ _CHECKPOINT_NAMES = ("open_clip_model.safetensors", "open_clip_pytorch_model.saf
 
 
 class CLIPImageEncoder(nn.Module):
-    """``x -> normalize(visual(x))``: open_clip's ``encode_image(x, normalize=True)`` as a module."""
+    """``x -> normalize(visual(x))``: open_clip's ``encode_image(x, normalize=True)`` as a module; with
+    ``normalize=False``, ``x -> visual(x)`` (the raw embedding a supervised linear head reads)."""
 
-    def __init__(self, visual: nn.Module) -> None:
+    def __init__(self, visual: nn.Module, normalize: bool = True) -> None:
         super().__init__()
         self.visual = visual
+        self.normalize = normalize
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.visual(x), dim=-1)
+        embedding = self.visual(x)
+        return F.normalize(embedding, dim=-1) if self.normalize else embedding
 
 
 def load(spec: ModelSpec, options: LoadOptions) -> Classifier:
@@ -86,7 +91,7 @@ def _classifier(visual: nn.Module, head: nn.Linear, classnames: list[str], spec:
                 build: dict[str, Any], **meta: Any) -> Classifier:
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
-    encoder = CLIPImageEncoder(visual)
+    encoder = CLIPImageEncoder(visual, normalize=bool(build.get("normalize", True)))
     cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in build["preprocess_cfg"].items()}
     preprocess = image_transform_v2(PreprocessCfg(**cfg), is_train=False)
     arch = spec.name or spec.weights

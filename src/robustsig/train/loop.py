@@ -18,7 +18,9 @@ head) with AdamW on a labelled image dataset, following a :class:`~robustsig.tra
 - per-epoch training loss and accuracy in ``train_log.csv`` (one row per epoch), a progress bar per epoch.
 
 Files in ``out_dir``: ``model.safetensors`` (the trained classifier, :func:`~robustsig.save_classifier` format:
-it loads with ``FAMILY:ARCH@out_dir/model.safetensors``), ``checkpoint.pt``, ``train_log.csv``, ``recipe.yaml``.
+it loads with ``FAMILY:ARCH@out_dir/model.safetensors``), ``checkpoint.pt``, ``train_log.csv``, ``recipe.yaml`` (every
+recipe value, the head included: ``head: linear`` for D.2, ``head: null`` for a finetuning that kept the model's
+head; a recipe naming a head the classifier does not have is refused before training).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from robustsig.models.checkpoint import load_into, save_classifier
 from robustsig.models.classifier import Classifier
 from robustsig._atomic import write_text_atomic
 from robustsig.train.data import check_training_set, derived_seed, per_rank_batch, training_loader
+from robustsig.train.heads import check_recipe_head
 from robustsig.train.objective import training_objective
 from robustsig.train.recipes import Recipe
 from robustsig.train.schedule import learning_rate
@@ -132,7 +135,8 @@ def train_classifier(clf: Classifier, dataset: Any, recipe: Recipe, out_dir: str
 
     Raises:
         InputError: the batch does not split over the processes, the dataset cannot be trained on, fp16 without a
-            GPU, or a checkpoint from another run in ``out_dir``.
+            GPU, a recipe ``head`` that ``clf`` does not have, or a checkpoint from another run (another recipe,
+            head included, model or training set) in ``out_dir``.
 
     Example:
         >>> result = train_classifier(clf, rs.open_dataset("folder", "train/"), load_recipe("finetune"),
@@ -180,6 +184,7 @@ class _Trainer:
         self.checkpoint_every, self.on_step = checkpoint_every, on_step
         per_rank = per_rank_batch(recipe.batch_size, world.size)
         check_training_set(dataset, clf.head.out_features, recipe.batch_size)
+        check_recipe_head(clf, recipe.head)
         self.amp_dtype, use_scaler = _precision(recipe.precision, device)
         self.transform = training_transform(clf.preprocess, recipe)
         self.loader, self.sampler = training_loader(dataset, self.transform.per_image, world, per_rank, recipe.seed,

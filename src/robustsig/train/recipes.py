@@ -17,6 +17,10 @@ label_smoothing          0                               0.1
 grad_clip (max norm)     1.0                             none
 augmentation             random resized crop, area       random resized crop, area 0.08-1, horizontal flip
                          0.9-1, no flip
+head                     null: the starting model's own  ``linear``: a linear layer with bias on the raw
+                         (OpenCLIP: the zero-shot head,  (unnormalised) embedding; ``normalized-linear`` is
+                         bias-free, on the normalised    the bias-free layer on the L2-normalised embedding
+                         embedding)                      (see :mod:`robustsig.train.heads`)
 =======================  ==============================  ===================================================
 
 D.1 follows wise-ft's finetuning code (``mlfoundations/wise-ft``, ``src/models/finetune.py``): AdamW over all
@@ -51,8 +55,11 @@ from robustsig.errors import InputError
 
 Schedule = Literal["cosine", "step", "constant"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Head = Literal["linear", "normalized-linear"]
 SCHEDULES: tuple[str, ...] = ("cosine", "step", "constant")
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+HEADS: tuple[str, ...] = ("linear", "normalized-linear")
+"""The heads a model trained from scratch can get (:mod:`robustsig.train.heads`); D.2's is the first."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +89,9 @@ class Recipe:
             fp32 on CPU).
         seed: seeds the initialisation of new weights, the data order and every random augmentation.
         deterministic: ``torch.use_deterministic_algorithms(True)`` (needed on GPUs for bit-exact resumes).
+        head: the head of a model trained from scratch (:data:`HEADS`, see :mod:`robustsig.train.heads`), or
+            ``None`` for finetuning, which keeps the starting model's own head. It decides the trained weights and
+            what ``h`` is, so a resume with another head is refused like any other recipe change.
     """
 
     name: str = "custom"
@@ -103,6 +113,7 @@ class Recipe:
     precision: Precision = "auto"
     seed: int = 0
     deterministic: bool = False
+    head: Head | None = None
 
     def __post_init__(self) -> None:
         problems = _problems(self)
@@ -211,6 +222,8 @@ def _problems(recipe: Any) -> list[str]:
     check(recipe.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}")
     check(_is_int(recipe.seed) and recipe.seed >= 0, "seed", "an integer >= 0")
     check(isinstance(recipe.deterministic, bool), "deterministic", "true or false")
+    check(recipe.head is None or recipe.head in HEADS, "head",
+          f"one of {', '.join(HEADS)} (training from scratch), or null (finetuning keeps the model's own head)")
     return problems
 
 
@@ -294,6 +307,19 @@ def _to_choice(choices: tuple[str, ...]) -> Callable[[Any], str]:
     return convert
 
 
+def _to_optional_choice(choices: tuple[str, ...]) -> Callable[[Any], str | None]:
+    choice = _to_choice(choices)
+
+    def convert(value: Any) -> str | None:
+        if _is_none(value):
+            return None
+        try:
+            return choice(value)
+        except ValueError as err:
+            raise ValueError(f"{err}, or null") from None
+    return convert
+
+
 def _is_none(value: Any) -> bool:
     return value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null", "off", ""))
 
@@ -305,6 +331,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "lr_gamma": _to_float, "label_smoothing": _to_float, "grad_clip": _to_optional_float,
     "crop_scale": _to_optional_pair, "hflip": _to_bool, "image_size": _to_optional_int,
     "precision": _to_choice(PRECISIONS), "seed": _to_int, "deterministic": _to_bool,
+    "head": _to_optional_choice(HEADS),
 }
 
 
@@ -355,8 +382,9 @@ FINETUNE = Recipe(name="finetune", epochs=10, batch_size=256, lr=3e-5, weight_de
 
 SUPERVISED = Recipe(name="supervised", epochs=90, batch_size=1024, lr=1e-3, weight_decay=1e-2, warmup_steps=5000,
                     schedule="step", lr_milestones=(30, 60), lr_gamma=0.1, label_smoothing=0.1, grad_clip=None,
-                    crop_scale=(0.08, 1.0), hflip=True)
-"""Appendix D.2: ImageNet training from scratch (CLIP ResNets as supervised baselines)."""
+                    crop_scale=(0.08, 1.0), hflip=True, head="linear")
+"""Appendix D.2: ImageNet training from scratch (CLIP ResNets as supervised baselines). The paper does not say
+which head; ``linear`` is the usual supervised one (the reasons: :mod:`robustsig.train.heads`)."""
 
 RECIPES: dict[str, Recipe] = {"finetune": FINETUNE, "supervised": SUPERVISED}
 FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Recipe))

@@ -4,7 +4,8 @@
   built for the training set's class names (wise-ft's initialisation); other families keep their trained head
   when it has one output per class, or get a new randomly initialised head when asked (``new_head``).
 - :func:`scratch_start`: the spec's architecture with random weights and a randomly initialised head of one
-  output per class (an OpenCLIP model's zero-shot head from a random text tower is not kept).
+  output per class, of the kind the recipe names (:mod:`robustsig.train.heads`: ``linear``, D.2's, or
+  ``normalized-linear``; an OpenCLIP model's zero-shot head from a random text tower is not kept).
 
 A training set with a ``class_map`` (its classes as sets of ImageNet-1k indices, see
 :mod:`robustsig.data.classmap`) is trained through the whole ImageNet head with the set likelihood
@@ -18,11 +19,9 @@ Both seed torch first, so new weights are the same in every process of a ``torch
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
 from typing import Any
 
 import torch
-from torch import nn
 
 from robustsig.errors import InputError
 from robustsig.data.classes import imagenet_classnames
@@ -30,6 +29,7 @@ from robustsig.models.classifier import Classifier
 from robustsig.models.factory import load_classifier
 from robustsig.models.prompts import ClassnamesLike, TemplatesLike
 from robustsig.models.spec import ModelSpec
+from robustsig.train.heads import check_head, replace_head, set_head
 
 
 def finetune_start(spec: str | ModelSpec, dataset: Any, *, device: str | torch.device | None = None,
@@ -87,13 +87,23 @@ def finetune_start(spec: str | ModelSpec, dataset: Any, *, device: str | torch.d
 
 
 def scratch_start(spec: str | ModelSpec, dataset: Any, *, device: str | torch.device | None = None,
-                  seed: int = 0) -> Classifier:
+                  seed: int = 0, head: str | None = "linear") -> Classifier:
     """A randomly initialised classifier of the spec's architecture with one output per class of ``dataset``.
 
+    Args:
+        spec: an architecture without weights (``openclip:RN50``, ``torchvision:resnet50``...).
+        dataset: the training set (its class names; with a ``class_map``, one output per ImageNet-1k class).
+        device: where to build it.
+        seed: seeds the new weights.
+        head: ``"linear"`` (D.2's: a linear layer with bias on the raw embedding) or ``"normalized-linear"`` (a
+            bias-free one on the L2-normalised embedding; OpenCLIP only); see :mod:`robustsig.train.heads`.
+
     Raises:
-        InputError: the spec names weights (training from scratch starts from none; finetune from weights instead).
+        InputError: the spec names weights (training from scratch starts from none; finetune from weights
+            instead), or an unknown head or one the family cannot have.
     """
     parsed = _trainable(spec)
+    check_head(head, parsed.family, str(parsed))  # before any model is built
     if not parsed.random_init:
         raise InputError(f"training from scratch starts from random weights, but {parsed} names weights "
                          f"({parsed.weights or 'bundled'}); drop '@...' from the spec (e.g. "
@@ -108,8 +118,7 @@ def scratch_start(spec: str | ModelSpec, dataset: Any, *, device: str | torch.de
             clf = load_classifier(parsed, device=device, classnames=names, templates=["{}"], use_cache=False)
         else:
             clf = load_classifier(parsed, device=device)
-    if parsed.family == "openclip" or clf.head.out_features != len(names):
-        replace_head(clf, names)
+    set_head(clf, head, names)
     return clf
 
 
@@ -137,14 +146,6 @@ def _class_map_start(parsed: ModelSpec, dataset: Any, *, device: str | torch.dev
                          "ImageNet-1k head, or drop the class map and pass --new-head for a head of one output per "
                          "class")
     return clf
-
-
-def replace_head(clf: Classifier, classnames: Sequence[str]) -> None:
-    """Give ``clf`` a new ``nn.Linear`` head (PyTorch's default initialisation, bias as before) of one output per
-    class name, on the old head's device."""
-    old = clf.head
-    clf.head = nn.Linear(old.in_features, len(classnames), bias=old.bias is not None).to(old.weight.device)
-    clf.classnames = list(classnames)
 
 
 def _trainable(spec: str | ModelSpec) -> ModelSpec:

@@ -9,7 +9,8 @@ int, float, bool, None).
 key                what
 =================  =============================================================================================
 format, version    ``"robustsig.train-state"``, 1
-recipe             the :class:`~robustsig.train.recipes.Recipe` as a dict (a resume with another recipe is refused)
+recipe             the :class:`~robustsig.train.recipes.Recipe` as a dict, its ``head`` included (a resume with
+                   another recipe or head is refused)
 identity           the model spec, head shape and the training set's kind, size and file-list digest
 position           ``epoch``, ``batch`` (the next batch of that epoch) and ``step`` (optimiser steps done)
 model              the classifier's ``state_dict`` (encoder + head)
