@@ -166,12 +166,14 @@ def test_constant_up_to_rounding_is_still_refused():
     mb.update(X32[:16], Y[:16])
     with pytest.raises(rs.DataError, match="X has no variance"):
         mb.compute()
+    bf16 = torch.from_numpy(1.0 + 2.0**-7 * rng.integers(0, 2, size=(64, 4))).to(torch.bfloat16)  # its eps: 2^-7
     acc = MinibatchCKAMatrix()
     for rows in np.split(np.arange(64), 4):
-        acc.update([X32[rows], Y[rows]], [Y[rows]])
+        acc.update([X32[rows], Y[rows], bf16[rows]], [Y[rows]])
     with pytest.warns(RuntimeWarning, match="undefined"):
         values = acc.compute()
-    assert bool(values[0, 0].isnan()) and float(values[1, 0]) == pytest.approx(1.0, abs=1e-12)
+    assert bool(values[0, 0].isnan()) and bool(values[2, 0].isnan())
+    assert float(values[1, 0]) == pytest.approx(1.0, abs=1e-12)
 
 
 # --- issue 21: one power of two for the whole input -------------------------------------------------------------

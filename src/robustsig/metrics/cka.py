@@ -515,9 +515,8 @@ class MinibatchCKAMatrix:
         if side not in ("a", "b"):
             raise InputError(f"side must be 'a' or 'b', got {side!r}")
         name = f"layer {index} of model {side}"
-        X = _layers(x, name)[0].flatten(1)
-        X = X.to(torch.float64 if X.dtype == torch.float64 else torch.float32)
-        return _kernel_gram(X, "linear", 1.0, name, X.dtype)
+        X = _layers(x, name)[0].flatten(1)                       # bf16 outputs: products in float32, bf16 rounding
+        return _kernel_gram(X, "linear", 1.0, name, torch.float64 if X.dtype == torch.float64 else torch.float32)
 
     def update(self, X: Any, Y: Any) -> None:
         """Add one minibatch: ``X`` the layer outputs of model a (a tensor ``(n, ...)`` or a sequence of them, one
