@@ -21,7 +21,8 @@ CHUNK_ROWS = 8192
 
 
 def to_tensor(x: Any, name: str) -> torch.Tensor:
-    """``x`` as a tensor (numpy arrays shared, not copied), or an :class:`InputError` naming ``name``."""
+    """``x`` as a tensor (numpy arrays shared, not copied, unless read-only or with negative strides), or an
+    :class:`InputError` naming ``name``."""
     if isinstance(x, torch.Tensor):
         return x
     try:
@@ -30,8 +31,9 @@ def to_tensor(x: Any, name: str) -> torch.Tensor:
         raise InputError(f"{name} must be an array of numbers, got {type(x).__name__}: {error}") from error
     if array.dtype == object or not (np.issubdtype(array.dtype, np.number) or array.dtype == bool):
         raise InputError(f"{name} must be an array of numbers, got an array of dtype {array.dtype}")
-    if not array.flags.writeable:  # read-only memory maps: torch wants writable memory, copy this chunk
-        array = array.copy()
+    if not array.flags.writeable or any(stride < 0 for stride in array.strides):
+        # torch wants writable memory (read-only memory maps) and no negative strides (x[::-1]): copy this chunk
+        array = array.copy()  # C order: positive strides
     return torch.from_numpy(array)
 
 

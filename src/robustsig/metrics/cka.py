@@ -17,15 +17,34 @@ and ``Y`` (``N x d_y``).
   minibatch with its diagonal zeroed, the unbiased HSIC of Song et al. summed over minibatches, for every pair of
   layers of two models at once.
 
-Both HSIC estimators are unchanged when a constant is added to the features, so the linear path shifts the data
-by the first chunk's mean before accumulating (float64 sums, no cancellation from large activation means).
-Heavy products run in float32 (float64 for float64 inputs) and accumulate in float64. The unbiased estimator
-fluctuates around its expectation and can fall slightly below 0 for unrelated representations: every CKA value
-is reported clipped to [0, 1].
+**Range.** The biased estimator lies in [0, 1]. The unbiased one fluctuates around its expectation: near
+independence it is legitimately negative (torch_cka reports -0.026 where a clipped value said 0), and on very few
+samples it can leave [-1, 1]. No value is clipped: the numbers are torch_cka's and Kornblith et al.'s.
 
-Every estimator first multiplies each representation by a power of two (exact in floating point) that brings its
-largest magnitude near 1, fixed by the first batch that is not all zeros: products of tiny (subnormal) or huge
-activations would otherwise underflow to 0 or overflow (CKA is unchanged by scaling a representation).
+**Centring.** Adding a constant vector ``m`` to every row of ``X`` changes neither estimator, and precision is lost
+when the features have a large mean (post-ReLU layers do): float32 Gram entries of ``1000 + 0.3 noise`` keep about
+one significant digit of the noise. So the linear path shifts the data by the first chunk's mean before
+accumulating (float64 sums), and each minibatch is centred by its own column means before its Gram matrix (the
+Gram matrices passed to :meth:`MinibatchCKAMatrix.update_grams` are double-centred in float64). Why the unbiased
+estimator is unchanged: the shift changes a linear Gram matrix by ``D = u 1' + 1 u' + c 1 1'`` (``u = X m``,
+``c = |m|^2``; double-centring ``H K H`` is of the same form), and the estimator only reads the off-diagonal entries,
+through ``[tr(KL) + 1'K1 1'L1 / ((n-1)(n-2)) - 2/(n-2) 1'KL1] / (n(n-3))``, which is linear in ``K``. With ``D``'s
+diagonal zeroed, ``D 1 = (n-2) u + (U + (n-1) c) 1`` (``U = 1'u``), so for any ``L`` with zero diagonal, row sums
+``l = L 1`` and ``S = 1'L1``: ``tr(DL) = 2 u'l + c S``, ``1'D1 = 2 (n-1) U + n (n-1) c`` and
+``1'DL1 = (n-2) u'l + U S + (n-1) c S``; the bracket is ``c S [1 + n/(n-2) - 2 (n-1)/(n-2)] = 0``.
+
+**Constant representations.** A representation whose centred sum of squares is at most one squared rounding unit
+(``eps`` of its dtype) of its raw sum of squares has no variance up to rounding: CKA with it is undefined
+(:class:`~robustsig.errors.DataError`, or NaN in :class:`MinibatchCKAMatrix`), and a minibatch in which a layer is
+so is left at zero HSIC. ``1000 + 0.01 noise`` is not constant (float64 gives CKA 1 with its rotation).
+
+**Scale.** Products of tiny (subnormal) or huge activations underflow to 0 or overflow, so each representation is
+multiplied by a power of two (exact in floating point; CKA is unchanged by scaling a representation). The power is
+one for the whole input, not one per batch: a stream keeps the largest magnitude seen so far, and when a batch
+brings a larger one, the sums accumulated so far are multiplied by the matching power of two (exact, or negligible
+next to the new scale). A minibatch's Gram matrix carries its own power of two (:class:`Gram`).
+
+Heavy products run in float32 (float64 for float64 inputs) and accumulate in float64.
 """
 
 from __future__ import annotations
@@ -33,7 +52,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -56,24 +75,37 @@ def _check_kernel(kernel: str, sigma: float) -> None:
         raise InputError(f"sigma must be positive (a multiple of the median pairwise distance), got {sigma}")
 
 
-#: HSIC(K, K) below this fraction of its scale (the squared trace of K) means a constant representation.
+#: HSIC(K, K) below this fraction of its scale (the squared trace of the centred K) means a degenerate representation.
 _CONSTANT = 1e-20
 
 
+def _constant(name: str) -> DataError:
+    return DataError(f"{name} has no variance over the samples given (constant activations, up to rounding?): CKA "
+                     "with it is undefined")
+
+
+def _no_variance(centred: float, raw: float, dtype: torch.dtype) -> bool:
+    """Whether a representation is constant up to rounding: its centred sum of squares ``centred`` is at most one
+    squared rounding unit of ``dtype`` times its raw sum of squares ``raw`` (the test scipy applies to moments)."""
+    return not centred > torch.finfo(dtype).eps ** 2 * raw
+
+
 def _ratio(xy: float, xx: float, yy: float, x_scale: float, y_scale: float) -> float:
-    """``xy / sqrt(xx yy)`` clipped to [0, 1]. ``x_scale``/``y_scale`` are the squared traces of the Gram
-    matrices (same normalisation as ``xx``/``yy``): a representation whose self-HSIC is negligible next to its
-    magnitude has no variance (up to rounding), and CKA with it is undefined."""
+    """``xy / sqrt(xx yy)``, unclipped. ``x_scale``/``y_scale`` are the squared traces of the centred Gram matrices
+    (same normalisation as ``xx``/``yy``): a self-HSIC that is not positive, or negligible next to it, leaves CKA
+    undefined."""
     for value, scale, name in ((xx, x_scale, "X"), (yy, y_scale, "Y")):
         if not value > _CONSTANT * scale:
-            raise DataError(f"{name} has no variance over the samples given (constant activations?): CKA with it "
-                            "is undefined")
-    return min(1.0, max(0.0, xy / (xx * yy) ** 0.5))
+            raise _constant(name)
+    return xy / math.sqrt(xx) / math.sqrt(yy)
 
 
 def _exponent(X: torch.Tensor) -> int | None:
     """``e`` with ``max |X| = m 2^e``, ``m`` in [0.5, 1); None when ``X`` is all zeros, empty or not finite."""
-    peak = float(torch.linalg.vector_norm(X.detach(), ord=float("inf"))) if X.numel() else 0.0  # max |x|, no copy
+    if not X.numel():
+        return None
+    low, high = torch.aminmax(X.detach())                    # one pass, no copy (an inf-norm is far slower on CPU)
+    peak = max(-float(low), float(high))
     return math.frexp(peak)[1] if peak > 0 and math.isfinite(peak) else None
 
 
@@ -86,30 +118,29 @@ def _scaled(X: torch.Tensor, exponent: int | None, dtype: torch.dtype | None = N
     return X * 2.0**first * 2.0 ** (-exponent - first)
 
 
-#: Largest ``|e|`` (``max |x| ~ 2^e``) for which float32 Gram products neither underflow nor overflow: 2^(2e) times
-#: a million features stays within float32's normal range, with 24 bits to spare below the largest product.
-_SAFE_EXPONENT = 40
+def _raise_exponent(exponents: dict[Any, int], key: Any, exponent: int | None) -> int:
+    """Raise ``exponents[key]`` (a stream's power of two) to ``exponent`` if larger; return by how many bits it grew
+    (the sums accumulated in the old units are then multiplied by ``2^-(bits * degree)``)."""
+    if exponent is None:
+        return 0
+    old = exponents.setdefault(key, exponent)
+    if exponent <= old:
+        return 0
+    exponents[key] = exponent
+    return exponent - old
 
 
-class _Scales:
-    """Per-representation powers of two, each fixed by the first batch that is not all zeros (so the batches of a
-    stream stay comparable; see the module notes)."""
-
-    def __init__(self) -> None:
-        self.exponents: dict[Any, int] = {}
-
-    def apply(self, key: Any, X: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-        if key not in self.exponents:
-            exponent = _exponent(X)
-            if exponent is not None:
-                self.exponents[key] = exponent
-        return _scaled(X, self.exponents.get(key), dtype)
-
-
-def _unbiased_hsic(tr_kl: float, sum_k: float, sum_l: float, one_kl_one: float, n: int) -> float:
+def _unbiased_hsic(tr_kl: Any, sum_k: Any, sum_l: Any, one_kl_one: Any, n: int) -> Any:
     """Song et al. (2012) from its four terms (K, L with zeroed diagonals):
     ``[tr(KL) + 1'K1 1'L1 / ((n-1)(n-2)) - 2/(n-2) 1'KL1] / (n(n-3))``."""
     return (tr_kl + sum_k * sum_l / ((n - 1) * (n - 2)) - 2.0 * one_kl_one / (n - 2)) / (n * (n - 3))
+
+
+#: LinearCKA's running sums and their degree in X and in Y: when X's power of two grows by k bits, a sum of degree
+#: ``(p, q)`` is multiplied by ``2^(-k p)`` (and by ``2^(-k q)`` for Y's).
+_DEGREES: dict[str, tuple[int, int]] = {
+    "shift_x": (1, 0), "shift_y": (0, 1), "sx": (1, 0), "sy": (0, 1), "xtx": (2, 0), "yty": (0, 2), "xty": (1, 1),
+    "x_qx": (3, 0), "x_qy": (1, 2), "y_qx": (2, 1), "y_qy": (0, 3), "qxqy": (2, 2), "qx2": (4, 0), "qy2": (0, 4)}
 
 
 class LinearCKA:
@@ -117,7 +148,9 @@ class LinearCKA:
 
     Keeps float64 running sums of size ``d x d``: ``X^T Y``, ``X^T X``, ``Y^T Y`` and the column sums (plus, for the
     unbiased estimator, sums weighted by squared row norms). Rows are shifted by the first batch's mean, which
-    neither estimator depends on, so large activation means do not cancel precision away.
+    neither estimator depends on, so large activation means do not cancel precision away; each representation is
+    scaled by one power of two, its largest magnitude so far (see the module notes), so the result does not depend
+    on where the batches split.
 
     Args:
         unbiased: use the unbiased HSIC estimator (Song et al. 2012).
@@ -135,81 +168,99 @@ class LinearCKA:
     def __init__(self, unbiased: bool = False) -> None:
         self.unbiased_terms = unbiased
         self.n = 0
-        self._scales = _Scales()
-        self.shift: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._exponents: dict[str, int] = {}
+        self._sums: dict[str, torch.Tensor] = {}
+        self._rounding: dict[str, torch.dtype] = {}
 
     def update(self, X: Any, Y: Any) -> None:
         """Add a batch: ``X`` (``n_b x d_x``) and ``Y`` (``n_b x d_y``) for the same samples."""
-        known = self.shift is not None
+        sums = self._sums
+        X, Y = to_tensor(X, "X"), to_tensor(Y, "Y")
+        for side, batch in zip("XY", (X, Y)):                                # the coarsest rounding of each side
+            rounding = batch.dtype if batch.is_floating_point() else torch.float64
+            if torch.finfo(rounding).eps > torch.finfo(self._rounding.get(side, torch.float64)).eps:
+                self._rounding[side] = rounding
         X = as_matrix(X, "X (activations, samples x features)", finite=False,
-                      columns=self.shift[0].shape[0] if known else None)
+                      columns=sums["sx"].shape[0] if sums else None)
         Y = as_matrix(Y, "Y (activations, samples x features)", finite=False,
-                      columns=self.shift[1].shape[0] if known else None)
+                      columns=sums["sy"].shape[0] if sums else None)
         if X.shape[0] != Y.shape[0]:
             raise InputError(f"X and Y must hold the same samples: {X.shape[0]} and {Y.shape[0]} rows")
         dtype = compute_dtype(X, Y)
-        X, Y = self._scales.apply("X", X), self._scales.apply("Y", Y)
-        if self.shift is None:
-            self.shift = (X.mean(0, dtype=torch.float64), Y.mean(0, dtype=torch.float64))
+        for side, batch in enumerate((X, Y)):
+            grown = _raise_exponent(self._exponents, "XY"[side], _exponent(batch))
+            if grown and sums:
+                for key, degrees in _DEGREES.items():
+                    if key in sums:
+                        sums[key] = sums[key] * 2.0 ** (-grown * degrees[side])
+        X, Y = _scaled(X, self._exponents.get("X")), _scaled(Y, self._exponents.get("Y"))
+        if not sums:
             dx, dy = X.shape[1], Y.shape[1]
             z = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=X.device)  # noqa: E731
-            self.xty, self.xtx, self.yty = z(dx, dy), z(dx, dx), z(dy, dy)
-            self.sx, self.sy = z(dx), z(dy)
+            sums.update(shift_x=X.mean(0, dtype=torch.float64), shift_y=Y.mean(0, dtype=torch.float64),
+                        xty=z(dx, dy), xtx=z(dx, dx), yty=z(dy, dy), sx=z(dx), sy=z(dy))
             if self.unbiased_terms:
-                self.x_qx, self.x_qy, self.y_qx, self.y_qy = z(dx), z(dx), z(dy), z(dy)
-                self.qxqy = self.qx2 = self.qy2 = 0.0
-        Xs = X.to(dtype) - self.shift[0].to(dtype)  # shifted near the mean: the sums below do not cancel
-        Ys = Y.to(dtype) - self.shift[1].to(dtype)
-        self.xty += (Xs.T @ Ys).to(torch.float64)
-        self.xtx += (Xs.T @ Xs).to(torch.float64)
-        self.yty += (Ys.T @ Ys).to(torch.float64)
-        self.sx += Xs.sum(0, dtype=torch.float64)
-        self.sy += Ys.sum(0, dtype=torch.float64)
+                sums.update(x_qx=z(dx), x_qy=z(dx), y_qx=z(dy), y_qy=z(dy), qxqy=z(()), qx2=z(()), qy2=z(()))
+        Xs = X.to(dtype) - sums["shift_x"].to(dtype)  # shifted near the mean: the sums below do not cancel
+        Ys = Y.to(dtype) - sums["shift_y"].to(dtype)
+        sums["xty"] += (Xs.T @ Ys).to(torch.float64)
+        sums["xtx"] += (Xs.T @ Xs).to(torch.float64)
+        sums["yty"] += (Ys.T @ Ys).to(torch.float64)
+        sums["sx"] += Xs.sum(0, dtype=torch.float64)
+        sums["sy"] += Ys.sum(0, dtype=torch.float64)
         if self.unbiased_terms:
             X64, Y64 = Xs.to(torch.float64), Ys.to(torch.float64)
             qx, qy = X64.square().sum(1), Y64.square().sum(1)                 # squared row norms
-            self.x_qx += X64.T @ qx
-            self.x_qy += X64.T @ qy
-            self.y_qx += Y64.T @ qx
-            self.y_qy += Y64.T @ qy
-            self.qxqy += float((qx * qy).sum())
-            self.qx2 += float(qx.square().sum())
-            self.qy2 += float(qy.square().sum())
+            sums["x_qx"] += X64.T @ qx
+            sums["x_qy"] += X64.T @ qy
+            sums["y_qx"] += Y64.T @ qx
+            sums["y_qy"] += Y64.T @ qy
+            sums["qxqy"] += (qx * qy).sum()
+            sums["qx2"] += qx.square().sum()
+            sums["qy2"] += qy.square().sum()
         self.n += X.shape[0]
 
     def compute(self) -> float:
-        """CKA over the rows seen, in [0, 1]."""
+        """CKA over the rows seen: in [0, 1] for the biased estimator; the unbiased one can be negative (see the
+        module notes)."""
         low = MIN_UNBIASED_ROWS if self.unbiased_terms else 2
         if self.n < low:
             raise InputError(f"{'unbiased ' if self.unbiased_terms else ''}CKA needs at least {low} samples, "
                              f"got {self.n}")
         self._check_finite()
-        return self._unbiased() if self.unbiased_terms else self._biased()
+        traces = self._centred_traces()
+        return self._unbiased(*traces) if self.unbiased_terms else self._biased(*traces)
 
     def _check_finite(self) -> None:
         """Non-finite inputs show in the column sums and the diagonals (checked once, not per entry)."""
-        for name, sums, gram in (("X", self.sx, self.xtx), ("Y", self.sy, self.yty)):
+        for name, sums, gram in (("X", self._sums["sx"], self._sums["xtx"]), ("Y", self._sums["sy"],
+                                                                               self._sums["yty"])):
             if not (bool(torch.isfinite(sums).all()) and bool(torch.isfinite(gram.diagonal()).all())):
                 raise InputError(f"{name} contains NaN or infinite values (or values too large for float32)")
 
-    def _biased(self) -> float:
-        n = self.n
-        cxy = self.xty - torch.outer(self.sx, self.sy) / n
-        cxx = self.xtx - torch.outer(self.sx, self.sx) / n
-        cyy = self.yty - torch.outer(self.sy, self.sy) / n
-        x_trace, y_trace = self._traces()
+    def _centred_traces(self) -> tuple[float, float]:
+        """``sum_i |x_i - mean|^2`` of X and of Y (the traces of the centred Gram matrices), after refusing a
+        representation that is constant up to rounding (against ``sum_i |x_i|^2`` in the original coordinates)."""
+        traces = []
+        for name, gram, s, shift in (("X", self._sums["xtx"], self._sums["sx"], self._sums["shift_x"]),
+                                     ("Y", self._sums["yty"], self._sums["sy"], self._sums["shift_y"])):
+            centred = float(gram.trace()) - float(s @ s) / self.n
+            raw = float(gram.trace()) + 2.0 * float(shift @ s) + self.n * float(shift @ shift)
+            if _no_variance(centred, raw, self._rounding.get(name, torch.float64)):
+                raise _constant(name)
+            traces.append(centred)
+        return traces[0], traces[1]
+
+    def _biased(self, x_trace: float, y_trace: float) -> float:
+        s, n = self._sums, self.n
+        cxy = s["xty"] - torch.outer(s["sx"], s["sy"]) / n
+        cxx = s["xtx"] - torch.outer(s["sx"], s["sx"]) / n
+        cyy = s["yty"] - torch.outer(s["sy"], s["sy"]) / n
         return _ratio(float(cxy.square().sum()), float(cxx.square().sum()), float(cyy.square().sum()),
                       x_trace**2, y_trace**2)
 
-    def _traces(self) -> tuple[float, float]:
-        """Traces of the uncentered linear Gram matrices, ``sum_i |x_i|^2``, in the original coordinates."""
-        traces = []
-        for gram, s, shift in ((self.xtx, self.sx, self.shift[0]), (self.yty, self.sy, self.shift[1])):
-            traces.append(float(gram.trace()) + 2.0 * float(shift @ s) + self.n * float(shift @ shift))
-        return traces[0], traces[1]
-
-    def _unbiased(self) -> float:
-        n = self.n
+    def _unbiased(self, x_trace: float, y_trace: float) -> float:
+        s, n = self._sums, self.n
 
         def hsic(ata: torch.Tensor, sa: torch.Tensor, sb: torch.Tensor, a_qb: torch.Tensor, b_qa: torch.Tensor,
                  qa: float, qb: float, qaqb: float) -> float:
@@ -217,11 +268,10 @@ class LinearCKA:
             one_kl_one = float(sa @ ata @ sb) - float(sa @ a_qb) - float(b_qa @ sb) + qaqb
             return _unbiased_hsic(tr_kl, float(sa @ sa) - qa, float(sb @ sb) - qb, one_kl_one, n)
 
-        qx, qy = float(self.xtx.trace()), float(self.yty.trace())            # sums of squared row norms
-        xy = hsic(self.xty, self.sx, self.sy, self.x_qy, self.y_qx, qx, qy, self.qxqy)
-        xx = hsic(self.xtx, self.sx, self.sx, self.x_qx, self.x_qx, qx, qx, self.qx2)
-        yy = hsic(self.yty, self.sy, self.sy, self.y_qy, self.y_qy, qy, qy, self.qy2)
-        x_trace, y_trace = self._traces()
+        qx, qy = float(s["xtx"].trace()), float(s["yty"].trace())            # sums of squared row norms
+        xy = hsic(s["xty"], s["sx"], s["sy"], s["x_qy"], s["y_qx"], qx, qy, float(s["qxqy"]))
+        xx = hsic(s["xtx"], s["sx"], s["sx"], s["x_qx"], s["x_qx"], qx, qx, float(s["qx2"]))
+        yy = hsic(s["yty"], s["sy"], s["sy"], s["y_qy"], s["y_qy"], qy, qy, float(s["qy2"]))
         return _ratio(xy, xx, yy, (x_trace / n) ** 2, (y_trace / n) ** 2)
 
 
@@ -236,6 +286,7 @@ def _median(values: torch.Tensor) -> torch.Tensor:
 def rbf_gram(X: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
     """RBF Gram matrix ``exp(-|x_i - x_j|^2 / (2 sigma^2 median_ij |x_i - x_j|^2))`` in float64 (Kornblith et al.)."""
     X = X.to(torch.float64)
+    X = X - X.mean(0)                                # distances are unchanged; their expansion below cancels less
     sq_norms = X.square().sum(1)
     sq_distances = (sq_norms[:, None] + sq_norms[None, :] - 2.0 * X @ X.T).clamp_min_(0.0)
     median = _median(sq_distances)
@@ -245,11 +296,84 @@ def rbf_gram(X: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
     return torch.exp(-sq_distances / (2.0 * sigma**2 * median))
 
 
+class Gram(NamedTuple):
+    """One minibatch's Gram matrix of one layer, ``K = matrix 2^exponent``: the power of two keeps the products of
+    tiny or huge activations in range (see the module notes). What :meth:`MinibatchCKAMatrix.gram` returns."""
+
+    matrix: torch.Tensor
+    exponent: int = 0
+
+
+def _centred_rows(X: torch.Tensor, name: str) -> tuple[torch.Tensor, int, torch.Tensor]:
+    """``(Xc, e, mean)``: ``X`` minus its column means is ``Xc 2^e`` (``mean`` in the same units, float64).
+
+    One pass in ``X``'s dtype makes a new tensor (the estimators ignore the rounding of the mean: a shift); ``X`` is
+    scaled by a power of two first only when its column sums overflow.
+    """
+    mean = X.mean(0, keepdim=True)
+    exponent = 0
+    if not bool(torch.isfinite(mean).all()):                             # not finite, or sums beyond the dtype
+        exponent = _exponent(X)
+        if exponent is None:
+            raise InputError(f"{name} contains NaN or infinite values")
+        X = _scaled(X, exponent)
+        mean = X.mean(0, keepdim=True)
+    return X - mean, exponent, mean.to(torch.float64)
+
+
+def _unit_rows(Xc: torch.Tensor, name: str) -> tuple[torch.Tensor, int]:
+    """``(U, e)`` with ``Xc = U 2^e`` and ``max |U|`` in [0.5, 1) (``e`` 0 for zeros)."""
+    exponent = _exponent(Xc)
+    if exponent is None:
+        if not bool(torch.isfinite(Xc).all()):
+            raise InputError(f"{name} contains NaN or infinite values")
+        return Xc, 0
+    return _scaled(Xc, exponent), exponent
+
+
+#: A float32 Gram matrix whose largest diagonal entry (a squared row norm) lies in [2^-80, 2^80] lost nothing to
+#: underflow or overflow: a product below float32's smallest normal 2^-126 is 2^-46 below it, under its rounding.
+_SAFE_GRAM = (2.0**-80, 2.0**80)
+
+
+def _kernel_gram(X: torch.Tensor, kernel: str, sigma: float, name: str, dtype: torch.dtype) -> Gram:
+    """The Gram matrix of one minibatch ``X`` (``n x d``): linear (``X X^T`` of the centred rows, products in
+    ``dtype``) or RBF (scale-free). Zeros (linear) or ones (RBF, identical points) when ``X`` is constant up to
+    the rounding of its dtype: its centred sum of squares against ``sum_i |x_i|^2``."""
+    rounding = X.dtype if X.is_floating_point() else torch.float64
+    Xc, exponent, mean = _centred_rows(X.to(dtype), name)
+    n = X.shape[0]
+
+    def removed(inner: int) -> float:                                    # sum |x_i|^2 = centred + n |mean|^2
+        return n * float(_scaled(mean, inner).square().sum())
+
+    if kernel == "rbf":
+        Xc, inner = _unit_rows(Xc.to(torch.float64), name)
+        total = float(Xc.square().sum())
+        flat = _no_variance(float((Xc - Xc.mean(0)).square().sum()), total + removed(inner), rounding)
+        return Gram(torch.ones(n, n, dtype=torch.float64, device=X.device) if flat else rbf_gram(Xc, sigma))
+    inner = 0
+    with torch.autocast(X.device.type, enabled=False):  # called from a forward hook under fp16/bf16 autocast
+        K = Xc @ Xc.T
+        peak = float(K.diagonal().max())
+        if not _SAFE_GRAM[0] <= peak <= _SAFE_GRAM[1]:  # zero (or underflowed), huge, not finite: scale, redo
+            Xc, inner = _unit_rows(Xc, name)
+            K = Xc @ Xc.T
+    K = K.to(torch.float64)
+    total = float(K.trace())
+    if _no_variance(total - float(K.sum()) / n, total + removed(inner), rounding):  # tr(H K H) vs sum |x_i|^2
+        return Gram(K.zero_())
+    return Gram(K, 2 * (exponent + inner))
+
+
 def _biased_gram_hsic(K: torch.Tensor, L: torch.Tensor) -> float:
     """``tr(K H L H)`` (the scale (n-1)^-2 cancels in CKA)."""
-    def center(G: torch.Tensor) -> torch.Tensor:
-        return G - G.mean(0, keepdim=True) - G.mean(1, keepdim=True) + G.mean()
-    return float((center(K) * center(L)).sum())
+    return float((_double_centred(K) * _double_centred(L)).sum())
+
+
+def _double_centred(K: torch.Tensor) -> torch.Tensor:
+    """``H K H``, ``H = I - 1 1'/n``."""
+    return K - K.mean(0, keepdim=True) - K.mean(1, keepdim=True) + K.mean()
 
 
 def _unbiased_gram_hsic(K: torch.Tensor, L: torch.Tensor) -> float:
@@ -258,13 +382,6 @@ def _unbiased_gram_hsic(K: torch.Tensor, L: torch.Tensor) -> float:
     L = L.clone().fill_diagonal_(0.0)
     return _unbiased_hsic(float((K * L).sum()), float(K.sum()), float(L.sum()),
                           float(K.sum(1) @ L.sum(1)), n)
-
-
-def _gram(X: torch.Tensor, kernel: str, sigma: float) -> torch.Tensor:
-    if kernel == "rbf":
-        return rbf_gram(X, sigma)
-    X = X.to(torch.float64)
-    return X @ X.T
 
 
 def cka(X: Any, Y: Any, kernel: str = "linear", unbiased: bool = False, sigma: float = 1.0, *,
@@ -277,14 +394,15 @@ def cka(X: Any, Y: Any, kernel: str = "linear", unbiased: bool = False, sigma: f
             at most :data:`RBF_MAX_ROWS` samples; use :class:`MinibatchCKA` beyond).
         unbiased: use the unbiased HSIC estimator (Song et al. 2012; needs N >= 4).
         sigma: RBF bandwidth as a multiple of the median pairwise distance.
-        chunk_rows: rows per chunk for the linear kernel.
+        chunk_rows: rows per chunk for the linear kernel (the value does not depend on it, up to rounding).
 
     Returns:
-        CKA in [0, 1] (1: the same representation up to rotation and isotropic scaling).
+        CKA (1: the same representation up to rotation and isotropic scaling): in [0, 1] for the biased estimator;
+        the unbiased one is unclipped and can be slightly negative for unrelated representations.
 
     Raises:
         InputError: mismatched rows, too few samples, bad kernel.
-        DataError: a representation is constant (CKA undefined).
+        DataError: a representation is constant, up to rounding (CKA undefined).
 
     Example:
         >>> import torch
@@ -308,67 +426,12 @@ def cka(X: Any, Y: Any, kernel: str = "linear", unbiased: bool = False, sigma: f
     if n > RBF_MAX_ROWS:
         raise InputError(f"the RBF kernel needs N x N Gram matrices; {n} samples exceed {RBF_MAX_ROWS}: use "
                          "kernel='linear' or rs.MinibatchCKA(kernel='rbf') over batches")
-    X = as_matrix(X, "X (activations, samples x features)", dtype=torch.float64)
-    Y = as_matrix(Y, "Y (activations, samples x features)", dtype=torch.float64)
-    X, Y = _scaled(X, _exponent(X)), _scaled(Y, _exponent(Y))
+    K, L = (_kernel_gram(as_matrix(Z, f"{name} (activations, samples x features)"), "rbf", sigma, name,
+                         torch.float64).matrix for Z, name in ((X, "X"), (Y, "Y")))
     hsic = _unbiased_gram_hsic if unbiased else _biased_gram_hsic
-    K, L = rbf_gram(X, sigma), rbf_gram(Y, sigma)
     norm = n if unbiased else 1  # the unbiased HSIC is normalised by ~n^2, the biased one here is not
-    return _ratio(hsic(K, L), hsic(K, K), hsic(L, L), (float(K.trace()) / norm) ** 2, (float(L.trace()) / norm) ** 2)
-
-
-class MinibatchCKA:
-    """Minibatch CKA (Nguyen et al. 2021): unbiased HSIC of each minibatch, summed over minibatches.
-
-    ``CKA = sum_b HSIC_1(K_b, L_b) / sqrt(sum_b HSIC_1(K_b, K_b) * sum_b HSIC_1(L_b, L_b))``: a consistent
-    estimate from batches of any size >= 4 (smaller batches are refused: the unbiased estimator divides by
-    ``n - 3``). The result is clipped to [0, 1] and never NaN; a representation that is constant over every
-    batch raises :class:`~robustsig.errors.DataError` (CKA undefined).
-
-    Args:
-        kernel: ``"linear"`` or ``"rbf"`` (bandwidth from each batch's median distance).
-        sigma: RBF bandwidth as a multiple of the median pairwise distance.
-
-    Example:
-        >>> import torch
-        >>> X = torch.randn(1024, 16)
-        >>> mb = MinibatchCKA()
-        >>> for x in X.split(128):
-        ...     mb.update(x, 2.0 * x + 1.0)
-        >>> round(mb.compute(), 6)
-        1.0
-    """
-
-    def __init__(self, kernel: str = "linear", sigma: float = 1.0) -> None:
-        _check_kernel(kernel, sigma)
-        self.kernel, self.sigma = kernel, sigma
-        self._xy = self._xx = self._yy = self._x_scale = self._y_scale = 0.0
-        self.batches = 0
-        self._scales = _Scales()
-
-    def update(self, X: Any, Y: Any) -> None:
-        """Add one minibatch: ``X`` (``n x d_x``) and ``Y`` (``n x d_y``) for the same ``n >= 4`` samples."""
-        X = as_matrix(X, "X (activations, samples x features)")
-        Y = as_matrix(Y, "Y (activations, samples x features)")
-        if X.shape[0] != Y.shape[0]:
-            raise InputError(f"X and Y must hold the same samples: {X.shape[0]} and {Y.shape[0]} rows")
-        if X.shape[0] < MIN_UNBIASED_ROWS:
-            raise InputError(f"a minibatch needs at least {MIN_UNBIASED_ROWS} samples for the unbiased HSIC "
-                             f"estimator, got {X.shape[0]}; drop or merge the last short batch")
-        X, Y = self._scales.apply("X", X), self._scales.apply("Y", Y)
-        K, L = _gram(X, self.kernel, self.sigma), _gram(Y, self.kernel, self.sigma)
-        self._xy += _unbiased_gram_hsic(K, L)
-        self._xx += _unbiased_gram_hsic(K, K)
-        self._yy += _unbiased_gram_hsic(L, L)
-        self._x_scale += (float(K.trace()) / X.shape[0]) ** 2
-        self._y_scale += (float(L.trace()) / X.shape[0]) ** 2
-        self.batches += 1
-
-    def compute(self) -> float:
-        """CKA over the minibatches seen, in [0, 1]."""
-        if self.batches == 0:
-            raise InputError("no minibatch was given: call update(X, Y) before compute()")
-        return _ratio(self._xy, self._xx, self._yy, self._x_scale, self._y_scale)
+    x_trace, y_trace = (float(_double_centred(G).trace()) / norm for G in (K, L))
+    return _ratio(hsic(K, L), hsic(K, K), hsic(L, L), x_trace**2, y_trace**2)
 
 
 #: The paper's minibatch size where it is not given (Nguyen et al. 2021 use minibatches of 256 samples).
@@ -388,6 +451,29 @@ def _layers(X: Any, name: str) -> list[torch.Tensor]:
     return tensors
 
 
+def _prepared(gram: Any, name: str) -> tuple[torch.Tensor, int | None]:
+    """A minibatch Gram matrix (a :class:`Gram` or a plain ``n x n`` matrix) double-centred in float64, which the
+    unbiased HSIC does not depend on (module notes), and scaled: ``(M, e)`` with ``H K H = M 2^e``, ``max |M| < 1``;
+    zeros and None when ``K`` is constant up to rounding (its centred trace against its trace)."""
+    matrix, exponent = (gram.matrix, gram.exponent) if isinstance(gram, Gram) else (gram, 0)
+    matrix = to_tensor(matrix, name)
+    if matrix.ndim != 2 or matrix.is_complex():
+        raise InputError(f"{name} must be a real n x n Gram matrix, got shape {tuple(matrix.shape)}")
+    rounding = matrix.dtype if matrix.is_floating_point() else torch.float64
+    M = matrix.to(torch.float64)
+    first = _exponent(M)
+    if first is None:
+        if M.numel() and not bool(torch.isfinite(M).all()):
+            raise InputError(f"{name} contains NaN or infinite values")
+        return torch.zeros_like(M), None
+    M = _scaled(M, first)
+    centred = _double_centred(M)
+    if _no_variance(float(centred.trace()), float(M.trace()), rounding):
+        return centred.zero_(), None
+    inner = _exponent(centred)
+    return centred.mul_(2.0**-inner), exponent + first + inner
+
+
 class MinibatchCKAMatrix:
     """The paper's CKA between every layer of a model a and every layer of a model b, streamed over minibatches,
     as PyTorch-Model-Compare (``torch_cka``, used by Crabbé et al., App. B) computes it.
@@ -396,12 +482,14 @@ class MinibatchCKAMatrix:
     (``flatten(1)``: every token or spatial position, not pooled), its linear Gram matrix ``K = X X^T`` formed and
     its diagonal zeroed, and the unbiased HSIC of Song et al. (2012) taken,
     ``HSIC(K, L) = [tr(KL) + 1'K1 1'L1 / ((n-1)(n-2)) - 2/(n-2) 1'KL1] / (n(n-3))``. Then
-    ``CKA[i, j] = sum_b HSIC(K_ib, L_jb) / sqrt(sum_b HSIC(K_ib, K_ib) * sum_b HSIC(L_jb, L_jb))``.
+    ``CKA[i, j] = sum_b HSIC(K_ib, L_jb) / sqrt(sum_b HSIC(K_ib, K_ib) * sum_b HSIC(L_jb, L_jb))``, unclipped
+    (slightly negative near independence, as torch_cka gives it).
 
     Only the ``n x n`` Gram matrices of the current minibatch are held: never a dataset's flattened activations.
-    Gram products run in float32 (float64 for float64 inputs), as the model runs; the HSIC terms and their sums in
-    float64 (``torch_cka`` keeps them in float32: the two agree to about 1e-6). Each layer is first scaled by a power
-    of two fixed by its first non-zero minibatch (exact; see the module notes).
+    Each minibatch is centred by its column means before its Gram product (the HSIC is unchanged, the float32
+    rounding of large activation means is gone; see the module notes). Gram products run in float32 (float64 for
+    float64 inputs), as the model runs; the HSIC terms and their sums in float64, each layer in units of the largest
+    power of two its minibatches have brought so far (torch_cka keeps float32 sums: the two agree to about 1e-6).
 
     Example:
         >>> import torch
@@ -414,31 +502,21 @@ class MinibatchCKAMatrix:
     """
 
     def __init__(self) -> None:
-        self._scales = _Scales()
         self.batches = 0
         self.samples = 0
         self._sums: dict[str, torch.Tensor] = {}
+        self._exponents: dict[int, int] = {}   # per layer (a's, then b's): the units of the sums
 
-    def gram(self, side: str, index: int, x: Any) -> torch.Tensor:
-        """The linear Gram matrix ``X X^T`` (``n x n``, float64) of one minibatch of layer ``index`` of model
-        ``side`` (``"a"`` or ``"b"``), ``X = x.flatten(1)`` scaled by the layer's power of two. Compute it as
-        soon as a layer's output is known (a forward hook) and pass it to :meth:`update_grams`; the flattened
-        output can then be freed."""
+    def gram(self, side: str, index: int, x: Any) -> Gram:
+        """The linear Gram matrix of one minibatch of layer ``index`` of model ``side`` (``"a"`` or ``"b"``):
+        ``X X^T`` (``n x n``, float64, as a :class:`Gram`) of ``X = x.flatten(1)`` centred by its column means.
+        Compute it as soon as a layer's output is known (a forward hook) and pass it to :meth:`update_grams`; the
+        flattened output can then be freed."""
         if side not in ("a", "b"):
             raise InputError(f"side must be 'a' or 'b', got {side!r}")
-        X = _layers(x, f"layer {index} of model {side}")[0].flatten(1)
-        X = X.to(torch.float64 if X.dtype == torch.float64 else torch.float32)
-        exponent = _exponent(X)
-        reference = self._scales.exponents.setdefault((side, index), exponent) if exponent is not None else \
-            self._scales.exponents.get((side, index))
-        scale = 1.0
-        if reference is not None and exponent is not None:  # else all zeros so far, or not finite (see compute())
-            if max(abs(exponent), abs(reference)) <= _SAFE_EXPONENT:  # no under/overflow: scale the small Gram
-                scale = 2.0 ** (-2 * reference)
-            else:
-                X = _scaled(X, reference)
-        with torch.autocast(X.device.type, enabled=False):  # called from a forward hook under fp16/bf16 autocast
-            return (X @ X.T).to(torch.float64) * scale
+        name = f"layer {index} of model {side}"
+        X = _layers(x, name)[0].flatten(1)                       # bf16 outputs: products in float32, bf16 rounding
+        return _kernel_gram(X, "linear", 1.0, name, torch.float64 if X.dtype == torch.float64 else torch.float32)
 
     def update(self, X: Any, Y: Any) -> None:
         """Add one minibatch: ``X`` the layer outputs of model a (a tensor ``(n, ...)`` or a sequence of them, one
@@ -447,21 +525,24 @@ class MinibatchCKAMatrix:
         self.update_grams([self.gram("a", i, x) for i, x in enumerate(xs)],
                           [self.gram("b", j, y) for j, y in enumerate(ys)])
 
-    def update_grams(self, K: Sequence[torch.Tensor], L: Sequence[torch.Tensor]) -> None:
-        """Add one minibatch given as Gram matrices (from :meth:`gram`): ``K`` one ``n x n`` matrix per layer of
-        model a, ``L`` one per layer of model b."""
-        grams = [torch.as_tensor(g, dtype=torch.float64).clone() for g in (*K, *L)]  # small; the caller's kept
-        n = grams[0].shape[0] if grams else 0
-        if not K or not L or any(g.shape != (n, n) for g in grams):
-            raise InputError(f"K and L must be non-empty sequences of n x n Gram matrices of the same n samples, got "
-                             f"shapes {[tuple(g.shape) for g in grams]}")
+    def update_grams(self, K: Sequence[Any], L: Sequence[Any]) -> None:
+        """Add one minibatch given as Gram matrices: ``K`` one ``n x n`` matrix per layer of model a, ``L`` one per
+        layer of model b (each a :class:`Gram` from :meth:`gram`, or a plain matrix ``X X^T``)."""
+        if not K or not L:
+            raise InputError("K and L must be non-empty sequences of n x n Gram matrices, one per layer")
+        prepared = [_prepared(g, f"{side}[{i}]") for side, grams in (("K", K), ("L", L)) for i, g in enumerate(grams)]
+        n = prepared[0][0].shape[0]
+        if any(M.shape != (n, n) for M, _ in prepared):
+            raise InputError(f"K and L must be n x n Gram matrices of the same n samples, got shapes "
+                             f"{[tuple(M.shape) for M, _ in prepared]}")
         if n < MIN_UNBIASED_ROWS:
             raise InputError(f"a minibatch needs at least {MIN_UNBIASED_ROWS} samples for the unbiased HSIC "
                              f"estimator, got {n}; drop or merge the last short batch")
         if self._sums and (len(K), len(L)) != tuple(self._sums["xy"].shape):
             raise InputError(f"every minibatch must give the same layers: {tuple(self._sums['xy'].shape)} so far, "
                              f"now {len(K)} and {len(L)}")
-        scale = torch.stack([(g.diagonal().sum() / n) ** 2 for g in grams])  # for the constant check of _ratio
+        grams = [M for M, _ in prepared]
+        scale = torch.stack([(g.diagonal().sum() / n) ** 2 for g in grams])  # for the constant check of _values
         for g in grams:
             g.fill_diagonal_(0.0)
         rows = torch.stack([g.sum(1) for g in grams])                         # K 1 per layer
@@ -470,15 +551,33 @@ class MinibatchCKAMatrix:
         tr_kl = flat[:a] @ flat[a:].T                                          # tr(K L) = <K, L> (symmetric)
         self_tr = flat.square().sum(1)
         one_kl_one = rows[:a] @ rows[a:].T
-        terms = {"xy": _unbiased_hsic(tr_kl, sums[:a, None], sums[None, a:], one_kl_one, n),
-                 "self": _unbiased_hsic(self_tr, sums, sums, rows.square().sum(1), n), "scale": scale}
-        for key, value in terms.items():
-            self._sums[key] = self._sums[key] + value if key in self._sums else value
+        self._add({"xy": _unbiased_hsic(tr_kl, sums[:a, None], sums[None, a:], one_kl_one, n),
+                   "self": _unbiased_hsic(self_tr, sums, sums, rows.square().sum(1), n), "scale": scale},
+                  [exponent for _, exponent in prepared])
         self.batches += 1
         self.samples += n
 
+    def _add(self, terms: dict[str, torch.Tensor], exponents: list[int | None]) -> None:
+        """Add one minibatch's HSIC terms (layer ``k``'s Gram in units ``2^exponents[k]``) to the sums, in the units
+        of each layer's largest power of two so far (the sums are rescaled when a larger one arrives)."""
+        if not self._sums:
+            self._sums = {key: torch.zeros_like(value) for key, value in terms.items()}
+        sums, a = self._sums, terms["xy"].shape[0]
+        for k, exponent in enumerate(exponents):
+            grown = _raise_exponent(self._exponents, k, exponent)
+            if grown:                                                        # exact powers of two (see the notes)
+                sums["self"][k] *= 2.0 ** (-2 * grown)
+                sums["scale"][k] *= 2.0 ** (-2 * grown)
+                (sums["xy"][k] if k < a else sums["xy"][:, k - a]).mul_(2.0**-grown)
+        factor = torch.tensor([0.0 if e is None else 2.0 ** (e - self._exponents[k]) for k, e in enumerate(exponents)],
+                              dtype=torch.float64, device=terms["xy"].device)
+        sums["xy"] += terms["xy"] * factor[:a, None] * factor[None, a:]
+        sums["self"] += terms["self"] * factor.square()
+        sums["scale"] += terms["scale"] * factor.square()
+
     def _values(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """CKA (``len(K) x len(L)``, clipped to [0, 1]) and the mask of undefined entries (a constant layer)."""
+        """CKA (``len(K) x len(L)``, NaN where undefined) and, per layer (a's, then b's), whether it is constant
+        over every minibatch (up to rounding)."""
         if not self.batches:
             raise InputError("no minibatch was given: call update(X, Y) before compute()")
         xy, own, scale = self._sums["xy"], self._sums["self"], self._sums["scale"]
@@ -486,20 +585,80 @@ class MinibatchCKAMatrix:
         if not bool(torch.isfinite(own).all()):
             raise InputError("the layer outputs contain NaN or infinite values")
         constant = ~(own > _CONSTANT * scale)
-        values = (xy / (own[:a, None] * own[None, a:]).clamp_min(0.0).sqrt()).clamp(0.0, 1.0)
-        undefined = constant[:a, None] | constant[None, a:]
-        return values.masked_fill(undefined, float("nan")), undefined
+        root = own.clamp_min(0.0).sqrt()
+        values = xy / root[:a, None] / root[None, a:]
+        return values.masked_fill(constant[:a, None] | constant[None, a:], float("nan")), constant
 
     def compute(self) -> torch.Tensor:
-        """CKA of every layer of a (rows) with every layer of b (columns), float64 in [0, 1]; NaN, with a warning,
+        """CKA of every layer of a (rows) with every layer of b (columns), float64, unclipped; NaN, with a warning,
         where a layer is constant over every minibatch (CKA undefined)."""
-        values, undefined = self._values()
+        values, _ = self._values()
+        undefined = values.isnan()
         if bool(undefined.any()):
             pairs = [tuple(pair) for pair in undefined.nonzero().tolist()]
             warnings.warn(f"CKA is undefined (NaN) for {len(pairs)} layer pair(s) (a, b) {pairs[:6]}"
                           f"{' ...' if len(pairs) > 6 else ''}: a layer is constant over the samples",
                           RuntimeWarning, stacklevel=2)
         return values
+
+
+def _one_pair(accumulator: MinibatchCKAMatrix) -> float:
+    """The single CKA value of a one-layer-per-side accumulator, or a DataError naming the constant side."""
+    values, constant = accumulator._values()
+    for k, name in enumerate("XY"):
+        if bool(constant[k]):
+            raise _constant(name)
+    return float(values[0, 0])
+
+
+class MinibatchCKA:
+    """Minibatch CKA (Nguyen et al. 2021): unbiased HSIC of each minibatch, summed over minibatches.
+
+    ``CKA = sum_b HSIC_1(K_b, L_b) / sqrt(sum_b HSIC_1(K_b, K_b) * sum_b HSIC_1(L_b, L_b))``: a consistent
+    estimate from batches of any size >= 4 (smaller batches are refused: the unbiased estimator divides by
+    ``n - 3``). The result is unclipped (slightly negative near independence) and never NaN; a representation that
+    is constant over every batch raises :class:`~robustsig.errors.DataError` (CKA undefined). With the linear
+    kernel it is :class:`MinibatchCKAMatrix` for one pair of 2-D representations, Gram products in float64.
+
+    Args:
+        kernel: ``"linear"`` or ``"rbf"`` (bandwidth from each batch's median distance).
+        sigma: RBF bandwidth as a multiple of the median pairwise distance.
+
+    Example:
+        >>> import torch
+        >>> X = torch.randn(1024, 16)
+        >>> mb = MinibatchCKA()
+        >>> for x in X.split(128):
+        ...     mb.update(x, 2.0 * x + 1.0)
+        >>> round(mb.compute(), 6)
+        1.0
+    """
+
+    def __init__(self, kernel: str = "linear", sigma: float = 1.0) -> None:
+        _check_kernel(kernel, sigma)
+        self.kernel, self.sigma = kernel, sigma
+        self._pairs = MinibatchCKAMatrix()
+
+    @property
+    def batches(self) -> int:
+        """Minibatches seen."""
+        return self._pairs.batches
+
+    def update(self, X: Any, Y: Any) -> None:
+        """Add one minibatch: ``X`` (``n x d_x``) and ``Y`` (``n x d_y``) for the same ``n >= 4`` samples."""
+        X = as_matrix(X, "X (activations, samples x features)")
+        Y = as_matrix(Y, "Y (activations, samples x features)")
+        if X.shape[0] != Y.shape[0]:
+            raise InputError(f"X and Y must hold the same samples: {X.shape[0]} and {Y.shape[0]} rows")
+        if X.shape[0] < MIN_UNBIASED_ROWS:
+            raise InputError(f"a minibatch needs at least {MIN_UNBIASED_ROWS} samples for the unbiased HSIC "
+                             f"estimator, got {X.shape[0]}; drop or merge the last short batch")
+        self._pairs.update_grams([_kernel_gram(X, self.kernel, self.sigma, "X", torch.float64)],
+                                 [_kernel_gram(Y, self.kernel, self.sigma, "Y", torch.float64)])
+
+    def compute(self) -> float:
+        """CKA over the minibatches seen (unclipped)."""
+        return _one_pair(self._pairs)
 
 
 def minibatch_cka(X: Any, Y: Any, batch_size: int = PAPER_MINIBATCH) -> float:
@@ -511,11 +670,12 @@ def minibatch_cka(X: Any, Y: Any, batch_size: int = PAPER_MINIBATCH) -> float:
             than 4 rows is left out (with a warning: the unbiased HSIC is undefined on it).
 
     Returns:
-        CKA in [0, 1].
+        CKA, unclipped: 1 for the same representation up to rotation and scale, slightly negative near
+        independence (as torch_cka gives it).
 
     Raises:
         InputError: mismatched rows, ``batch_size`` below 4, non-finite values.
-        DataError: a representation is constant (CKA undefined).
+        DataError: a representation is constant, up to rounding (CKA undefined).
 
     Example:
         >>> import torch
@@ -546,7 +706,4 @@ def minibatch_cka(X: Any, Y: Any, batch_size: int = PAPER_MINIBATCH) -> float:
     accumulator = MinibatchCKAMatrix()
     for start in range(0, stop, batch_size):
         accumulator.update(to_tensor(X[start:start + batch_size], "X"), to_tensor(Y[start:start + batch_size], "Y"))
-    values, undefined = accumulator._values()
-    if bool(undefined.any()):
-        raise DataError("a representation is constant over the samples given: CKA with it is undefined")
-    return float(values[0, 0])
+    return _one_pair(accumulator)

@@ -4,6 +4,15 @@ For one activation vector ``h`` (``d`` components) the kurtosis is the mean of t
 standardized components, ``mean_i ((h_i - mean(h)) / std(h))**4`` with the population standard deviation
 (Pearson's definition: a Gaussian vector gives 3). The activation kurtosis of a set is the mean over its
 vectors. Heavy-tailed components (outlier features) push it far above 3.
+
+A vector whose standard deviation is at most one rounding unit of its mean (``std <= eps * |mean|``, ``eps`` of
+the input's dtype; exactly constant vectors included) has no kurtosis: its deviations are rounding noise (the
+catastrophic cancellation for which ``scipy.stats.kurtosis`` returns NaN, by the same test). Such vectors are left
+out of the mean with a warning, and the result is NaN when no vector is left. Every other vector's kurtosis is
+computed in float64 from deviations centred twice (the second pass removes the rounding of the mean) and scaled by
+their largest magnitude, so it is exact to rounding where scipy's one pass is not: for ``1e8 + [0, 1, 0, 0, 0]``
+scipy is 1.4e-8 off and for ``3e15 + [0, 1, 2, 0, 8]`` 17 % off; and activations of magnitude 1e-100 or 1e90 do
+not underflow or overflow their fourth powers.
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ from typing import Any, NamedTuple
 import torch
 
 from robustsig.errors import InputError
-from robustsig.metrics._checks import CHUNK_ROWS, as_matrix, iter_rows
+from robustsig.metrics._checks import CHUNK_ROWS, as_matrix, iter_rows, to_tensor
 from robustsig.metrics._ranking import above_mean
 
 #: Default outlier threshold: a dimension whose mean |h_i| is at least this many times the average over dims.
@@ -35,12 +44,26 @@ class OutlierDimensions(NamedTuple):
     factor: float
 
 
+def _row_kurtosis(h: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pearson kurtosis of every row of ``h`` (float64), and whether the row has one (see the module notes)."""
+    mean = h.mean(dim=1, keepdim=True)
+    centered = h - mean
+    centered -= centered.mean(dim=1, keepdim=True)           # the rounding of the mean, removed
+    spread = centered.abs().amax(dim=1, keepdim=True)
+    unit = centered / torch.where(spread > 0, spread, 1.0)   # kurtosis is scale-free; no under/overflow below
+    m2 = unit.square().mean(dim=1)
+    m4 = unit.square().square().mean(dim=1)
+    valid = m2.sqrt() * spread[:, 0] > eps * mean[:, 0].abs()  # scipy's NaN test, m2 <= (eps mean)^2, on the std
+    return m4 / torch.where(valid, m2, 1.0).square(), valid
+
+
 class KurtosisAccumulator:
     """Streaming activation kurtosis (eq. 2) plus the per-dimension magnitudes behind outlier dimensions.
 
     Feed activation batches (``N_b x d``) to :meth:`update`; :meth:`compute` equals :func:`activation_kurtosis`
     on all rows at once and :meth:`outlier_dimensions` equals :func:`outlier_dimensions`. Statistics are in
-    float64. A constant vector (zero variance) has no kurtosis: it is left out of the mean with a warning.
+    float64. A constant vector (up to rounding, see the module notes) has no kurtosis: it is left out of the mean
+    with a warning.
 
     Example:
         >>> import torch
@@ -60,13 +83,12 @@ class KurtosisAccumulator:
 
     def update(self, h: Any) -> None:
         """Add a batch of activation vectors ``h`` (``N_b x d``)."""
-        h = as_matrix(h, "h (activations, samples x features)", dtype=torch.float64,
-                      columns=None if self._abs_sum is None else self._abs_sum.shape[0])
-        centered = h - h.mean(dim=1, keepdim=True)
-        m2 = centered.square().mean(dim=1)
-        m4 = centered.square().square().mean(dim=1)
-        valid = m2 > 0
-        self._kurtosis_sum += float((m4[valid] / m2[valid].square()).sum())
+        name = "h (activations, samples x features)"
+        h = to_tensor(h, name)
+        eps = torch.finfo(h.dtype if h.is_floating_point() else torch.float64).eps  # the input's rounding unit
+        h = as_matrix(h, name, dtype=torch.float64, columns=None if self._abs_sum is None else self._abs_sum.shape[0])
+        kurtosis, valid = _row_kurtosis(h, eps)
+        self._kurtosis_sum += float(kurtosis[valid].sum())
         self._vectors += int(valid.sum())
         self._constant += int((~valid).sum())
         abs_sum = h.abs().sum(dim=0)
@@ -76,8 +98,9 @@ class KurtosisAccumulator:
     def compute(self) -> float:
         """The mean kurtosis of the vectors seen so far (NaN with a warning when there is none)."""
         if self._constant:
-            warnings.warn(f"{self._constant} activation vector(s) are constant (zero variance) and have no "
-                          "kurtosis; they are left out of the mean", RuntimeWarning, stacklevel=2)
+            warnings.warn(f"{self._constant} activation vector(s) are constant (a standard deviation of at most one "
+                          "rounding unit of their mean: catastrophic cancellation, where scipy.stats.kurtosis gives "
+                          "NaN) and have no kurtosis; they are left out of the mean", RuntimeWarning, stacklevel=2)
         if self._vectors == 0:
             warnings.warn("no non-constant activation vector was seen: kurtosis is undefined (NaN)",
                           RuntimeWarning, stacklevel=2)
