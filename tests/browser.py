@@ -28,8 +28,12 @@ _CHECK = """(async () => {
   const images = Array.from(document.images);
   await Promise.all(images.map((image) => image.decode().catch(() => null)));
   return JSON.stringify({
-    images: images.map((image) => ({alt: image.alt, complete: image.complete, width: image.naturalWidth,
-                                     height: image.naturalHeight})),
+    images: images.map((image) => {
+      const box = image.getBoundingClientRect();
+      return {alt: image.alt, complete: image.complete, width: image.naturalWidth, height: image.naturalHeight,
+              left: box.left + window.scrollX, right: box.right + window.scrollX, shown_width: box.width};
+    }),
+    page_width: document.documentElement.clientWidth,
     scripts: document.querySelectorAll("script").length,
     text: document.body.innerText,
     title: document.title,
@@ -44,6 +48,9 @@ class PageCheck:
     errors: list[str] = field(default_factory=list)
     dialogs: list[str] = field(default_factory=list)
     images: list[dict] = field(default_factory=list)
+    """per image: alt, complete, natural width and height, and where it is drawn (left, right, shown_width)."""
+    page_width: int = 0
+    """the width of the page's viewport (CSS pixels) the check ran at."""
     scripts: int = 0
     text: str = ""
     title: str = ""
@@ -107,8 +114,9 @@ def _above_ten(fd: int) -> int:
     return moved
 
 
-def check_page(path: Path, timeout: float = 60) -> PageCheck:
-    """Open ``path`` in headless Chromium and return its console errors, images and text."""
+def check_page(path: Path, timeout: float = 60, width: int = 1400) -> PageCheck:
+    """Open ``path`` in headless Chromium, in a window ``width`` CSS pixels wide, and return its console errors,
+    images (and where they are drawn) and text."""
     if CHROMIUM is None:
         raise RuntimeError("chromium is not installed")
     # Chromium reads commands on fd 3 and writes replies on fd 4. A tiny Python trampoline puts the pipe ends there
@@ -133,6 +141,8 @@ def check_page(path: Path, timeout: float = 60) -> PageCheck:
         session = pipe.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         for domain in ("Runtime", "Log", "Page"):
             pipe.call(f"{domain}.enable", session=session)
+        pipe.call("Emulation.setDeviceMetricsOverride", {"width": width, "height": 900, "deviceScaleFactor": 1,
+                                                         "mobile": False}, session=session)
         pipe.call("Page.navigate", {"url": path.resolve().as_uri()}, session=session)
         pipe.wait_event("Page.loadEventFired", timeout=timeout)
         result = pipe.call("Runtime.evaluate", {"expression": _CHECK, "awaitPromise": True, "returnByValue": True},
@@ -140,7 +150,8 @@ def check_page(path: Path, timeout: float = 60) -> PageCheck:
         if "exceptionDetails" in result:
             raise RuntimeError(f"the check script failed: {result['exceptionDetails']}")
         seen = json.loads(result["result"]["value"])
-        check = PageCheck(images=seen["images"], scripts=seen["scripts"], text=seen["text"], title=seen["title"])
+        check = PageCheck(images=seen["images"], page_width=seen["page_width"], scripts=seen["scripts"],
+                          text=seen["text"], title=seen["title"])
         for event in pipe.events:
             method, params = event.get("method"), event.get("params", {})
             if method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert"):

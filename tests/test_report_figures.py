@@ -158,3 +158,51 @@ def test_threshold_sweep_panels(results, tmp_path):
     saved(figure, tmp_path, "thresholds")
     with pytest.raises(rs.InputError, match="no row of concept_thresholds.csv in the neuron basis"):
         concept_thresholds_figure([], results.read(ConceptThresholdRow), "neuron")
+
+
+def test_no_figure_of_a_report_cuts_a_title_or_a_legend(tmp_path, monkeypatch):
+    """Every figure the report draws keeps its titles and legends inside the image (a one-panel figure is narrow;
+    a long suptitle such as the low-rank model's ER panel's used to be cut at both edges)."""
+    from robustsig.report import page as page_module
+
+    seen = []
+    real = figures.save_figure
+
+    def checked(figure, directory, stem):
+        paths = real(figure, directory, stem)
+        seen.append((stem, figures.cut_texts(figure)))
+        return paths
+
+    monkeypatch.setattr(page_module.figures, "save_figure", checked)
+    files = rs.build_report(write_results(tmp_path / "results").root, tmp_path / "report" / "report.html")
+    assert len(seen) == len(files.figures) // 2 > 10
+    assert [(stem, cut) for stem, cut in seen if cut] == []
+
+
+def test_a_title_wider_than_its_figure_is_wrapped_and_a_cut_is_seen():
+    rows = [PruningRow("rn50-oa-zs", "importance", f, "val", 0.5, 0.1) for f in (0.0, 0.1, 0.25)]
+    figure = curve_figure(MODELS[:1], rows, "val", "er", title="Low-rank encoder",
+                          xlabel="fraction of each map's rank pruned")
+    assert figures.cut_texts(figure) == ["Low-rank encoder: effective robustness (%)"]
+    figures.fit_texts(figure)
+    assert figures.cut_texts(figure) == []
+    assert figure._suptitle.get_text().count("\n") == 1
+
+
+def test_log_axes_label_ticks_as_plain_numbers():
+    from robustsig.study.analyses.layer_kurtosis import LayerKurtosisRow, layer_kurtosis_figure
+
+    rows = [LayerKurtosisRow("rn50-oa-zs", "val", f"block{i}", i / 3, kurtosis, 0, "mean", 64)
+            for i, kurtosis in enumerate((3.2, 4.5, 6.0, 8.9))]
+    figure = layer_kurtosis_figure(MODELS, rows, "val")
+    FigureCanvasAgg(figure).draw()
+    ax = figure.axes[0]
+    labels = [tick.get_text() for tick in ax.get_yticklabels(minor=True) + ax.get_yticklabels() if tick.get_text()]
+    assert labels and all("10^" not in label and "times" not in label for label in labels)
+    assert {"3", "5"} <= set(labels)  # a decade at most: the minor ticks 2, 5 (x 10^k) carry labels
+
+
+def test_a_caption_names_only_the_line_styles_drawn():
+    rows = [PruningRow("a", order, 0.0, "val", 0.5, None) for order in ("importance", "singular")]
+    assert figures.order_styles(rows, {"singular": "singular value", "importance": "importance"}) == (
+        "solid: singular value; dashed: importance")

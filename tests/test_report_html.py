@@ -150,6 +150,10 @@ def test_the_page_renders_in_chromium_without_errors(report):
     assert seen.errors == [] and seen.dialogs == []
     assert len(seen.images) == 17  # every figure of the page, as inlined (test_every_section_table_and_figure_is_written)
     assert all(image["complete"] and image["width"] > 0 and image["height"] > 0 for image in seen.images)
+    # at 1,400 px every figure is drawn whole, inside the page (none pushed past its right edge)
+    assert 1300 < seen.page_width <= 1400  # the window, less its scrollbar
+    assert all(0 <= image["left"] and image["right"] <= seen.page_width and image["shown_width"] > 0
+               for image in seen.images)
     assert seen.scripts == 0 and seen.title == f"study {XSS}"
     assert f"{XSS} (0.97)" in seen.text  # the concept name is shown as text, not run
 

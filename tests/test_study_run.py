@@ -457,6 +457,8 @@ def test_the_report_renders_in_chromium(study):
     seen = check_page(study.summary.report)
     assert seen.errors == [] and seen.dialogs == [] and seen.scripts == 0
     assert seen.images and all(image["complete"] and image["width"] > 0 for image in seen.images)
+    assert 1300 < seen.page_width <= 1400 and all(0 <= image["left"] and image["right"] <= seen.page_width
+                                                  for image in seen.images)
     assert seen.title == f"robustsig study: {study.config.output_dir.name}"
 
 

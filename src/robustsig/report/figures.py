@@ -13,11 +13,13 @@ Example:
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator
 
 from robustsig.errors import InputError
 from robustsig.study.pool import KIND_COLORS, ModelGroup, model_groups
@@ -26,6 +28,16 @@ from robustsig.study.results import ModelRow
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "h", "<", ">")
 ORDER_STYLES = {"singular": "-", "importance": "--", "random": ":"}
 """Line style per pruning order."""
+_STYLE_WORDS = {"-": "solid", "--": "dashed", ":": "dotted", "-.": "dash-dotted"}
+
+
+def order_styles(rows: Iterable[Any], names: dict[str, str]) -> str:
+    """What the line styles of :func:`curve_figure` mean, for the orders the rows hold only (a caption never names
+    a line the figure does not draw): ``"solid: singular value; dashed: importance"``."""
+    present = dict.fromkeys(row.order for row in rows)
+    return "; ".join(f"{_STYLE_WORDS[ORDER_STYLES.get(order, '-.')]}: {names.get(order, order)}"
+                     for order in sorted(present, key=lambda order: list(ORDER_STYLES).index(order)
+                                         if order in ORDER_STYLES else len(ORDER_STYLES)))
 
 
 def in_order(values: Iterable[str]) -> list[str]:
@@ -95,9 +107,73 @@ def curve_figure(models: Sequence[ModelRow], rows: Sequence[Any], dataset: str, 
     return figure
 
 
+def plain_log_axis(axis: Any) -> None:
+    """Tick labels of a log-scale axis as plain numbers (``6``, ``0.02``), not ``6 x 10^0``; with at most a decade
+    on the axis, minor ticks get labels too (else the axis would show one label or none)."""
+    ax = axis.axes
+    low, high = sorted(ax.get_ylim() if axis is ax.yaxis else ax.get_xlim())  # applies any pending autoscale
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    axis.set_major_formatter(plain)
+    narrow = low > 0 and high / low < 10
+    axis.set_minor_locator(LogLocator(subs=(2.0, 5.0) if narrow else (), numticks=12))
+    axis.set_minor_formatter(plain if narrow else FuncFormatter(lambda value, _: ""))
+
+
+def _titles(figure: Figure) -> list[Any]:
+    texts = [figure._suptitle] if figure._suptitle is not None else []
+    for ax in figure.axes:
+        if ax.get_visible():
+            texts += [ax.title, ax._left_title, ax._right_title]
+    return [text for text in texts if text.get_visible() and text.get_text()]
+
+
+def cut_texts(figure: Figure) -> list[str]:
+    """The titles and legends of ``figure`` that reach past its edges (what the saved image would cut), by text."""
+    renderer = figure.canvas.get_renderer() if hasattr(figure.canvas, "get_renderer") else None
+    figure.draw_without_rendering()
+    bounds = figure.bbox
+    cut = []
+    for text in _titles(figure):
+        box = text.get_window_extent(renderer)
+        if box.x0 < bounds.x0 - 0.5 or box.x1 > bounds.x1 + 0.5 or box.y1 > bounds.y1 + 0.5:
+            cut.append(text.get_text())
+    for ax in figure.axes:
+        legend = ax.get_legend()
+        if legend is not None and ax.get_visible():
+            box = legend.get_window_extent(renderer)
+            if box.x0 < bounds.x0 - 0.5 or box.x1 > bounds.x1 + 0.5 or box.y0 < bounds.y0 - 0.5 or \
+                    box.y1 > bounds.y1 + 0.5:
+                cut.append(f"legend of {ax.get_title() or 'a panel'}")
+    return cut
+
+
+def fit_texts(figure: Figure) -> None:
+    """Wrap every title wider than the figure onto several lines, and shrink a legend that reaches past the figure's
+    edges, so that no saved figure cuts them (a one-panel figure is narrow; a long group name is not)."""
+    figure.draw_without_rendering()
+    width = figure.bbox.width
+    for text in _titles(figure):
+        box = text.get_window_extent()
+        if box.width > width * 0.98:
+            lines = text.get_text().split("\n")
+            columns = max(12, int(max(len(line) for line in lines) * width * 0.95 / box.width))
+            text.set_text("\n".join(textwrap.fill(line, columns) for line in lines))
+    for _ in range(3):
+        figure.draw_without_rendering()
+        legends = [ax.get_legend() for ax in figure.axes if ax.get_legend() is not None]
+        cut = [legend for legend in legends if not figure.bbox.contains(*legend.get_window_extent().min)
+               or not figure.bbox.contains(*legend.get_window_extent().max)]
+        if not cut:
+            break
+        for legend in cut:
+            for text in legend.get_texts():
+                text.set_fontsize(max(4.0, text.get_fontsize() * 0.8))
+
+
 def save_figure(figure: Figure, directory: str | Path, stem: str) -> tuple[Path, Path]:
     """Write ``figure`` as ``STEM.png`` (100 dpi) and ``STEM.svg`` (text as paths, no date: reproducible) in
-    ``directory``; returns both paths."""
+    ``directory``, its titles and legends fitted inside it (:func:`fit_texts`); returns both paths."""
+    fit_texts(figure)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     png, svg = directory / f"{stem}.png", directory / f"{stem}.svg"

@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 from pydantic import Field
 
 from robustsig.metrics.directions import PRIVILEGED_FACTOR, importance_spearman, privileged_directions
-from robustsig.report.figures import group_panels, present_groups
+from robustsig.report.figures import group_panels, plain_log_axis, present_groups
 from robustsig.report.tables import ReportTable, decimal, integer, pool_table
 from robustsig.study.streams import store_importance
 from robustsig.study.analysis import (Analysis, AnalysisOptions, AnalysisTask, ModelEntry, Planner, Results,
@@ -168,6 +168,7 @@ def importance_figure(models: Sequence[ModelRow], importance: Sequence[Importanc
             if marked:
                 ax.scatter(*zip(*marked), color=KIND_COLORS.get(model.kind), marker="x", s=25, zorder=3)
         ax.set_yscale("log")
+        plain_log_axis(ax.yaxis)
         ax.set_title(group.title, fontsize=9)
         ax.set_xlabel("direction rank (by importance)")
         ax.set_ylabel("importance")

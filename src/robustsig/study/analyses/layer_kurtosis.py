@@ -20,7 +20,7 @@ from pydantic import Field
 
 from robustsig.metrics.kurtosis import OUTLIER_FACTOR, KurtosisAccumulator
 from robustsig.models.classifier import LayerTap
-from robustsig.report.figures import MARKERS, group_panels, present_groups
+from robustsig.report.figures import MARKERS, group_panels, plain_log_axis, present_groups
 from robustsig.study.streams import BATCH_ROWS
 from robustsig.study.analysis import (Analysis, AnalysisOptions, AnalysisTask, LayerRequest, ModelEntry, Planner,
                                       RunContext, column, has_rows, model_subject, result_table, select_models,
@@ -193,6 +193,7 @@ def layer_kurtosis_figure(models: Sequence[ModelRow], rows: Sequence[Any], datas
                     markersize=3, label=f"{model.model} ({model.kind})")
         ax.axhline(3.0, color="0.5", linewidth=0.6, linestyle=":")
         ax.set_yscale("log")
+        plain_log_axis(ax.yaxis)
         ax.set_title(group.title, fontsize=9)
         ax.set_xlabel("relative depth of the layer")
         ax.set_ylabel("kurtosis (Gaussian = 3)")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, PositiveInt
 
-from robustsig.report.figures import curve_figure
+from robustsig.report.figures import curve_figure, order_styles
 from robustsig.report.page import escape
 from robustsig.study.analysis import (Analysis, AnalysisOptions, AnalysisTask, ModelEntry, Planner, RunContext,
                                       column, has_rows, model_subject, result_table, select_models, unknown_datasets,
@@ -174,8 +174,9 @@ def _report(page: Page, models: Sequence[ModelRow]) -> str | None:
     kwargs = {"title": "Low-rank encoder", "xlabel": xlabel}
     text = page.figure(lambda: curve_figure(models, rows, dataset, "accuracy", **kwargs), "lowrank_accuracy",
                        f"Accuracy on {dataset} of the low-rank model of the whole encoder: every linear map keeps its "
-                       "most important singular directions (dashed: importance, eq. 4 on the map's own inputs; solid: "
-                       "singular value; dotted: random).", ["lowrank"])
+                       "most important singular directions ("
+                       + order_styles(rows, {"importance": "importance, eq. 4 on the map's own inputs",
+                                             "singular": "singular value", "random": "random"}) + ").", ["lowrank"])
     if any(row.er is not None for row in rows):
         text += page.figure(lambda: curve_figure(models, rows, dataset, "er", **kwargs), "lowrank_er",
                             "Effective robustness of the low-rank model.", ["lowrank"])

@@ -20,7 +20,7 @@ from pydantic import AfterValidator, Field
 
 from robustsig.metrics.pruning import PruningCurves, pruning_effective_robustness
 from robustsig.metrics.table import MetricTable
-from robustsig.report.figures import curve_figure
+from robustsig.report.figures import curve_figure, order_styles
 from robustsig.study.streams import BATCH_ROWS, store_bias, store_head_svd, store_importance
 from robustsig.study.analysis import (Analysis, AnalysisOptions, AnalysisTask, ModelEntry, Planner, RunContext,
                                       column, has_rows, model_subject, result_table, unknown_datasets)
@@ -167,8 +167,9 @@ class Pruning(Analysis):
             return None
         dataset = page.shown_dataset(rows)
         text = page.figure(lambda: curve_figure(models, rows, dataset, "accuracy"), "fig3_pruning_accuracy",
-                           f"Fig. 3/8: accuracy on {dataset} after pruning the least important singular directions "
-                           "(solid: by singular value; dashed: by importance; dotted: random).", ["pruning"])
+                           f"Fig. 3/8: accuracy on {dataset} after pruning the least important singular directions ("
+                           + order_styles(rows, {"singular": "by singular value", "importance": "by importance",
+                                                 "random": "random"}) + ").", ["pruning"])
         if any(row.er is not None for row in rows):
             text += page.figure(lambda: curve_figure(models, rows, dataset, "er"), "fig9_pruning_er",
                                 "Fig. 9: effective robustness after pruning.", ["pruning"])
