@@ -11,6 +11,7 @@ as on a busy shared machine threaded LAPACK calls are many times slower."""
 from __future__ import annotations
 
 import json
+import math
 import re
 from types import SimpleNamespace
 
@@ -298,7 +299,8 @@ def test_cka_is_torch_cka_on_the_id_set_and_every_shift_set(study):
                 if (row.model_a, row.model_b, row.dataset) == ("zs", other, name):
                     value = float(expected[blocks.index(row.layer_a), layers_b.index(row.layer_b)])
                     assert row.cka == pytest.approx(value, abs=1e-5), (name, row)
-    assert any(row.cka < 0.9 for row in rows) and all(0.0 <= row.cka <= 1.0 for row in rows)
+    # each value is torch_cka's (above): unbiased HSIC is not confined to [0, 1], so no range is asserted
+    assert any(row.cka < 0.9 for row in rows) and all(math.isfinite(row.cka) for row in rows)
     inputs = {(item.model, item.dataset): item.num_samples for item in study.results.inputs(CkaRow)}
     assert inputs[("zs", "shift-a")] == sum(len(b) for b in cka_minibatches(study)["shift-a"])
 
