@@ -56,8 +56,8 @@ def test_demo_config_validates_and_names_existing_paths(small_demo, finetuned, t
     assert [(pair.model_b, dataset) for pair, dataset in planned(config)] == [
         ("mobilenet_v2-ft", "photos"), ("efficientnet_lite0", "photos")] + [
         ("mobilenet_v2-ft", name) for name in ("sketch", "cartoon", "rephoto", "viewpoint", "occlusion")]
-    assert config.enabled_analyses() == ["accuracy", "kurtosis", "importance", "pruning", "concepts", "cka", "wiseft",
-                                         "layer_kurtosis", "lowrank", "predict_er"]
+    assert config.enabled_analyses() == ["accuracy", "kurtosis", "importance", "pruning", "concepts", "atlas", "cka",
+                                         "wiseft", "layer_kurtosis", "lowrank", "predict_er"]
     assert [d.name for d in config.datasets.evaluation()] == ["photos", "sketch", "cartoon", "rephoto", "viewpoint",
                                                              "occlusion"]
     assert all(d.options == {"class_map": str(small_demo.class_map_path)} for d in config.datasets.evaluation())
