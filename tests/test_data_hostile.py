@@ -6,10 +6,8 @@ bomb. Each either works or is skipped and listed with the reason; none passes si
 from __future__ import annotations
 
 import os
-import signal
 import stat
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +20,7 @@ from robustsig.data.base import read_image
 from robustsig.extraction.key import describe_dataset
 
 from extract_helpers import tiny_classifier
+from hang_guard import deadline
 from imagefiles import write_image, write_png16, write_png_bomb
 
 
@@ -37,21 +36,6 @@ def folder(root: Path, layout: dict[str, int]) -> Path:
 
 def relative(ds) -> list[tuple[str, int]]:
     return [(os.path.relpath(path, ds.root), label) for path, label in ds.samples]
-
-
-@contextmanager
-def deadline(seconds: int):
-    """Fail (instead of hanging the suite) when the block runs past ``seconds``."""
-    def expired(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 # --- 1. a changed image changes the key ----------------------------------------------------------------------

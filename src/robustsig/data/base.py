@@ -179,6 +179,14 @@ class ImageSource:
         image = self.prepare(read_image(source, name, self.max_pixels))
         return self.transform(image) if self.transform is not None else image
 
+    def with_limits(self, described: dict[str, Any]) -> dict[str, Any]:
+        """A ``describe()`` result with the decoding limit when it is not the default (another limit decodes, or
+        skips, other images: a store of one is not a store of the other); the default adds nothing, so the keys of
+        stores made before the limit existed are unchanged."""
+        if self.max_pixels != MAX_PIXELS:
+            described["max_pixels"] = self.max_pixels
+        return described
+
     def _corrupt(self, error: CorruptImageError) -> None:
         """Non-strict: log and go on (the caller yields ``(None, label)``); strict: raise."""
         if self.strict:
@@ -253,12 +261,9 @@ class ImageDataset(ImageSource, Dataset):
             stamps.update(f"{file_stamp(path)}\n".encode())
         for item in self.unlisted:
             stamps.update(os.fsencode(item["path"]) + f"\t{item['reason']}\n".encode(errors="surrogateescape"))
-        described = {"kind": self.kind, "root": self.root, "num_samples": len(self.samples),
-                     "num_classes": len(self.classnames), "num_unlisted": len(self.unlisted),
-                     "files_digest": files.hexdigest(), "stamps_digest": stamps.hexdigest()}
-        if self.max_pixels != MAX_PIXELS:  # another limit decodes (or skips) other images
-            described["max_pixels"] = self.max_pixels
-        return described
+        return self.with_limits({"kind": self.kind, "root": self.root, "num_samples": len(self.samples),
+                                 "num_classes": len(self.classnames), "num_unlisted": len(self.unlisted),
+                                 "files_digest": files.hexdigest(), "stamps_digest": stamps.hexdigest()})
 
 
 def _plain_id(value: Any) -> Any:
