@@ -94,6 +94,10 @@ def test_a_pickled_hf_bin_needing_more_than_tensors_says_how_to_convert_it(tmp_p
     code, _, err = run_cli(capsys, "extract", f"hf:{folder}", f"folder:{tmp_path / 'images'}", "--out",
                            str(tmp_path / "store"), "--workers", "0")
     assert code == 2 and "Traceback" not in err and "UnpicklingError" not in err
+    data = (folder / "pytorch_model.bin").read_bytes()
+    (folder / "pytorch_model.bin").write_bytes(data[: len(data) // 2])  # a damaged file is named, not a traceback
+    with pytest.raises(rs.InputError, match=rf"cannot load Hugging Face model '{folder}'"):
+        rs.load_classifier(f"hf:{folder}", device="cpu")
 
 
 # --- low-rank metadata and retyped weights -------------------------------------------------------------------

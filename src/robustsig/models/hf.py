@@ -78,14 +78,17 @@ def load(spec: ModelSpec, options: LoadOptions) -> Classifier:
         model = AutoModelForImageClassification.from_pretrained(source, local_files_only=local_only,
                                                                 trust_remote_code=False)
         processor = AutoImageProcessor.from_pretrained(source, local_files_only=local_only, trust_remote_code=False)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" not in str(err):  # a damaged pickle, not one needing code
+            raise InputError(f"cannot load Hugging Face model {source!r}: its weights file is damaged "
+                             f"({str(err).splitlines()[0]})") from None
         raise UnsafeCheckpointError(
             f"hf:{source}: its pytorch_model.bin is a pickle that needs Python objects beyond tensors, and unpickling "
             "it could run arbitrary code. Convert it once, on a machine you trust, to safetensors: "
             "`python -c \"import torch, safetensors.torch as st; sd = torch.load('pytorch_model.bin', "
             "weights_only=False); st.save_file({k: v.contiguous() for k, v in sd.items() if torch.is_tensor(v)}, "
             "'model.safetensors')\"` in the model folder, then remove pytorch_model.bin") from None
-    except (OSError, ValueError, KeyError) as err:
+    except (OSError, ValueError, KeyError, RuntimeError) as err:  # RuntimeError: a damaged weights file
         first = (str(err).splitlines()[0] if str(err) else type(err).__name__).rstrip(".")
         searched = ("Only the local Hugging Face cache was searched (downloads are off or the hub is unreachable)."
                     if local_only else "")
