@@ -174,7 +174,7 @@ def test_the_study_config_refuses_formulas_and_control_characters_in_labels(fiel
 
 
 # --- results tables that are not files -----------------------------------------------------------------------
-@pytest.mark.parametrize("what", ["folder", "loop", "dangling"])
+@pytest.mark.parametrize("what", ["folder", "loop", "dangling", "fifo"])
 def test_a_results_table_replaced_by_a_folder_or_link_is_named(tmp_path, what):
     results = Results(tmp_path)
     path = results.path(AccuracyRow)
@@ -182,12 +182,15 @@ def test_a_results_table_replaced_by_a_folder_or_link_is_named(tmp_path, what):
         path.mkdir()
     elif what == "loop":
         path.symlink_to(path)
-    else:
+    elif what == "dangling":
         path.symlink_to(tmp_path / "gone.csv")
-    expected = {"folder": "a folder", "loop": "a symbolic link loop", "dangling": "a symbolic link to nothing"}[what]
-    with pytest.raises(rs.DataError, match=rf"accuracy\.csv is {expected}.*not a results table"):
+    else:
+        os.mkfifo(path)
+    expected = {"folder": "a folder", "loop": "a symbolic link loop", "dangling": "a symbolic link to nothing",
+                "fifo": "a FIFO"}[what]
+    with deadline(30), pytest.raises(rs.DataError, match=rf"accuracy\.csv is {expected}.*not a results table"):
         results.has(AccuracyRow)
-    with pytest.raises(rs.DataError, match=rf"accuracy\.csv is {expected}"):
+    with deadline(30), pytest.raises(rs.DataError, match=rf"accuracy\.csv is {expected}"):
         results.read(AccuracyRow)
     assert not Results(tmp_path / "new").has(AccuracyRow)  # a table never written is simply absent
 

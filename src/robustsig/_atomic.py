@@ -177,12 +177,19 @@ _KINDS = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S
           (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
 
 
-def _file_kind(path: str, follow_links: bool = False) -> str:
-    """What ``path`` is, in words (a symbolic link itself unless ``follow_links``)."""
+def file_kind(path: str | os.PathLike, follow_links: bool = False) -> str:
+    """What ``path`` is, in words: ``"a folder"``, ``"a FIFO"``, ``"a symbolic link (to TARGET)"`` (the link itself
+    unless ``follow_links``; following it: ``"a symbolic link loop"``, ``"a symbolic link to nothing (TARGET)"``)."""
     try:
         mode = (os.stat if follow_links else os.lstat)(path).st_mode
-    except OSError:
+    except OSError as failure:
+        if follow_links and failure.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        if follow_links and os.path.islink(path):
+            return f"a symbolic link to nothing ({os.readlink(path)})"
         return "not a regular file"
+    if stat.S_ISREG(mode):
+        return "a regular file"
     kind = next((name for test, name in _KINDS if test(mode)), "a special file")
     if stat.S_ISLNK(mode):
         try:
@@ -231,14 +238,12 @@ def open_regular(path: str | os.PathLike, flags: int, *, follow_links: bool = Fa
     except OSError as failure:
         # ELOOP: a link with O_NOFOLLOW, or a link loop; ENXIO: a FIFO without reader; EISDIR: a folder
         if failure.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR, errno.ENODEV, errno.EOPNOTSUPP):
-            kind = ("a symbolic link loop" if failure.errno == errno.ELOOP and follow_links
-                    else _file_kind(path, follow_links))
-            raise error(f"{path} is {kind}, not a regular file; {advice}") from None
+            raise error(f"{path} is {file_kind(path, follow_links)}, not a regular file; {advice}") from None
         raise
     try:
         status = os.fstat(fd)
         if not stat.S_ISREG(status.st_mode):
-            raise error(f"{path} is {_file_kind(path, follow_links)}, not a regular file; {advice}")
+            raise error(f"{path} is {file_kind(path, follow_links)}, not a regular file; {advice}")
         os.set_blocking(fd, True)
     except BaseException:
         os.close(fd)

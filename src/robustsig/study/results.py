@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import errno
 import io
 import json
 import math
@@ -58,7 +57,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from robustsig._atomic import write_text_atomic
+from robustsig._atomic import file_kind, write_text_atomic
 from robustsig._cells import csv_line, escape_cell, unescape_cell
 from robustsig.errors import DataError, InputError
 
@@ -469,8 +468,8 @@ class Results:
             return True
         if not os.path.lexists(path):
             return False
-        raise DataError(f"{path} is {_not_a_table(path)}, not a results table; move it away (the table is then "
-                        "recomputed)")
+        raise DataError(f"{path} is {file_kind(path, follow_links=True)}, not a results table; move it away (the "
+                        "table is then recomputed)")
 
     def write(self, table: type[Row], rows: Iterable[Row]) -> Path:
         """Replace the whole table with ``rows`` (atomically).
@@ -624,19 +623,6 @@ class Results:
         """The inputs recorded for ``table`` (empty when none were)."""
         entry = self.provenance()["tables"].get(_table_name(table), {})
         return [InputRecord(**item) for item in entry.get("inputs", [])]
-
-
-def _not_a_table(path: Path) -> str:
-    """What is at ``path`` instead of a file, in words."""
-    if path.is_dir():
-        return "a folder"
-    try:
-        path.stat()
-    except OSError as error:
-        if error.errno == errno.ELOOP:
-            return "a symbolic link loop"
-        return f"a symbolic link to nothing ({os.readlink(path)})" if path.is_symlink() else str(error.strerror)
-    return "not a regular file"
 
 
 def _table_name(table: type) -> str:
