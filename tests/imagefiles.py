@@ -44,3 +44,22 @@ def write_png16(path: Path, pixels: np.ndarray) -> Path:
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, colour, 0, 0, 0))
                      + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
     return path
+
+
+def write_png_bomb(path: Path, width: int, height: int) -> Path:
+    """A valid 8-bit grey PNG of ``width`` x ``height`` black pixels, compressed about 1000:1 (a decompression bomb:
+    13000 x 13000 pixels take 170 kB on disk and 169 MB once decoded), written without holding its pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    compressor = zlib.compressobj(9)
+    rows = (b"\x00" + bytes(width)) * 256  # filter byte + a row of zeros, 256 rows at a time
+    body = [compressor.compress(rows) for _ in range(height // 256)]
+    body += [compressor.compress((b"\x00" + bytes(width)) * (height % 256)), compressor.flush()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", b"".join(body)) + chunk(b"IEND", b""))
+    return path

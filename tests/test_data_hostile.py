@@ -1,14 +1,13 @@
 """Hostile files in image folders (issue 13): changed images, high-bit-depth PNGs, symbolic-link loops, unreadable
-folders and files, non-UTF-8 names, FIFOs and a folder scored on an ImageNet head without a class map. Each either
-works or is skipped and listed with the reason; none passes silently, crashes or hangs."""
+folders and files, non-UTF-8 names, FIFOs and a folder scored on an ImageNet head without a class map; and from
+issue 21's campaign: empty class folders, an image linked into two classes, a FIFO as class map, a decompression
+bomb. Each either works or is skipped and listed with the reason; none passes silently, crashes or hangs."""
 
 from __future__ import annotations
 
 import os
-import signal
 import stat
 import warnings
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +20,8 @@ from robustsig.data.base import read_image
 from robustsig.extraction.key import describe_dataset
 
 from extract_helpers import tiny_classifier
-from imagefiles import write_image, write_png16
+from hang_guard import deadline
+from imagefiles import write_image, write_png16, write_png_bomb
 
 
 def folder(root: Path, layout: dict[str, int]) -> Path:
@@ -36,21 +36,6 @@ def folder(root: Path, layout: dict[str, int]) -> Path:
 
 def relative(ds) -> list[tuple[str, int]]:
     return [(os.path.relpath(path, ds.root), label) for path, label in ds.samples]
-
-
-@contextmanager
-def deadline(seconds: int):
-    """Fail (instead of hanging the suite) when the block runs past ``seconds``."""
-    def expired(signum, frame):
-        raise TimeoutError(f"still running after {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 # --- 1. a changed image changes the key ----------------------------------------------------------------------
@@ -292,6 +277,132 @@ def test_an_unmapped_folder_warns_when_a_store_is_scored(tmp_path):
     store = rs.extract(clf, ds, tmp_path / "store", num_workers=0, progress=False)
     with pytest.warns(UserWarning, match=r"'cat'.*class_map="):
         store_accuracy(store, ds)
+
+
+# --- issue 21: an empty class folder is a missing class -------------------------------------------------------
+def test_imagenet_r_with_150_of_200_folders_empty_is_refused(tmp_path):
+    from robustsig.data.classes import subset_wnids
+
+    wnids = subset_wnids("imagenet-r")
+    root = tmp_path / "imagenet-r"
+    for k, wnid in enumerate(wnids):
+        if k < 50:
+            write_image(root / wnid / "a.jpg", seed=k, size=(8, 8))
+        else:
+            (root / wnid).mkdir(parents=True)
+    with pytest.raises(rs.DataError, match=rf"150 of its 200 class folders \(wnids\) are missing: {wnids[50]}, .* "
+                                           r"150 of them are folders without any image"):
+        rs.open_dataset("imagenet-r", root)
+    ds = rs.open_dataset("imagenet-r", root, allow_missing_classes=True)
+    assert ds.missing_classes == list(wnids[50:]) and len(ds.class_indices) == 50
+
+
+def test_imagenet_v2_with_999_of_1000_folders_empty_is_refused(tmp_path):
+    root = tmp_path / "imagenetv2-matched-frequency-format-val"
+    for n in range(1000):
+        (root / str(n)).mkdir(parents=True)
+    write_image(root / "3" / "a.jpeg", seed=3, size=(8, 8))
+    with pytest.raises(rs.DataError, match=r"999 of its 1000 class folders \(0\.\.999\) are missing: 0, 1, 2, 4, "):
+        rs.open_dataset("imagenet-v2", root)
+    assert len(rs.open_dataset("imagenet-v2", root, allow_missing_classes=True).missing_classes) == 999
+
+
+@pytest.mark.parametrize("kind", ["imagenet", "imagenet-sketch"])
+def test_imagenet_and_sketch_with_3_of_1000_folders_are_refused(tmp_path, kind):
+    from robustsig.data.classes import imagenet_wnids
+
+    wnids = imagenet_wnids()
+    for k in (0, 417, 999):
+        write_image(tmp_path / "set" / wnids[k] / "a.JPEG", seed=k, size=(8, 8))
+    (tmp_path / "set" / wnids[5]).mkdir()  # present but empty: missing too
+    with pytest.raises(rs.DataError, match=rf"^{kind}: .*997 of its 1000 class folders \(wnids\) are missing: "
+                                           rf"{wnids[1]}, .* 1 of them are folders without any image \({wnids[5]}\)"):
+        rs.open_dataset(kind, tmp_path / "set")
+    ds = rs.open_dataset(kind, tmp_path / "set", allow_missing_classes=True)
+    assert len(ds.missing_classes) == 997 and wnids[5] in ds.missing_classes and ds.class_indices == list(range(1000))
+
+
+def test_objectnet_with_an_empty_mapped_folder_is_refused(tmp_path, reference_dir):
+    import shutil
+
+    from robustsig.data.objectnet import read_objectnet_mappings
+
+    mappings = tmp_path / "objectnet-1.0" / "mappings"
+    shutil.copytree(reference_dir / "wise-ft_objectnet_metadata", mappings)
+    folders = read_objectnet_mappings(mappings).folders
+    for k, name in enumerate(folders):
+        if name == "banana":
+            (tmp_path / "objectnet-1.0" / "images" / name).mkdir(parents=True)
+        else:
+            write_image(tmp_path / "objectnet-1.0" / "images" / name / "x.png", seed=k % 7, size=(8, 8))
+    with pytest.raises(rs.DataError, match=r"1 of its 113 mapped class folders are missing: banana\. 1 of them"):
+        rs.open_dataset("objectnet", tmp_path)
+    assert rs.open_dataset("objectnet", tmp_path, allow_missing_classes=True).missing_classes == ["banana"]
+
+
+# --- issue 21: an image linked into two class folders -----------------------------------------------------------
+@pytest.mark.parametrize("link", ["hard", "symbolic"])
+def test_an_image_linked_into_two_classes_is_kept_once_with_a_warning(tmp_path, link):
+    root = folder(tmp_path / "set", {"cat": 2, "dog": 1})
+    (os.link if link == "hard" else os.symlink)(root / "cat" / "cat_000.png", root / "dog" / "also_a_dog.png")
+    os.symlink(root / "cat" / "cat_001.png", root / "cat" / "zz_again.png")  # within one class: counted once, quietly
+    with pytest.warns(RuntimeWarning, match=r"dog/also_a_dog\.png: the same file as .*cat/cat_000\.png \(a link\), "
+                                            r"listed in the class folder 'cat'.*not in 'dog'") as caught:
+        ds = rs.open_dataset("folder", root)
+    assert len(caught) == 1  # the link within a class is not a warning
+    assert relative(ds) == [("cat/cat_000.png", 0), ("cat/cat_001.png", 0), ("dog/dog_000.png", 1)]
+    reasons = {os.path.relpath(item["path"], root): item["reason"] for item in ds.unlisted}
+    assert set(reasons) == {"dog/also_a_dog.png", "cat/zz_again.png"}
+
+
+# --- issue 21: a FIFO as class map ------------------------------------------------------------------------------
+def test_a_fifo_given_as_class_map_is_refused_not_waited_on(tmp_path, capsys):
+    from cli_helpers import run_cli
+
+    root = folder(tmp_path / "set", {"cat": 1, "dog": 1})
+    os.mkfifo(tmp_path / "map.json")
+    with deadline(30), pytest.raises(rs.DataError, match=r"map\.json is a FIFO, not a regular file; expected a class "
+                                                         "map file"):
+        rs.open_dataset("folder", root, class_map=str(tmp_path / "map.json"))
+    with deadline(60):
+        code, _, err = run_cli(capsys, "extract", "timm:test_resnet", f"folder:{root}", "-O",
+                               f"class_map={tmp_path / 'map.json'}", "--out", str(tmp_path / "store"), "--workers", "0")
+    assert code == 2 and "is a FIFO" in err and "Traceback" not in err
+
+
+# --- issue 21: a decompression bomb -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bomb(tmp_path_factory) -> Path:
+    """Two small images and a 13000 x 13000 PNG of 170 kB (169 million pixels, under Pillow's own refusal)."""
+    root = folder(tmp_path_factory.mktemp("bomb") / "set", {"cat": 2})
+    write_png_bomb(root / "cat" / "zz_bomb.png", 13000, 13000)
+    return root
+
+
+def test_an_image_over_the_pixel_limit_is_skipped_and_listed(tmp_path, bomb):
+    from robustsig.data.base import MAX_PIXELS
+
+    ds = rs.open_dataset("folder", bomb)
+    image, label, reason = ds.fetch(2)
+    assert image is None and label == 0
+    assert reason == (f"13000 x 13000 = 169,000,000 pixels, more than the limit of {MAX_PIXELS:,} (a decompression "
+                      "bomb, or a photo far larger than any model's input); raise the dataset option max_pixels to "
+                      "read it")
+    with pytest.raises(rs.CorruptImageError, match=r"zz_bomb\.png.*more than the limit"):
+        rs.open_dataset("folder", bomb, strict=True)[2]
+    store = rs.extract(tiny_classifier(), ds, tmp_path / "store", num_workers=0, progress=False)
+    assert store.num_rows == 2 and [item["reason"] for item in store.skipped] == [reason]
+
+
+def test_max_pixels_is_a_dataset_option_and_part_of_the_key(tmp_path):
+    root = folder(tmp_path / "set", {"cat": 2})  # 40 x 32 = 1280 pixels each
+    small = rs.open_dataset("folder", root, max_pixels=1000)
+    assert small[0] == (None, 0)
+    assert rs.open_dataset("folder", root, max_pixels=1280)[0][0].size == (40, 32)
+    assert describe_dataset(small) != describe_dataset(rs.open_dataset("folder", root))
+    assert "max_pixels" not in describe_dataset(rs.open_dataset("folder", root))  # the default keeps old keys
+    with pytest.raises(rs.InputError, match="max_pixels must be a positive whole number"):
+        rs.open_dataset("folder", root, max_pixels=0)
 
 
 @pytest.mark.parametrize("name", ["robustsig._stamps", "robustsig.data.base", "robustsig.cli._output"])

@@ -9,7 +9,13 @@ writing process, on this machine, is gone (:func:`sweep_temporaries`): what a ki
 run, never a file of another program, one still being written, nor one of a process on another machine sharing
 the folder.
 They are created with mode ``0o666`` less the process umask, as ``open()`` creates files (``mkstemp`` would
-make them ``0o600``: a report or results table that only its owner can read).
+make them ``0o600``: a report or results table that only its owner can read), and keep that mode whatever writes
+them: a library that replaces or re-creates the temporary file (safetensors' ``save_file`` makes its files
+``0o600``) gets its mode put back before the rename. Every file robustsig writes thus has one mode rule.
+
+The few files robustsig opens in place rather than replacing (a store's ``.lock``, a study's ``run.log``) are
+opened by :func:`open_regular`: never through a symbolic link planted at their path (which would make robustsig
+truncate or append to the link's target), never a FIFO (which would block), a device or a folder.
 
 >>> import tempfile, pathlib
 >>> target = pathlib.Path(tempfile.mkdtemp()) / "table.csv"
@@ -20,14 +26,18 @@ make them ``0o600``: a report or results table that only its owner can read).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
 import secrets
 import socket
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from robustsig.errors import InputError
 
 TEMP_PREFIX = ".tmp-"
 _TEMPORARY = re.compile(re.escape(TEMP_PREFIX) + r".+\.([0-9a-f]{6})-(\d+)\.[0-9a-f]{8}")
@@ -109,11 +119,13 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
             _swept.add(folder)
             sweep_temporaries(path.parent)
         temporary = _create_temporary(path)
+        mode = stat.S_IMODE(os.stat(temporary).st_mode)
     except OSError as error:
         _raise_naming(error, path.parent)
     try:
         yield temporary
         _sync_file(temporary)
+        _restore_mode(temporary, mode)
         os.replace(temporary, path)
     except BaseException as error:
         temporary.unlink(missing_ok=True)
@@ -132,6 +144,111 @@ def _create_temporary(path: Path) -> Path:
         except FileExistsError:
             continue
         return temporary
+
+
+def _restore_mode(path: Path, mode: int) -> None:
+    """Give ``path`` its creation ``mode`` again when the writer changed it (see the module notes)."""
+    if stat.S_IMODE(os.stat(path).st_mode) != mode:
+        os.chmod(path, mode)
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Fail now, naming the place, if :func:`atomic_output` could not write ``path``: a folder at ``path``, a
+    file where its folder should be, a folder without write permission, a read-only file system. A temporary file
+    is created beside ``path`` and deleted (so the check is the real one, also for root and network file
+    systems); the folder is created when missing, as :func:`atomic_output` would. Call it before long work
+    whose result goes to ``path``.
+
+    Raises:
+        InputError: ``path`` is a folder.
+        OSError: the folder cannot be created or written (it names the folder).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder; give the path of a file to write")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _create_temporary(path).unlink()
+    except OSError as error:
+        _raise_naming(error, path.parent)
+
+
+_KINDS = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"),
+          (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+def file_kind(path: str | os.PathLike, follow_links: bool = False) -> str:
+    """What ``path`` is, in words: ``"a folder"``, ``"a FIFO"``, ``"a symbolic link (to TARGET)"`` (the link itself
+    unless ``follow_links``; following it: ``"a symbolic link loop"``, ``"a symbolic link to nothing (TARGET)"``)."""
+    try:
+        mode = (os.stat if follow_links else os.lstat)(path).st_mode
+    except OSError as failure:
+        if follow_links and failure.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        if follow_links and os.path.islink(path):
+            return f"a symbolic link to nothing ({os.readlink(path)})"
+        return "not a regular file"
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    kind = next((name for test, name in _KINDS if test(mode)), "a special file")
+    if stat.S_ISLNK(mode):
+        try:
+            kind += f" (to {os.readlink(path)})"
+        except OSError:
+            pass
+    return kind
+
+
+def open_regular(path: str | os.PathLike, flags: int, *, follow_links: bool = False, expected: str = "",
+                 error: type[Exception] = InputError) -> int:
+    """``os.open(path, flags)`` of a regular file only (created, with ``O_CREAT``, with mode ``0o666`` less the
+    umask): never through a symbolic link at ``path`` (unless ``follow_links``), never a FIFO (opened non-blocking,
+    so it cannot hang), a socket, a device or a folder.
+
+    Args:
+        path: the file.
+        flags: ``os.O_*`` flags.
+        follow_links: open the file a symbolic link at ``path`` points to (for files the user names, such as a
+            class map; never for files robustsig writes in place).
+        expected: what the message says belongs there (default: that robustsig writes the file itself).
+        error: the exception class raised for a path that is not a regular file.
+
+    Returns:
+        the file descriptor, in blocking mode.
+
+    Raises:
+        ``error``: ``path`` is a symbolic link (not followed), a link loop, a FIFO, a socket, a device or a folder;
+            the message names it and says what it is.
+        OSError: any other failure (missing folder, permission), naming ``path``.
+
+    >>> import tempfile
+    >>> folder = Path(tempfile.mkdtemp())
+    >>> (folder / "log").symlink_to(folder / "elsewhere")
+    >>> open_regular(folder / "log", os.O_WRONLY | os.O_CREAT)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+        ...
+    robustsig.errors.InputError: .../log is a symbolic link (to .../elsewhere), not a regular file; ...
+    """
+    path = os.fspath(path)
+    extra = os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | (0 if follow_links else getattr(os, "O_NOFOLLOW", 0))
+    advice = expected or ("robustsig writes this file itself and never through a link or into a special file: "
+                          "remove what is there and rerun")
+    try:
+        fd = os.open(path, flags | extra, 0o666)
+    except OSError as failure:
+        # ELOOP: a link with O_NOFOLLOW, or a link loop; ENXIO: a FIFO without reader; EISDIR: a folder
+        if failure.errno in (errno.ELOOP, errno.ENXIO, errno.EISDIR, errno.ENODEV, errno.EOPNOTSUPP):
+            raise error(f"{path} is {file_kind(path, follow_links)}, not a regular file; {advice}") from None
+        raise
+    try:
+        status = os.fstat(fd)
+        if not stat.S_ISREG(status.st_mode):
+            raise error(f"{path} is {file_kind(path, follow_links)}, not a regular file; {advice}")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _sync_file(path: Path) -> None:

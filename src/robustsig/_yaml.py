@@ -6,7 +6,8 @@ An alias (``*name``) repeats an anchored value (``&name``); ``yaml.safe_dump`` w
 by several keys, so they are accepted. But a few hundred bytes of nested aliases (a "billion laughs" file) expand
 to billions of values once a config is validated or walked: the loader counts the values each alias repeats
 (the nested ones included) and refuses the file, while parsing and before anything is built, once the aliases of
-one document repeat more than :data:`MAX_ALIAS_VALUES` values.
+one document repeat more than :data:`MAX_ALIAS_VALUES` values. A document nested deeper than :data:`MAX_DEPTH`
+lists and mappings is refused in the same way, before Python's recursion limit is reached.
 
 >>> safe_load("shared: &s {kind: folder}\\nother: *s", "study.yaml")
 {'shared': {'kind': 'folder'}, 'other': {'kind': 'folder'}}
@@ -29,6 +30,9 @@ from robustsig.errors import InputError
 MAX_ALIAS_VALUES = 10_000
 """The most values (scalars, lists and mappings, counted in full) the aliases of one YAML document may repeat; a
 study config with every model and dataset entry shared through aliases stays far below it."""
+MAX_DEPTH = 64
+"""The deepest nesting of lists and mappings a YAML document may have (a study config nests six deep). PyYAML
+builds nested values recursively, so 100,000 nested brackets would end in a RecursionError."""
 
 
 class SafeLoader(yaml.SafeLoader):
@@ -39,10 +43,19 @@ class SafeLoader(yaml.SafeLoader):
         super().__init__(stream)
         self._repeated = 0
         self._sizes: dict[int, int] = {}
+        self._depth = 0
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         if not self.check_event(yaml.AliasEvent):
-            return super().compose_node(parent, index)
+            if self._depth >= MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None, None, f"lists and mappings nested more than {MAX_DEPTH} deep; a config is never nested "
+                                "that deep: check the brackets", self.peek_event().start_mark)
+            self._depth += 1
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
         event = self.peek_event()
         node = super().compose_node(parent, index)  # the anchored node (an undefined alias is an error)
         self._repeated += self._size(node)

@@ -18,7 +18,31 @@ def _numbers(text: str, what: str) -> list[float]:
         raise InputError(f"{what} must be comma-separated numbers like 0,0.5,0.8, got {text!r}") from None
     if not values:
         raise InputError(f"{what} is empty: give comma-separated numbers like 0,0.5,0.8")
+    for value in values:
+        _fraction(value, what)
     return values
+
+
+def _fraction(value: float, what: str) -> float:
+    """A fraction removed, in [0, 1): 1 would remove every direction of every map (nothing of the image is left)."""
+    if not 0.0 <= value < 1.0:
+        raise InputError(f"{what} must be fractions removed in [0, 1) (1 removes every direction of every map, so "
+                         f"the model no longer sees the image), got {value:g}")
+    return value
+
+
+def _check_save(save: Path, overwrite: bool) -> None:
+    """Refuse a --save path before any work: not .safetensors/.pt, a folder, an existing file (without
+    --overwrite), a place that cannot be written."""
+    from robustsig._atomic import check_writable
+
+    if save.suffix.lower() not in (".safetensors", ".pt"):
+        raise InputError(f"--save writes a .safetensors (or .pt) file, got {str(save)!r}")
+    if save.is_dir():
+        raise InputError(f"--save {str(save)!r} is a folder; give the path of the .safetensors file to write")
+    if (save.exists() or save.is_symlink()) and not overwrite:
+        raise InputError(f"--save {str(save)!r} exists; pass --overwrite to replace it, or give another path")
+    check_writable(save)
 
 
 def lowrank_command(
@@ -40,6 +64,7 @@ def lowrank_command(
     save: Path = typer.Option(None, help="Save the low-rank model (.safetensors) at --save-fraction of the first "
                                          "order; it loads back as SPEC's architecture with the file as weights."),
     save_fraction: float = typer.Option(None, help="The fraction --save saves (default: the largest)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Let --save replace an existing file."),
     b1: float = typer.Option(None, help="Slope of the ER baseline line (default: paper, 0.76)."),
     b0: float = typer.Option(None, help="Intercept of the ER baseline line (default: paper, -1.49)."),
     batch_size: int = typer.Option(32, help="Images per forward pass."),
@@ -70,8 +95,10 @@ def lowrank_command(
         raise InputError(f"--order must be one or more of {', '.join(ORDERS)}, got {order!r}")
     if budget not in BUDGETS:
         raise InputError(f"--budget must be one of {', '.join(BUDGETS)}, got {budget!r}")
-    if save is not None and save.suffix.lower() not in (".safetensors", ".pt"):
-        raise InputError(f"--save writes a .safetensors (or .pt) file, got {str(save)!r}")
+    if save_fraction is not None:
+        _fraction(save_fraction, "--save-fraction")
+    if save is not None:
+        _check_save(save, overwrite)  # before the work, not after it
     options = parse_dataset_options(data_option)
     sets = {"id": open_dataset(*parse_dataset_spec(dataset), **options)}
     names = []

@@ -50,9 +50,12 @@ _KINDS = ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR,
           (stat.S_ISBLK, "a block device"), (stat.S_ISDIR, "a folder"))
 
 
-def _regular_image(entry: os.DirEntry, problems: Unlisted | None, seen: set[tuple[int, int]] | None) -> bool:
+def _regular_image(entry: os.DirEntry, problems: Unlisted | None,
+                   seen: dict[tuple[int, int], tuple[str, str]] | None, scope: str = "") -> bool:
     """Whether ``entry`` (an image name) is a readable regular file, not met before in this walk; a FIFO, a
     device, a broken link, an unreadable file or a second link to a file already listed is noted instead.
+    ``seen`` maps each file listed to its path and the class folder (``scope``) it was listed in: a second link
+    in another class folder is also a warning naming both (one image, one label; the first class keeps it).
     Only ``stat`` and ``access`` are called: nothing is opened (opening a FIFO would block)."""
     try:
         status = os.stat(entry.path)  # follows links
@@ -69,9 +72,15 @@ def _regular_image(entry: os.DirEntry, problems: Unlisted | None, seen: set[tupl
     if seen is not None:
         identity = (status.st_dev, status.st_ino)
         if identity in seen:
-            _note(problems, entry.path, "the same file as one already listed (a link): counted once")
+            first, first_scope = seen[identity]
+            if first_scope == scope:
+                _note(problems, entry.path, "the same file as one already listed (a link): counted once")
+            else:  # one image in two classes: its second label is dropped, loudly
+                _note(problems, entry.path, f"the same file as {first} (a link), listed in the class folder "
+                      f"{os.path.basename(first_scope)!r}: an image has one label, so it is counted once, in that "
+                      f"class, not in {os.path.basename(scope)!r}", loud=True)
             return False
-        seen.add(identity)
+        seen[identity] = (entry.path, scope)
     return True
 
 
@@ -114,7 +123,9 @@ class ImageWalk:
 
     A link back into a folder above the one being walked (a loop) is left out with a warning; a second way into a
     folder or file already listed (a link), or into one of the ``reserved`` folders (the other class folders,
-    walked as their own class), is left out. Only regular files are listed. Whatever is left out (also a folder
+    walked as their own class), is left out. A file linked into two class folders (two walks) is kept in the first
+    one only (an image has one label; the duplicate would also break the label-permutation test), with a warning
+    naming both. Only regular files are listed. Whatever is left out (also a folder
     that cannot be listed, a file that cannot be read, a FIFO) is appended to ``problems`` with the reason;
     without ``problems`` each is a warning.
 
@@ -126,7 +137,8 @@ class ImageWalk:
     def __init__(self, problems: Unlisted | None = None, reserved: Iterable[Path] = ()) -> None:
         self.problems = problems
         self._walked: dict[tuple[int, int], str] = {}
-        self._files: set[tuple[int, int]] = set()
+        self._files: dict[tuple[int, int], tuple[str, str]] = {}  # each file listed: its path, its walk's start
+        self._start = ""
         self._parents: dict[str, dict[tuple[int, int], str]] = {}
         for folder in reserved:
             try:
@@ -137,7 +149,7 @@ class ImageWalk:
     def images(self, folder: Path) -> list[Path]:
         """Every non-hidden image file under ``folder`` (following links), sorted by relative path."""
         found: list[str] = []
-        start = os.fspath(folder)
+        start = self._start = os.fspath(folder)
         # the real folders above the start: a link to one of them is a loop
         self._walk(start, self._above(os.path.dirname(os.path.realpath(start))), found, first=True)
         return [Path(path) for path in sorted(found, key=lambda path: path.split(os.sep))]  # Path order, faster
@@ -172,7 +184,7 @@ class ImageWalk:
         for entry in _scan(directory, self.problems):
             if _is_dir(entry):
                 self._walk(entry.path, inner, found, first=False)
-            elif is_image_file(entry.name) and _regular_image(entry, self.problems, self._files):
+            elif is_image_file(entry.name) and _regular_image(entry, self.problems, self._files, self._start):
                 found.append(entry.path)
 
 

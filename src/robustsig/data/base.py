@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from typing import IO, Any
 
@@ -35,6 +36,11 @@ from robustsig._stamps import file_stamp
 from robustsig.errors import CorruptImageError, InputError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+MAX_PIXELS = 64_000_000
+"""The largest image decoded by default, in pixels (width x height; 8000 x 8000, whose RGB copy alone takes 192 MB
+in each loader worker). Larger images are skipped and listed (or refused with ``strict``); the dataset option
+``max_pixels`` raises the limit (up to Pillow's own refusal, from 179 million pixels). Pillow itself only warns
+below that: a 13000 x 13000 PNG, 169 million pixels in 170 kB, was decoded whole (issue 21 measured a 2.2 GB peak)."""
 
 log = logging.getLogger("robustsig.data")
 
@@ -68,20 +74,31 @@ def _deep_to_8_bit(image: Image.Image, name: str) -> Image.Image:
     return Image.fromarray(np.rint(values * scale).astype(np.uint8))
 
 
-def read_image(source: str | os.PathLike | IO[bytes], name: str | None = None) -> Image.Image:
+def read_image(source: str | os.PathLike | IO[bytes], name: str | None = None,
+               max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode an image completely (a truncated file fails here, not later) and convert it to 8-bit RGB
     (high-bit-depth grey scaled, see the module notes).
 
     Args:
         source: a path, or a binary file object (a member of a tar shard).
         name: what to call the image in an error (defaults to the path).
+        max_pixels: the largest image decoded (width x height), checked on the header before any pixel is.
 
     Raises:
-        CorruptImageError: the file is missing, unreadable, truncated or not an image, or its high-bit-depth
-            pixels lie outside the ranges it could be read in.
+        CorruptImageError: the file is missing, unreadable, truncated or not an image, has more than
+            ``max_pixels`` pixels, or its high-bit-depth pixels lie outside the ranges it could be read in.
     """
     try:
-        with Image.open(source) as image:
+        with warnings.catch_warnings():  # Pillow's bomb warning (from 89 million pixels): max_pixels is the limit
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(source)
+        with image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise CorruptImageError(name or str(source), f"{width} x {height} = {width * height:,} pixels, more "
+                                        f"than the limit of {max_pixels:,} (a decompression bomb, or a photo far "
+                                        "larger than any model's input); raise the dataset option max_pixels to "
+                                        "read it")
             image.load()
             if image.mode in _DEEP_INTEGER_MODES or image.mode == "F":
                 image = _deep_to_8_bit(image, name or str(source))
@@ -153,10 +170,22 @@ class ImageSource:
         """Dataset-specific fix-up of the decoded image before ``transform`` (ObjectNet crops its border)."""
         return image
 
+    max_pixels: int = MAX_PIXELS
+    """The largest image decoded (see :data:`MAX_PIXELS`); ``open_dataset(..., max_pixels=N)`` sets it."""
+
     def decode(self, source: str | os.PathLike | IO[bytes], name: str | None = None) -> Any:
-        """Read, ``prepare`` and ``transform`` one image; raises :class:`CorruptImageError` on a bad file."""
-        image = self.prepare(read_image(source, name))
+        """Read, ``prepare`` and ``transform`` one image; raises :class:`CorruptImageError` on a bad file (one larger
+        than :attr:`max_pixels` included)."""
+        image = self.prepare(read_image(source, name, self.max_pixels))
         return self.transform(image) if self.transform is not None else image
+
+    def with_limits(self, described: dict[str, Any]) -> dict[str, Any]:
+        """A ``describe()`` result with the decoding limit when it is not the default (another limit decodes, or
+        skips, other images: a store of one is not a store of the other); the default adds nothing, so the keys of
+        stores made before the limit existed are unchanged."""
+        if self.max_pixels != MAX_PIXELS:
+            described["max_pixels"] = self.max_pixels
+        return described
 
     def _corrupt(self, error: CorruptImageError) -> None:
         """Non-strict: log and go on (the caller yields ``(None, label)``); strict: raise."""
@@ -232,9 +261,9 @@ class ImageDataset(ImageSource, Dataset):
             stamps.update(f"{file_stamp(path)}\n".encode())
         for item in self.unlisted:
             stamps.update(os.fsencode(item["path"]) + f"\t{item['reason']}\n".encode(errors="surrogateescape"))
-        return {"kind": self.kind, "root": self.root, "num_samples": len(self.samples),
-                "num_classes": len(self.classnames), "num_unlisted": len(self.unlisted),
-                "files_digest": files.hexdigest(), "stamps_digest": stamps.hexdigest()}
+        return self.with_limits({"kind": self.kind, "root": self.root, "num_samples": len(self.samples),
+                                 "num_classes": len(self.classnames), "num_unlisted": len(self.unlisted),
+                                 "files_digest": files.hexdigest(), "stamps_digest": stamps.hexdigest()})
 
 
 def _plain_id(value: Any) -> Any:

@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from robustsig._atomic import open_regular
 from robustsig.data._layout import examples
 from robustsig.data.classes import imagenet_wnids
 from robustsig.errors import DataError
@@ -34,7 +35,11 @@ _EXPECTED = 'a JSON object {"class name": [ImageNet-1k indices 0..999], ...} wit
 
 def _load(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        # only a regular file is read: a FIFO would block the run for ever
+        fd = open_regular(path, os.O_RDONLY, follow_links=True, expected=f"expected a class map file: {_EXPECTED}",
+                          error=DataError)
+        with open(fd, encoding="utf-8") as handle:
+            return json.loads(handle.read())
     except FileNotFoundError:
         raise DataError(f"class map {path}: no such file; expected {_EXPECTED}") from None
     except (OSError, UnicodeDecodeError, ValueError) as error:

@@ -3,10 +3,12 @@
 Label convention (all five kinds): a label is the **ImageNet-1k class index** of the image (the index of its
 wnid in sorted order, as the logits of any ImageNet head), and ``classnames`` are the 1,000 ImageNet names.
 ``class_indices`` lists the logits the set is scored on: all 1,000, or, for ImageNet-R and -A, the indices of
-their 200 classes (a download missing some folders is refused unless ``allow_missing_classes=True``, which scores
-it on the folders present and lists the others in ``missing_classes``), so :func:`robustsig.accuracy` takes the argmax over those 200 logits
-only, like the ImageNet-testbed and wise-ft. ObjectNet (:mod:`robustsig.data.objectnet`) is the one set whose
-labels are its own classes, as one ObjectNet class stands for several ImageNet classes.
+their 200 classes, so :func:`robustsig.accuracy` takes the argmax over those 200 logits only, like the
+ImageNet-testbed and wise-ft. Every kind refuses a download in which some of its classes have no image (a folder
+missing, or empty) unless ``allow_missing_classes=True``: R and A are then scored on the classes present, and every
+kind lists the others in ``missing_classes`` (:mod:`robustsig.data.missing`). ObjectNet
+(:mod:`robustsig.data.objectnet`) is the one set whose labels are its own classes, as one ObjectNet class stands for
+several ImageNet classes.
 
 >>> ds = open_imagenet_r("/data/imagenet-r")        # doctest: +SKIP
 >>> len(ds.class_indices), ds.classnames[ds.samples[0][1]]  # doctest: +SKIP
@@ -26,8 +28,8 @@ from PIL import Image
 from robustsig.data._layout import examples, images_in, layout_error, list_images, locate, require_dir, subfolders
 from robustsig.data.base import ImageDataset
 from robustsig.data.missing import check_missing_classes
-from robustsig.data.classes import (devkit_id_to_index, imagenet_classnames, imagenet_index, is_imagenet_wnid,
-                                    subset_wnids)
+from robustsig.data.classes import (devkit_id_to_index, imagenet_classnames, imagenet_index, imagenet_wnids,
+                                    is_imagenet_wnid, subset_wnids)
 from robustsig.errors import DataError, InputError
 
 ALL_CLASSES = range(1000)
@@ -77,7 +79,8 @@ def _wrong_folders_hint(folders: list[Path]) -> str:
 
 
 def _wnid_samples(root: Path, kind: str, allowed: set[str] | None = None) -> list[tuple[Path, int]]:
-    """``(path, ImageNet index)`` for every image in the wnid folders of ``root``; checks the folder names."""
+    """``(path, ImageNet index)`` for every image in the wnid folders of ``root``; checks the folder names. (The
+    wnid of a folder with images is ``imagenet_wnids()[label]``: the classes present are those of the samples.)"""
     folders = subfolders(root)
     if not folders:
         raise layout_error(kind, root, "no class folders", _EXPECTED[kind])
@@ -182,13 +185,17 @@ def _flat_val_samples(folder: Path, ground_truth: str | os.PathLike | None) -> l
 
 
 def open_imagenet(root: str | os.PathLike, *, ground_truth: str | os.PathLike | None = None,
-                  transform: Callable[[Image.Image], Any] | None = None, strict: bool = False) -> ImageDataset:
+                  transform: Callable[[Image.Image], Any] | None = None, strict: bool = False,
+                  allow_missing_classes: bool = False) -> ImageDataset:
     """ImageNet-1k val: wnid class folders, or the flat val folder plus a ground-truth file.
 
     Args:
         root: the val folder (or a folder holding ``val/`` or Kaggle's ``ILSVRC/Data/CLS-LOC/val``).
         ground_truth: the labels of a flat val folder; found automatically next to it or up to four parents up.
         transform, strict: see :class:`~robustsig.data.base.ImageSource`.
+        allow_missing_classes: open a set in which some of the 1,000 classes have no image (a wnid folder missing
+            or empty, or no flat image of the class): refused otherwise, naming them; ``missing_classes`` then
+            lists them (:mod:`robustsig.data.missing`).
     """
     kind = "imagenet"
     top = require_dir(root, kind, _EXPECTED[kind])
@@ -202,7 +209,25 @@ def open_imagenet(root: str | os.PathLike, *, ground_truth: str | os.PathLike | 
         raise InputError(f"imagenet: ground_truth= is for the flat val layout, but {folder} has wnid class folders "
                          "(their names are the labels); drop ground_truth=")
     samples = _flat_val_samples(folder, ground_truth) if flat else _wnid_samples(folder, kind)
-    return _imagenet_dataset(samples, folder, kind, ALL_CLASSES, transform, strict)
+    return _with_missing_classes(_imagenet_dataset(samples, folder, kind, ALL_CLASSES, transform, strict), kind,
+                                 folder, allow_missing_classes, flat)
+
+
+def _present_wnids(samples: list[tuple[Path, int]]) -> set[str]:
+    """The wnids of the classes that have at least one image among ``samples`` (an empty folder is no class)."""
+    wnids = imagenet_wnids()
+    return {wnids[label] for label in {label for _, label in samples}}
+
+
+def _with_missing_classes(dataset: ImageDataset, kind: str, folder: Path, allow: bool,
+                          flat: bool = False) -> ImageDataset:
+    """``dataset`` of a 1,000-class set (val, Sketch) with ``missing_classes``: the wnids without any image, refused
+    unless ``allow`` (see :mod:`robustsig.data.missing`)."""
+    what, folders = ("classes (wnids) of the flat val images", []) if flat else \
+        ("class folders (wnids)", [f.name for f in subfolders(folder)])
+    dataset.missing_classes = check_missing_classes(kind, folder, imagenet_wnids(), _present_wnids(dataset.samples),
+                                                    allow=allow, what=what, folders=folders)
+    return dataset
 
 
 # ---- the shifts --------------------------------------------------------------------------------------------
@@ -213,8 +238,8 @@ def open_imagenet_v2(root: str | os.PathLike, *, transform: Callable[[Image.Imag
 
     The label is the folder's number, never its position: sorting ``"0".."999"`` as strings puts ``"10"``
     before ``"2"``, and ImageFolder-style loaders that number the sorted folders scramble 990 of the classes.
-    A download without all 1,000 folders is refused (naming the missing ones) unless ``allow_missing_classes``;
-    the dataset's ``missing_classes`` lists them (see :mod:`robustsig.data.missing`).
+    A download without all 1,000 folders, or with empty ones, is refused (naming them) unless
+    ``allow_missing_classes``; the dataset's ``missing_classes`` lists them (see :mod:`robustsig.data.missing`).
     """
     kind = "imagenet-v2"
     top = require_dir(root, kind, _EXPECTED[kind])
@@ -233,11 +258,12 @@ def open_imagenet_v2(root: str | os.PathLike, *, transform: Callable[[Image.Imag
     if out_of_range:
         raise layout_error(kind, folder, f"folders {examples(out_of_range)} are not class indices 0..999",
                            _EXPECTED[kind])
-    missing = check_missing_classes(kind, folder, [str(i) for i in ALL_CLASSES], {str(int(f.name)) for f in numbered},
-                                    allow=allow_missing_classes, what="class folders (0..999)")
     samples = [(path, int(f.name)) for f in numbered for path in list_images(f)]
     if not samples:
         raise layout_error(kind, folder, "the class folders hold no images", _EXPECTED[kind])
+    missing = check_missing_classes(kind, folder, [str(i) for i in ALL_CLASSES],
+                                    {str(label) for _, label in samples}, allow=allow_missing_classes,
+                                    what="class folders (0..999)", folders=[str(int(f.name)) for f in numbered])
     dataset = _imagenet_dataset(samples, folder, kind, ALL_CLASSES, transform, strict)
     dataset.missing_classes = missing
     return dataset
@@ -249,8 +275,9 @@ def _open_200_class_set(kind: str, root: str | os.PathLike, transform: Callable[
     folder = locate(top, _has_wnid_folders, sorted(("imagenet-r", "imagenet-a"), key=lambda k: k != kind)) or top
     samples = _wnid_samples(folder, kind, allowed=set(subset_wnids(kind)))
     present = sorted({label for _, label in samples})
-    missing = check_missing_classes(kind, folder, list(subset_wnids(kind)), {f.name for f in subfolders(folder)},
-                                    allow=allow_missing_classes, what="class folders (wnids)")
+    missing = check_missing_classes(kind, folder, list(subset_wnids(kind)), _present_wnids(samples),
+                                    allow=allow_missing_classes, what="class folders (wnids)",
+                                    folders=[f.name for f in subfolders(folder)])
     dataset = _imagenet_dataset(samples, folder, kind, present, transform, strict)
     dataset.missing_classes = missing
     return dataset
@@ -273,9 +300,12 @@ def open_imagenet_a(root: str | os.PathLike, *, transform: Callable[[Image.Image
 
 
 def open_imagenet_sketch(root: str | os.PathLike, *, transform: Callable[[Image.Image], Any] | None = None,
-                         strict: bool = False) -> ImageDataset:
-    """ImageNet-Sketch: wnid folders of the 1,000 classes (the download's ``sketch/`` folder or its parent)."""
+                         strict: bool = False, allow_missing_classes: bool = False) -> ImageDataset:
+    """ImageNet-Sketch: wnid folders of the 1,000 classes (the download's ``sketch/`` folder or its parent). A
+    download lacking some, or with empty ones, is refused (naming them) unless ``allow_missing_classes``; the
+    dataset's ``missing_classes`` then lists them."""
     kind = "imagenet-sketch"
     top = require_dir(root, kind, _EXPECTED[kind])
     folder = locate(top, _has_wnid_folders, ("sketch", "imagenet-sketch")) or top
-    return _imagenet_dataset(_wnid_samples(folder, kind), folder, kind, ALL_CLASSES, transform, strict)
+    return _with_missing_classes(_imagenet_dataset(_wnid_samples(folder, kind), folder, kind, ALL_CLASSES, transform,
+                                                   strict), kind, folder, allow_missing_classes)

@@ -138,8 +138,8 @@ def open_objectnet(root: str | os.PathLike, *, mappings: str | os.PathLike | Non
         mappings: the folder of the four mapping files, when not in ``mappings/`` (CLIP_benchmark keeps them in
             the folder above ``objectnet-1.0/``, which is also searched).
         transform, strict: see :class:`~robustsig.data.base.ImageSource`.
-        allow_missing_classes: score a download that lacks some of the mapped folders (refused otherwise, naming
-            them); ``missing_classes`` then lists them (:mod:`robustsig.data.missing`).
+        allow_missing_classes: score a download that lacks some of the mapped folders, or has empty ones (refused
+            otherwise, naming them); ``missing_classes`` then lists them (:mod:`robustsig.data.missing`).
 
     The dataset's ``class_map`` lists each class's ImageNet ids and ``class_indices`` their union (125 ids).
     """
@@ -155,9 +155,10 @@ def open_objectnet(root: str | os.PathLike, *, mappings: str | os.PathLike | Non
     classes = read_objectnet_mappings(mapping_dir)
     label_of = {folder: label for label, folder in enumerate(classes.folders)}
     folders = subfolders(images_root / "images")
-    missing = check_missing_classes(kind, images_root / "images", classes.folders, {f.name for f in folders},
-                                    allow=allow_missing_classes, what="mapped class folders")
     samples = [(path, label_of[f.name]) for f in folders if f.name in label_of for path in list_images(f)]
+    missing = check_missing_classes(kind, images_root / "images", classes.folders,
+                                    {classes.folders[label] for _, label in samples}, allow=allow_missing_classes,
+                                    what="mapped class folders", folders=[f.name for f in folders])
     if not samples:
         raise layout_error(kind, images_root / "images", "no images in any of the 113 mapped class folders "
                            f"({examples(classes.folders)})", _EXPECTED)

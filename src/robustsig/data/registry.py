@@ -2,8 +2,9 @@
 
 Each kind is one function in the module of its family (the table below is data: ``kind -> module:function``);
 its keyword options are that function's keyword arguments. Every kind takes ``transform`` (applied to each
-decoded PIL image, e.g. a classifier's ``preprocess``) and ``strict`` (raise on a corrupt image instead of
-skipping it).
+decoded PIL image, e.g. a classifier's ``preprocess``), ``strict`` (raise on a corrupt image instead of
+skipping it) and ``max_pixels`` (the largest image decoded, :data:`robustsig.data.base.MAX_PIXELS` by default;
+larger ones are skipped and listed like undecodable images).
 
 >>> sorted(KINDS)[:3]
 ['broden', 'csv', 'folder']
@@ -55,7 +56,7 @@ def open_dataset(kind: str, root: str | os.PathLike, **options: Any) -> Any:
         kind: one of :data:`KINDS` (``imagenet``, ``imagenet-v2``, ``imagenet-r``, ``imagenet-a``,
             ``imagenet-sketch``, ``objectnet``, ``broden``, ``folder``, ``csv``, ``webdataset``).
         root: the dataset's folder (or file, for ``csv``) in the layout of the official download.
-        **options: the kind's options (``transform``, ``strict`` for all; e.g. ``ground_truth=`` for
+        **options: the kind's options (``transform``, ``strict``, ``max_pixels`` for all; e.g. ``ground_truth=`` for
             ``imagenet``, ``mappings=`` for ``objectnet``, ``cache_dir=`` for ``broden``, ``class_map=`` for
             ``folder`` and ``csv``).
 
@@ -72,11 +73,18 @@ def open_dataset(kind: str, root: str | os.PathLike, **options: Any) -> Any:
     """
     factory = dataset_factory(kind)
     accepted = [name for name, p in inspect.signature(factory).parameters.items() if p.kind is p.KEYWORD_ONLY]
-    unknown = sorted(set(options) - set(accepted))
+    unknown = sorted(set(options) - set(accepted) - {"max_pixels"})
     if unknown:
         raise InputError(f"dataset kind {kind!r} has no option {', '.join(map(repr, unknown))}; "
-                         f"its options are: {', '.join(accepted)}")
-    return factory(root, **options)
+                         f"its options are: {', '.join(accepted + ['max_pixels'])}")
+    max_pixels = options.pop("max_pixels", None)
+    if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1):
+        raise InputError(f"dataset option max_pixels must be a positive whole number of pixels (width x height), "
+                         f"got {max_pixels!r}")
+    dataset = factory(root, **options)
+    if max_pixels is not None:
+        dataset.max_pixels = max_pixels
+    return dataset
 
 
 def parse_dataset_spec(spec: str) -> tuple[str, str]:

@@ -201,9 +201,9 @@ class WebImageDataset(ImageSource, IterableDataset):
         for shard in self.shards:
             digest.update(f"{shard.name}\t{shard.stat().st_size}\n".encode())
             stamps.update(f"{file_stamp(shard)}\n".encode())
-        return {"kind": self.kind, "root": self.root, "num_samples": len(self), "num_classes": len(self.classnames),
-                "num_shards": len(self.shards), "files_digest": digest.hexdigest(),
-                "stamps_digest": stamps.hexdigest()}
+        return self.with_limits({"kind": self.kind, "root": self.root, "num_samples": len(self),
+                                 "num_classes": len(self.classnames), "num_shards": len(self.shards),
+                                 "files_digest": digest.hexdigest(), "stamps_digest": stamps.hexdigest()})
 
 
 class KeyedStream(IterableDataset):

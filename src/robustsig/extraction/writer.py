@@ -30,7 +30,7 @@ from typing import Any, Literal
 import safetensors.torch
 import torch
 
-from robustsig._atomic import TEMP_PREFIX, write_bytes_atomic
+from robustsig._atomic import TEMP_PREFIX, open_regular, write_bytes_atomic
 from robustsig.errors import DataError, InputError
 from robustsig.extraction.key import key_differences
 from robustsig.extraction.store import (HEAD_FILE, LAYER_PREFIX, MANIFEST, ROW_KEYS, STORE_FORMAT, STORE_VERSION,
@@ -160,7 +160,8 @@ class StoreWriter:
             if key in _HELD:
                 raise InputError(f"this process is already writing the store in {self.path}; wait for it or use "
                                  "another out_dir")
-            handle = open(path, "a+")  # noqa: SIM115 (closed by release())
+            # never through a link planted at .lock (it would truncate the link's target), never a FIFO
+            handle = os.fdopen(open_regular(path, os.O_RDWR | os.O_CREAT), "r+")  # noqa: SIM115 (release())
             try:
                 fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:

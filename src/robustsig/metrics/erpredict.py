@@ -26,6 +26,12 @@ predictions are ranked. Only the combination ranks leave-one-out predictions, an
 With fewer than :data:`MIN_MODELS` models every number here means little: :func:`small_pool_note` says so, and
 the fitting functions warn.
 
+What the fits are given. A signature column is first divided by its largest absolute value (neither a monotone map
+nor a z-score changes; a kurtosis of 1e308 no longer overflows), and values equal up to float noise (within
+:data:`TIE_TOLERANCE` of the largest) are made equal: two models with near-equal signatures but different ER would
+otherwise give the fit's end segment a slope of 1e14, and a near-constant column a z-score of 1e12. Predictions are
+clipped to ER's range, [-1, 1] (:data:`ER_RANGE`): an extrapolated fit may leave it, ER never does.
+
 >>> import numpy as np
 >>> kurtosis = np.array([3.0, 4.0, 8.0, 20.0, 70.0, 80.0])
 >>> er = 0.3 * (1 - np.exp(-(kurtosis - 3) / 20))
@@ -51,6 +57,11 @@ BOOTSTRAP = 2000
 """Bootstrap resamples of the models."""
 RIDGE_ALPHA = 1.0
 """Ridge penalty of the combination, on z-scored signatures."""
+TIE_TOLERANCE = 1e-9
+"""Signature values closer than this, relative to the column's largest absolute value, are the same value (see the
+module notes); a column whose spread is below it is constant."""
+ER_RANGE = (-1.0, 1.0)
+"""ER is an accuracy minus a baseline accuracy: every prediction is clipped to this range."""
 
 
 def small_pool_note(models: int) -> str | None:
@@ -70,6 +81,25 @@ def _vector(values: Any, name: str, length: int | None = None) -> np.ndarray:
     if not np.isfinite(array).all():
         raise InputError(f"{name} contains NaN or infinite values: drop the models without it first")
     return array
+
+
+def _fit_scale(x: np.ndarray) -> np.ndarray:
+    """A signature column as the fits see it: divided by its largest absolute value, values within
+    :data:`TIE_TOLERANCE` of their sorted neighbour made equal to the first of their run (see the module notes).
+
+    >>> _fit_scale(np.array([2.0, 4.0 + 1e-12, 4.0, 8.0]))
+    array([0.25, 0.5 , 0.5 , 1.  ])
+    """
+    top = np.abs(x).max() if x.size else 0.0
+    if top == 0:
+        return x.copy()
+    scaled = x / top
+    order = np.argsort(scaled, kind="stable")
+    ordered = scaled[order]
+    starts = np.concatenate([[True], np.diff(ordered) > TIE_TOLERANCE])
+    out = np.empty_like(scaled)
+    out[order] = ordered[np.maximum.accumulate(np.where(starts, np.arange(ordered.size), 0))]
+    return out
 
 
 def _check_pool(x: np.ndarray, y: np.ndarray) -> None:
@@ -110,7 +140,7 @@ def loo_monotone(signature: Any, er: Any, increasing: bool | None = True) -> np.
             training fold by the sign of its Spearman correlation).
 
     Returns:
-        float64 array: model i's ER predicted by the fit on every other model.
+        float64 array: model i's ER predicted by the fit on every other model, clipped to :data:`ER_RANGE`.
 
     Raises:
         InputError: fewer than 3 models, lengths differ, or a value is missing (NaN).
@@ -118,18 +148,19 @@ def loo_monotone(signature: Any, er: Any, increasing: bool | None = True) -> np.
     x = _vector(signature, "signature")
     y = _vector(er, "er", x.shape[0])
     _check_pool(x, y)
+    x = _fit_scale(x)
     keep = np.ones(x.shape[0], dtype=bool)
     predictions = np.empty_like(y)
     for i in range(x.shape[0]):
         keep[i] = False
         predictions[i] = _monotone_predict(x[keep], y[keep], x[i], increasing)
         keep[i] = True
-    return predictions
+    return np.clip(predictions, *ER_RANGE)
 
 
 def loo_ridge(signatures: Any, er: Any, alpha: float = RIDGE_ALPHA) -> np.ndarray:
     """Held-out ER predictions from several signatures: ridge regression on signatures z-scored on the training
-    models (a signature constant there gets weight 0).
+    models (a signature constant there, up to :data:`TIE_TOLERANCE`, gets weight 0), clipped to :data:`ER_RANGE`.
 
     Args:
         signatures: ``models x signatures``.
@@ -143,14 +174,15 @@ def loo_ridge(signatures: Any, er: Any, alpha: float = RIDGE_ALPHA) -> np.ndarra
         raise InputError(f"signatures must be a finite models x signatures matrix; got shape {X.shape}")
     y = _vector(er, "er", X.shape[0])
     _check_pool(X[:, 0], y)
+    X = np.stack([_fit_scale(column) for column in X.T], axis=1) if X.size else X
     predictions = np.empty_like(y)
     for i in range(X.shape[0]):
         train = np.arange(X.shape[0]) != i
         mean, scale = X[train].mean(axis=0), X[train].std(axis=0)
-        scale[scale == 0] = np.inf
+        scale[scale <= TIE_TOLERANCE] = np.inf  # constant up to float noise: weight 0, not a z-score of 1e12
         model = Ridge(alpha=alpha).fit((X[train] - mean) / scale, y[train])
         predictions[i] = float(model.predict(((X[i] - mean) / scale)[None])[0])
-    return predictions
+    return np.clip(predictions, *ER_RANGE)
 
 
 def loo_mean(er: Any) -> np.ndarray:

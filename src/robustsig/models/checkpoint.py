@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import safetensors.torch
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from robustsig._atomic import atomic_output
 from robustsig.errors import InputError, UnsafeCheckpointError
@@ -179,14 +179,23 @@ def _parse_meta(text: str | None, path: str) -> dict[str, Any]:
 
 
 def load_into(module: torch.nn.Module, state: Mapping[str, torch.Tensor], what: str) -> None:
-    """``module.load_state_dict(state, strict=True)`` with an error naming the first mismatching key."""
+    """``module.load_state_dict(state, strict=True)`` with an error naming the first mismatching key; a floating-point
+    weight stored in the file as integers (or booleans) is refused, never converted."""
     expected = module.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
     shapes = [(k, tuple(state[k].shape), tuple(v.shape)) for k, v in expected.items()
               if k in state and tuple(state[k].shape) != tuple(v.shape)]
-    if missing or unexpected or shapes:
+    # a weight stored as integers (bytes retyped in the file's header) would be converted silently
+    kinds = [(k, state[k].dtype) for k, v in expected.items()
+             if k in state and v.is_floating_point() and not state[k].is_floating_point()]
+    if missing or unexpected or shapes or kinds:
         parts = []
+        if kinds:
+            k, dtype = kinds[0]
+            parts.append(f"{len(kinds)} weight(s) stored as non-floating-point numbers, first {k!r} as "
+                         f"{str(dtype).removeprefix('torch.')}: weights are floating point (the file was changed "
+                         "or damaged)")
         if shapes:
             k, got, want = shapes[0]
             parts.append(f"{len(shapes)} shape mismatch(es), first {k!r}: file {got} vs model {want}")
@@ -240,7 +249,10 @@ def save_classifier(clf: Classifier, path: str | os.PathLike) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_output(path) as temporary:
         if path.suffix.lower() == ".safetensors":
-            save_file(state, str(temporary), metadata={"format": FORMAT, "robustsig": json.dumps(meta)})
+            # serialised in memory and written by Python: a full disk is an OSError naming the file, where
+            # safetensors' own writer raises a SafetensorError
+            header = {"format": FORMAT, "robustsig": json.dumps(meta)}
+            temporary.write_bytes(safetensors.torch.save(state, metadata=header))
         else:
             torch.save({"format": FORMAT, "robustsig": json.dumps(meta), "state_dict": state}, temporary)
     return path
@@ -250,11 +262,16 @@ def restore_classifier(clf: Classifier, ckpt: Checkpoint) -> Classifier:
     """Load a robustsig checkpoint's weights into a classifier of the same architecture (built with random
     weights and the checkpoint's class names). A low-rank model's factorised layout (``meta["lowrank"]``) is rebuilt
     first."""
-    lowrank = (ckpt.meta or {}).get("meta", {}).get("lowrank")
+    saved = (ckpt.meta or {}).get("meta", {})
+    lowrank = saved.get("lowrank") if isinstance(saved, Mapping) else None
     if lowrank:
-        from robustsig.models.linear_maps import apply_structure
+        from robustsig.models.linear_maps import apply_structure, check_structure
 
-        apply_structure(clf.encoder, lowrank.get("factorised", {}))
+        what = f"robustsig checkpoint {ckpt.path!r}"
+        if not isinstance(lowrank, Mapping):
+            raise InputError(f"{what}: its low-rank record is {type(lowrank).__name__}; expected a mapping (the "
+                             "file was changed or damaged)")
+        apply_structure(clf.encoder, check_structure(lowrank.get("factorised", {}), ckpt.state_dict, "encoder.", what))
         clf.meta["lowrank"] = lowrank
     load_into(clf, ckpt.state_dict, f"robustsig checkpoint {ckpt.path!r}")
     return clf

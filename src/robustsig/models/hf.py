@@ -4,17 +4,25 @@ The model with its final Linear (``classifier``) replaced by the identity is the
 is then ``h``, whatever pooling the architecture does (CLS token for ViT/DeiT/BEiT, mean for Swin/ConvNeXt).
 ``preprocess`` is the model's own image processor; class names come from ``config.id2label``. Layer taps are
 the outermost list of blocks (``block0..`` for ``layer``/``layers``/``blocks``, ``stage0..`` for ``stages``).
+
+Checkpoints are data, never code: every ``from_pretrained`` call passes ``trust_remote_code=False``, and a local
+folder whose ``config.json`` (or processor config) names its own Python classes (``auto_map``) is refused before
+transformers reads it (transformers would otherwise ask on stdin whether to run the folder's code). Weights load as
+safetensors, or as a pickled ``pytorch_model.bin`` of plain tensors (``torch.load(weights_only=True)``); a pickle
+that needs more is refused with the conversion to safetensors.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
 
 import torch
 from PIL import Image
 from torch import nn
 
-from robustsig.errors import InputError
+from robustsig.errors import InputError, UnsafeCheckpointError
 from robustsig.models.anatomy import children_paths, final_linear_path, probe_taps, split_final_linear
 from robustsig.models.classifier import Classifier
 from robustsig.models.fetch import offline_hint, unreachable
@@ -59,15 +67,28 @@ def load(spec: ModelSpec, options: LoadOptions) -> Classifier:
     is_dir = os.path.isdir(source)
     if source.startswith(("/", ".", "~")) and not is_dir:
         raise InputError(f"hf:{source}: no such folder; pass a folder written by save_pretrained or a hub name")
+    if is_dir:
+        _refuse_remote_code(source)
     local_only = is_dir or not options.allow_download
     if not local_only:
         from huggingface_hub import constants
 
         local_only = unreachable(constants.ENDPOINT) is not None  # no network: the cache is all there is
     try:
-        model = AutoModelForImageClassification.from_pretrained(source, local_files_only=local_only)
-        processor = AutoImageProcessor.from_pretrained(source, local_files_only=local_only)
-    except (OSError, ValueError, KeyError) as err:
+        model = AutoModelForImageClassification.from_pretrained(source, local_files_only=local_only,
+                                                                trust_remote_code=False)
+        processor = AutoImageProcessor.from_pretrained(source, local_files_only=local_only, trust_remote_code=False)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" not in str(err):  # a damaged pickle, not one needing code
+            raise InputError(f"cannot load Hugging Face model {source!r}: its weights file is damaged "
+                             f"({str(err).splitlines()[0]})") from None
+        raise UnsafeCheckpointError(
+            f"hf:{source}: its pytorch_model.bin is a pickle that needs Python objects beyond tensors, and unpickling "
+            "it could run arbitrary code. Convert it once, on a machine you trust, to safetensors: "
+            "`python -c \"import torch, safetensors.torch as st; sd = torch.load('pytorch_model.bin', "
+            "weights_only=False); st.save_file({k: v.contiguous() for k, v in sd.items() if torch.is_tensor(v)}, "
+            "'model.safetensors')\"` in the model folder, then remove pytorch_model.bin") from None
+    except (OSError, ValueError, KeyError, RuntimeError) as err:  # RuntimeError: a damaged weights file
         first = (str(err).splitlines()[0] if str(err) else type(err).__name__).rstrip(".")
         searched = ("Only the local Hugging Face cache was searched (downloads are off or the hub is unreachable)."
                     if local_only else "")
@@ -86,6 +107,33 @@ def load(spec: ModelSpec, options: LoadOptions) -> Classifier:
     return Classifier(encoder, head, preprocess=preprocess, classnames=names, taps=taps,
                       meta={"spec": str(spec), "family": "hf", "arch": source, "weights": None,
                             "random_init": False, "build": {}})
+
+
+_CONFIG_FILES = ("config.json", "preprocessor_config.json", "processor_config.json")
+
+
+def _refuse_remote_code(folder: str) -> None:
+    """Refuse a model folder whose configs name Python code of the folder (``auto_map``) to build the model or its
+    processor: loading it would run that code."""
+    for name in _CONFIG_FILES:
+        path = os.path.join(folder, name)
+        try:
+            with open(path, encoding="utf-8") as handle:
+                config = json.load(handle)
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError) as err:
+            raise InputError(f"hf:{folder}: cannot read {name} ({err}); expected a folder written by "
+                             "save_pretrained") from None
+        auto_map = config.get("auto_map") if isinstance(config, dict) else None
+        if auto_map:
+            classes = ", ".join(f"{key} -> {value}" for key, value in dict(auto_map).items()) \
+                if isinstance(auto_map, dict) else str(auto_map)
+            raise UnsafeCheckpointError(
+                f"hf:{folder}: {name} has an auto_map ({classes}): the model is built by Python code shipped in the "
+                "folder, and robustsig reads checkpoints as data only, never running their code. Use a model that "
+                "transformers builds itself (no auto_map), or save the weights of this one as a state dict and "
+                "load them with the spec of its architecture")
 
 
 def _tap_paths(encoder: HFImageEncoder) -> dict[str, str]:

@@ -25,7 +25,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -235,18 +235,58 @@ def replace_map(root: nn.Module, linear_map: LinearMap, first: torch.Tensor, sec
     return True
 
 
+def check_structure(ranks: Any, state: Mapping[str, torch.Tensor], prefix: str, what: str) -> dict[str, int]:
+    """The ``factorised`` record of a saved low-rank model (path -> rank), checked against the checkpoint's own
+    tensors before anything is built: each rank a positive integer equal to the rows of the file's
+    ``PREFIX+PATH.first.weight`` and the columns of its ``.second.weight``. A rank written by hand (1e12, -5) would
+    otherwise size the layers :func:`apply_structure` allocates.
+
+    Args:
+        ranks: the record as read from the file's metadata.
+        state: the checkpoint's tensors.
+        prefix: the encoder's prefix in ``state`` (``"encoder."``).
+        what: how messages name the checkpoint.
+
+    Raises:
+        InputError: the record is not a mapping of paths to positive integers, or a rank disagrees with the tensors.
+    """
+    if not isinstance(ranks, Mapping):
+        raise InputError(f"{what}: its low-rank record 'factorised' is {type(ranks).__name__}; expected a mapping "
+                         "of layer paths to ranks (the file was changed or damaged)")
+    checked = {}
+    for path, rank in ranks.items():
+        first, second = state.get(f"{prefix}{path}.first.weight"), state.get(f"{prefix}{path}.second.weight")
+        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+            raise InputError(f"{what}: the low-rank record gives {path!r} the rank {rank!r}; expected a positive "
+                             "integer (the file was changed or damaged)")
+        if first is None or second is None or first.ndim < 2 or second.ndim < 2:
+            raise InputError(f"{what}: the low-rank record factorises {path!r}, but the file has no "
+                             f"{prefix}{path}.first.weight and .second.weight matrices (the file was changed or "
+                             "damaged)")
+        if first.shape[0] != rank or second.shape[1] != rank:
+            raise InputError(f"{what}: the low-rank record gives {path!r} the rank {rank}, but its weights in the file "
+                             f"have {first.shape[0]} and {second.shape[1]} directions (the file was changed or "
+                             "damaged)")
+        checked[str(path)] = rank
+    return checked
+
+
 def apply_structure(root: nn.Module, ranks: Mapping[str, int]) -> None:
     """Rebuild a saved low-rank encoder's layout on a freshly built one: explicit attention, then a
-    :class:`FactorisedMap` of the recorded rank at each path (weights left to the checkpoint)."""
+    :class:`FactorisedMap` of the recorded rank at each path (weights left to the checkpoint). A rank outside
+    ``1..min(out, in)`` of its map is refused before anything is allocated (see also :func:`check_structure`)."""
     explicit_attention(root)
     maps = find_linear_maps(root)
     for path, rank in ranks.items():
         if path not in maps:
             raise InputError(f"the low-rank checkpoint factorises {path!r}, which is not a linear map of this "
                              "architecture; load it with the spec of the model it was made from")
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= maps[path].shape.rank:
+            raise InputError(f"the low-rank checkpoint gives {path!r} the rank {rank!r}; a rank of this "
+                             f"{maps[path].shape.out_features} x {maps[path].shape.in_features} map lies in "
+                             f"1..{maps[path].shape.rank}")
         module = root.get_submodule(path)
-        factorised = FactorisedMap.like(maps[path], int(rank)).to(device=module.weight.device,
-                                                                   dtype=module.weight.dtype)
+        factorised = FactorisedMap.like(maps[path], rank).to(device=module.weight.device, dtype=module.weight.dtype)
         _set_submodule(root, path, factorised)
 
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
+from robustsig.errors import InputError
 from robustsig.metrics.lowrank import kept_directions, low_rank_factors
 from robustsig.models.classifier import Classifier
 from robustsig.models.linear_maps import Calibration, explicit_attention, replace_map
@@ -32,8 +33,9 @@ def low_rank_classifier(classifier: Classifier, calibration: Calibration, fracti
     Args:
         classifier: the model.
         calibration: its :func:`~robustsig.calibrate_linear_maps` result.
-        fraction: fraction removed, in ``[0, 1]``: of each map's rank (``budget="rank"``) or of all maps'
-            parameters (``budget="parameters"``); 0 gives the original model.
+        fraction: fraction removed, in ``[0, 1)``: of each map's rank (``budget="rank"``) or of all maps'
+            parameters (``budget="parameters"``); 0 gives the original model. A budget that leaves a map no direction
+            (fraction 1, or near 1 with the parameter budget) is refused: the encoder would be cut there.
         order: ``"importance"`` (eq. 4 on the map's inputs), ``"singular"`` or ``"random"``.
         budget: ``"rank"`` or ``"parameters"``.
         seed: seed of the random order.
@@ -52,6 +54,11 @@ def low_rank_classifier(classifier: Classifier, calibration: Calibration, fracti
     """
     kept = kept_directions(calibration.svds, {path: m.shape for path, m in calibration.maps.items()}, fraction,
                            order, budget, importance=calibration.importance, seed=seed)
+    emptied = [path for path in calibration.maps if kept[path].numel() == 0]
+    if emptied:
+        raise InputError(f"fraction {fraction:g} ({budget} budget) removes every direction of {len(emptied)} linear "
+                         f"map(s), first {emptied[0]!r}: the model would be cut there (its output no longer depends "
+                         "on the image). Use a smaller fraction (below 1)")
     model = copy.deepcopy(classifier)
     explicit_attention(model.encoder)
     factorised: dict[str, int] = {}

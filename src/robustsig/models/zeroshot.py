@@ -27,9 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from robustsig._atomic import atomic_output
@@ -288,7 +289,8 @@ def _write_cached(path: Path, weight: torch.Tensor, bias: torch.Tensor | None) -
     if bias is not None:
         tensors["bias"] = bias.detach().cpu().contiguous().clone()
     with atomic_output(path) as temporary:
-        save_file(tensors, str(temporary), metadata={"format": _CACHE_VERSION})
+        # serialised in memory and written by Python: a full disk is an OSError naming the file
+        temporary.write_bytes(safetensors.torch.save(tensors, metadata={"format": _CACHE_VERSION}))
 
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor | None, device: torch.device) -> nn.Linear:

@@ -17,14 +17,13 @@ Example:
 
 from __future__ import annotations
 
-import csv
-import io
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from robustsig._atomic import write_text_atomic
+from robustsig._cells import CONTROL, csv_line, escape_cell
 from robustsig.study.pool import KIND_TITLES, cells, kinds_present, layout_rows
 from robustsig.study.results import ModelRow
 
@@ -129,18 +128,26 @@ def latex_escape(text: str) -> str:
     return _LATEX_PATTERN.sub(lambda match: _LATEX_SPECIAL[match.group(0)], text)
 
 
+def _control_escape(character: str) -> str:
+    """A line break or control character as visible text (``\\n``, ``\\x07``, ``\\u2028``)."""
+    named = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+    code = ord(character)
+    return named.get(character) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
 def markdown_escape(text: str) -> str:
-    """``text`` safe inside a Markdown table cell (pipes, backslashes, emphasis, code and HTML characters)."""
-    return _MARKDOWN_PATTERN.sub(r"\\\1", text)
+    """``text`` safe inside a Markdown table cell (pipes, backslashes, emphasis, code and HTML characters; a line
+    break or control character, which would end the row, shown as its escape: ``a\\nb``)."""
+    shown = CONTROL.sub(lambda match: _control_escape(match.group(0)), text)
+    return _MARKDOWN_PATTERN.sub(r"\\\1", shown)
 
 
 def to_csv(table: ReportTable) -> str:
-    """The table as CSV: flat header, every cell (index cells repeated), empty cells empty."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(table.header())
-    writer.writerows([["" if cell is None else cell for cell in row] for row in table.rows])
-    return buffer.getvalue()
+    """The table as CSV: flat header, every cell (index cells repeated), empty cells empty; a text cell a
+    spreadsheet would run as a formula is written with a leading apostrophe (:mod:`robustsig._cells`)."""
+    lines = [csv_line([escape_cell(label) for label in table.header()])]
+    lines += [csv_line(["" if cell is None else escape_cell(cell) for cell in row]) for row in table.rows]
+    return "".join(lines)
 
 
 def to_markdown(table: ReportTable) -> str:

@@ -44,7 +44,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from robustsig._atomic import write_text_atomic
+from robustsig._atomic import file_kind, write_text_atomic
+from robustsig._cells import csv_line, escape_cell, unescape_cell
 from robustsig.errors import DataError, InputError
 
 if TYPE_CHECKING:
@@ -135,7 +136,7 @@ def _format_cell(value: Any, kind: Any, where: str) -> str:
         return repr(float(value))
     if not isinstance(value, str):
         raise InputError(f"{where}: expected a str; got {value!r}")
-    return value
+    return escape_cell(value)  # never a cell a spreadsheet runs as a formula (see robustsig._cells)
 
 
 _TYPE_WORDS = {int: "an integer", float: "a number", bool: "true or false"}
@@ -145,7 +146,7 @@ def _parse_cell(text: str, kind: Any, where: str) -> Any:
     optional = type(None) in typing.get_args(kind)
     base = next((arm for arm in typing.get_args(kind) if arm is not type(None)), kind)
     if base is str:
-        return text
+        return unescape_cell(text)
     if text == "":
         if optional:
             return None
@@ -156,6 +157,26 @@ def _parse_cell(text: str, kind: Any, where: str) -> Any:
         return base(text)
     except (KeyError, ValueError):
         raise DataError(f"{where}: expected {_TYPE_WORDS[base]}; got {text!r}") from None
+
+
+_RANGES: dict[str, tuple[float, float, str]] = {
+    "accuracy": (0.0, 1.0, "an accuracy, a fraction in [0, 1]"),
+    "acc_id": (0.0, 1.0, "an accuracy, a fraction in [0, 1]"),
+    "acc_shift": (0.0, 1.0, "an accuracy, a fraction in [0, 1]"),
+    "er": (-1.0, 1.0, "an effective robustness, in [-1, 1] (a difference of two accuracies)"),
+}
+"""Columns whose values have a fixed range, by name (every table names its accuracies and ER alike)."""
+
+
+def _check_range(value: Any, column: str, where: str, error: type[Exception] = DataError) -> None:
+    """Refuse a value outside its column's range (:data:`_RANGES`); NaN (undefined) and empty cells pass."""
+    bounds = _RANGES.get(column)
+    if bounds is None or not isinstance(value, float) or math.isnan(value):
+        return
+    low, high, what = bounds
+    if not low <= value <= high:
+        damaged = "; the file was changed or damaged: recompute it" if error is DataError else ""
+        raise error(f"{where}: {value!r} is not {what}{damaged}")
 
 
 # --------------------------------------------------------------------------- files
@@ -205,29 +226,46 @@ class Results:
         return self.root / f"{_table_name(table)}.csv"
 
     def has(self, table: type) -> bool:
-        return self.path(table).is_file()
+        """Whether ``table`` was written.
+
+        Raises:
+            DataError: something else than a file is at its path (a folder, a link loop, a link to nothing): it
+                is not taken for a table never computed.
+        """
+        path = self.path(table)
+        if path.is_file():
+            return True
+        if not os.path.lexists(path):
+            return False
+        raise DataError(f"{path} is {file_kind(path, follow_links=True)}, not a results table; move it away (the "
+                        "table is then recomputed)")
 
     def write(self, table: type[Row], rows: Iterable[Row]) -> Path:
         """Replace the whole table with ``rows`` (atomically).
 
         Raises:
-            InputError: a row of another type, or a value of the wrong type for its column.
+            InputError: a row of another type, a value of the wrong type for its column, or two rows with the same
+                key (``table.KEY``).
         """
         name = _table_name(table)
         rows = list(rows)
         hints = typing.get_type_hints(table)
         names = columns(table)
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        writer.writerow(names)
+        lines = [csv_line(names)]  # every line break in a cell quoted, a bare CR too (see robustsig._cells)
+        seen: dict[tuple, int] = {}
         for i, row in enumerate(rows):
             if type(row) is not table:
                 raise InputError(f"{name}.csv row {i}: expected a row of type {table.__name__}; got "
                                  f"{type(row).__name__}")
-            writer.writerow(_format_cell(getattr(row, column), hints[column], f"{name}.csv row {i}, {column}")
-                            for column in names)
+            if seen.setdefault(_key(row), i) != i:
+                raise InputError(f"{name}.csv rows {seen[_key(row)]} and {i} have the same {', '.join(table.KEY)} "
+                                 f"{_key(row)}: a table holds one row per key")
+            for column in names:
+                _check_range(getattr(row, column), column, f"{name}.csv row {i}, {column}", InputError)
+            lines.append(csv_line([_format_cell(getattr(row, column), hints[column], f"{name}.csv row {i}, {column}")
+                                   for column in names]))
         target = self.path(table)
-        write_text_atomic(target, buffer.getvalue())
+        write_text_atomic(target, "".join(lines))
         return target
 
     def upsert(self, table: type[Row], rows: Iterable[Row]) -> Path:
@@ -258,26 +296,52 @@ class Results:
         """All rows of ``table``, typed.
 
         Raises:
-            DataError: the file is missing, its header differs from the table's columns, or a cell is malformed.
+            DataError: the file is missing (or a folder, a link loop: see :meth:`has`), is not UTF-8 CSV, its header
+                differs from the table's columns, a cell is malformed, an accuracy or ER is out of its range, or
+                two rows repeat a key (``table.KEY``: a duplicated row would count twice). The message names the
+                file and the line.
         """
         path = self.path(table)
+        if not self.has(table):
+            raise DataError(f"{path} does not exist: the {_table_name(table)} table was not computed")
         try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise DataError(f"{path} does not exist: the {_table_name(table)} table was not computed") from None
+            data = path.read_bytes()
+        except OSError as error:
+            raise DataError(f"cannot read {path}: {error.strerror or error}") from None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as error:
+            line = data[:error.start].count(b"\n") + 1
+            raise DataError(f"{path} line {line}: byte {data[error.start]:#04x} is not UTF-8 text; robustsig writes "
+                            "its tables in UTF-8: the file was changed or damaged, recompute it") from None
         reader = csv.reader(io.StringIO(text, newline=""))
-        header = next(reader, [])
-        expected = columns(table)
-        if header != expected:
-            raise DataError(f"{path} has columns {header}; expected {expected} (written by another robustsig "
-                            "version? recompute it)")
-        hints = typing.get_type_hints(table)
-        rows = []
-        for line, cells in enumerate(reader, start=2):
-            if len(cells) != len(expected):
-                raise DataError(f"{path} line {line}: {len(cells)} cells; expected {len(expected)}")
-            rows.append(table(*(_parse_cell(cell, hints[column], f"{path} line {line}, {column}")
-                                for cell, column in zip(cells, expected))))
+        try:
+            header = next(reader, [])
+            expected = columns(table)
+            if header != expected:
+                raise DataError(f"{path} has columns {header}; expected {expected} (written by another robustsig "
+                                "version? recompute it)")
+            hints = typing.get_type_hints(table)
+            rows = []
+            seen: dict[tuple, int] = {}
+            for line, cells in enumerate(reader, start=2):
+                if len(cells) != len(expected):
+                    raise DataError(f"{path} line {line}: {len(cells)} cells; expected {len(expected)}")
+                values = [_parse_cell(cell, hints[column], f"{path} line {line}, {column}")
+                          for cell, column in zip(cells, expected)]
+                for value, column in zip(values, expected):
+                    _check_range(value, column, f"{path} line {line}, {column}")
+                row = table(*values)
+                key = _key(row)
+                if key in seen:
+                    shown = ", ".join(f"{column}={value!r}" for column, value in zip(table.KEY, key))
+                    raise DataError(f"{path} lines {seen[key]} and {line} are both the row of {shown}: a table "
+                                    f"holds one row per {', '.join(table.KEY)}; the file was changed or damaged, "
+                                    "recompute it")
+                seen[key] = line
+                rows.append(row)
+        except csv.Error as error:
+            raise DataError(f"{path} line {reader.line_num}: not readable CSV ({error}); recompute it") from None
         return rows
 
     # ---- provenance

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from robustsig._atomic import open_regular
+
 
 class RunLog:
     """Log lines of one run.
@@ -26,7 +28,8 @@ class RunLog:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.echo = echo
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        # never through a link planted at run.log (it would append to the link's target), never a FIFO
+        self._fd = open_regular(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
 
     def line(self, tag: str, subject: str, text: str) -> None:
         """Log ``[tag] subject: text``."""

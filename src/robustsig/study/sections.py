@@ -18,6 +18,8 @@ from typing import Annotated, Any, Literal
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationInfo,
                       model_validator)
 
+from robustsig._cells import CONTROL, is_formula
+
 MODEL_KINDS: tuple[str, ...] = ("zero-shot", "finetuned", "supervised")
 MODEL_SCHEMES: tuple[str, ...] = ("openclip", "timm", "torchvision", "hf", "bundled")
 IMAGENET_KINDS: tuple[str, ...] = ("imagenet", "imagenet-v2", "imagenet-r", "imagenet-sketch", "objectnet",
@@ -57,6 +59,13 @@ def check_name(value: str) -> str:
     return value
 
 
+def _check_label(value: str) -> str:
+    if is_formula(value) or CONTROL.search(value):
+        raise ValueError("expected a label without control characters (line breaks, tabs) that does not start with "
+                         f"= + - @ (a spreadsheet would run it as a formula); got {value!r}")
+    return value
+
+
 def resolve_path(path: Path, info: ValidationInfo) -> Path:
     path = path.expanduser()
     base = (info.context or {}).get("base_dir")
@@ -90,6 +99,8 @@ def spec_weights_path(spec: str) -> str | None:
 
 
 def _check_spec(value: str, info: ValidationInfo) -> str:
+    if CONTROL.search(value):
+        raise ValueError(f"expected a model spec without control characters (line breaks, tabs); got {value!r}")
     scheme, colon, rest = value.partition(":")
     if not colon or scheme not in MODEL_SCHEMES or not rest.strip() or rest.startswith("@"):
         raise ValueError(f"expected a model spec SCHEME:NAME[@WEIGHTS] with SCHEME one of "
@@ -143,6 +154,7 @@ def _all_layers(value: Any) -> Any:
 
 
 Name = Annotated[str, AfterValidator(check_name)]
+Label = Annotated[str, AfterValidator(_check_label)]
 StudyPath = Annotated[Path, BeforeValidator(_non_empty_path), AfterValidator(resolve_path)]
 ModelSpec = Annotated[str, AfterValidator(_check_spec)]
 Layers = Annotated[list[str] | None, BeforeValidator(_all_layers)]
@@ -161,8 +173,8 @@ class ModelEntry(Section):
 
     name: Name = Field(description="a short unique model name (letters, digits, . _ + @ -)")
     spec: ModelSpec = Field(description="a model spec such as 'openclip:ViT-B-32@openai'")
-    backbone: str = Field(min_length=1, description="the architecture the tables group by, e.g. 'ViT-B-32'")
-    pretraining: str = Field(min_length=1, description="the pretraining data tag, e.g. 'openai' or 'imagenet-1k'")
+    backbone: Label = Field(min_length=1, description="the architecture the tables group by, e.g. 'ViT-B-32'")
+    pretraining: Label = Field(min_length=1, description="the pretraining data tag, e.g. 'openai' or 'imagenet-1k'")
     kind: ModelKind = Field(description="one of 'zero-shot', 'finetuned', 'supervised'")
     classnames: StudyPath | None = Field(default=None, description="a text file of class names, one per line")
     templates: StudyPath | None = Field(default=None, description="a text file of prompt templates with '{}'")
