@@ -111,4 +111,14 @@ def write_results(root: Path) -> Results:
     results.write(LowRankRow, [LowRankRow("rn50-oa-zs", order, f, d, 0.6 - f / 2, 0.05 - f / 10, int(1e6 * (1 - f)),
                                           1 - f, 1 - f) for order in ("importance", "singular")
                                for f in (0.0, 0.5) for d in ("val", "v2")])
+    from robustsig.study.analyses.atlas import AtlasConceptRow, AtlasDirectionRow, AtlasImageRow
+
+    results.write(AtlasDirectionRow, [AtlasDirectionRow(m, d, rank, 0.5 / rank, 8.0 / rank)
+                                      for m in ACCURACY for rank, d in enumerate((0, 3), 1)])
+    results.write(AtlasImageRow, [AtlasImageRow(m, d, rank, name, f"/data/{name}/{rank}<img src=x onerror=alert(1)>.jpg", 2.0 - rank, "")
+                                  for m in ACCURACY for d in (0, 3) for name in ("val", "broden")
+                                  for rank in (1, 2)])
+    results.write(AtlasConceptRow, [AtlasConceptRow(m, d, rank, concept, "texture", 0.95 - 0.1 * rank)
+                                    for m, concepts in CONCEPTS.items() for d in (0, 3)
+                                    for rank, concept in enumerate(sorted(concepts), 1)])
     return results

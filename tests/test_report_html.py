@@ -35,7 +35,8 @@ def report(tmp_path_factory):
 def test_every_section_table_and_figure_is_written(report):
     files, page = report
     assert files.sections == {name: True for name in ("accuracy", "kurtosis", "importance", "pruning", "concepts",
-                                                       "cka", "wiseft", "layer_kurtosis", "lowrank", "predict_er")}
+                                                       "atlas", "cka", "wiseft", "layer_kurtosis", "lowrank",
+                                                       "predict_er")}
     assert "Not run" not in page
     stems = {path.stem for path in files.tables}
     assert stems == {"accuracy", "accuracy_by_dataset", "kurtosis", "privileged", "concepts_singular",
@@ -57,6 +58,9 @@ def test_every_section_table_and_figure_is_written(report):
     assert "Estimator: minibatch (minibatch: the paper" in page and "Datasets: val, sketch, v2." in page
     assert "val (orange) and the mean ± std over the shift sets (blue)" in page
     assert "every layer of rn50-oa-ft, on val." in page
+    # the atlas: a grid per model, its names escaped (a row without a thumbnail file shows the image's name)
+    assert page.count('<table class="atlas">') == len(MODELS) and "<img src=x" not in page
+    assert html.escape("1<img src=x onerror=alert(1)>.jpg") in page
 
 
 def test_numbers_tables_and_provenance_are_shown(report):
@@ -128,8 +132,8 @@ def test_report_command(tmp_path, capsys):
     document = json.loads(capsys.readouterr().out)
     assert caught.value.code == 0 and document["html"] == str(tmp_path / "report" / "report.html")
     assert document["sections"] == {"accuracy": True, "kurtosis": False, "importance": False, "pruning": False,
-                                    "concepts": False, "cka": False, "wiseft": False, "layer_kurtosis": False,
-                                    "lowrank": False, "predict_er": False}
+                                    "concepts": False, "atlas": False, "cka": False, "wiseft": False,
+                                    "layer_kurtosis": False, "lowrank": False, "predict_er": False}
     assert [path.rsplit("/", 1)[1] for path in document["tables"]] == ["accuracy_by_dataset.csv",
                                                                        "accuracy_by_dataset.md",
                                                                        "accuracy_by_dataset.tex"]
