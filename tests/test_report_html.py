@@ -140,7 +140,7 @@ def test_report_command(tmp_path, capsys):
     with pytest.raises(SystemExit) as caught:
         main(["report", str(tmp_path / "results"), "--out", str(tmp_path / "r.html"), "--title", "mine"])
     assert caught.value.code == 0 and "<title>mine</title>" in (tmp_path / "r.html").read_text()
-    assert "not run: kurtosis, importance, pruning, concepts, cka, wiseft" in capsys.readouterr().out
+    assert "not run: kurtosis, importance, pruning, concepts, atlas, cka, wiseft" in capsys.readouterr().out
     with pytest.raises(SystemExit) as caught:
         main(["report", str(tmp_path / "nothing")])
     assert caught.value.code == 2 and "results folder" in capsys.readouterr().err
