@@ -484,13 +484,14 @@ def paired_cka_check(context: Context) -> Check:
         values = pass_(device, None)
         return {"fp32": values, "bf16": values}, 2.0 * sizes.images
 
-    # measured on the CPU (MobileNetV2 and this copy, 64 images in minibatches of 32): bf16 autocast moved every CKA
-    # value by at most 0.007 (0.014 with a 4x smaller perturbation); TF32 moves features 17x less than bf16
+    # measured on the CPU, MobileNetV2 and this copy: bf16 autocast moved every CKA value by at most 0.005 in
+    # minibatches of 128 (FULL's), 0.007 in minibatches of 32 and 0.031 in minibatches of 8 (the unbiased estimator
+    # amplifies feature noise more in small minibatches); TF32 moves the features 17x less than bf16
     return Check("paired CKA", f"the study's paired pass (paired_cka) of {sizes.model} and a perturbed copy, "
                  f"{sizes.images} images in minibatches of {minibatch}, fp32 and bf16 autocast against the CPU in fp32",
                  work, {"fp32": Tolerance(atol=0.01, why="TF32 convolutions (bf16's error / 17)"),
-                        "bf16": Tolerance(atol=0.05, why="bf16 autocast (<= 0.014 measured on the CPU)")}, "images",
-                 reference=reference)
+                        "bf16": Tolerance(atol=0.05, why="bf16 autocast (0.005 measured in minibatches of 128)")},
+                 "images", reference=reference)
 
 
 def lowrank_check(context: Context) -> Check:
