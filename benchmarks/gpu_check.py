@@ -587,7 +587,8 @@ def in_process(arguments: list[str]) -> dict:
     from robustsig.cli import main as cli
 
     printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
+    with contextlib.redirect_stdout(printed), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*randomly initialised", category=UserWarning)  # TRAIN_SPEC's
         try:
             cli(arguments)
         except SystemExit as done:
