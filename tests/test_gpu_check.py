@@ -6,15 +6,18 @@ path by path, and the exit status says so."""
 from __future__ import annotations
 
 import dataclasses
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
-from benchmarks import gpu_check
-from benchmarks.gpu_check import Tolerance, compare
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: the benchmarks package
+from benchmarks import gpu_check  # noqa: E402
+from benchmarks.gpu_check import Tolerance, compare  # noqa: E402
 
-pytestmark = [pytest.mark.torchrun, pytest.mark.filterwarnings("ignore:.*randomly initialised",
-                                                               "ignore:.*Grad strides do not match")]
+pytestmark = [pytest.mark.torchrun, pytest.mark.slow,
+              pytest.mark.filterwarnings("ignore:.*randomly initialised", "ignore:.*Grad strides do not match")]
 
 
 def perturbed(values: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
