@@ -3,7 +3,7 @@
 Run as a script it extracts a folder of test images into a store, so a test can kill it (``kill -9``) or run it
 under ``torchrun``:
 
-    python tests/extract_helpers.py IMAGE_ROOT OUT_DIR [--shard-size S] [--batch-size B]
+    python tests/extract_helpers.py IMAGE_ROOT OUT_DIR [--shard-size S] [--batch-size B] [--folder]
 """
 
 from __future__ import annotations
@@ -135,9 +135,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shard-size", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=3)
     parser.add_argument("--layers", nargs="*", default=["conv1"])
+    parser.add_argument("--folder", action="store_true", help="list the images as rs.open_dataset('folder') does")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    store = rs.extract(tiny_classifier(), reopen_folder(args.root), args.out, layers=args.layers,
+    dataset = rs.open_dataset("folder", args.root) if args.folder else reopen_folder(args.root)
+    store = rs.extract(tiny_classifier(), dataset, args.out, layers=args.layers,
                        batch_size=args.batch_size, shard_size=args.shard_size, num_workers=0, progress=False)
     print(f"rank {os.environ.get('RANK', 0)}: {store.num_rows} rows", flush=True)
 
