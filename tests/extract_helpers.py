@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
+import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -124,6 +127,24 @@ class CrashAt:
         self.calls += 1
         if self.calls == self.k:
             raise self.error
+
+
+def kill_9_when(root: Path, out: Path, ready: Callable[[], bool], stall_after: int, *options: str) -> None:
+    """Run this script on ``root`` into ``out`` in a child process that hangs after ``stall_after`` decoded images,
+    and ``kill -9`` it as soon as ``ready()`` (within 120 s, or the test fails)."""
+    tests = Path(__file__).resolve().parent
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(tests.parent / "src"), str(tests)]),
+                        "ROBUSTSIG_TEST_STALL_AFTER": str(stall_after), "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen([sys.executable, __file__, str(root), str(out), *options], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while not ready():
+        assert child.poll() is None, child.stdout.read().decode()
+        assert time.monotonic() < deadline, "the child did not get there in time"
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert child.returncode == -signal.SIGKILL
 
 
 def main(argv: list[str] | None = None) -> None:

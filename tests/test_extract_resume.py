@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,10 +11,7 @@ import robustsig as rs
 from robustsig._atomic import temporary_name
 from robustsig.extraction.store import ActivationStore
 
-from extract_helpers import CrashAt, assert_same_store, image_folder, reopen_folder, tiny_classifier
-
-TESTS = Path(__file__).resolve().parent
-SRC = TESTS.parent / "src"
+from extract_helpers import CrashAt, assert_same_store, image_folder, kill_9_when, reopen_folder, tiny_classifier
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # bit-for-bit equality with the one-thread subprocesses
@@ -64,19 +56,8 @@ def test_resume_after_kill_9(tmp_path):
     reference = run(tiny_classifier(), ds, tmp_path / "reference")
     # the child hangs on its 10th decoded image (position 10; position 9 does not decode) until it is killed:
     # batches [0-2], [3-5], [6-8] are done, so shards 0 and 1 (positions 0-7) are written
-    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(SRC), str(TESTS)]), "ROBUSTSIG_TEST_STALL_AFTER": "9",
-                        "OMP_NUM_THREADS": "1"}
     out = tmp_path / "store"
-    child = subprocess.Popen([sys.executable, str(TESTS / "extract_helpers.py"), str(tmp_path / "images"), str(out)],
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while not (out.exists() and "shard-000001" in shard_files(out)):
-        assert child.poll() is None, child.stdout.read().decode()
-        assert time.monotonic() < deadline, "the child wrote no shard in time"
-        time.sleep(0.02)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    assert child.returncode == -signal.SIGKILL
+    kill_9_when(tmp_path / "images", out, lambda: out.exists() and "shard-000001" in shard_files(out), 9)
     kept = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("shard-*")}
     assert shard_files(out) == ["shard-000000", "shard-000001"]
     # what a crash can leave: a temp file of a shard being written, and (disk trouble) a garbled shard under the

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +18,8 @@ import robustsig as rs
 import robustsig._contents as contents
 from robustsig.extraction.store import ActivationStore
 
-from extract_helpers import assert_same_store, image_folder, mobilenet_classifier, tiny_classifier
+from extract_helpers import assert_same_store, image_folder, kill_9_when, mobilenet_classifier, tiny_classifier
 from imagefiles import write_image
-
-TESTS = Path(__file__).resolve().parent
-SRC = TESTS.parent / "src"
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # bit-for-bit equality with the one-thread subprocesses
 
@@ -274,19 +268,9 @@ def test_kill_9_during_an_update_leaves_the_old_store_valid(tmp_path):
     old = run(folder(root), tmp_path / "store")
     old_files = sorted(p.name for p in (tmp_path / "store").glob("shard-*"))
     write_image(root / "class0" / "img0000b.png", seed=300)  # shard 0 computes it, shards 1-5 are shifted copies
-    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(SRC), str(TESTS)]), "ROBUSTSIG_TEST_STALL_AFTER": "0",
-                        "OMP_NUM_THREADS": "1"}
     out = tmp_path / "store"
-    child = subprocess.Popen([sys.executable, str(TESTS / "extract_helpers.py"), str(root), str(out), "--folder"],
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while len(list(out.glob("shard-*"))) < len(old_files) + 5:  # the 5 copied shards are written first
-        assert child.poll() is None, child.stdout.read().decode()
-        assert time.monotonic() < deadline, "the child wrote no shard in time"
-        time.sleep(0.02)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    assert child.returncode == -signal.SIGKILL
+    # the child hangs on its first image; the 5 shards it only copies are written before
+    kill_9_when(root, out, lambda: len(list(out.glob("shard-*"))) >= len(old_files) + 5, 0, "--folder")
     assert_same_store(ActivationStore(out), old)  # the old store is untouched and still reads as it was
     written = {p.name: p.stat().st_ino for p in out.glob("shard-*") if p.name not in old_files}
     clf = tiny_classifier()

@@ -13,19 +13,11 @@ import os
 
 
 def stat_stamp(status: os.stat_result) -> list[int]:
-    """The stamp of a file from its ``os.stat`` result."""
-    return [status.st_size, status.st_mtime_ns, status.st_ctime_ns, status.st_ino]
-
-
-def file_stamp(path: str | bytes | os.PathLike) -> list[int] | None:
-    """``[size, mtime_ns, ctime_ns, inode]`` of ``path`` (links followed), or ``None`` when it cannot be read.
+    """The stamp of a file from its ``os.stat`` (or ``os.fstat``) result.
 
     >>> import tempfile
     >>> with tempfile.NamedTemporaryFile() as handle:
-    ...     file_stamp(handle.name)[0]
+    ...     stat_stamp(os.stat(handle.name))[0]
     0
     """
-    try:
-        return stat_stamp(os.stat(path))
-    except (OSError, ValueError):
-        return None
+    return [status.st_size, status.st_mtime_ns, status.st_ctime_ns, status.st_ino]

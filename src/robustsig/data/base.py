@@ -221,13 +221,14 @@ class ImageDataset(ImageSource, Dataset):
     def describe(self) -> dict[str, Any]:
         """What the dataset is, for manifests and store keys: kind, size, classes, ``files_digest`` (every sample's
         path relative to the root and label) and ``contents_digest`` (the same with the digest of every file's
-        bytes, and the files left unlisted with the reasons); see :class:`~robustsig.data.listing.FileListing`.
+        bytes, and the files left unlisted with the reasons); see :meth:`FileListing.describe
+        <robustsig.data.listing.FileListing.describe>`.
 
         The guarantee: an image whose bytes changed since a store was made changes ``contents_digest``, so a store
         of the old image is never reused; a copy, a ``touch`` or a move of the folder keeps it. Where the folder
         lies is not part of it.
         """
-        return self.listing().description()
+        return self.listing().describe()
 
 
 def _plain_id(value: Any) -> Any:

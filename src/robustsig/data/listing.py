@@ -1,7 +1,7 @@
 """The files of a map-style dataset as a store keys them: per position, the file's name relative to the dataset's
 root, its label and the digest of its bytes (:mod:`robustsig._contents`).
 
-The dataset's description (:meth:`FileListing.description`, what :meth:`ImageDataset.describe
+The dataset's description (:meth:`FileListing.describe`, what :meth:`ImageDataset.describe
 <robustsig.data.base.ImageDataset.describe>` returns) digests the whole listing; an activation store also keeps the
 listing of every shard, so a rerun on a changed folder tells which files were added, removed or changed and
 computes only their rows (:mod:`robustsig.extraction.update`). Where the folder lies is in neither: a dataset moved,
@@ -47,7 +47,7 @@ class FileListing:
         stop = len(self.names) if stop is None else stop
         return [[self.names[i], self.labels[i], self.digests[i]] for i in range(start, stop)]
 
-    def description(self) -> dict[str, Any]:
+    def describe(self) -> dict[str, Any]:
         """Kind, number of samples and classes, ``files_digest`` (names and labels) and ``contents_digest``
         (names, labels and the bytes of every file; and the files left unlisted with the reasons)."""
         files = hashlib.blake2b(digest_size=16)

@@ -43,7 +43,7 @@ from robustsig.extraction.loader import Batch, batch_loader
 from robustsig.extraction.ranks import rank_shards
 from robustsig.extraction.store import (HEAD_KEYS, LAYER_PREFIX, ROW_KEYS, ActivationStore, memmap_tensor,
                                         safetensors_header, torch_dtype)
-from robustsig.extraction.update import Changes, Donors
+from robustsig.extraction.update import Changes, Donors, describe_changes
 from robustsig.extraction.writer import StoreWriter, dtype_name
 from robustsig.models.classifier import Classifier, Pooling
 
@@ -122,7 +122,7 @@ def extract(classifier: Classifier, dataset: Dataset, out_dir: str | os.PathLike
     with rehashing(rehash):
         listing = None if streaming else dataset_listing(dataset)
         key = _store_key(classifier, dataset, layer_names, pooling, store_dtype, autocast, logits_topk,
-                         None if listing is None else listing.description())
+                         None if listing is None else describe_dataset(listing))
     digest = key_digest(key)
     out_dir = Path(out_dir)
     writer = StoreWriter(out_dir, key, digest, shard_size, num_samples, listing)
@@ -134,15 +134,16 @@ def extract(classifier: Classifier, dataset: Dataset, out_dir: str | os.PathLike
                 store = ActivationStore(out_dir)
                 store.check = _check_report("reused", listing, None)
                 if show:
+                    note = describe_check(store.check)
                     print(f"reusing the finished store {store.path} ({store.num_rows} images)"
-                          f"{_hashing_note(listing)}", file=sys.stderr)
+                          f"{'; ' + note if note else ''}", file=sys.stderr)
                 return store
             run = _Run(classifier, writer, world, device, layer_names, pooling, _STORE_DTYPES[store_dtype],
                        _AUTOCAST[autocast], channels_last, logits_topk, num_samples, batch_size, progress)
             work = run.plan(streaming)
             if show and writer.mode == "update":
-                print(f"updating the store {out_dir}: {_changes_text(writer)}; {run.copied} row(s) kept, "
-                      f"{run.todo} to compute{_hashing_note(listing)}", file=sys.stderr, flush=True)
+                print(f"updating the store {out_dir}: {describe_check(_check_report('update', listing, writer.changes))}"
+                      f"; {run.copied} row(s) kept, {run.todo} to compute", file=sys.stderr, flush=True)
             classifier.eval()
             classifier.to(device)
             if channels_last:
@@ -189,23 +190,30 @@ def _check_report(status: str, listing: FileListing | None, changes: Changes | N
     return report
 
 
-def _hashing_note(listing: FileListing | None) -> str:
-    """``; 6 image(s) read again: the stat data of 6 changed, not their bytes (a copy, touch or restore: a, b)``."""
-    if listing is None or not listing.report.hashed:
-        return ""
-    report = listing.report
-    note = f"; {report.hashed} image(s) read to check their bytes"
-    if report.stat_only_count:
-        more = report.stat_only_count - len(report.stat_only)
-        note += (f" (only the stat data of {report.stat_only_count} changed, not their bytes: a copy, touch or "
-                 f"restore: {', '.join(report.stat_only)}{f' and {more} more' if more > 0 else ''})")
-    return note
+def describe_check(check: dict[str, Any]) -> str:
+    """What an :func:`extract` call found (``store.check``), in words: the files that changed since the store was
+    made, and the images read again to check their bytes (``""`` when there is nothing to say).
 
-
-def _changes_text(writer: StoreWriter) -> str:
-    if writer.changes is None:
-        return "the store lists no files (made before content keys, or from a stream): every row is recomputed"
-    return writer.changes.describe()
+    >>> describe_check({"status": "reused", "files": {"files": 6, "hashed": 6, "stat_only": 6, "changed": 0,
+    ...                 "unreadable": 0, "stat_only_examples": ["a.png"]}})
+    '6 image(s) read to check their bytes: only the stat data of 6 changed, not their bytes (a copy, touch or restore: a.png and 5 more)'
+    """
+    parts = []
+    changes = check.get("changes")
+    if changes is not None:
+        parts.append(describe_changes(changes, changes.get("examples", {})))
+    elif check.get("status") == "update":
+        parts.append("the store lists no files (made before content keys, or from a stream): every row is computed")
+    files = check.get("files") or {}
+    if files.get("hashed"):
+        note = f"{files['hashed']} image(s) read to check their bytes"
+        if files.get("stat_only"):
+            shown = files.get("stat_only_examples", [])
+            more = files["stat_only"] - len(shown)
+            note += (f": only the stat data of {files['stat_only']} changed, not their bytes (a copy, touch or "
+                     f"restore: {', '.join(shown)}{f' and {more} more' if more > 0 else ''})")
+        parts.append(note)
+    return "; ".join(parts)
 
 
 def store_key(classifier: Classifier, dataset: Dataset, layers: Sequence[str] | Literal["all"] | None = None, *,
@@ -234,7 +242,7 @@ def store_key(classifier: Classifier, dataset: Dataset, layers: Sequence[str] | 
                                                    logits_topk, 1, 1, None)
     if description is None and not isinstance(dataset, IterableDataset):
         listing = dataset_listing(dataset)
-        description = None if listing is None else listing.description()
+        description = None if listing is None else describe_dataset(listing)
     return _store_key(classifier, dataset, layer_names, pooling, store_dtype, autocast, logits_topk, description)
 
 

@@ -169,6 +169,9 @@ class ActivationStore:
             raise DataError(f"the activation store in {self.path} is unfinished ({written} shard files so far); "
                             "rerun the same extraction to resume and finish it")
         self._manifest = manifest
+        self.check: dict[str, Any] | None = None
+        """What the :func:`robustsig.extract` call that returned this store found (reused, updated...: see
+        :func:`robustsig.extraction.extractor.describe_check`); ``None`` for a store opened directly."""
         shards = manifest["shards"]
         self._shard_rows = [int(s["rows"]) for s in shards]
         self._shard_offsets = np.concatenate([[0], np.cumsum(self._shard_rows, dtype=np.int64)]).tolist()

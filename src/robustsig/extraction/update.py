@@ -54,17 +54,26 @@ class Changes:
         return any(count for kind, count in self.counts.items() if kind != "unchanged")
 
     def describe(self) -> str:
-        """One line: ``2 added (a.png, b.png), 1 bytes changed (c.png)``; ``no file changed`` when none did."""
-        words = {"added": "added", "removed": "removed", "changed": "with changed bytes",
-                 "relabelled": "relabelled", "moved": "moved or renamed (same bytes)"}
-        parts = []
-        for kind, word in words.items():
-            count = self.counts[kind]
-            if count:
-                shown = self.examples.get(kind, [])
-                more = f" and {count - len(shown)} more" if count > len(shown) else ""
-                parts.append(f"{count} file(s) {word} ({', '.join(shown)}{more})")
-        return "; ".join(parts) if parts else "no file changed"
+        """One line: ``2 file(s) added (a.png, b.png); 1 file(s) with changed bytes (c.png)``."""
+        return describe_changes(self.counts, self.examples)
+
+
+def describe_changes(counts: dict[str, int], examples: dict[str, list[str]]) -> str:
+    """The line of :meth:`Changes.describe` from its counts and examples (as ``store.check`` holds them).
+
+    >>> describe_changes({"added": 3, "removed": 0}, {"added": ["a.png", "b.png"]})
+    '3 file(s) added (a.png, b.png and 1 more)'
+    """
+    words = {"added": "added", "removed": "removed", "changed": "with changed bytes",
+             "relabelled": "relabelled", "moved": "moved or renamed (same bytes)"}
+    parts = []
+    for kind, word in words.items():
+        count = counts.get(kind, 0)
+        if count:
+            shown = examples.get(kind, [])
+            more = f" and {count - len(shown)} more" if count > len(shown) else ""
+            parts.append(f"{count} file(s) {word} ({', '.join(shown)}{more})")
+    return "; ".join(parts) if parts else "no file changed"
 
 
 def _entry(item: Any) -> tuple[str, int, str | None]:
