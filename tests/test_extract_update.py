@@ -279,3 +279,14 @@ def test_kill_9_during_an_update_leaves_the_old_store_valid(tmp_path):
     assert {name: (out / name).stat().st_ino for name in written} == written
     assert_same_store(store, run(folder(root), tmp_path / "fresh"))
     assert sorted(p.name for p in out.glob("shard-*")) == sorted(s["file"] for s in store.manifest["shards"])
+
+
+@pytest.mark.parametrize("name", ["robustsig._contents", "robustsig.extraction.key",
+                                  "robustsig.extraction.update", "robustsig.extraction.extractor",
+                                  "robustsig.extraction.store"])
+def test_docstring_examples_run(name):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from robustsig._contents import HashReport, digest_files, relative_name
+from robustsig._contents import HashReport, digest_files, relative_name, relative_names
 
 PER_FILE_FIELDS = ("num_samples", "num_unlisted", "files_digest", "contents_digest")
 """The fields of a description that list the files; the others (kind, classes) say what the files are read as."""
@@ -50,12 +50,10 @@ class FileListing:
     def describe(self) -> dict[str, Any]:
         """Kind, number of samples and classes, ``files_digest`` (names and labels) and ``contents_digest``
         (names, labels and the bytes of every file; and the files left unlisted with the reasons)."""
-        files = hashlib.blake2b(digest_size=16)
-        contents = hashlib.blake2b(digest_size=16)
-        for name, label, digest in zip(self.names, self.labels, self.digests):
-            line = os.fsencode(name) + f"\t{label}".encode()
-            files.update(line + b"\n")
-            contents.update(line + f"\t{digest}\n".encode())
+        lines = [os.fsencode(name) + f"\t{label}".encode() for name, label in zip(self.names, self.labels)]
+        files = hashlib.blake2b(b"".join(line + b"\n" for line in lines), digest_size=16)
+        contents = hashlib.blake2b(b"".join(line + f"\t{digest}\n".encode()
+                                            for line, digest in zip(lines, self.digests)), digest_size=16)
         for name, reason in self.unlisted:
             contents.update(b"unlisted\t" + os.fsencode(name) + f"\t{reason}\n".encode(errors="surrogateescape"))
         return {"kind": self.kind, "num_samples": len(self.names), "num_classes": self.num_classes,
@@ -68,7 +66,7 @@ def list_files(samples: Sequence[tuple[str, int]], root: str | None, unlisted: S
     """The :class:`FileListing` of ``(path, label)`` samples under ``root`` (one ``stat`` per file; a file is
     read only when its stamp is not in the stat cache)."""
     paths = [path for path, _ in samples]
-    names = [relative_name(path, root) for path in paths]
+    names = relative_names(paths, root) if root is not None else list(paths)
     digests, report = digest_files(paths, root, names if root is not None else None, progress_label="hash images")
     return FileListing(kind=kind, num_classes=num_classes, names=names, labels=[label for _, label in samples],
                        digests=digests, report=report,
