@@ -157,7 +157,8 @@ def _hash_file(path: str) -> tuple[str, list[int]] | None:
         try:
             before = stat_stamp(os.fstat(fd))
             digest = hashlib.blake2b(digest_size=DIGEST_SIZE)
-            while chunk := os.read(fd, max(_CHUNK, before[0] + 1)):
+            size = before[0] + 1 if before[0] < _CHUNK else _CHUNK  # a small file in one read, a large one by MB
+            while chunk := os.read(fd, size):
                 digest.update(chunk)
             after = stat_stamp(os.fstat(fd))
         except OSError:
