@@ -146,6 +146,7 @@ class StoreWriter:
                 leftover.unlink(missing_ok=True)
         self.mode = self._existing_store(overwrite)
         if self.mode == "finished":
+            self._delete_unnamed_shards(read_json(self.path / MANIFEST))  # an update killed after its manifest
             return True
         if self.mode == "new":
             others = [p.name for p in self.path.iterdir() if p.name != LOCK_FILE]
@@ -367,7 +368,12 @@ class StoreWriter:
             "num_skipped": len(skipped), "skipped": skipped, "has_sample_keys": has_keys,
         })
         write_json_atomic(self.path / MANIFEST, manifest)
-        kept = {shard["file"] for shard in shards}
-        for entry in self.path.iterdir():  # the replaced store's shards, and stray ones of interrupted updates
+        self._delete_unnamed_shards(manifest)
+
+    def _delete_unnamed_shards(self, manifest: Mapping[str, Any]) -> None:
+        """Delete the shard files a finished manifest does not name: the replaced store's, and stray ones of
+        interrupted updates."""
+        kept = {shard["file"] for shard in manifest.get("shards", [])}
+        for entry in self.path.iterdir():
             if shard_index(entry.name) is not None and entry.name not in kept:
                 entry.unlink(missing_ok=True)
