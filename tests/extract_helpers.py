@@ -3,15 +3,18 @@
 Run as a script it extracts a folder of test images into a store, so a test can kill it (``kill -9``) or run it
 under ``torchrun``:
 
-    python tests/extract_helpers.py IMAGE_ROOT OUT_DIR [--shard-size S] [--batch-size B]
+    python tests/extract_helpers.py IMAGE_ROOT OUT_DIR [--shard-size S] [--batch-size B] [--folder]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import signal
+import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +129,24 @@ class CrashAt:
             raise self.error
 
 
+def kill_9_when(root: Path, out: Path, ready: Callable[[], bool], stall_after: int, *options: str) -> None:
+    """Run this script on ``root`` into ``out`` in a child process that hangs after ``stall_after`` decoded images,
+    and ``kill -9`` it as soon as ``ready()`` (within 120 s, or the test fails)."""
+    tests = Path(__file__).resolve().parent
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(tests.parent / "src"), str(tests)]),
+                        "ROBUSTSIG_TEST_STALL_AFTER": str(stall_after), "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen([sys.executable, __file__, str(root), str(out), *options], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while not ready():
+        assert child.poll() is None, child.stdout.read().decode()
+        assert time.monotonic() < deadline, "the child did not get there in time"
+        time.sleep(0.02)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert child.returncode == -signal.SIGKILL
+
+
 def main(argv: list[str] | None = None) -> None:
     import robustsig as rs
 
@@ -135,9 +156,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shard-size", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=3)
     parser.add_argument("--layers", nargs="*", default=["conv1"])
+    parser.add_argument("--folder", action="store_true", help="list the images as rs.open_dataset('folder') does")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    store = rs.extract(tiny_classifier(), reopen_folder(args.root), args.out, layers=args.layers,
+    dataset = rs.open_dataset("folder", args.root) if args.folder else reopen_folder(args.root)
+    store = rs.extract(tiny_classifier(), dataset, args.out, layers=args.layers,
                        batch_size=args.batch_size, shard_size=args.shard_size, num_workers=0, progress=False)
     print(f"rank {os.environ.get('RANK', 0)}: {store.num_rows} rows", flush=True)
 

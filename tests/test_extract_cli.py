@@ -80,3 +80,34 @@ def test_real_mobilenet_through_folder_store_and_logits(tmp_path):
     by_class = dict(zip(labels.tolist(), logits.argmax(1).tolist()))  # folder labels: cat = 0, cup = 1
     assert by_class[1] == 967  # espresso
     assert 281 <= by_class[0] <= 285  # a domestic cat
+
+
+def test_extract_command_says_what_changed(tmp_path, tiny_model, monkeypatch):
+    import os
+
+    import robustsig._contents
+
+    monkeypatch.setattr(robustsig._contents, "RACY_NS", 0)  # files written just now count as settled
+    from imagefiles import write_image
+
+    root = tmp_path / "images"
+    image_folder(root, 6)
+    argv = ["extract", "test:tiny", f"folder:{root}", "--out", str(tmp_path / "store"), "--batch-size", "3",
+            "--workers", "0"]
+    assert CliRunner().invoke(app, argv + ["--json"]).exit_code == 0
+    write_image(root / "class0" / "extra.png", seed=9)
+    (root / "class1" / "img0001.png").unlink()
+    result = CliRunner().invoke(app, argv + ["--json"])
+    assert result.exit_code == 0, result.output
+    check = json.loads(result.stdout)["check"]
+    assert check["status"] == "update"
+    assert {k: check["changes"][k] for k in ("added", "removed", "changed")} == {"added": 1, "removed": 1,
+                                                                                 "changed": 0}
+    assert check["changes"]["examples"] == {"added": ["class0/extra.png"], "removed": ["class1/img0001.png"]}
+    for path in root.rglob("*.*"):
+        os.utime(path)
+    touched = CliRunner().invoke(app, argv)
+    assert touched.exit_code == 0
+    assert "reused the store: 6 image(s) read to check their bytes: only the stat data of 6 changed" in touched.stderr
+    forced = json.loads(CliRunner().invoke(app, argv + ["--json", "--rehash"]).stdout)["check"]
+    assert forced["status"] == "reused" and forced["files"]["hashed"] == 6

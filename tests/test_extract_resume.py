@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,10 +11,7 @@ import robustsig as rs
 from robustsig._atomic import temporary_name
 from robustsig.extraction.store import ActivationStore
 
-from extract_helpers import CrashAt, assert_same_store, image_folder, reopen_folder, tiny_classifier
-
-TESTS = Path(__file__).resolve().parent
-SRC = TESTS.parent / "src"
+from extract_helpers import CrashAt, assert_same_store, image_folder, kill_9_when, reopen_folder, tiny_classifier
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # bit-for-bit equality with the one-thread subprocesses
@@ -30,18 +22,22 @@ def run(clf, ds, out, **options):
     return rs.extract(clf, ds, out, **options)
 
 
+def shard_files(folder: Path) -> list[str]:
+    """The shard files of a store folder, as ``shard-NNNNNN`` (their tags left out)."""
+    return sorted(p.name[:len("shard-000000")] for p in folder.glob("shard-*.safetensors"))
+
+
 @pytest.mark.parametrize("error", [RuntimeError("batch failed"), KeyboardInterrupt()])
 def test_resume_after_a_crash_in_batch_k(tmp_path, error):
     ds = image_folder(tmp_path / "images", 18, corrupt=(6,))
     reference = run(tiny_classifier(), ds, tmp_path / "reference")
     clf = tiny_classifier()
-    crash = CrashAt(6, error)  # batches of 3 in shards of 4: 2 per shard; pass 6 is shard 2's second batch
+    crash = CrashAt(4, error)  # batches of 3 in shards of 4: passes 1-3 finish positions 0-8, pass 4 fails
     handle = clf.encoder.register_forward_pre_hook(crash)
     with pytest.raises(type(error)):
         run(clf, ds, tmp_path / "store")
     handle.remove()
-    written = sorted(p.name for p in (tmp_path / "store").glob("shard-*"))
-    assert written == ["shard-000000.safetensors", "shard-000001.safetensors"]
+    assert shard_files(tmp_path / "store") == ["shard-000000", "shard-000001"]
     with pytest.raises(rs.DataError, match="unfinished"):
         ActivationStore(tmp_path / "store")
     assert clf.training, "the classifier's mode is restored after a failure"
@@ -49,36 +45,28 @@ def test_resume_after_a_crash_in_batch_k(tmp_path, error):
     counter = CrashAt(None, error)
     clf.encoder.register_forward_pre_hook(counter)
     store = run(clf, ds, tmp_path / "store")
-    assert counter.calls == 5  # shards 2 and 3 (2 batches each) and 4 (positions 16, 17: 1 batch) only
+    assert counter.calls == 4  # positions 8-17 of shards 2, 3 and 4 only: 10 positions in batches of 3
     assert store.summary["reused_shards"] == 2 and store.summary["written_shards"] == 3
     assert_same_store(store, reference)
 
 
 def test_resume_after_kill_9(tmp_path):
     image_folder(tmp_path / "images", 20, corrupt=(9,))
-    # the child hangs on its 9th image (position 8, the first of shard 2) until it is killed
-    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(SRC), str(TESTS)]), "ROBUSTSIG_TEST_STALL_AFTER": "8",
-                        "OMP_NUM_THREADS": "1"}
-    out = tmp_path / "store"
-    child = subprocess.Popen([sys.executable, str(TESTS / "extract_helpers.py"), str(tmp_path / "images"), str(out)],
-                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while not (out / "shard-000001.safetensors").exists():
-        assert child.poll() is None, child.stdout.read().decode()
-        assert time.monotonic() < deadline, "the child wrote no shard in time"
-        time.sleep(0.02)
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    assert child.returncode == -signal.SIGKILL
-    kept = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("shard-*")}
-    assert sorted(kept) == ["shard-000000.safetensors", "shard-000001.safetensors"]
-    # what a crash can leave: a temp file of a shard being written, and (disk trouble) a garbled shard
-    (out / temporary_name("shard-000004.safetensors", 12345)).write_bytes(b"partial")
-    (out / "shard-000004.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage")
-
     ds = reopen_folder(tmp_path / "images")
-    store = run(tiny_classifier(), ds, out)
     reference = run(tiny_classifier(), ds, tmp_path / "reference")
+    # the child hangs on its 10th decoded image (position 10; position 9 does not decode) until it is killed:
+    # batches [0-2], [3-5], [6-8] are done, so shards 0 and 1 (positions 0-7) are written
+    out = tmp_path / "store"
+    kill_9_when(tmp_path / "images", out, lambda: out.exists() and "shard-000001" in shard_files(out), 9)
+    kept = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.glob("shard-*")}
+    assert shard_files(out) == ["shard-000000", "shard-000001"]
+    # what a crash can leave: a temp file of a shard being written, and (disk trouble) a garbled shard under the
+    # very name this run wants
+    fourth = reference.manifest["shards"][4]["file"]
+    (out / temporary_name(fourth, 12345)).write_bytes(b"partial")
+    (out / fourth).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{garbage")
+
+    store = run(tiny_classifier(), ds, out)
     assert_same_store(store, reference)
     for name, stamp in kept.items():  # the complete shards were kept, not rewritten
         assert ((out / name).stat().st_ino, (out / name).stat().st_mtime_ns) == stamp

@@ -132,10 +132,10 @@ def test_bad_streams_are_explained(folder, tmp_path, monkeypatch):
         run(tiny_classifier(), FolderStream(folder), tmp_path / "c")
 
 
-def test_batches_are_cut_per_shard():
-    from robustsig.extraction.loader import _ShardBatches, plan_batches
+def test_stream_batches_are_cut_per_shard_and_map_batches_are_consecutive_chunks():
+    from robustsig.extraction.loader import _PositionBatches, plan_batches
 
     assert plan_batches(0, 10, 4, 3) == [[0, 1, 2], [3], [4, 5, 6], [7], [8, 9]]
-    assert plan_batches(8, 10, 4, 3) == [[8, 9]]  # a run resumed at shard 2 cuts the same batches
-    sampler = _ShardBatches([range(0, 4), range(8, 10)], 4, 3)
-    assert list(sampler) == [[0, 1, 2], [3], [8, 9]] and len(sampler) == 3
+    assert plan_batches(8, 10, 4, 3) == [[8, 9]]  # a stream resumed at shard 2 cuts the same batches
+    sampler = _PositionBatches([range(0, 4), [5, 8, 9, 11]], 3)
+    assert list(sampler) == [[0, 1, 2], [3, 5, 8], [9, 11]] and len(sampler) == 3

@@ -45,6 +45,7 @@ from study_helpers import build_world, counting_forwards, study_data, write_conf
 MODELS = ("zs", "ft", "ctrl", "mnv2")
 SETS = ("photos", "shift-a", "shift-b")
 IMAGES = {"photos": 30, "shift-a": 19, "shift-b": 20, "broden": 40}  # decoded images (shift-a: one truncated)
+FILES = {"photos": 30, "shift-a": 20, "shift-b": 20, "broden": 40}
 SECTIONS = ("accuracy", "kurtosis", "importance", "pruning", "concepts", "atlas", "cka", "wiseft", "predict_er")
 
 
@@ -83,9 +84,12 @@ def test_the_run_extracts_each_store_once_and_computes_every_step(study):
     assert {step.status for step in summary.steps} == {"done"}
     subjects = [*MODELS, "zs@alpha=0.5"]
     assert sorted(summary.ran("extract")) == sorted(f"extract:{s}:{d}" for s in subjects for d in (*SETS, "broden"))
-    # every image through a model once to extract, then once more through each CKA pair (the paper's paired pass)
+    # every image through a model once to extract (each pass padded to the batch size, so that a row does not
+    # depend on its batch), then once more through each CKA pair (the paper's paired pass)
     paired = 2 * 2 * sum(len(batch) for batches in cka_minibatches(study).values() for batch in batches)
-    assert sum(study.images) == len(subjects) * sum(IMAGES.values()) + paired
+    batch = study.config.batch_size
+    padded = sum(-(-files // batch) * batch for files in FILES.values())
+    assert sum(study.images) == len(subjects) * padded + paired
     # the paper's CKA never stores activations: the only layers stored are those layer_kurtosis asks for
     assert {(m, d) for m in MODELS for d in SETS if store(study, m, d).layers} == {("zs", "photos")}
     assert len(store(study, "zs", "shift-a").skipped) == 1
@@ -528,3 +532,24 @@ def test_only_runs_the_selected_analyses_and_models(study):
         run_study(study.path, only=["kurtosiss"], progress=False)
     restored = run_study(study.path, only=["importance", "mnv2"], progress=False)
     assert restored.ran() == ["importance:mnv2"] and study.read(PrivilegedRow) == list(before.values())
+
+
+def test_a_moved_study_folder_reuses_its_stores(tmp_path):
+    """Datasets, checkpoints and stores moved together to another folder (or copied with cp -a): the stores are
+    keyed by the files' bytes and names, not by where they lie."""
+    import shutil
+
+    root = build_world(tmp_path / "before")
+    data = study_data(root)
+    data["models"] = [m for m in data["models"] if m["name"] in ("zs", "mnv2")]
+    data["analyses"] = {"accuracy": None}
+    first = run_study(write_config(root, data), progress=False)
+    assert first.ok and set(first.ran("extract")) == {f"extract:{m}:{d}" for m in ("zs", "mnv2") for d in SETS}
+    moved = root.rename(tmp_path / "after")
+    copied = tmp_path / "copy"
+    shutil.copytree(moved, copied, copy_function=shutil.copy2, symlinks=True)  # cp -a: new inodes and ctimes
+    for where in (moved, copied):
+        with counting_forwards() as images:
+            again = run_study(where / "study.yaml", progress=False)
+        assert again.ok and images == []
+        assert {step.status for step in again.steps if step.id.startswith("extract:")} == {"reused"}

@@ -28,7 +28,12 @@ def extract_command(
     pooling: str = typer.Option("auto", help="Layer pooling: auto, cls or mean."),
     topk: int = typer.Option(0, help="Keep only the k largest logits (0: keep all)."),
     shard_size: int = typer.Option(4096, help="Samples per shard file (the unit of resumption)."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a store of another extraction in --out."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a store of other settings (model, layers, "
+                                   "dtype...) in --out. Not needed when only the dataset's files changed: the "
+                                   "store is updated, computing only the rows of added or changed images."),
+    rehash: bool = typer.Option(False, "--rehash", help="Read every image to key the store, instead of trusting the "
+                                "stat cache for files whose size, times and inode are unchanged (also "
+                                "ROBUSTSIG_REHASH=1)."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON (no progress bars)."),
 ) -> None:
     """Run a model over a dataset once and store h, logits, labels and layers for cheap analyses.
@@ -39,7 +44,7 @@ def extract_command(
     from robustsig._progress import quiet
     from robustsig.data.registry import open_dataset, parse_dataset_options, parse_dataset_spec
     from robustsig.distributed import resolve_device, world_from_env
-    from robustsig.extraction.extractor import extract
+    from robustsig.extraction.extractor import describe_check, extract
     from robustsig.models.factory import load_classifier
 
     world = world_from_env()
@@ -52,14 +57,18 @@ def extract_command(
                                                        [name.strip() for name in layers.split(",") if name.strip()]),
                         batch_size=batch_size, num_workers=None if workers < 0 else workers, device=target,
                         dtype=dtype, autocast=autocast or None, pooling=pooling, logits_topk=topk or None,
-                        shard_size=shard_size, overwrite=overwrite, progress=not as_json)
+                        shard_size=shard_size, overwrite=overwrite, rehash=rehash, progress=not as_json)
     if not world.is_main:
         return
     summary = store.summary
     if as_json:
         emit_json({"store": str(store.path), "keys": store.keys, "rows": store.num_rows, "summary": summary,
-                   "skipped": store.skipped})
+                   "skipped": store.skipped, "check": store.check})
         return
+    note = describe_check(store.check or {})
+    if note:
+        verb = {"reused": "reused the store", "update": "updated the store"}.get(store.check["status"], "extracted")
+        typer.echo(printable(f"{verb}: {note}"), err=True)
     typer.echo(format_table([{"store": summary["store"], "images": summary["images"], "skipped": summary["skipped"],
                               "computed": summary["computed"], "seconds": float(summary["seconds"]),
                               "images/s": float(summary["images_per_s"] or 0)}], floatfmt=".1f"))

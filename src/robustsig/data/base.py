@@ -20,7 +20,6 @@ RGB(A) already.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import warnings
@@ -32,7 +31,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, IterableDataset, default_collate
 
-from robustsig._stamps import file_stamp
+from robustsig.data.listing import FileListing, list_files
 from robustsig.errors import CorruptImageError, InputError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -243,27 +242,23 @@ class ImageDataset(ImageSource, Dataset):
             self._corrupt(error)
             return None, self.samples[index][1], error.reason or str(error)
 
-    def describe(self) -> dict[str, Any]:
-        """What the dataset is, for manifests and store keys: kind, root, size, classes, ``files_digest`` (a
-        digest of every sample's path relative to the root and label: where the set lies does not change it, so a
-        training run resumes on a copy of its set) and ``stamps_digest`` (of every sample file's stamp: size,
-        mtime, ctime and inode, see :mod:`robustsig._stamps`; and of the files left unlisted, with the reasons).
+    def listing(self) -> FileListing:
+        """Every sample's name relative to the root, label and content digest (one ``stat`` per file; a file is
+        read only when the stat cache cannot vouch for it: :mod:`robustsig._contents`)."""
+        return list_files(self.samples, self.root, self.unlisted, kind=self.kind, num_classes=len(self.classnames),
+                          settings=self.with_limits({}))
 
-        The guarantee: an image changed in any way since a store was made (rewritten, even with its size kept
-        and its mtime put back, or replaced by another file) changes ``stamps_digest``, so an activation store of
-        the old image is never reused. Only a ``stat`` per file is paid, never a read of the images.
+    def describe(self) -> dict[str, Any]:
+        """What the dataset is, for manifests and store keys: kind, size, classes, ``files_digest`` (every sample's
+        path relative to the root and label) and ``contents_digest`` (the same with the digest of every file's
+        bytes, and the files left unlisted with the reasons); see :meth:`FileListing.describe
+        <robustsig.data.listing.FileListing.describe>`.
+
+        The guarantee: an image whose bytes changed since a store was made changes ``contents_digest``, so a store
+        of the old image is never reused; a copy, a ``touch`` or a move of the folder keeps it. Where the folder
+        lies is not part of it.
         """
-        files = hashlib.blake2b(digest_size=16)
-        stamps = hashlib.blake2b(digest_size=16)
-        for path, label in self.samples:
-            rel = os.path.relpath(path, self.root) if self.root else path
-            files.update(os.fsencode(rel) + f"\t{label}\n".encode())
-            stamps.update(f"{file_stamp(path)}\n".encode())
-        for item in self.unlisted:
-            stamps.update(os.fsencode(item["path"]) + f"\t{item['reason']}\n".encode(errors="surrogateescape"))
-        return self.with_limits({"kind": self.kind, "root": self.root, "num_samples": len(self.samples),
-                                 "num_classes": len(self.classnames), "num_unlisted": len(self.unlisted),
-                                 "files_digest": files.hexdigest(), "stamps_digest": stamps.hexdigest()})
+        return self.listing().describe()
 
 
 def _plain_id(value: Any) -> Any:

@@ -14,9 +14,9 @@
 
 A concept is present in an image when any of its label PNGs has a pixel of it or an image-level label names it.
 Building that ``N x C`` presence matrix decodes every label PNG (minutes on the full release), so it is built
-once and cached in ``cache_dir`` under a key made of the digests of every index file and the stamps of every
-label PNG (size, times, inode: :mod:`robustsig._stamps`): a changed index or label PNG never reuses a stale
-cache. A build that had to
+once and cached in ``cache_dir`` under a key made of the digests of every index file and of every label PNG's
+bytes (each PNG read once, then vouched for by its stamp: :mod:`robustsig._contents`): a changed index or label
+PNG never reuses a stale cache, and a copy or a move of the folder reuses it. A build that had to
 leave labels out (an undecodable PNG) is not cached. ``.concept_matrix`` is a dense bool tensor (63,305 x
 1,197: 76 MB).
 """
@@ -40,7 +40,7 @@ from PIL import Image
 
 from robustsig._atomic import atomic_output
 from robustsig._progress import progress
-from robustsig._stamps import file_stamp
+from robustsig._contents import digest_files, relative_name
 from robustsig.data._layout import examples, layout_error, locate, require_dir
 from robustsig.data.concepts import ConceptImageDataset
 from robustsig.errors import DataError
@@ -125,8 +125,9 @@ def _cache_key(folder: Path, categories: list[str], pngs: list[str]) -> str:
     digest = hashlib.blake2b(f"broden-presence-v{CACHE_FORMAT}".encode(), digest_size=16)
     for name in ["index.csv", "label.csv", "category.csv", *(f"c_{c}.csv" for c in categories)]:
         digest.update(name.encode() + b"\0" + hashlib.blake2b((folder / name).read_bytes()).digest())
-    for png in pngs:
-        digest.update(os.fsencode(png) + f"\0{file_stamp(png)}\n".encode())
+    contents, _ = digest_files(pngs, folder, progress_label="hash label PNGs")
+    for png, content in zip(pngs, contents):
+        digest.update(os.fsencode(relative_name(png, folder)) + f"\0{content}\n".encode())
     return digest.hexdigest()
 
 

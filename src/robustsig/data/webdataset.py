@@ -32,7 +32,7 @@ from typing import Any
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
-from robustsig._stamps import file_stamp
+from robustsig._contents import digest_files
 from robustsig.data._layout import examples, layout_error, require_dir
 from robustsig.data.base import ImageSource, log
 from robustsig.data.classes import imagenet_classnames, subset_indices
@@ -193,17 +193,19 @@ class WebImageDataset(ImageSource, IterableDataset):
         return KeyedStream(self)
 
     def describe(self) -> dict[str, Any]:
-        """Kind, root, size, classes, a digest of the shard names and sizes, and of the shards' stamps (size,
-        times, inode: :mod:`robustsig._stamps`), so a changed shard set or a shard rewritten in place never
-        reuses a stale store."""
+        """Kind, size, classes, a digest of the shard names and sizes, and of the shards' contents (each shard
+        is read once, then vouched for by its stamp: :mod:`robustsig._contents`), so a changed shard set or a
+        shard rewritten in place never reuses a stale store, and a copy of the shards reuses it."""
         digest = hashlib.blake2b(digest_size=16)
-        stamps = hashlib.blake2b(digest_size=16)
-        for shard in self.shards:
+        contents = hashlib.blake2b(digest_size=16)
+        shards = [str(shard) for shard in self.shards]
+        digests, _ = digest_files(shards, self.root, progress_label="hash shards")
+        for shard, content in zip(self.shards, digests):
             digest.update(f"{shard.name}\t{shard.stat().st_size}\n".encode())
-            stamps.update(f"{file_stamp(shard)}\n".encode())
-        return self.with_limits({"kind": self.kind, "root": self.root, "num_samples": len(self),
-                                 "num_classes": len(self.classnames), "num_shards": len(self.shards),
-                                 "files_digest": digest.hexdigest(), "stamps_digest": stamps.hexdigest()})
+            contents.update(f"{shard.name}\t{content}\n".encode())
+        return self.with_limits({"kind": self.kind, "num_samples": len(self), "num_classes": len(self.classnames),
+                                 "num_shards": len(self.shards), "files_digest": digest.hexdigest(),
+                                 "contents_digest": contents.hexdigest()})
 
 
 class KeyedStream(IterableDataset):

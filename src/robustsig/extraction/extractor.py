@@ -3,12 +3,22 @@
 The loop is the only expensive step of a study. It records, per sample, ``h`` (the head's input), the logits
 (or their top-k), the label, the dataset position (``ids``) and optional pooled layer taps, into a sharded
 :class:`~robustsig.extraction.store.ActivationStore` that is keyed by everything that determines it (see
-:mod:`robustsig.extraction.key`), resumable after any interruption, and writable by many torchrun ranks at once
-(see :mod:`robustsig.extraction.ranks`).
+:mod:`robustsig.extraction.key`), resumable after any interruption, updated in place when some of the dataset's
+files change (only their rows are computed: :mod:`robustsig.extraction.update`), and writable by many torchrun
+ranks at once (see :mod:`robustsig.extraction.ranks`).
+
+A row does not depend on the batch it ran in: every forward pass runs exactly ``batch_size`` images (a short batch
+is padded with copies of its last image, whose outputs are dropped). On CPU a model's output for one image can
+change in the last bits with the batch size (the kernels block the work by it; MobileNetV2 alone vs in a batch of
+8 differ by 5e-16), but not with the other images of a batch nor with its place in it (checked for convolutional
+networks, MobileNetV2, ResNet-18 and a ViT: ``tests/test_extract_update.py``). So a resumed run, a torchrun rank or
+an update that computes only a few rows stores exactly the values a fresh single-process extraction with the same
+batch size does, bit for bit on CPU.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import os
 import sys
@@ -26,10 +36,14 @@ from robustsig import distributed
 from robustsig._progress import progress as progress_bar
 from robustsig._progress import progress_enabled
 from robustsig.errors import DataError, InputError, RobustsigError
+from robustsig._contents import rehashing
+from robustsig.data.listing import FileListing
 from robustsig.extraction.key import describe_dataset, describe_transform, extraction_key, key_digest
 from robustsig.extraction.loader import Batch, batch_loader
 from robustsig.extraction.ranks import rank_shards
-from robustsig.extraction.store import HEAD_KEYS, LAYER_PREFIX, ROW_KEYS, ActivationStore
+from robustsig.extraction.store import (HEAD_KEYS, LAYER_PREFIX, ROW_KEYS, ActivationStore, memmap_tensor,
+                                        safetensors_header, torch_dtype)
+from robustsig.extraction.update import Changes, Donors, describe_changes
 from robustsig.extraction.writer import StoreWriter, dtype_name
 from robustsig.models.classifier import Classifier, Pooling
 
@@ -42,11 +56,14 @@ def extract(classifier: Classifier, dataset: Dataset, out_dir: str | os.PathLike
             num_workers: int | None = None, device: str | torch.device | None = None,
             dtype: str | torch.dtype = torch.float32, autocast: Literal["fp16", "bf16"] | None = None,
             channels_last: bool | None = None, pooling: Pooling = "auto", logits_topk: int | None = None,
-            shard_size: int = 4096, overwrite: bool = False, progress: bool = True) -> ActivationStore:
+            shard_size: int = 4096, overwrite: bool = False, rehash: bool = False,
+            progress: bool = True) -> ActivationStore:
     """Extract ``h``, logits, labels, ids and optional layers of ``classifier`` on ``dataset`` into ``out_dir``.
 
     A finished store of the same key in ``out_dir`` is returned without recomputing; an unfinished one is
-    resumed from its complete shards; a store of another key is refused (see :mod:`robustsig.extraction.writer`).
+    resumed from its complete shards; a store of the same model and settings made from other files of the dataset
+    (added, removed, changed) is updated, computing only the rows of new or changed images; a store of other
+    settings is refused (see :mod:`robustsig.extraction.writer`).
     Under ``torchrun`` every rank calls this with the same arguments and extracts its own part.
 
     Preprocessing: when the dataset has a ``transform`` attribute set to ``None`` (as
@@ -74,12 +91,16 @@ def extract(classifier: Classifier, dataset: Dataset, out_dir: str | os.PathLike
         pooling: how layer outputs become one vector per sample: ``"auto"``, ``"cls"`` or ``"mean"``.
         logits_topk: keep only the ``k`` largest logits (``topk_values``/``topk_indices``) instead of all.
         shard_size: samples per shard file (the unit of resumption).
-        overwrite: replace a store of another key in ``out_dir`` instead of refusing.
+        overwrite: replace a store of other settings in ``out_dir`` instead of refusing.
+        rehash: read every image to key the store, instead of trusting the stat cache for files whose stat data
+            is unchanged (see :mod:`robustsig._contents`: only needed when a file may have been rewritten with its
+            ctime set back).
         progress: show a progress bar (images/s, ETA) and print a summary at the end.
 
     Returns:
         The finished :class:`~robustsig.extraction.store.ActivationStore`; ``store.summary`` has images, skipped,
-        seconds, images/s and the store's path.
+        seconds, images/s and the store's path; ``store.check`` says what this call found (see
+        :func:`_check_report`).
 
     Example:
         >>> store = rs.extract(clf, rs.open_dataset("folder", "photos/"), "store/")   # doctest: +SKIP
@@ -98,41 +119,101 @@ def extract(classifier: Classifier, dataset: Dataset, out_dir: str | os.PathLike
     num_workers = _default_workers(device) if num_workers is None else num_workers
 
     transform = _loader_transform(classifier, dataset)
-    key = _store_key(classifier, dataset, layer_names, pooling, store_dtype, autocast, logits_topk)
+    with rehashing(rehash):
+        listing = None if streaming else dataset_listing(dataset)
+        key = _store_key(classifier, dataset, layer_names, pooling, store_dtype, autocast, logits_topk,
+                         None if listing is None else describe_dataset(listing))
     digest = key_digest(key)
     out_dir = Path(out_dir)
-    writer = StoreWriter(out_dir, key, digest, shard_size, num_samples)
+    writer = StoreWriter(out_dir, key, digest, shard_size, num_samples, listing)
     was_training = classifier.training
+    show = progress and world.is_main and progress_enabled()
     with distributed.process_group(world, device):
         try:
             if _claim(writer, world, overwrite, classifier):
                 store = ActivationStore(out_dir)
-                if progress and world.is_main and progress_enabled():
-                    print(f"reusing the finished store {store.path} ({store.num_rows} images)", file=sys.stderr)
+                store.check = _check_report("reused", listing, None)
+                if show:
+                    note = describe_check(store.check)
+                    print(f"reusing the finished store {store.path} ({store.num_rows} images)"
+                          f"{'; ' + note if note else ''}", file=sys.stderr)
                 return store
             run = _Run(classifier, writer, world, device, layer_names, pooling, _STORE_DTYPES[store_dtype],
-                       _AUTOCAST[autocast], channels_last, logits_topk, num_samples, progress)
+                       _AUTOCAST[autocast], channels_last, logits_topk, num_samples, batch_size, progress)
             work = run.plan(streaming)
+            if show and writer.mode == "update":
+                print(f"updating the store {out_dir}: {describe_check(_check_report('update', listing, writer.changes))}"
+                      f"; {run.copied} row(s) kept, {run.todo} to compute", file=sys.stderr, flush=True)
             classifier.eval()
             classifier.to(device)
             if channels_last:
                 classifier.to(memory_format=torch.channels_last)
+            run.write_copies(work)
             if work.ranges or work.stream is not None:
                 run.execute(batch_loader(dataset, transform, work.ranges, work.stream, writer.shard_size, batch_size,
                                          num_workers, pin_memory=device.type == "cuda"),
-                            None if streaming else getattr(dataset, "samples", None))
+                            None if streaming else getattr(dataset, "samples", None), work)
             seconds = time.perf_counter() - begin
             rank_reports = distributed.gather(world, run.report(seconds))
+            check = _check_report(writer.mode, listing, writer.changes)
             _on_main(world, lambda: writer.finalize(_record(classifier, rank_reports, seconds, out_dir, batch_size,
-                                                            num_workers, device, channels_last, world),
+                                                            num_workers, device, channels_last, world, check),
                                                     getattr(dataset, "unlisted", ())))
             store = ActivationStore(out_dir)
-            if progress and world.is_main and progress_enabled():
+            store.check = check
+            if show:
                 print(_summary_line(store.summary), file=sys.stderr, flush=True)
             return store
         finally:
             classifier.train(was_training)
             writer.release()
+
+
+def dataset_listing(dataset: Dataset) -> FileListing | None:
+    """The dataset's :class:`~robustsig.data.listing.FileListing` (names, labels and content digests of its files),
+    when it gives one (``dataset.listing()``: every :class:`~robustsig.data.base.ImageDataset`); a store of such a
+    dataset is keyed by the listing's description and can be updated file by file."""
+    make = getattr(dataset, "listing", None)
+    return make() if callable(make) else None
+
+
+def _check_report(status: str, listing: FileListing | None, changes: Changes | None) -> dict[str, Any]:
+    """What :func:`extract` found, as ``store.check`` (and ``--json``): ``status`` (``reused``, ``new``,
+    ``resume`` or ``update``), ``files`` (hashing: files looked at, read and hashed, whose stat data alone changed,
+    with the first few names) and, for an update, ``changes`` (counts of added, removed, changed, relabelled and
+    moved files, and the first few of each)."""
+    report: dict[str, Any] = {"status": status}
+    if listing is not None:
+        report["files"] = listing.report.as_dict() | {"stat_only_examples": listing.report.stat_only}
+    if changes is not None:
+        report["changes"] = dict(changes.counts) | {"examples": changes.examples}
+    return report
+
+
+def describe_check(check: dict[str, Any]) -> str:
+    """What an :func:`extract` call found (``store.check``), in words: the files that changed since the store was
+    made, and the images read again to check their bytes (``""`` when there is nothing to say).
+
+    >>> describe_check({"status": "reused", "files": {"files": 6, "hashed": 6, "stat_only": 6, "changed": 0,
+    ...                 "unreadable": 0, "stat_only_examples": ["a.png"]}})
+    '6 image(s) read to check their bytes: only the stat data of 6 changed, not their bytes (a copy, touch or restore: a.png and 5 more)'
+    """
+    parts = []
+    changes = check.get("changes")
+    if changes is not None:
+        parts.append(describe_changes(changes, changes.get("examples", {})))
+    elif check.get("status") == "update":
+        parts.append("the store lists no files (made before content keys, or from a stream): every row is computed")
+    files = check.get("files") or {}
+    if files.get("hashed"):
+        note = f"{files['hashed']} image(s) read to check their bytes"
+        if files.get("stat_only"):
+            shown = files.get("stat_only_examples", [])
+            more = files["stat_only"] - len(shown)
+            note += (f": only the stat data of {files['stat_only']} changed, not their bytes (a copy, touch or "
+                     f"restore: {', '.join(shown)}{f' and {more} more' if more > 0 else ''})")
+        parts.append(note)
+    return "; ".join(parts)
 
 
 def store_key(classifier: Classifier, dataset: Dataset, layers: Sequence[str] | Literal["all"] | None = None, *,
@@ -159,6 +240,9 @@ def store_key(classifier: Classifier, dataset: Dataset, layers: Sequence[str] | 
     """
     _, layer_names, store_dtype = _check_arguments(classifier, dataset, layers, dtype, autocast, pooling,
                                                    logits_topk, 1, 1, None)
+    if description is None and not isinstance(dataset, IterableDataset):
+        listing = dataset_listing(dataset)
+        description = None if listing is None else describe_dataset(listing)
     return _store_key(classifier, dataset, layer_names, pooling, store_dtype, autocast, logits_topk, description)
 
 
@@ -281,19 +365,20 @@ def _claim(writer: StoreWriter, world: distributed.World, overwrite: bool, class
     digests = distributed.gather(world, writer.digest)
     if len(set(digests)) > 1:
         raise InputError(f"the torchrun ranks disagree on what to extract (key digests {digests}): every rank must "
-                         "load the same weights and dataset with the same settings, from one shared copy of the "
-                         "images (the key holds each image's stamp: size, times, inode, which node-local copies "
-                         "do not share)")
+                         "load the same weights and dataset with the same settings, and see the same image files "
+                         "(the key holds every image's bytes and name)")
     head = {"W": classifier.W} | ({"b": classifier.b} if classifier.b is not None else {})
-    done = _on_main(world, lambda: writer.prepare(overwrite, head))
-    if not done and not world.is_main:
-        writer.adopt_shard_size()
+    done, mode = _on_main(world, lambda: (writer.prepare(overwrite, head), writer.mode))
+    if not world.is_main:
+        writer.mode = mode
+        if not done:
+            writer.adopt_shard_size()
     return done
 
 
 def _record(classifier: Classifier, rank_reports: list[dict[str, Any]], seconds: float, out_dir: Path,
             batch_size: int, num_workers: int, device: torch.device, channels_last: bool,
-            world: distributed.World) -> dict[str, Any]:
+            world: distributed.World, check: dict[str, Any]) -> dict[str, Any]:
     """Manifest fields besides the shards: model, run settings, and the summary of this run (the writer adds
     the store's totals of images and skipped samples)."""
     computed = sum(r["images"] for r in rank_reports)
@@ -307,28 +392,70 @@ def _record(classifier: Classifier, rank_reports: list[dict[str, Any]], seconds:
                     "images_per_s": round(computed / seconds, 2) if seconds else None,
                     "reused_shards": sum(r["reused_shards"] for r in rank_reports),
                     "written_shards": sum(r["written_shards"] for r in rank_reports),
+                    "copied_rows": sum(r["copied_rows"] for r in rank_reports), "check": check,
                     "world_size": world.size, "ranks": rank_reports, "store": str(out_dir.resolve())},
     }
 
 
 def _summary_line(summary: dict[str, Any]) -> str:
+    copied = f", {summary['copied_rows']} rows copied" if summary.get("copied_rows") else ""
     return (f"stored {summary['images']} images ({summary['skipped']} skipped); computed {summary['computed']} in "
             f"{summary['seconds']:.1f} s ({summary['images_per_s'] or 0:.1f} images/s, {summary['reused_shards']} "
-            f"shards reused) -> {summary['store']}")
+            f"shards reused{copied}) -> {summary['store']}")
 
 
 # --- the loop --------------------------------------------------------------------------------------------
+class _ShardPlan(NamedTuple):
+    """One shard to write: its positions ``[start, stop)`` (``stop`` ``None``: the end of a stream of unknown
+    length), the stored rows it copies (``position -> (shard file, row)``) and how many positions it computes."""
+
+    index: int
+    start: int
+    stop: int | None
+    copies: dict[int, tuple[Path, int]]
+    expected: int
+
+
+class _Work(NamedTuple):
+    """Map-style: the positions to compute (one list); a stream: ``(start, stop or None)``; and the shards to
+    write (a stream of unknown length makes its plans as it goes)."""
+
+    ranges: list[list[int]]
+    stream: tuple[int, int | None] | None
+    plans: dict[int, _ShardPlan]
+
+
+class _ShardBuffer:
+    """The outputs gathered for one shard until every position it computes is done (kept on the model's device
+    until written)."""
+
+    def __init__(self, plan: _ShardPlan) -> None:
+        self.plan = plan
+        self.covered = 0
+        self.positions: list[int] = []
+        self.parts: dict[str, list[torch.Tensor]] = {}
+        self.skipped: list[dict[str, Any]] = []
+        self.sample_keys: list[str] = []
+        self.with_keys = False
+
+    @property
+    def complete(self) -> bool:
+        return self.covered == self.plan.expected
+
+
 class _Run:
-    """One rank's part of an extraction: which shards to compute, the forward loop, and shard writing."""
+    """One rank's part of an extraction: which shards to write, the forward loop, and shard writing."""
 
     def __init__(self, classifier: Classifier, writer: StoreWriter, world: distributed.World, device: torch.device,
                  layers: list[str], pooling: Pooling, store_dtype: torch.dtype, autocast: torch.dtype | None,
-                 channels_last: bool, logits_topk: int | None, num_samples: int | None, progress: bool) -> None:
+                 channels_last: bool, logits_topk: int | None, num_samples: int | None, batch_size: int,
+                 progress: bool) -> None:
         self.classifier, self.writer, self.world, self.device = classifier, writer, world, device
         self.layers, self.pooling, self.store_dtype, self.autocast = layers, pooling, store_dtype, autocast
         self.channels_last, self.logits_topk, self.num_samples = channels_last, logits_topk, num_samples
-        self.progress = progress
-        self.reused_shards = self.written_shards = self.images = self.skipped = self.todo = 0
+        self.batch_size, self.progress = batch_size, progress
+        self.reused_shards = self.written_shards = self.images = self.skipped = self.todo = self.copied = 0
+        self._buffers: dict[int, _ShardBuffer] = {}
         self._writes: ThreadPoolExecutor | None = None
         self._pending: Future | None = None
 
@@ -341,93 +468,145 @@ class _Run:
         return stop if self.num_samples is None else min(stop, self.num_samples)
 
     def plan(self, streaming: bool) -> _Work:
-        """What this rank computes: whole shards it lacks (complete shards are kept)."""
+        """What this rank writes: the shards it lacks (a shard of the wanted tag is kept); of each, the positions
+        whose image has a stored row (copied) and the others (computed)."""
         if self.num_samples is None:  # a stream of unknown length, one process: complete shards are a prefix
             index, last = 0, None
             while (info := self.writer.shard_info(index)) is not None:
                 index, last = index + 1, info
             self.reused_shards = index
             if last is not None and int(last["stop"]) - int(last["start"]) < self.shard_size:
-                return _Work([], None)  # the stream ended in the last shard written
-            return _Work([], (index * self.shard_size, None))
+                return _Work([], None, {})  # the stream ended in the last shard written
+            return _Work([], (index * self.shard_size, None), {})
         num_shards = math.ceil(self.num_samples / self.shard_size)
         mine = rank_shards(num_shards, self.world)
         missing = [k for k in mine if self.writer.shard_info(k) is None]
         if streaming and missing:  # a stream is walked forward: recompute from the first missing shard on
             missing = list(range(missing[0], mine.stop))
         self.reused_shards = len(mine) - len(missing)
-        ranges = [range(k * self.shard_size, self._shard_stop(k)) for k in missing]
-        self.todo = sum(len(r) for r in ranges)
+        listing = self.writer.listing
+        donors = (Donors(self.writer.path, str(self.writer.settings))
+                  if missing and listing is not None and self.writer.mode != "new" else None)
+        plans, positions = {}, []
+        for k in missing:
+            start, stop = k * self.shard_size, self._shard_stop(k)
+            copies, todo = {}, []
+            for position in range(start, stop):
+                found = donors.find(listing.digests[position]) if donors is not None else None
+                if found is not None:
+                    copies[position] = found
+                else:
+                    todo.append(position)
+            plans[k] = _ShardPlan(k, start, stop, copies, len(todo))
+            positions += todo
+        self.todo = len(positions)
+        self.copied = sum(len(plan.copies) for plan in plans.values())
         if streaming:
-            return _Work([], (ranges[0].start, ranges[-1].stop) if ranges else None)
-        return _Work(ranges, None)
+            return _Work([], (plans[missing[0]].start, plans[missing[-1]].stop) if missing else None, plans)
+        return _Work([positions] if positions else [], None, plans)
 
-    def execute(self, loader, samples: Sequence[tuple[str, int]] | None) -> None:
-        """Run the forward passes; each complete shard is written by a background thread while the next is
-        computed (at most one shard waits to be written, so memory stays bounded)."""
+    def write_copies(self, work: _Work) -> None:
+        """Write the shards that compute nothing (every image has a stored row), before any forward pass."""
+        for plan in work.plans.values():
+            if plan.expected == 0:
+                self._store(_ShardBuffer(plan))
+
+    def execute(self, loader, samples: Sequence[tuple[str, int]] | None, work: _Work) -> None:
+        """Run the forward passes; each shard whose positions are all done is written by a background thread
+        while the next batches are computed (at most one shard waits to be written, so memory stays bounded)."""
         show = self.progress and self.world.is_main
         bar = progress_bar(total=self.todo or None, desc="extract", unit="img") if show else None
-        shard: _ShardBuffer | None = None
         autocast = (torch.autocast(self.device.type, dtype=self.autocast) if self.autocast is not None
                     else nullcontext())
         self._writes = ThreadPoolExecutor(max_workers=1, thread_name_prefix="robustsig-shard-writer")
         try:
             with torch.inference_mode(), autocast:
                 for batch in loader:
-                    index = batch.start // self.shard_size
-                    if shard is None or shard.index != index:
-                        if shard is not None and shard.covered:
-                            raise DataError(f"the data ended shard {shard.index} after {shard.covered} samples; "
-                                            "a stream must yield the same items in the same order every time")
-                        shard = _ShardBuffer(index, index * self.shard_size)
-                    self._forward(batch, shard, samples)
+                    if work.stream is not None:
+                        self._check_stream_order(batch.start // self.shard_size)
+                    self._forward(batch, samples, work)
                     if bar is not None:
                         bar.update(batch.covered)
-                    if shard.covered == self._shard_stop(index) - shard.start:
-                        self._write(shard)
-                        shard = None
-            if shard is not None and shard.covered:
+            for index in sorted(self._buffers):
+                buffer = self._buffers.pop(index)
                 if self.num_samples is not None:
-                    raise DataError(f"the stream ended at position {shard.start + shard.covered}, but the dataset "
-                                    f"says it has {self.num_samples} samples")
-                self._write(shard)  # the last, partial shard of a stream of unknown length
+                    raise DataError(f"the stream ended at position {buffer.plan.start + buffer.covered}, but the "
+                                    f"dataset says it has {self.num_samples} samples")
+                self._write(buffer)  # the last, partial shard of a stream of unknown length
             self._wait_for_write()
         finally:
             self._writes.shutdown(wait=True)  # a shard being written when the run fails is finished, not torn
             if bar is not None:
                 bar.close()
 
-    def _forward(self, batch: Batch, shard: _ShardBuffer, samples: Sequence[tuple[str, int]] | None) -> None:
-        shard.covered += batch.covered
-        if batch.skipped_keys is not None:
-            shard.skipped += [{"id": i, "key": k} for i, k in zip(batch.skipped, batch.skipped_keys)]
-        else:
-            shard.skipped += [{"id": i, "path": samples[i][0]} if samples is not None else {"id": i}
-                              for i in batch.skipped]
-        for entry, reason in zip(shard.skipped[len(shard.skipped) - len(batch.skipped):], batch.skipped_reasons):
+    def _check_stream_order(self, index: int) -> None:
+        for open_index, buffer in self._buffers.items():
+            if open_index < index and buffer.covered:
+                raise DataError(f"the data ended shard {open_index} after {buffer.covered} samples; a stream must "
+                                "yield the same items in the same order every time")
+
+    def _buffer(self, index: int, work: _Work) -> _ShardBuffer:
+        if index not in self._buffers:
+            plan = work.plans.get(index)
+            if plan is None:  # a stream of unknown length: every shard is full but the last
+                plan = _ShardPlan(index, index * self.shard_size, None, {}, self.shard_size)
+            self._buffers[index] = _ShardBuffer(plan)
+        return self._buffers[index]
+
+    def _forward(self, batch: Batch, samples: Sequence[tuple[str, int]] | None, work: _Work) -> None:
+        rows = self._outputs(batch, samples) if batch.images is not None else {}
+        ids = batch.ids.tolist()
+        skipped = []
+        for position, key, reason in zip(batch.skipped, batch.skipped_keys or [None] * len(batch.skipped),
+                                         batch.skipped_reasons):
+            entry: dict[str, Any] = {"id": position}
+            if key is not None:
+                entry["key"] = key
+            elif samples is not None:
+                entry["path"] = samples[position][0]
             if reason is not None:
                 entry["reason"] = reason
-        if batch.keys is not None:
-            shard.with_keys = True
-            shard.sample_keys += batch.keys
-        if batch.images is None:
-            return
+            skipped.append(entry)
+        shards = sorted({p // self.shard_size for p in ids} | {p // self.shard_size for p in batch.skipped})
+        for index in shards:
+            buffer = self._buffer(index, work)
+            lo = bisect.bisect_left(ids, index * self.shard_size)
+            hi = bisect.bisect_left(ids, (index + 1) * self.shard_size)
+            if hi > lo:
+                for name, value in rows.items():
+                    buffer.parts.setdefault(name, []).append(value[lo:hi])
+                buffer.positions += ids[lo:hi]
+            if batch.keys is not None:
+                buffer.with_keys = True
+                buffer.sample_keys += batch.keys[lo:hi]
+            mine = [entry for entry in skipped if entry["id"] // self.shard_size == index]
+            buffer.skipped += mine
+            buffer.covered += (hi - lo) + len(mine)
+            if buffer.complete:
+                self._write(self._buffers.pop(index))
+
+    def _outputs(self, batch: Batch, samples: Sequence[tuple[str, int]] | None) -> dict[str, torch.Tensor]:
+        """The stored outputs of the batch's decoded images, from one forward pass of exactly ``batch_size``
+        images (a short batch is padded with its last image; see the module notes)."""
         x = batch.images.to(self.device, non_blocking=True)
+        count = x.shape[0]
+        if count < self.batch_size:
+            x = torch.cat([x, x[-1:].expand(self.batch_size - count, *x.shape[1:])])
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         h, logits, layers = self.classifier.forward_with_layers(x, self.layers, self.pooling)
+        h, logits = h[:count], logits[:count]
         rows = {"h": h, "labels": batch.labels, "ids": batch.ids}
         if self.logits_topk is None:
             rows["logits"] = logits
         else:
             values, indices = logits.float().topk(self.logits_topk, dim=1)
             rows |= {"topk_values": values, "topk_indices": indices}
-        rows |= {LAYER_PREFIX + name: value for name, value in layers.items()}
+        rows |= {LAYER_PREFIX + name: value[:count] for name, value in layers.items()}
         rows = {name: value.to(self.store_dtype) if value.is_floating_point() and name != "labels" else value
                 for name, value in rows.items()}
         self._check_finite(rows, batch, samples)
-        for name, value in rows.items():
-            shard.parts.setdefault(name, []).append(value)
+        return rows
 
     def _check_finite(self, rows: dict[str, torch.Tensor], batch: Batch,
                       samples: Sequence[tuple[str, int]] | None) -> None:
@@ -450,20 +629,56 @@ class _Run:
         raise InputError(f"model {self.classifier.spec} produced non-finite values (NaN or inf) in {what} on "
                          f"{where}: {cause}; nothing of these samples is stored. Check the model's weights")
 
-    def _write(self, shard: _ShardBuffer) -> None:
-        tensors = {}
-        for name, parts in shard.parts.items():
-            value = torch.cat(parts)
-            if value.is_floating_point() and name != "labels":
-                value = value.to(self.store_dtype)
-            tensors[name] = value.cpu().contiguous()
+    def _write(self, buffer: _ShardBuffer) -> None:
+        """Hand a complete shard to the writer thread (after the previous one is on disk)."""
+        computed = {name: torch.cat(parts).cpu() for name, parts in buffer.parts.items()}
         self._wait_for_write()
-        self._pending = self._writes.submit(self.writer.write_shard, shard.index, shard.start,
-                                            shard.start + shard.covered, tensors, shard.skipped,
-                                            shard.sample_keys if shard.with_keys else None)
+        self._pending = self._writes.submit(self._store, buffer, computed)
+
+    def _store(self, buffer: _ShardBuffer, computed: dict[str, torch.Tensor] | None = None) -> None:
+        plan = buffer.plan
+        tensors = self._assemble(buffer, computed or {})
+        stop = plan.stop if plan.stop is not None else plan.start + buffer.covered
+        self.writer.write_shard(plan.index, plan.start, stop, tensors, buffer.skipped,
+                                buffer.sample_keys if buffer.with_keys else None)
         self.written_shards += 1
-        self.images += len(tensors["ids"]) if tensors else 0
-        self.skipped += len(shard.skipped)
+        self.images += len(buffer.positions)
+        self.skipped += len(buffer.skipped)
+
+    def _assemble(self, buffer: _ShardBuffer, computed: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The shard's rows in position order: the computed ones and those copied from stored shards (with
+        their new position and label)."""
+        copies = buffer.plan.copies
+        if not copies:
+            return {name: value.contiguous() for name, value in computed.items()}
+        positions = sorted(buffer.positions + list(copies))
+        where = {position: row for row, position in enumerate(positions)}
+        donors: dict[Path, tuple[list[int], list[int]]] = {}
+        for position, (path, row) in copies.items():
+            targets, rows = donors.setdefault(path, ([], []))
+            targets.append(where[position])
+            rows.append(row)
+        headers = {path: safetensors_header(path) for path in donors}
+        reference = next(iter(headers.values()))[0]
+        labels = self.writer.listing.labels  # type: ignore[union-attr]  # copies need a listing
+        tensors: dict[str, torch.Tensor] = {}
+        for name, info in reference.items():
+            if name == "__metadata__":
+                continue
+            if name == "ids":
+                tensors[name] = torch.tensor(positions, dtype=torch.long)
+                continue
+            if name == "labels":
+                tensors[name] = torch.tensor([labels[p] for p in positions], dtype=torch_dtype(info["dtype"]))
+                continue
+            value = torch.empty((len(positions), *info["shape"][1:]), dtype=torch_dtype(info["dtype"]))
+            if name in computed:
+                value[[where[p] for p in buffer.positions]] = computed[name]
+            for path, (targets, rows) in donors.items():
+                header, data_start = headers[path]
+                value[targets] = memmap_tensor(path, header[name], data_start)[rows]
+            tensors[name] = value
+        return tensors
 
     def _wait_for_write(self) -> None:
         """Block until the shard being written is on disk (re-raising a write error)."""
@@ -474,23 +689,4 @@ class _Run:
     def report(self, seconds: float) -> dict[str, Any]:
         return {"rank": self.world.rank, "images": self.images, "skipped": self.skipped,
                 "seconds": round(seconds, 3), "reused_shards": self.reused_shards,
-                "written_shards": self.written_shards}
-
-
-class _Work(NamedTuple):
-    """Map-style: the position ranges (whole shards) to compute; a stream: ``(start, stop or None)``."""
-
-    ranges: list[range]
-    stream: tuple[int, int | None] | None
-
-
-class _ShardBuffer:
-    """The outputs gathered for one shard until it is complete (kept on the model's device until written)."""
-
-    def __init__(self, index: int, start: int) -> None:
-        self.index, self.start = index, start
-        self.covered = 0
-        self.parts: dict[str, list[torch.Tensor]] = {}
-        self.skipped: list[dict[str, Any]] = []
-        self.sample_keys: list[str] = []
-        self.with_keys = False
+                "written_shards": self.written_shards, "copied_rows": self.copied}

@@ -1,17 +1,16 @@
 """Turning a dataset into the ordered batches one extraction run needs.
 
-Batches never cross a shard boundary and are cut the same way whatever part of the dataset a run covers: the
-positions of shard ``k`` (``[k*S, (k+1)*S)``) are split into consecutive chunks of ``batch_size``. So a resumed
-run, or a torchrun rank, feeds the model exactly the batches an uninterrupted single-process run does, and the
-stored values match bit for bit on CPU.
-
 Two kinds of datasets:
 
-- map-style (``dataset[i]`` -> ``(image, label)``, ``len``): only the positions to compute are loaded;
+- map-style (``dataset[i]`` -> ``(image, label)``, ``len``): only the positions to compute are loaded, in
+  consecutive chunks of ``batch_size`` of the list of positions (a chunk may span shards: the extraction pads
+  every forward pass to a full batch, so a row does not depend on the batch it ran in, see
+  :mod:`robustsig.extraction.extractor`);
 - iterable streams (WebDataset and the like) yielding ``(image, label)`` or ``(key, image, label)``: the position
   of an item is its rank in the stream, which must be deterministic and complete in every worker and rank (do
   not split it by worker or node yourself: extract does). Each DataLoader worker walks the stream and builds
-  every ``num_workers``-th batch, so items are decoded once per worker but preprocessed once.
+  every ``num_workers``-th batch, so items are decoded once per worker but preprocessed once. Batches never
+  cross a shard boundary (:func:`plan_batches`), so a resumed run starts at a batch boundary.
 
 An image of ``None`` (a corrupt file, see :class:`~robustsig.data.base.ImageDataset`) is skipped and reported.
 When ``transform`` is given (the classifier's ``preprocess``), it is applied to each decoded image here; the
@@ -34,7 +33,7 @@ class Batch(NamedTuple):
 
     Attributes:
         start: first dataset position the batch covers.
-        covered: how many consecutive positions it covers (decoded + skipped).
+        covered: how many positions it covers (decoded + skipped).
         ids: positions of the decoded samples ``(n,)``.
         images: ``(n, 3, H, W)`` or ``None`` when no sample of the batch decoded.
         labels: ``(n, ...)`` or ``None``.
@@ -74,19 +73,26 @@ def plan_batches(start: int, stop: int, shard_size: int, batch_size: int) -> lis
     return batches
 
 
-class _ShardBatches(Sampler[list[int]]):
-    """The batches of whole-shard position ranges, made one shard at a time (memory independent of the
-    dataset size)."""
+class _PositionBatches(Sampler[list[int]]):
+    """Consecutive chunks of ``batch_size`` of the positions of ``parts`` (ranges or lists), one part at a time
+    (memory independent of the dataset size)."""
 
-    def __init__(self, ranges: Sequence[range], shard_size: int, batch_size: int) -> None:
-        self.ranges, self.shard_size, self.batch_size = list(ranges), shard_size, batch_size
+    def __init__(self, parts: Sequence[Sequence[int]], batch_size: int) -> None:
+        self.parts, self.batch_size = list(parts), batch_size
 
     def __iter__(self) -> Iterator[list[int]]:
-        for positions in self.ranges:
-            yield from plan_batches(positions.start, positions.stop, self.shard_size, self.batch_size)
+        current: list[int] = []
+        for part in self.parts:
+            for position in part:
+                current.append(position)
+                if len(current) == self.batch_size:
+                    yield current
+                    current = []
+        if current:
+            yield current
 
     def __len__(self) -> int:
-        return sum(-(-len(r) // self.batch_size) for r in self.ranges)
+        return -(-sum(len(part) for part in self.parts) // self.batch_size)
 
 
 def _collate(items: Sequence[tuple[int, Any, Any, str | None, str | None]]) -> Batch:
@@ -172,7 +178,7 @@ class _StreamBatches(IterableDataset):
         return position, image, label, key, None
 
 
-def batch_loader(dataset: Dataset, transform: Callable[[Any], torch.Tensor] | None, ranges: Sequence[range],
+def batch_loader(dataset: Dataset, transform: Callable[[Any], torch.Tensor] | None, ranges: Sequence[Sequence[int]],
                  stream: tuple[int, int | None] | None, shard_size: int, batch_size: int, num_workers: int,
                  pin_memory: bool) -> DataLoader:
     """A DataLoader yielding :class:`Batch` es in position order.
@@ -180,9 +186,10 @@ def batch_loader(dataset: Dataset, transform: Callable[[Any], torch.Tensor] | No
     Args:
         dataset: map-style or iterable.
         transform: applied to each decoded image (``None``: items are used as they are).
-        ranges: map-style: the position ranges to compute, each made of whole shards.
+        ranges: map-style: the positions to compute (ranges or lists, in order), cut into consecutive
+            ``batch_size`` chunks.
         stream: iterable: the positions ``(start, stop)`` to compute (``stop`` ``None``: until the stream ends).
-        shard_size, batch_size: how batches are cut (see :func:`plan_batches`).
+        shard_size, batch_size: how batches are cut (streams: see :func:`plan_batches`).
         num_workers, pin_memory: as for :class:`torch.utils.data.DataLoader`.
     """
     options = {"num_workers": num_workers, "pin_memory": pin_memory}
@@ -192,5 +199,5 @@ def batch_loader(dataset: Dataset, transform: Callable[[Any], torch.Tensor] | No
         start, stop = stream  # type: ignore[misc]
         batches = _StreamBatches(dataset, transform, start, stop, shard_size, batch_size)
         return DataLoader(batches, batch_size=None, collate_fn=_as_is, **options)
-    return DataLoader(_MapItems(dataset, transform), batch_sampler=_ShardBatches(ranges, shard_size, batch_size),
+    return DataLoader(_MapItems(dataset, transform), batch_sampler=_PositionBatches(ranges, batch_size),
                       collate_fn=_collate, **options)

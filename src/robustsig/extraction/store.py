@@ -2,10 +2,16 @@
 
 Layout of a store directory::
 
-    manifest.json              what the store holds and the key it was computed for (written last, atomically)
-    head.safetensors           the classifier's head: W (K, d) and b (K,) when the head has a bias
-    shard-000000.safetensors   rows of dataset positions [0, S)       (S = shard_size)
-    shard-000001.safetensors   rows of dataset positions [S, 2S) ...
+    manifest.json                   what the store holds, the key it was computed for and its shard files
+                                    (written last, atomically)
+    head.safetensors                the classifier's head: W (K, d) and b (K,) when the head has a bias
+    shard-000000-TAG.safetensors    rows of dataset positions [0, S)       (S = shard_size)
+    shard-000001-TAG.safetensors    rows of dataset positions [S, 2S) ...
+
+A shard's ``TAG`` is a digest of what determines its rows (the settings and the ``[name, label, digest]`` of
+each of its positions; for a stream, the key): an update that changes some files writes their shards under new
+names beside the old ones, which the old manifest still names until the new one replaces it
+(:mod:`robustsig.extraction.writer`).
 
 Each shard holds, for the samples of its position range that decoded (corrupt images are skipped and listed in
 the shard's metadata and the manifest): ``h`` (n, d), ``logits`` (n, K) or ``topk_values``/``topk_indices``
@@ -36,7 +42,7 @@ from robustsig.errors import DataError, InputError
 MANIFEST = "manifest.json"
 HEAD_FILE = "head.safetensors"
 STORE_FORMAT = "robustsig.activation-store"
-STORE_VERSION = 1
+STORE_VERSION = 2
 LAYER_PREFIX = "layer."
 # the keys every store row has, besides the layers; top-k stores have topk_* instead of logits
 ROW_KEYS = ("h", "logits", "topk_values", "topk_indices", "labels", "ids")
@@ -51,16 +57,21 @@ _DTYPES: dict[str, tuple[Any, torch.dtype]] = {
 }
 
 
-def shard_name(index: int) -> str:
-    """File name of shard ``index``."""
-    return f"shard-{index:06d}.safetensors"
+def shard_name(index: int, tag: str) -> str:
+    """File name of shard ``index`` whose rows are determined by ``tag`` (see the module notes)."""
+    return f"shard-{index:06d}-{tag}.safetensors"
 
 
 def shard_index(name: str) -> int | None:
-    """Inverse of :func:`shard_name`; ``None`` for other file names."""
+    """Inverse of :func:`shard_name` (also for the untagged names of version-1 stores); ``None`` for other
+    file names.
+
+    >>> shard_index("shard-000012-0a1b2c3d4e5f.safetensors"), shard_index("shard-000003.safetensors")
+    (12, 3)
+    """
     if name.startswith("shard-") and name.endswith(".safetensors"):
-        digits = name[len("shard-"):-len(".safetensors")]
-        if digits.isdigit():
+        digits, _, tag = name[len("shard-"):-len(".safetensors")].partition("-")
+        if digits.isdigit() and (not tag or tag.isalnum()):
             return int(digits)
     return None
 
@@ -158,6 +169,9 @@ class ActivationStore:
             raise DataError(f"the activation store in {self.path} is unfinished ({written} shard files so far); "
                             "rerun the same extraction to resume and finish it")
         self._manifest = manifest
+        self.check: dict[str, Any] | None = None
+        """What the :func:`robustsig.extract` call that returned this store found (reused, updated...: see
+        :func:`robustsig.extraction.extractor.describe_check`); ``None`` for a store opened directly."""
         shards = manifest["shards"]
         self._shard_rows = [int(s["rows"]) for s in shards]
         self._shard_offsets = np.concatenate([[0], np.cumsum(self._shard_rows, dtype=np.int64)]).tolist()

@@ -1,17 +1,20 @@
 """Extraction steps: one activation store per subject (model or Wise-FT point) and dataset, reused across runs.
 
 The store of ``SUBJECT`` on ``DATASET`` lives in ``STORE_DIR/SUBJECT/DATASET``. Its own key (model spec and weight
-fingerprint, dataset file list, preprocessing, layers...; see :mod:`robustsig.extraction.key`) decides whether it
-is still valid. An extraction step, in order:
+fingerprint, the dataset's file names, labels and bytes, preprocessing, layers...; see
+:mod:`robustsig.extraction.key`) decides whether it is still valid. No path is part of it: a study folder moved,
+renamed or copied elsewhere (stores, data and checkpoints with it) reuses its stores. An extraction step, in order:
 
 1. *reused without loading the model*: the store is finished, and the ledger recorded that this store was checked
-   against the same identity (spec, sizes and times of the weights, class-name and template files, random-init
-   seed, dataset description, layers), so nothing that determines its key changed;
+   against the same identity (spec and the bytes of the weights, class-name and template files, random-init seed,
+   dataset description, layers), so nothing that determines its key changed;
 2. otherwise the model is built and its store key computed (no forward pass): a finished store of that key, or of
    that key with more layers than needed, is *reused*;
 3. an unfinished store of that key is *resumed* from its complete shards;
-4. a store made for other inputs (a changed checkpoint, dataset or layers) is *re-extracted into*, overwriting
-   it: the config is the source of truth, and the log says which fields changed.
+4. a store of the same model and settings made from other files of the dataset (images added, removed, changed)
+   is *updated*: only the rows of new or changed images are computed, and the log names the files;
+5. a store made for other settings (a changed checkpoint or layers) is *re-extracted into*, overwriting it: the
+   config is the source of truth, and the log says which fields changed.
 
 Layers are stored only for the models of CKA pairs, on the CKA dataset.
 """
@@ -23,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from robustsig.errors import DataError
-from robustsig.extraction.key import key_differences
+from robustsig.extraction.key import key_differences, key_settings
 from robustsig.extraction.store import MANIFEST, ActivationStore, read_json, shard_index
 from robustsig.study.results import jsonable
 from robustsig.study.subjects import Subject
@@ -99,8 +102,7 @@ class ExtractTask(Task):
         return Outcome("reused", f"{how} ({store.num_rows} images{skipped_note(store)})")
 
     def execute(self, ctx: RunContext) -> Outcome:
-        from robustsig.extraction.extractor import extract, store_key
-        from robustsig.extraction.key import key_digest
+        from robustsig.extraction.extractor import describe_check, extract, store_key
 
         dataset = ctx.dataset(self.dataset)
         path = ctx.store_path(self.subject, self.dataset)
@@ -114,7 +116,8 @@ class ExtractTask(Task):
 
         classifier = ctx.classifiers.get(self.subject)
         layers = None if not self.layers else ("all" if self.layers == "all" else list(self.layers))
-        key = store_key(classifier, dataset, layers, pooling=self.pooling, autocast=ctx.autocast,
+        pooling = self.pooling
+        key = store_key(classifier, dataset, layers, pooling=pooling, autocast=ctx.autocast,
                         description=ctx.description(self.dataset))
         overwrite = False
         if manifest is not None:
@@ -123,8 +126,15 @@ class ExtractTask(Task):
                 ctx.ledger.mark_store(name, manifest["key_digest"], identity)
                 return self._reuse(ctx, path, manifest["key_digest"], "reused (checked against the model)")
             shards = [p for p in path.iterdir() if shard_index(p.name) is not None]
-            if stored != key and (manifest.get("complete") or shards):
-                changed = "; ".join(key_differences(stored, key)) or "another key"
+            if stored != key and isinstance(stored, dict) and _covers(key_settings(stored), key_settings(key)):
+                # only the dataset's files changed: extract updates the store (keeping any extra layers it holds)
+                if stored.get("layers") and stored.get("layers") != key["layers"]:
+                    layers, pooling = list(stored["layers"]), str(stored["pooling"])
+                ctx.log.line(self.tag, self.label, f"the dataset's files changed since the store in {path} was "
+                                                   "made: updating it (only new or changed images are computed)")
+            elif stored != key and (manifest.get("complete") or shards):
+                changed = "; ".join(key_differences(key_settings(stored) if isinstance(stored, dict) else stored,
+                                                    key_settings(key))) or "another key"
                 ctx.log.line(self.tag, self.label, f"the store in {path} was made for other inputs ({changed}); "
                                                    "re-extracting into it (the config is the source of truth)")
                 overwrite = True
@@ -134,12 +144,15 @@ class ExtractTask(Task):
         config = ctx.config
         # extract's own bar where bars show (a terminal); its closing line would repeat this step's log line
         store = extract(classifier, dataset, path, layers=layers, batch_size=config.batch_size,
-                        num_workers=config.workers, device=ctx.device, autocast=ctx.autocast, pooling=self.pooling,
+                        num_workers=config.workers, device=ctx.device, autocast=ctx.autocast, pooling=pooling,
                         overwrite=overwrite, progress=ctx.progress and sys.stderr.isatty())
-        digest = key_digest(key)
+        digest = store.manifest["key_digest"]
         ctx.ledger.mark_store(name, digest, identity)
         ctx.verify(self.subject, self.dataset, store, digest)
         summary = store.summary
-        return Outcome("done", f"extracted {summary['computed']} images in {summary['seconds']:.1f} s "
+        check = store.check or {}
+        note = describe_check(check) if check.get("status") == "update" else ""
+        return Outcome("done", f"{'updated (' + note + '): computed' if note else 'extracted'} "
+                               f"{summary['computed']} images in {summary['seconds']:.1f} s "
                                f"({summary['images_per_s'] or 0:.1f} images/s{skipped_note(store)}; "
                                f"{store.num_rows} stored)")

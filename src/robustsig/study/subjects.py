@@ -13,21 +13,19 @@ extractions and a sweep loads its two end points once.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from robustsig._stamps import file_stamp
+from robustsig._contents import path_digest
 from robustsig.errors import InputError, RobustsigError
 from robustsig.models.classifier import Classifier
 from robustsig.study.runlog import RunLog
-from robustsig.study.sections import ModelEntry, spec_weights_path
+from robustsig.study.sections import ModelEntry
 
 if TYPE_CHECKING:
     from robustsig.study.analyses.wiseft import WiseFtPair
@@ -79,30 +77,20 @@ def random_init_seed(name: str) -> int:
     return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "big") >> 1
 
 
-def _file_stamp(path: str | os.PathLike) -> Any:
-    """The stamp (:mod:`robustsig._stamps`) of a file; of every file under a folder (a local OpenCLIP or Hugging
-    Face model folder); None when it cannot be read."""
-    path = Path(path).expanduser()
-    try:
-        if path.is_dir():
-            return {str(item.relative_to(path)): _file_stamp(item) for item in sorted(path.rglob("*"))
-                    if item.is_file()}
-    except OSError:
-        return None
-    return file_stamp(path)
-
-
 def model_identity(entry: ModelEntry) -> dict[str, Any]:
-    """What determines a pool model's weights, known without loading it: the spec, the stamps (size, times and
-    inode) of the files it reads (weights, class names, templates), and for a random-init model its seed and the
-    torch version that draws it. Weights named by a tag (downloaded once, then cached) or shipped in a package
-    are identified by the spec alone."""
+    """What determines a pool model's weights, known without loading it: the spec with its local checkpoint or
+    model folder named by the digest of its bytes (:func:`~robustsig.extraction.key.portable_spec`), the digests of
+    the class-name and template files it reads, and for a random-init model its seed and the torch version that
+    draws it. Weights named by a tag (downloaded once, then cached) or shipped in a package are identified by the
+    spec alone. No path is part of it: a study folder moved elsewhere keeps its identities. Each file is read only
+    when its stat data changed since it was last hashed (:mod:`robustsig._contents`)."""
+    from robustsig.extraction.key import portable_spec
     from robustsig.models.spec import ModelSpec
 
     spec = ModelSpec.parse(entry.spec)
-    files = [spec_weights_path(entry.spec), entry.classnames, entry.templates]
-    identity: dict[str, Any] = {"spec": str(spec),
-                                "files": {str(path): _file_stamp(path) for path in files if path is not None}}
+    files = {"classnames": entry.classnames, "templates": entry.templates}
+    identity: dict[str, Any] = {"spec": portable_spec(str(spec)),
+                                "files": {role: path_digest(path) for role, path in files.items() if path is not None}}
     if spec.random_init:
         identity["random_init"] = {"seed": random_init_seed(entry.name), "torch": torch.__version__}
     return identity

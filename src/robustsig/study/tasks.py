@@ -97,14 +97,24 @@ class RunContext:
         return self._datasets[name]
 
     def description(self, name: str) -> dict[str, Any]:
-        """:func:`~robustsig.extraction.key.describe_dataset` of dataset ``name`` (its files' stamps), taken once per
-        run as the dataset is opened once: every store of the run is checked against the same snapshot (one
-        ``stat`` per file instead of one per file and model), and a file changed during the run changes the next
-        run's keys."""
+        """:func:`~robustsig.extraction.key.describe_dataset` of dataset ``name`` (its files' names, labels and bytes,
+        no path), taken once per run as the dataset is opened once: every store of the run is checked against the
+        same snapshot (one ``stat`` per file; a file is read only when its stat data changed since it was last
+        hashed, and the log says how many were), and a file changed during the run changes the next run's keys."""
         if name not in self._descriptions:
+            from robustsig.extraction.extractor import dataset_listing, describe_check
             from robustsig.extraction.key import describe_dataset
 
-            self._descriptions[name] = describe_dataset(self.dataset(name))
+            dataset = self.dataset(name)
+            listing = dataset_listing(dataset)
+            if listing is None:
+                self._descriptions[name] = describe_dataset(dataset)
+            else:
+                self._descriptions[name] = describe_dataset(listing)
+                note = describe_check({"files": listing.report.as_dict()
+                                       | {"stat_only_examples": listing.report.stat_only}})
+                if note:
+                    self.log.line("files", name, note)
         return self._descriptions[name]
 
     def store_path(self, subject: Subject, dataset: str) -> Path:
