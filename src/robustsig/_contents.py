@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from robustsig._atomic import write_bytes_atomic
+from robustsig._cache import default_cache_dir
 from robustsig._stamps import stat_stamp
 
 try:
@@ -175,8 +176,6 @@ def _hash_files(paths: list[str]) -> list[tuple[str, list[int]] | None]:
 
 
 def _cache_dir() -> Path:
-    from robustsig.models.zeroshot import default_cache_dir
-
     return default_cache_dir() / "contents"
 
 

@@ -39,6 +39,7 @@ import torch
 from PIL import Image
 
 from robustsig._atomic import atomic_output
+from robustsig._cache import default_cache_dir
 from robustsig._progress import progress
 from robustsig._contents import digest_files, relative_name
 from robustsig.data._layout import examples, layout_error, locate, require_dir
@@ -63,12 +64,6 @@ class BrodenLabels:
     """each concept's primary category."""
     category_names: list[str]
     """the categories of ``category.csv``, in its order."""
-
-
-def default_cache_dir() -> Path:
-    """``$ROBUSTSIG_CACHE/broden``, else ``~/.cache/robustsig/broden``."""
-    base = os.environ.get("ROBUSTSIG_CACHE") or Path.home() / ".cache" / "robustsig"
-    return Path(base) / "broden"
 
 
 def _read_csv(path: Path, required: tuple[str, ...]) -> list[dict[str, str]]:
@@ -222,7 +217,8 @@ def open_broden(root: str | os.PathLike, *, split: str | None = None, cache_dir:
     Args:
         root: the Broden folder (``broden1_224/`` or the folder above it).
         split: keep only the images of this ``split`` (``"train"``/``"val"``); ``None``: all.
-        cache_dir: where the presence matrix is cached (default :func:`default_cache_dir`).
+        cache_dir: where the presence matrix is cached (default: ``broden/`` in
+            :func:`robustsig._cache.default_cache_dir`).
         workers: processes decoding label PNGs when the cache is built (default: up to 4; 0: none).
         transform, strict: see :class:`~robustsig.data.base.ImageSource`; ``strict`` also fails on an
             undecodable label PNG or an unknown label number instead of warning.
@@ -252,7 +248,7 @@ def open_broden(root: str | os.PathLike, *, split: str | None = None, cache_dir:
             pngs += [str(images / png) for png in cell_pngs]
         jobs.append((numbers, pngs))
 
-    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "broden"
     pngs = [png for _, job_pngs in jobs for png in job_pngs]
     cache_file = cache / f"broden-{_cache_key(folder, labels.category_names, pngs)}.npz"
     csr = _load_cache(cache_file, len(index), labels.numbers)

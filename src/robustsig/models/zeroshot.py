@@ -34,6 +34,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from robustsig._atomic import atomic_output
+from robustsig._cache import default_cache_dir
 from robustsig._progress import progress
 from robustsig.errors import InputError
 from robustsig.models.classifier import state_fingerprint
@@ -47,14 +48,6 @@ from robustsig.models.prompts import (
 )
 
 _CACHE_VERSION = "robustsig-zeroshot-1"
-
-
-def default_cache_dir() -> Path:
-    """``$ROBUSTSIG_CACHE``, else ``$XDG_CACHE_HOME/robustsig``, else ``~/.cache/robustsig``."""
-    if os.environ.get("ROBUSTSIG_CACHE"):
-        return Path(os.environ["ROBUSTSIG_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
-    return Path(base).expanduser() / "robustsig"
 
 
 def zero_shot_head(model: nn.Module, tokenizer, classnames: ClassnamesLike = None, templates: TemplatesLike = None,
