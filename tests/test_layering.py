@@ -12,7 +12,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "robustsig"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("errors", "_atomic", "_cache", "_cells", "_contents", "_progress", "_stamps", "_yaml", "distributed"),
+    ("errors", "_atomic", "_cache", "_cells", "_contents", "_locks", "_progress", "_stamps", "_yaml", "distributed"),
     ("metrics",),
     ("data",),
     ("models",),

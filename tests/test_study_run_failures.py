@@ -5,14 +5,19 @@ checkpoint changed in place (its stores are re-extracted into), a refit baseline
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 import oracles
 import robustsig as rs
-from robustsig.runner import run_study
+from robustsig._locks import FileLock
+from robustsig.runner import RUN_LOCK, run_study
 from robustsig.study.analyses.accuracy import AccuracyRow, RobustnessRow
 from robustsig.study.analyses.importance import ImportanceTask
 from robustsig.study.analyses.kurtosis import KurtosisRow
@@ -139,6 +144,33 @@ def test_bad_inputs_are_refused_before_anything_runs(world, capsys):
     code, _, err = run_cli(capsys, "study", "run", str(good), "--device", "gpu")
     assert code == 2 and "--device: expected 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'; got 'gpu'" in err
     assert not (world / "out-good").exists() and not (world / "out-bad").exists()
+
+
+def test_a_second_run_of_the_same_study_is_refused_at_once(world, capsys):
+    """Two runs on one output folder would interleave their results: while one holds the run's lock (another
+    process, here one that only holds it), a second is refused before it does anything, naming the first."""
+    path = config(world, "twice", [TINY], {"accuracy": None})
+    results = world / "out-twice" / "results"
+    results.mkdir(parents=True)
+    hold = ("import sys, time; from robustsig._locks import FileLock; lock = FileLock(sys.argv[1]); "
+            "lock.acquire('x', 'y'); print('held', flush=True); time.sleep(120)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(results / RUN_LOCK)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(rs.InputError, match=rf"process {holder.pid} on \S+ is running the study in "
+                                                rf"{re.escape(str(world / 'out-twice'))}; wait for it or give this run "
+                                                "another output_dir"):
+            run_study(path, progress=False)
+        code, _, err = run_cli(capsys, "study", "run", str(path))
+        assert code == 2 and f"process {holder.pid}" in err
+        assert sorted(entry.name for entry in results.iterdir()) == [RUN_LOCK]  # nothing else written
+    finally:
+        holder.kill()
+        holder.wait()
+    lock = FileLock(results / RUN_LOCK)  # a holder killed with -9 leaves no stale lock
+    lock.acquire("running the study", "wait")
+    lock.release()
 
 
 def test_a_shift_set_missing_class_folders_needs_the_explicit_option(world, capsys):

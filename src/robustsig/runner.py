@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from robustsig._atomic import sweep_temporaries
+from robustsig._locks import FileLock
 from robustsig._progress import progress as progress_bar
 from robustsig._progress import quiet
 from robustsig.errors import DataError, InputError, RobustsigError, os_error_message
@@ -47,6 +48,8 @@ from robustsig.study.runlog import RunLog
 from robustsig.study.tasks import RunContext, Task
 
 StepStatus = Literal["done", "reused", "failed", "blocked"]
+RUN_LOCK = ".run.lock"
+"""The lock file in ``results/`` that a study run holds (see :mod:`robustsig._locks`)."""
 
 
 @dataclass(frozen=True)
@@ -157,7 +160,9 @@ def run_study(config_or_path: StudyConfig | str | os.PathLike, *, only: Iterable
         A :class:`RunSummary`; ``summary.ok`` is False when a task failed (the others still ran).
 
     Raises:
-        InputError: the config is invalid, or ``only``/``device`` name something that does not exist.
+        InputError: the config is invalid, ``only``/``device`` name something that does not exist, or another run
+            of the same study is under way (two runs would interleave their results: the second is refused at once,
+            naming the first's process).
         DataError: a path the config names does not exist.
     """
     full = config_or_path if isinstance(config_or_path, StudyConfig) else load_study_config(config_or_path)
@@ -167,12 +172,18 @@ def run_study(config_or_path: StudyConfig | str | os.PathLike, *, only: Iterable
     selected = select(full, only) if only else full
     run_device = _device(device, full)
     results = Results(full.results_dir)
-    with (nullcontext() if progress else quiet()):
-        log = RunLog(results.root / "run.log", echo=progress)
-        try:
-            return _run(full, selected, results, log, run_device, progress, list(only or []))
-        finally:
-            log.close()
+    results.root.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(results.root / RUN_LOCK)
+    lock.acquire(f"running the study in {full.output_dir}", "give this run another output_dir")
+    try:
+        with (nullcontext() if progress else quiet()):
+            log = RunLog(results.root / "run.log", echo=progress)
+            try:
+                return _run(full, selected, results, log, run_device, progress, list(only or []))
+            finally:
+                log.close()
+    finally:
+        lock.release()
 
 
 def _run(full: StudyConfig, selected: StudyConfig, results: Results, log: RunLog, device: str | None,

@@ -28,9 +28,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import socket
-import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,7 +36,8 @@ from typing import Any, Literal
 import safetensors.torch
 import torch
 
-from robustsig._atomic import TEMP_PREFIX, open_regular, write_bytes_atomic
+from robustsig._atomic import TEMP_PREFIX, write_bytes_atomic
+from robustsig._locks import FileLock
 from robustsig.errors import DataError, InputError
 from robustsig.data.listing import FileListing
 from robustsig.extraction.key import key_differences, key_digest, key_settings
@@ -47,11 +45,6 @@ from robustsig.extraction.store import (HEAD_FILE, LAYER_PREFIX, MANIFEST, ROW_K
                                      read_json, safetensors_header, shard_index, shard_name,
                                      torch_dtype, write_json_atomic)
 from robustsig.extraction.update import Changes, listing_changes, stored_listing
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: no inter-process lock
-    fcntl = None  # type: ignore[assignment]
 
 LOCK_FILE = ".lock"
 
@@ -61,19 +54,6 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 _OWN_FILES = (MANIFEST, HEAD_FILE, LOCK_FILE)
-_HELD: set[str] = set()  # the lock files this process holds (a POSIX lock does not exclude its own process)
-_HELD_GUARD = threading.Lock()
-
-
-def _lock_holder(path: Path) -> tuple[int | None, str | None]:
-    """The process id and machine name written in a lock file (``None, None`` when unreadable)."""
-    try:
-        pid, host = path.read_text().split(maxsplit=1)
-        return int(pid), host.strip()
-    except (OSError, ValueError):
-        return None, None
-
-
 def _own_temporary(name: str) -> bool:
     """Whether ``name`` is a temporary file robustsig writes in a store (of its manifest, head or a shard)."""
     rest = name.removeprefix(TEMP_PREFIX)
@@ -214,45 +194,14 @@ class StoreWriter:
             self._tags.clear()
 
     def _take_lock(self) -> None:
-        """Lock ``.lock`` (and write this process's id and machine into it), or refuse naming the holder.
-
-        The lock is a POSIX record lock (``lockf``): it belongs to this process alone, so processes it forks (the
-        DataLoader workers) do not inherit it, and it ends with the process, however it ends. (An ``flock`` lock
-        would be shared with the workers, which outlive a ``kill -9`` of the main process by seconds, and a rerun
-        in that window would be refused.) Writers of one process are told apart by :data:`_HELD`."""
-        if fcntl is None:
-            return
-        path = self.path / LOCK_FILE
-        key = str(path.absolute())
-        with _HELD_GUARD:
-            if key in _HELD:
-                raise InputError(f"this process is already writing the store in {self.path}; wait for it or use "
-                                 "another out_dir")
-            # never through a link planted at .lock (it would truncate the link's target), never a FIFO
-            handle = os.fdopen(open_regular(path, os.O_RDWR | os.O_CREAT), "r+")  # noqa: SIM115 (release())
-            try:
-                fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                handle.close()
-                pid, host = _lock_holder(path)
-                who = f"process {pid} on {host}" if pid is not None else "another process"
-                raise InputError(f"{who} is writing the store in {self.path}; wait for it or use another "
-                                 "out_dir") from None
-            _HELD.add(key)
-        holder = f"{os.getpid()} {socket.gethostname()}\n"
-        handle.seek(0)
-        if handle.read() != holder:  # a lock file is rewritten only for another holder
-            handle.seek(0)
-            handle.truncate()
-            handle.write(holder)
-            handle.flush()
-        self._lock = handle
+        """Lock ``.lock`` (:class:`robustsig._locks.FileLock`: this process's id and machine written in it, gone
+        with the process however it ends), or refuse naming the holder."""
+        self._lock = FileLock(self.path / LOCK_FILE)
+        self._lock.acquire(f"writing the store in {self.path}", "use another out_dir")
 
     def release(self) -> None:
         if self._lock is not None:
-            with _HELD_GUARD:
-                _HELD.discard(str((self.path / LOCK_FILE).absolute()))
-                self._lock.close()
+            self._lock.release()
             self._lock = None
 
     def _clear(self) -> None:
