@@ -24,7 +24,7 @@ its finetuned copy and the Wise-FT models between them. A predictor fitted to pr
 model of its group (leave one group out).
 
 Cheap at demo size, every analysis kept: one extraction per model and set; layer taps stored only on the id set,
-where ``layer_kurtosis`` reads them; CKA on the id set only; the low-rank encoder on SqueezeNet, the cheapest
+where ``layer_kurtosis`` reads them; CKA on the id set only, from those stored layers; the low-rank encoder on SqueezeNet, the cheapest
 model, evaluated on the id set only (its ER would need every shift set at every fraction); 200 label permutations
 for the concept significance test.
 
@@ -105,8 +105,10 @@ POOLS["tiny"] = POOLS["small"]
 
 DEPTHS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 """Relative depths at which the cross-architecture CKA pair is compared."""
-CKA_MINIBATCH = 16
-"""The paper's CKA (a paired pass of both models) in minibatches of the extraction's batch, on the id set only."""
+CKA_ESTIMATOR = "pooled"
+"""CKA from the layers the id stores already hold (``layer_kurtosis`` asks for every tap there): no forward pass of
+its own. The paper's estimator (``minibatch``, a paired pass of both models) would add two forward passes per image
+and pair; ``robustsig study run`` with ``estimator: minibatch`` in study.yaml computes it."""
 PRUNING_FRACTIONS = tuple(round(0.1 * i, 1) for i in range(10))
 SIGNIFICANCE_PERMUTATIONS = 200
 """Label permutations per concept in the demo (the study default is 1000): the smallest p-value, 1/201, is still
@@ -214,7 +216,7 @@ def demo_config(data: DemoData, out_dir: str | os.PathLike, *, pool: DemoPool, f
             "concepts": {"threshold": 0.9, "min_positives": MIN_POSITIVES, "bases": ["singular", "neuron"],
                          "top_k": 3, "orientation": "both", "venn_groups": [[first, finetuned_name(first), RANDOM]],
                          "permutations": SIGNIFICANCE_PERMUTATIONS, "alpha": 0.05},
-            "cka": {"minibatch": CKA_MINIBATCH, "dataset": ID_SET, "pairs": [
+            "cka": {"estimator": CKA_ESTIMATOR, "dataset": ID_SET, "pairs": [
                 {"model_a": first, "model_b": finetuned_name(first), "layers": "all"},
                 {"model_a": first, "model_b": cross.name,
                  "layers": layers_at_depths(PRETRAINED[first].layers, DEPTHS),
