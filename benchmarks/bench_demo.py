@@ -3,6 +3,7 @@ study step.
 
     python -m benchmarks demo                   # the default demo (the target: <= 4 min from empty, <= 10 s again)
     python -m benchmarks demo --scale 0.1       # any --scale runs the tiny demo instead (the tests' size)
+    python -m benchmarks demo --keep            # keep the demo folder in .bench/demo (its report, results)
 
 The demo runs in a fresh folder in a subprocess (``python -m robustsig demo --json``), so the first run pays every
 import and build as a user's does, and the second run is the user's rerun. Inside that subprocess each study step's
@@ -92,7 +93,9 @@ def _report(title: str, seconds: float, record: dict) -> None:
 def run() -> None:
     size = "tiny" if benchmarks.OPTIONS.get("scale") else "default"
     with tempfile.TemporaryDirectory(prefix="bench-demo-") as folder:
-        out = Path(folder) / "demo"
+        out = Path(".bench") / "demo" if benchmarks.OPTIONS.get("keep") else Path(folder) / "demo"
+        if out.exists():
+            raise SystemExit(f"{out} exists: remove it, the benchmark starts from an empty folder")
         first, record = _run(out, size)
         _report(f"{size} demo from an empty folder", first, record)
         again, record = _run(out, size)

@@ -19,7 +19,7 @@ Layout (``ROOT``)::
 
 >>> data = build_demo_data("robustsig-demo/data")   # doctest: +SKIP
 >>> data.counts["photos"], data.reused              # doctest: +SKIP
-(100, False)
+(80, False)
 """
 
 from __future__ import annotations
@@ -67,9 +67,9 @@ class DemoSize:
 
     photos: int = 20
     """ImageNet photos used (the first of foolbox's 20)."""
-    id_views: int = 5
+    id_views: int = 4
     """in-distribution views per photo (the first is the whole photo)."""
-    shift_views: int = 3
+    shift_views: int = 2
     """views per photo in each shifted set."""
     train_per_class: int = 20
     """training crops per class of the training split."""
@@ -101,7 +101,7 @@ SIZES: dict[str, DemoSize] = {
     "tiny": DemoSize(photos=8, id_views=1, shift_views=1, train_per_class=2, shifts=("sketch", "noise"),
                      concept_photos=24),
 }
-"""Named sizes: ``default`` (the demo: 100 in-distribution images, 6 x 60 shifted, 120 training crops, 62 concept
+"""Named sizes: ``default`` (the demo: 80 in-distribution images, 6 x 40 shifted, 120 training crops, 62 concept
 images), ``small`` and ``tiny`` (tests: fewer photos and views; tiny also two shifted sets and 24 concept photos)."""
 
 

@@ -12,8 +12,10 @@ columns: zero-shot / finetuned / supervised):
   finetuned pairs, sharing an initialisation;
 - the Wise-FT models between each pair, ``(1 - alpha) theta_zero_shot + alpha theta_finetuned`` at alpha 0.25, 0.5
   and 0.75, written as checkpoints (:mod:`robustsig.demo.interpolations`) and listed as ordinary pool models, each
-  on a row of its own (pretraining ``wise-ft 0.25`` ...), so that every analysis treats them like any other model
-  (the study's ``wiseft`` analysis sweeps the same alphas for its figure and table);
+  on a row of its own (pretraining ``wise-ft 0.25`` ...), so that every analysis treats them like any other model.
+  The study's ``wiseft`` analysis still sweeps each pair with its own in-memory interpolation, at alpha 0, 0.5 and
+  1 only: its 0 and 1 are the pool models' stores, its 0.5 is extracted again (the price of keeping the analysis
+  unchanged), and it must agree with the pool's ``-wiseft-0.5`` checkpoint, which the demo's test checks;
 - ``mobilenet_v2-random``: a random-init MobileNetV2, a control with no training at all, on its own
   ``random-init`` row. It is what kurtosis, importance and concepts look like when nothing was learnt.
 
@@ -73,6 +75,12 @@ RANDOM = "mobilenet_v2-random"
 """The random-init control (a spec naming no weights is built with a seed drawn from the model's name)."""
 
 
+SIGNIFICANCE_PERMUTATIONS = 200
+"""Label permutations per concept in the demo (the study default is 1000; :attr:`DemoPool.permutations`): the
+smallest p-value, 1/201, is still below the Benjamini-Hochberg bound of the first of the demo's 7 concepts
+(0.05 / 7), at a fifth of the time."""
+
+
 @dataclass(frozen=True)
 class DemoPool:
     """Which models the demo runs.
@@ -83,6 +91,8 @@ class DemoPool:
         alphas: the Wise-FT weights strictly between 0 and 1 listed as pool models.
         cka_pair: the pretrained model compared layer by layer (at six depths) with the first finetuned base.
         lowrank: the model whose whole encoder is made low-rank.
+        lowrank_fractions: the fractions of each map's rank it removes.
+        permutations: label permutations of the concept significance test.
     """
 
     pretrained: tuple[str, ...]
@@ -90,6 +100,8 @@ class DemoPool:
     alphas: tuple[float, ...]
     cka_pair: str
     lowrank: str
+    lowrank_fractions: tuple[float, ...] = (0.0, 0.1, 0.25)
+    permutations: int = SIGNIFICANCE_PERMUTATIONS
 
 
 POOLS: dict[str, DemoPool] = {
@@ -97,7 +109,7 @@ POOLS: dict[str, DemoPool] = {
                          "squeezenet1_1"), ("mobilenet_v2", "squeezenet1_1"), (0.25, 0.5, 0.75),
                         "efficientnet_lite0", "squeezenet1_1"),
     "small": DemoPool(("squeezenet1_1", "mobilenet_v2"), ("squeezenet1_1",), (0.5,), "mobilenet_v2",
-                      "squeezenet1_1"),
+                      "squeezenet1_1", (0.0, 0.25), 50),
 }
 POOLS["tiny"] = POOLS["small"]
 """The pool of each demo size: ``default`` (the demo: 14 models, 13 of them with an ER when no accuracy is 0 or 1),
@@ -109,13 +121,9 @@ CKA_ESTIMATOR = "pooled"
 """CKA from the layers the id stores already hold (``layer_kurtosis`` asks for every tap there): no forward pass of
 its own. The paper's estimator (``minibatch``, a paired pass of both models) would add two forward passes per image
 and pair; ``robustsig study run`` with ``estimator: minibatch`` in study.yaml computes it."""
-PRUNING_FRACTIONS = tuple(round(0.1 * i, 1) for i in range(10))
-SIGNIFICANCE_PERMUTATIONS = 200
-"""Label permutations per concept in the demo (the study default is 1000): the smallest p-value, 1/201, is still
-below the Benjamini-Hochberg bound of the first of the demo's few concepts, at a fifth of the time."""
+PRUNING_FRACTIONS = (0.0, 0.2, 0.4, 0.6, 0.8, 0.9)
 MIN_POSITIVES = 5
 """A concept is probed when at least 5 photos show it (the concept set has one image per photo)."""
-LOWRANK_FRACTIONS = (0.0, 0.1, 0.25)
 LOWRANK_CALIBRATION = 64
 
 
@@ -215,20 +223,20 @@ def demo_config(data: DemoData, out_dir: str | os.PathLike, *, pool: DemoPool, f
             "pruning": {"fractions": list(PRUNING_FRACTIONS), "orders": ["singular", "importance", "random"]},
             "concepts": {"threshold": 0.9, "min_positives": MIN_POSITIVES, "bases": ["singular", "neuron"],
                          "top_k": 3, "orientation": "both", "venn_groups": [[first, finetuned_name(first), RANDOM]],
-                         "permutations": SIGNIFICANCE_PERMUTATIONS, "alpha": 0.05},
+                         "permutations": pool.permutations, "alpha": 0.05},
             "cka": {"estimator": CKA_ESTIMATOR, "dataset": ID_SET, "pairs": [
                 {"model_a": first, "model_b": finetuned_name(first), "layers": "all"},
                 {"model_a": first, "model_b": cross.name,
                  "layers": layers_at_depths(PRETRAINED[first].layers, DEPTHS),
                  "layers_b": layers_at_depths(cross.layers, DEPTHS)},
             ]},
-            "wiseft": {"alphas": [0.0, *pool.alphas, 1.0], "pairs": [
+            "wiseft": {"alphas": [0.0, 0.5, 1.0], "pairs": [
                 {"name": f"{base}-wiseft", "zero_shot": base, "finetuned": finetuned_name(base)}
                 for base in pool.finetuned]},
             "atlas": {},
             "predict_er": {"label_free": True, "groups": weight_groups(pool)},
             "layer_kurtosis": {"datasets": [ID_SET]},
-            "lowrank": {"models": [pool.lowrank], "datasets": [ID_SET], "fractions": list(LOWRANK_FRACTIONS),
+            "lowrank": {"models": [pool.lowrank], "datasets": [ID_SET], "fractions": list(pool.lowrank_fractions),
                         "orders": ["importance", "singular"], "calibration_images": LOWRANK_CALIBRATION},
         },
     }
