@@ -150,6 +150,8 @@ def test_a_rerun_reuses_everything(first_run, capsys, monkeypatch):
     finetune = out / "finetune" / BASE
     stamps = {name: (finetune / name).stat().st_mtime_ns for name in ("checkpoint.pt", "model.safetensors")}
     stamps["wiseft"] = (out / "wiseft" / f"{HALF}.safetensors").stat().st_mtime_ns
+    report = out / "report" / "report.html"
+    built = report.stat().st_mtime_ns
 
     def no_step(*args, **kwargs):
         raise AssertionError("a training step was taken by a rerun")
@@ -164,6 +166,8 @@ def test_a_rerun_reuses_everything(first_run, capsys, monkeypatch):
     assert {name: (finetune / name).stat().st_mtime_ns for name in stamps if name != "wiseft"} == {
         name: stamp for name, stamp in stamps.items() if name != "wiseft"}
     assert (out / "wiseft" / f"{HALF}.safetensors").stat().st_mtime_ns == stamps["wiseft"]
+    # nothing the report is built from changed: it is reused, not drawn again
+    assert report.stat().st_mtime_ns == built and "report.html reused" in (out / "results" / "run.log").read_text()
     # the terminal form: the data statement, timings, the summary table and where the report is
     code, stdout, _ = run_cli(capsys, "demo", "--size", "tiny", "--out", str(out))
     assert code == 0
@@ -214,3 +218,25 @@ def test_the_description_is_escaped_and_the_logit_ticks_do_not_crowd(first_run, 
     gaps = [_logit(b) - _logit(a) for a, b in zip(ticks, ticks[1:])]
     assert len(ticks) >= 6 and min(gaps) >= (_logit(high) - _logit(low)) / 12 - 1e-9
     assert 0.995 in ticks  # the axis reaches past 99%: so do its labels
+
+
+def test_the_report_key_follows_the_results_and_config_not_the_timestamps(first_run, tmp_path):
+    import shutil
+
+    from robustsig.runner import report_key
+
+    out = first_run[0]
+    config = load_study_config(out / "study.yaml")
+    shutil.copytree(out / "results", tmp_path / "results")
+    results = Results(tmp_path / "results")
+    key = report_key(config, results)
+    results.set_config(config.to_dict())  # a rerun stamps provenance.json again: same content, new time
+    (tmp_path / "results" / "run.log").write_text("another run\n")
+    assert report_key(config, results) == key
+    rows = results.read(KurtosisRow)
+    results.write(KurtosisRow, [replace(rows[0], kurtosis=rows[0].kurtosis + 1.0), *rows[1:]])
+    assert report_key(config, results) != key
+    results.write(KurtosisRow, rows)
+    assert report_key(config, results) == key
+    edited = load_study_config(out / "study.yaml")
+    assert report_key(edited.model_copy(update={"description": "another note"}), results) != key
