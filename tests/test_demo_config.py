@@ -33,7 +33,8 @@ def finetuned(tmp_path_factory):
 
 
 def _config(data, out, finetuned, pool=POOLS["tiny"], **extra):
-    return demo_config(data, out, pool=pool, finetuned={base: finetuned / "model.safetensors" for base in pool.finetuned},
+    return demo_config(data, out, pool=pool,
+                       finetuned={base: finetuned / "model.safetensors" for base in pool.finetuned},
                        interpolated={(base, alpha): finetuned / "wiseft.safetensors" for base in pool.finetuned
                                      for alpha in pool.alphas}, **extra)
 

@@ -89,3 +89,14 @@ def test_every_shift_is_described():
                                      "from snow, frost, spatter, brightness")
     for shift in SHIFTS:
         assert len(shift.does) > 60
+
+
+@pytest.mark.parametrize("module", ["robustsig.demo.config", "robustsig.demo.concept_set", "robustsig.demo.concepts",
+                                    "robustsig.demo.crops", "robustsig.demo.shifts",
+                                    "robustsig.study.analyses.predict_er.tables"])
+def test_module_examples_run(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0

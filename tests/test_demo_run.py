@@ -87,14 +87,16 @@ def test_the_report_shows_every_section_and_what_the_data_is(first_run):
         "fig4_venn_singular_0.png", "fig5_cka_depth.png", "fig9_pruning_er.png", "layer_kurtosis.png",
         "lowrank_accuracy.png", "signatures_vs_er.png"]
     statement = summary["data"]["statement"]
-    assert "8 real ImageNet validation photos with their true labels" in statement and "not ImageNet numbers" in statement
+    assert "8 real ImageNet validation photos with their true labels" in statement
+    assert "not ImageNet numbers" in statement
     head = html.split("<nav>")[0]  # the study's description, above the contents: the data, then the pool's layout
     assert "real ImageNet validation photos" in head and "the supervised column is empty" in head
     pool = sections["pool"]
     assert re.search(r"<td>squeezenet1_1-ft</td><td><code>bundled:squeezenet1_1@[^<]*model\.safetensors</code></td>"
                      r"<td>SqueezeNet 1.1</td><td>imagenet-1k</td><td>Finetuned</td>", pool)
     assert re.search(r"<td>squeezenet1_1-wiseft-0.5</td><td><code>bundled:squeezenet1_1@[^<]*"
-                     r"squeezenet1_1-wiseft-0.5\.safetensors</code></td><td>SqueezeNet 1.1</td><td>wise-ft 0.5</td>", pool)
+                     r"squeezenet1_1-wiseft-0.5\.safetensors</code></td><td>SqueezeNet 1.1</td><td>wise-ft 0.5</td>",
+                     pool)
 
 
 def test_results_have_rows_for_every_model_and_the_wiseft_checkpoint_is_the_sweeps_point(first_run):
@@ -119,7 +121,8 @@ def test_results_have_rows_for_every_model_and_the_wiseft_checkpoint_is_the_swee
         assert wiseft[alpha].acc_shift == pytest.approx(np.mean([accuracy[(model, name)] for name in SETS[1:]]))
     assert [row["model"] for row in summary["study"]["summary"]] == MODELS
     assert summary["finetunes"][BASE]["steps"] == 2 and not summary["finetunes"][BASE]["reused"]
-    assert summary["finetunes"][BASE]["spec"] == f"bundled:squeezenet1_1@{out / 'finetune' / BASE / 'model.safetensors'}"
+    weights = out / "finetune" / BASE / "model.safetensors"
+    assert summary["finetunes"][BASE]["spec"] == f"bundled:squeezenet1_1@{weights}"
 
 
 def test_predict_er_leaves_the_weight_sharing_group_out(first_run):

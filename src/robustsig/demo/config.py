@@ -26,9 +26,9 @@ its finetuned copy and the Wise-FT models between them. A predictor fitted to pr
 model of its group (leave one group out).
 
 Cheap at demo size, every analysis kept: one extraction per model and set; layer taps stored only on the id set,
-where ``layer_kurtosis`` reads them; CKA on the id set only, from those stored layers; the low-rank encoder on SqueezeNet, the cheapest
-model, evaluated on the id set only (its ER would need every shift set at every fraction); 200 label permutations
-for the concept significance test.
+where ``layer_kurtosis`` reads them; CKA on the id set only, from those stored layers; the low-rank encoder on
+SqueezeNet, the cheapest model, evaluated on the id set only (its ER would need every shift set at every
+fraction); 200 label permutations for the concept significance test.
 
 >>> [m["name"] for m in demo_models(POOLS["tiny"], {"squeezenet1_1": "ft.safetensors"},
 ...                                 {("squeezenet1_1", 0.5): "w.safetensors"})]

@@ -51,9 +51,9 @@ _HEADER = """\
 def pool_note(pool: DemoPool) -> str:
     """The pool's layout in words (the demo's report shows it under the data statement)."""
     names = lambda keys: ", ".join(PRETRAINED[key].backbone for key in keys)  # noqa: E731
-    return (f"Pool: the zero-shot column holds {len(pool.pretrained)} real ImageNet-1k models ({names(pool.pretrained)}; "
-            "weights from packages) applied to the photos without training on a demo image, and, on its own "
-            "random-init row, an untrained MobileNetV2 as a control. The finetuned column holds "
+    return (f"Pool: the zero-shot column holds {len(pool.pretrained)} real ImageNet-1k models "
+            f"({names(pool.pretrained)}; weights from packages) applied to the photos without training on a demo "
+            "image, and, on its own random-init row, an untrained MobileNetV2 as a control. The finetuned column holds "
             f"{names(pool.finetuned)} finetuned by robustsig's training loop on packaged photos of six other scenes "
             "(never a test photo), and the Wise-FT models between each pair (alpha "
             f"{', '.join(f'{a:g}' for a in pool.alphas)}), saved as checkpoints and listed as pool models, each on a "

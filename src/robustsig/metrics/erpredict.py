@@ -4,10 +4,10 @@ The paper ends with a claim it never tests: kurtosis and unique concepts are "go
 tests it as a predictor, honestly:
 
 - :func:`loo_monotone`: each signature alone. For every model, a monotone map from the signature to ER is fit on
-  the *other* models (the other *groups*, with ``groups``: see below) (isotonic regression, ``sklearn.isotonic.IsotonicRegression``; increasing by default, the
-  paper's hypothesis: a higher signature means a higher ER) and read at the held-out model's signature, linearly
-  interpolated between the fitted points and extrapolated along the end segments (a clip would tie the two end
-  models).
+  the *other* models (the other *groups*, with ``groups``: see below) (isotonic regression,
+  ``sklearn.isotonic.IsotonicRegression``; increasing by default, the paper's hypothesis: a higher signature means
+  a higher ER) and read at the held-out model's signature, linearly interpolated between the fitted points and
+  extrapolated along the end segments (a clip would tie the two end models).
 - :func:`loo_ridge`: one small regularised combination of several signatures (z-scored on the training models,
   ridge regression with ``alpha = 1``; ``sklearn.linear_model.Ridge``).
 - :func:`loo_mean`: the reference every fitted predictor must beat on MAE: the mean ER of the other models.
