@@ -1,6 +1,6 @@
-"""The demo's study config validates and names only what exists (paths, layers, a Wise-FT pair of the real
-MobileNetV2 and a finetuned copy loaded with ``bundled:mobilenet_v2@PATH``); the real packaged MobileNetV2 scores the
-built in-distribution photos far above chance and the sketches lower."""
+"""The demo's study config validates and names only what exists (paths, layers, finetuned and Wise-FT models loaded
+with ``bundled:ARCH@PATH``); the default pool has 14 models in their weight-sharing groups; the real packaged
+MobileNetV2 scores the ImageNet photos far above chance and the sketches lower."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import yaml
 
 import robustsig as rs
 from robustsig.demo import demo_config
-from robustsig.demo.config import (EFFICIENTNET_LITE0_LAYERS, FINETUNED, MOBILENET_V2_LAYERS, demo_models,
-                                   layers_at_depths)
+from robustsig.demo.config import POOLS, PRETRAINED, RANDOM_SPEC, layers_at_depths
 from robustsig.data.base import image_loader
 from robustsig.study.analyses.cka import planned
 from robustsig.study.config import load_study_config, validate_study_config
@@ -23,43 +22,64 @@ from demo_helpers import small_demo  # noqa: F401 (a fixture)
 
 @pytest.fixture(scope="module")
 def finetuned(tmp_path_factory):
-    """A stand-in for the finetuned model: the real MobileNetV2 with a changed head, saved as a classifier."""
-    clf = rs.load_classifier("bundled:mobilenet_v2")
+    """Stand-ins for the finetuned and Wise-FT models: the real SqueezeNet with a changed head, saved."""
+    clf = rs.load_classifier("bundled:squeezenet1_1")
     with torch.no_grad():
         clf.head.weight.mul_(0.5)
-    path = tmp_path_factory.mktemp("ft") / "model.safetensors"
-    rs.save_classifier(clf, path)
-    return path
+    folder = tmp_path_factory.mktemp("ft")
+    rs.save_classifier(clf, folder / "model.safetensors")
+    rs.save_classifier(clf, folder / "wiseft.safetensors")
+    return folder
 
 
-@pytest.fixture(scope="module")
-def classifiers(finetuned):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # the random-init control's warning
-        return {m["name"]: rs.load_classifier(m["spec"]) for m in demo_models(finetuned)}
+def _config(data, out, finetuned, pool=POOLS["tiny"], **extra):
+    return demo_config(data, out, pool=pool,
+                       finetuned={base: finetuned / "model.safetensors" for base in pool.finetuned},
+                       interpolated={(base, alpha): finetuned / "wiseft.safetensors" for base in pool.finetuned
+                                     for alpha in pool.alphas}, **extra)
+
+
+def test_the_default_pool_has_ten_or_more_models_in_weight_sharing_groups(small_demo, finetuned, tmp_path):
+    config = validate_study_config(_config(small_demo, tmp_path / "study", finetuned, POOLS["default"]))
+    assert config.model_names() == [
+        "mobilenet_v2", "mobilenet_v2-ft", "mobilenet_v2-wiseft-0.25", "mobilenet_v2-wiseft-0.5",
+        "mobilenet_v2-wiseft-0.75", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2",
+        "squeezenet1_1", "squeezenet1_1-ft", "squeezenet1_1-wiseft-0.25", "squeezenet1_1-wiseft-0.5",
+        "squeezenet1_1-wiseft-0.75", "mobilenet_v2-random"]
+    real = [m.name for m in config.models if m.pretraining == "imagenet-1k" and m.kind == "zero-shot"]
+    assert real == list(PRETRAINED) and len(real) == 5
+    assert config.analyses.predict_er.groups == [
+        ["mobilenet_v2", "mobilenet_v2-ft", "mobilenet_v2-wiseft-0.25", "mobilenet_v2-wiseft-0.5",
+         "mobilenet_v2-wiseft-0.75"],
+        ["squeezenet1_1", "squeezenet1_1-ft", "squeezenet1_1-wiseft-0.25", "squeezenet1_1-wiseft-0.5",
+         "squeezenet1_1-wiseft-0.75"]]
+    assert [(p.zero_shot, p.finetuned) for p in config.analyses.wiseft.pairs] == [
+        ("mobilenet_v2", "mobilenet_v2-ft"), ("squeezenet1_1", "squeezenet1_1-ft")]
+    assert config.analyses.wiseft.alphas == [0.0, 0.5, 1.0]  # the 0.25 and 0.75 models are pool models only
+    # the cheap settings the demo relies on: layers on the id set only, CKA on the id set, low rank on the id set
+    assert config.analyses.layer_kurtosis.datasets == ["photos"] and config.analyses.cka.dataset == "photos"
+    assert config.analyses.lowrank.models == ["squeezenet1_1"] and config.analyses.lowrank.datasets == ["photos"]
+    assert (config.analyses.concepts.orientation, config.analyses.concepts.min_positives) == ("both", 5)
 
 
 def test_demo_config_validates_and_names_existing_paths(small_demo, finetuned, tmp_path):
-    data = demo_config(small_demo, tmp_path / "study", finetuned=finetuned, description="what the data is")
+    data = _config(small_demo, tmp_path / "study", finetuned, description="what the data is")
     config = validate_study_config(data)
     assert config.description == "what the data is"
-    assert config.model(FINETUNED).spec == f"bundled:mobilenet_v2@{finetuned}"
+    assert config.model("squeezenet1_1-ft").spec == f"bundled:squeezenet1_1@{finetuned / 'model.safetensors'}"
     assert [(m.name, m.kind, m.pretraining) for m in config.models] == [
-        ("mobilenet_v2", "zero-shot", "imagenet-1k"), ("mobilenet_v2-ft", "finetuned", "imagenet-1k"),
-        ("mobilenet_v2-random", "zero-shot", "random-init"), ("efficientnet_lite0", "zero-shot", "imagenet-1k")]
-    pair = config.analyses.wiseft.pairs[0]
-    assert (pair.zero_shot, pair.finetuned) == ("mobilenet_v2", "mobilenet_v2-ft")
-    assert config.analyses.wiseft.alphas == [0.0, 0.25, 0.5, 0.75, 1.0]
+        ("squeezenet1_1", "zero-shot", "imagenet-1k"), ("squeezenet1_1-ft", "finetuned", "imagenet-1k"),
+        ("squeezenet1_1-wiseft-0.5", "finetuned", "wise-ft 0.5"), ("mobilenet_v2", "zero-shot", "imagenet-1k"),
+        ("mobilenet_v2-random", "zero-shot", "random-init")]
     assert config.check_paths() == []
-    cka = config.analyses.cka  # the paper's CKA, zero-shot vs finetuned on the id set and all five shift sets
-    assert (cka.estimator, cka.minibatch) == ("minibatch", 16)
+    # CKA on the id set from the stored layers: zero-shot vs finetuned, and across architectures
+    assert config.analyses.cka.estimator == "pooled"
     assert [(pair.model_b, dataset) for pair, dataset in planned(config)] == [
-        ("mobilenet_v2-ft", "photos"), ("efficientnet_lite0", "photos")] + [
-        ("mobilenet_v2-ft", name) for name in ("sketch", "cartoon", "rephoto", "viewpoint", "occlusion")]
+        ("squeezenet1_1-ft", "photos"), ("mobilenet_v2", "photos")]
     assert config.enabled_analyses() == ["accuracy", "kurtosis", "importance", "pruning", "concepts", "atlas", "cka",
                                          "wiseft", "layer_kurtosis", "lowrank", "predict_er"]
-    assert [d.name for d in config.datasets.evaluation()] == ["photos", "sketch", "cartoon", "rephoto", "viewpoint",
-                                                             "occlusion"]
+    assert [d.name for d in config.datasets.evaluation()] == ["photos", "sketch", "cartoon", "noise", "blur",
+                                                             "weather", "digital"]
     assert all(d.options == {"class_map": str(small_demo.class_map_path)} for d in config.datasets.evaluation())
     assert config.datasets.broden.root == small_demo.concepts_root
     assert config.output_dir == tmp_path / "study" and config.store_dir == tmp_path / "study" / "store"
@@ -69,18 +89,16 @@ def test_demo_config_validates_and_names_existing_paths(small_demo, finetuned, t
         assert len(rs.open_dataset(entry.kind, entry.root, **entry.options)) == small_demo.counts[entry.name]
 
 
-def test_layers_pairs_and_pool_exist(classifiers):
-    assert (list(MOBILENET_V2_LAYERS) == classifiers["mobilenet_v2"].layers == classifiers["mobilenet_v2-random"].layers
-            == classifiers["mobilenet_v2-ft"].layers)
-    assert list(EFFICIENTNET_LITE0_LAYERS) == classifiers["efficientnet_lite0"].layers
-    assert layers_at_depths(MOBILENET_V2_LAYERS, [0.0, 0.5, 1.0]) == ["features0", "features9", "features18"]
-    assert layers_at_depths(EFFICIENTNET_LITE0_LAYERS, [0.0, 0.2, 1.0]) == ["block0", "block3", "block15"]
-    real, tuned, control = (classifiers[name] for name in ("mobilenet_v2", "mobilenet_v2-ft", "mobilenet_v2-random"))
-    assert control.meta["random_init"] and not real.meta["random_init"] and not tuned.meta["random_init"]
-    assert torch.equal(tuned.W, real.W * 0.5) and torch.equal(tuned.encoder.features[0][0].weight,
-                                                             real.encoder.features[0][0].weight)
-    half = rs.interpolate(real, tuned, 0.5)
-    assert torch.allclose(half.W, (real.W + tuned.W) / 2)
+def test_every_pool_models_layers_are_its_taps():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the random-init control's warning
+        for name, model in PRETRAINED.items():
+            assert list(model.layers) == rs.load_classifier(model.spec).layers, name
+        assert rs.load_classifier(RANDOM_SPEC).layers == list(PRETRAINED["mobilenet_v2"].layers)
+    assert layers_at_depths(PRETRAINED["mobilenet_v2"].layers, [0.0, 0.5, 1.0]) == ["features0", "features9",
+                                                                                     "features18"]
+    assert layers_at_depths(PRETRAINED["efficientnet_lite0"].layers, [0.0, 0.2, 1.0]) == ["block0", "block3",
+                                                                                           "block15"]
 
 
 def accuracy_on(clf, root, class_map):
@@ -93,10 +111,10 @@ def accuracy_on(clf, root, class_map):
     return rs.accuracy(torch.cat(logits), ds, labels=torch.cat(labels))
 
 
-def test_real_mobilenet_scores_the_photos_and_drops_on_sketches(small_demo, classifiers):
-    clf = classifiers["mobilenet_v2"].eval()
+def test_real_mobilenet_scores_the_photos_and_drops_on_sketches(small_demo):
+    clf = rs.load_classifier("bundled:mobilenet_v2").eval()
     on_photos = accuracy_on(clf, small_demo.id_root, small_demo.class_map_path)
     on_sketches = accuracy_on(clf, small_demo.shift_roots["sketch"], small_demo.class_map_path)
-    # chance: a top-1 among 1,000 classes lands in a class's 2-5 ids with probability < 0.005
-    assert on_photos > 0.7
+    # chance: a top-1 among 1,000 classes lands on the photo's one class with probability 0.001
+    assert on_photos > 0.6
     assert on_sketches < on_photos - 0.2

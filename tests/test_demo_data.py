@@ -1,6 +1,7 @@
-"""The built demo data: its folders load with ``open_dataset`` (folder + class_map, broden) with hand-checked
-ImageNet labels, shifted images differ from the in-distribution ones, the concept matrix agrees with the label
-PNGs written, and the build is deterministic, cached, atomic and never overwrites a folder that is not its own."""
+"""The built demo data: its folders load with ``open_dataset`` (folder + class_map, broden), every evaluated image
+carries its photo's true ImageNet label, shifted images differ from the in-distribution ones, the training photos
+are none of the evaluated or concept photos, the concept matrix is each photo's label's concepts, and the build is
+deterministic, cached, atomic and never overwrites a folder that is not its own."""
 
 from __future__ import annotations
 
@@ -18,11 +19,10 @@ from robustsig.data.classes import imagenet_wnids
 from robustsig.demo import build as demo_build
 from robustsig.demo import build_demo_data, sources
 from robustsig.demo.build import SIZES, DemoSize
-from robustsig.demo.concepts import COLOR_NAMES
 
 from demo_helpers import small_demo  # noqa: F401 (a fixture)
 
-# Hand-checked: the wnid of every ImageNet-1k index a class may be called (WordNet: n02123045 is "tabby, tabby cat")
+# Hand-checked: the training classes' ImageNet-1k indices (WordNet: n02123045 is "tabby, tabby cat")
 CLASS_WNIDS = {
     "cat": ["n02123045", "n02123159", "n02123394", "n02123597", "n02124075"],  # tabby, tiger cat, Persian, Siamese,
     # Egyptian cat
@@ -34,8 +34,10 @@ CLASS_WNIDS = {
 }
 CLASS_IDS = {"cat": [281, 282, 283, 284, 285], "espresso": [967, 968, 504], "motorcycle": [665, 670],
              "palace": [698, 663, 832], "rocket": [657, 744, 812], "tripod": [872, 759]}
-CLASSES = ["cat", "espresso", "motorcycle", "other", "palace", "rocket", "tripod"]  # folder (label) order
-SHIFT_NAMES = ["sketch", "cartoon", "rephoto", "viewpoint", "occlusion"]
+TRAIN_CLASSES = ["cat", "espresso", "motorcycle", "other", "palace", "rocket", "tripod"]  # folder (label) order
+# foolbox's first 10 photos (the small size): their labels, by file name
+SMALL_LABELS = [243, 559, 438, 990, 949, 853, 609, 609, 915, 455]
+SHIFT_NAMES = ["sketch", "cartoon", "noise", "blur", "weather", "digital"]
 
 
 def tree_digest(root):
@@ -46,36 +48,38 @@ def tree_digest(root):
     return digest.hexdigest()
 
 
-def test_labelled_sets_load_with_their_class_map(small_demo):
+def test_labelled_sets_are_the_imagenet_photos_with_their_true_labels(small_demo):
     size = SIZES["small"]
+    written = json.loads(small_demo.class_map_path.read_text())
+    classes = sorted(k for k in written if k != "other") + ["other"]
+    assert sorted(written[k][0] for k in classes[:-1]) == sorted(set(SMALL_LABELS))
+    assert written["609_jeep"] == [609] and written["243_bullmastiff"] == [243]
+    assert sorted(written["other"]) == [i for i in range(1000) if i not in set(SMALL_LABELS)]
+    for name, root in [("photos", small_demo.id_root), *small_demo.shift_roots.items()]:
+        ds = rs.open_dataset("folder", root, class_map=small_demo.class_map_path)
+        views = size.id_views if name == "photos" else size.shift_views
+        assert len(ds) == small_demo.counts[name] == 10 * views
+        # every image's class is the label in its photo's file name
+        for path, label in ds.samples:
+            photo = path.rsplit("/", 1)[1]
+            assert ds.class_map[label] == [int(photo.split("_")[2])], path
+    assert list(small_demo.shift_roots) == SHIFT_NAMES
+    train = rs.open_dataset("folder", small_demo.train_root, class_map=small_demo.train_class_map_path)
     wnids = imagenet_wnids()
     assert {name: [wnids[i] for i in ids] for name, ids in CLASS_IDS.items()} == CLASS_WNIDS
-    written = json.loads(small_demo.class_map_path.read_text())
-    assert {k: v for k, v in written.items() if k != "other"} == CLASS_IDS
-    mapped = {i for ids in CLASS_IDS.values() for i in ids}
-    assert written["other"] == [i for i in range(1000) if i not in mapped] and len(written["other"]) == 982
-    for name, root in [("photos", small_demo.id_root), *small_demo.shift_roots.items(),
-                       ("photos-train", small_demo.train_root)]:
-        ds = rs.open_dataset("folder", root, class_map=small_demo.class_map_path)
-        assert ds.classnames == CLASSES
-        assert ds.class_map == [written[c] for c in CLASSES]
-        per_class = {"photos": size.id_per_class, "photos-train": size.train_per_class}.get(name,
-                                                                                           size.shift_per_class)
-        counts = np.bincount(ds.targets, minlength=len(CLASSES)).tolist()
-        assert counts == [0 if c == "other" else per_class for c in CLASSES]
-        assert small_demo.counts[name] == len(ds)
-        assert all(f"/{name}/{CLASSES[label]}/{CLASSES[label]}_" in path for path, label in ds.samples)
-    assert list(small_demo.shift_roots) == SHIFT_NAMES
+    assert train.classnames == TRAIN_CLASSES and len(train) == size.train_per_class * 6
+    assert {k: v for k, v in json.loads(small_demo.train_class_map_path.read_text()).items() if k != "other"} \
+        == CLASS_IDS
 
 
 def test_scoring_is_top1_over_all_imagenet_classes(small_demo):
     ds = rs.open_dataset("folder", small_demo.id_root, class_map=small_demo.class_map_path)
-    labels = torch.tensor([CLASSES.index("espresso"), CLASSES.index("cat"), CLASSES.index("rocket")])
+    jeep, beaker = ds.classnames.index("609_jeep"), ds.classnames.index("438_beaker")
     logits = torch.zeros(3, 1000)
-    logits[0, 968] = 5.0  # espresso image called "cup": right
-    logits[1, [281, 1]] = torch.tensor([3.0, 4.0])  # cat image whose top-1 is a goldfish (1): wrong
-    logits[2, [812, 657]] = torch.tensor([2.0, 1.0])  # rocket image called "space shuttle": right
-    assert rs.accuracy(logits, ds, labels=labels) == pytest.approx(2 / 3)
+    logits[0, 609] = 5.0  # the jeep called a jeep: right
+    logits[1, [438, 1]] = torch.tensor([3.0, 4.0])  # a beaker whose top-1 is a goldfish (1): wrong
+    logits[2, [438, 609]] = torch.tensor([1.0, 2.0])  # a beaker called a jeep: wrong
+    assert rs.accuracy(logits, ds, labels=torch.tensor([jeep, beaker, beaker])) == pytest.approx(1 / 3)
 
 
 def test_images_are_sane_and_shifts_differ_from_the_photos(small_demo):
@@ -84,37 +88,39 @@ def test_images_are_sane_and_shifts_differ_from_the_photos(small_demo):
     def thumbnails(root):
         ds = rs.open_dataset("folder", root)
         images = [ds[i][0] for i in range(len(ds))]
-        assert all(im.mode == "RGB" and min(im.size) == short and max(im.size) <= short * 1.3 for im in images)
+        assert all(im.mode == "RGB" and min(im.size) == short and max(im.size) <= short * 1.4 for im in images)
         return np.stack([np.asarray(im.resize((24, 24)), np.float64) for im in images])
 
     photos = thumbnails(small_demo.id_root)
     for name, root in small_demo.shift_roots.items():
         shifted = thumbnails(root)
         nearest = np.abs(shifted[:, None] - photos[None]).mean(axis=(2, 3, 4)).min(axis=1)
-        assert nearest.min() > 5, name  # no shifted image is (nearly) one of the photos
+        assert np.median(nearest) > 3, name  # the shifted views are not the photos' views
     for path, _ in rs.open_dataset("folder", small_demo.shift_roots["sketch"]).samples:
         sketch = np.asarray(Image.open(path), np.int64)
         assert np.abs(sketch - sketch.mean(axis=-1, keepdims=True)).max() <= 3  # gray, up to JPEG chroma rounding
+    record = small_demo.provenance["sets"]
+    assert [record[name]["role"] for name in SHIFT_NAMES] == [
+        "shift: ImageNet-Sketch (an analogue) (robustsig's own image processing)",
+        "shift: ImageNet-R (an analogue) (robustsig's own image processing)",
+        *(f"shift: ImageNet-C {family} (published code)" for family in ("noise", "blur", "weather", "digital"))]
 
 
-def test_the_training_split_is_none_of_the_evaluated_images(small_demo):
-    def digests(root):
-        return {hashlib.sha256(path.read_bytes()).hexdigest() for path in root.glob("*/*.jpg")}
+def test_the_training_photos_are_none_of_the_evaluated_or_concept_photos(small_demo):
+    from robustsig.demo.concept_set import concept_photos
+    from robustsig.demo.sources import DEMO_CLASSES
+
+    trained_on = {name for demo_class in DEMO_CLASSES for name in demo_class.photos}
+    assert trained_on.isdisjoint(photo.name for photo in concept_photos())
+    assert {p["name"] for p in small_demo.provenance["training_photos"]} == trained_on
+
+    def digests(root, pattern="*/*.jpg"):
+        return {hashlib.sha256(path.read_bytes()).hexdigest() for path in root.glob(pattern)}
 
     train = digests(small_demo.train_root)
     assert len(train) == small_demo.counts["photos-train"]
-    for root in [small_demo.id_root, *small_demo.shift_roots.values(), small_demo.concepts_root / "images"]:
+    for root in [small_demo.id_root, *small_demo.shift_roots.values()]:
         assert not train & digests(root), root
-    train_ds = rs.open_dataset("folder", small_demo.train_root)
-    id_ds = rs.open_dataset("folder", small_demo.id_root)
-
-    def thumbs(ds):
-        return np.stack([np.asarray(ds[i][0].resize((24, 24)), np.float64) for i in range(len(ds))])
-
-    nearest = np.abs(thumbs(train_ds)[:, None] - thumbs(id_ds)[None]).mean(axis=(2, 3, 4)).min(axis=1)
-    assert nearest.min() > 1  # other crops of the same photos, not the same crops re-encoded
-    record = small_demo.provenance["sets"]["photos-train"]
-    assert record["images"] == small_demo.counts["photos-train"] and "never an image of" in record["does"]
 
 
 def read_index(root):
@@ -122,55 +128,49 @@ def read_index(root):
         return list(csv.DictReader(handle))
 
 
-def test_concept_set_loads_as_broden_and_agrees_with_its_label_files(small_demo, tmp_path):
+def test_concept_set_is_one_image_per_photo_with_its_labels_concepts(small_demo, tmp_path):
+    from robustsig.demo.concept_set import CIFAR10, CONCEPTS, IMAGENET, SIDE, concept_photos
+    from robustsig.demo.imagenet_val import CIFAR10_CLASSES
+
     root = small_demo.concepts_root
     ds = rs.open_dataset("broden", root, cache_dir=tmp_path / "cache", workers=0)
-    objects = sorted({name for photo in sources.PHOTOS.values() for name in photo.objects})
-    assert ds.concepts == [*COLOR_NAMES, *objects, "brick", "grass", "gravel", "textile"]
-    assert ds.concept_categories == ["color"] * 11 + ["object"] * len(objects) + ["texture"] * 4
-    assert len(ds) == small_demo.counts["concepts"]
-    # the presence matrix rebuilt here from the label PNGs and index cells, independently of the loader
+    assert ds.concepts == [name for name, _ in CONCEPTS]
+    assert ds.concept_categories == [category for _, category in CONCEPTS]
+    photos = concept_photos()
+    assert len(ds) == small_demo.counts["concepts"] == len(photos) == 62
     rows = read_index(root)
-    expected = torch.zeros(len(rows), len(ds.concepts), dtype=torch.bool)
-    for n, row in enumerate(rows):
-        pixels = np.asarray(Image.open(root / "images" / row["color"]).convert("RGB"), np.int64)
-        assert pixels.shape[:2] == (int(row["sh"]), int(row["sw"])) == (int(row["ih"]) // 2, int(row["iw"]) // 2)
-        numbers = set(np.unique(pixels[..., 0] + 256 * pixels[..., 1]).tolist()) - {0}
-        numbers |= {int(x) for x in (row["object"] + ";" + row["texture"]).split(";") if x}
-        expected[n, [ds.concept_numbers.index(k) for k in numbers]] = True
-    assert torch.equal(ds.concept_matrix, expected)
-    column = {name: ds.concept_matrix[:, k] for k, name in enumerate(ds.concepts)}
-    source = [row["image"].split("/")[0] for row in rows]
-    for k, name in enumerate(source):
-        assert column["cat"][k] == (name == "chelsea")  # the cat fills the whole chelsea photo
-        assert column["textile"][k] == (name == "textile") and column["brick"][k] == (name == "brick")
-        if name in ("brick", "grass", "gravel", "textile", "colorwheel", "ihc"):
-            assert not any(column[o][k] for o in objects)
-    assert column["grey"][source.index("brick")] and not column["orange"][source.index("brick")]
+    for n, (row, photo) in enumerate(zip(rows, photos)):
+        assert row["image"] == f"{photo.source}/{photo.name}.png"
+        image = Image.open(root / "images" / row["image"])
+        assert image.size == (SIDE, SIDE)
+        shown = {ds.concepts[k] for k in torch.nonzero(ds.concept_matrix[n]).flatten().tolist()}
+        assert shown == set(photo.concepts), photo.name
+    # the labels, hand-checked on a few photos: CIFAR-10's first is a cat, ImageNet's 17th a Dalmatian
+    assert photos[0].label == CIFAR10_CLASSES[3] == "cat" and set(photos[0].concepts) == set(CIFAR10["cat"])
+    assert photos[56].name == "imagenet_16_251" and set(photos[56].concepts) == set(IMAGENET[251]) == {
+        "animal", "mammal", "dog"}
+    column = {name: int(ds.concept_matrix[:, k].sum()) for k, name in enumerate(ds.concepts)}
+    assert column == small_demo.concept_positives
+    assert column["animal"] == 23 and column["artifact"] == 24 and column["vehicle"] == 14
+    # a photo is never a positive of a concept and its own hypernym's negative
+    for child, parent in [("mammal", "animal"), ("dog", "mammal"), ("vehicle", "artifact"), ("flower", "plant")]:
+        k, j = ds.concepts.index(child), ds.concepts.index(parent)
+        assert not (ds.concept_matrix[:, k] & ~ds.concept_matrix[:, j]).any()
     sets = ds.balanced_sets(min_positives=5)
-    assert {"red", "grey", "cat", "motorcycle", "textile"} <= {s.name for s in sets}
-    for s in sets:
-        assert 2 * int(s.labels.sum()) == len(s.labels)
-        assert torch.equal(ds.concept_matrix[s.indices, s.concept], s.labels)
-    positives = {name: int(column[name].sum()) for name in ds.concepts}
-    assert positives == small_demo.concept_positives
+    assert [s.name for s in sets] == ["animal", "mammal", "plant", "artifact", "vehicle", "wheeled vehicle",
+                                      "landscape"]
 
 
 def test_provenance_says_what_the_data_is(small_demo):
     record = json.loads((small_demo.root / "provenance.json").read_text())
     assert record == small_demo.provenance
-    assert "No ImageNet image is used" in record["claims"]
-    assert {c["name"]: c["imagenet_ids"] for c in record["classes"]} == CLASS_IDS
-    assert record["classes"][0]["imagenet_names"] == ["tabby cat", "tiger cat", "Persian cat", "Siamese cat",
-                                                      "Egyptian Mau"]
-    assert [record["sets"][s]["role"] for s in SHIFT_NAMES] == [
-        f"shift, an analogue of {like} (not {like})"
-        for like in ["ImageNet-Sketch", "ImageNet-R", "ImageNet-V2", "ObjectNet", "ImageNet-A"]]
-    assert set(record["package_versions"]) == {"scikit-image", "scikit-learn", "conformal-clip-data", "pillow",
-                                               "numpy"}
+    assert "not ImageNet numbers" in record["claims"]
+    assert [photo["imagenet_id"] for photo in record["photos"]] == SMALL_LABELS
+    assert record["photos"][0] == {"file": "imagenet_00_243.jpg", "imagenet_id": 243, "imagenet_name": "Bullmastiff"}
+    assert {"foolbox", "imagecorruptions", "scikit-image", "pillow"} <= set(record["package_versions"])
     text = (small_demo.root / "provenance.md").read_text()
-    assert "**No ImageNet image is used" in text and "| cat | a domestic tabby cat" in text
-    assert "| 281, 282, 283, 284, 285 |" in text and "| other | no images | the 982 other indices" in text
+    assert "| imagenet_06_609.jpg | 609 | jeep |" in text and "| imagenet_16_251 | imagenet | Dalmatian | animal, " \
+        "mammal, dog |" in text
 
 
 def test_build_is_deterministic_and_cached(tmp_path, monkeypatch):
@@ -192,8 +192,8 @@ def test_build_is_deterministic_and_cached(tmp_path, monkeypatch):
     with pytest.raises(AssertionError, match="rebuilt"):  # another seed rebuilds
         build_demo_data(tmp_path / "a", size="tiny", seed=4)
     with pytest.raises(AssertionError, match="rebuilt"):  # so does another size
-        build_demo_data(tmp_path / "a", size=DemoSize(id_per_class=3, shift_per_class=2, concept_crops=3,
-                                                       textiles=3, short_side=96, concept_side=72))
+        build_demo_data(tmp_path / "a", size=DemoSize(photos=8, id_views=1, shift_views=1, train_per_class=3,
+                                                       shifts=("sketch", "noise"), concept_photos=24))
     versions = dict(sources.source_versions(), pillow="0.0")
     monkeypatch.setattr(demo_build, "source_versions", lambda: versions)
     with pytest.raises(AssertionError, match="rebuilt"):  # and a different Pillow (its JPEG encoder)
@@ -235,7 +235,9 @@ def test_refusals(tmp_path, monkeypatch):
     with pytest.raises(rs.InputError, match="unknown demo size 'huge'"):
         build_demo_data(tmp_path / "x", size="huge")
     with pytest.raises(rs.InputError, match="counts >= 1"):
-        DemoSize(id_per_class=0)
+        DemoSize(id_views=0)
+    with pytest.raises(rs.InputError, match="expected shifts among sketch, cartoon"):
+        DemoSize(shifts=("rephoto",))
     real_find_spec = sources.importlib.util.find_spec
     monkeypatch.setattr(sources.importlib.util, "find_spec",
                         lambda name, *a: None if name == "skimage" else real_find_spec(name, *a))

@@ -230,7 +230,7 @@ def _set_log_likelihood(clf, root: Path, class_map: Path) -> float:
 
 
 def test_real_mobilenet_finetuned_on_the_demo_photos_raises_their_set_likelihood(small_demo, tmp_path, capsys):
-    root, class_map = small_demo.train_root, small_demo.class_map_path
+    root, class_map = small_demo.train_root, small_demo.train_class_map_path
     before = _set_log_likelihood(rs.load_classifier("bundled:mobilenet_v2"), root, class_map)
     out = tmp_path / "ft"
     try:
@@ -251,14 +251,48 @@ def test_real_mobilenet_finetuned_on_the_demo_photos_raises_their_set_likelihood
 def test_the_demo_finetune_is_reused_only_for_the_same_data(tmp_path):
     from robustsig.demo import build_demo_data, finetune_demo_model
 
+    base = "bundled:squeezenet1_1"
     first_data = build_demo_data(tmp_path / "data0", size="tiny", seed=0)
-    first = finetune_demo_model(first_data, tmp_path / "ft", workers=0)
+    first = finetune_demo_model(first_data, tmp_path / "ft", base=base)
     assert not first.reused and first.result.steps == 2 and first.recipe.batch_size == 12  # the tiny split: 12 images
-    again = finetune_demo_model(first_data, tmp_path / "ft", workers=0)
+    assert first.spec == f"{base}@{tmp_path / 'ft' / 'model.safetensors'}"
+    again = finetune_demo_model(first_data, tmp_path / "ft", base=base)
     assert again.reused and again.result.resumed_from_step == 2
     other_data = build_demo_data(tmp_path / "data1", size="tiny", seed=1)  # same file names, other crops
-    other = finetune_demo_model(other_data, tmp_path / "ft", workers=0)
+    other = finetune_demo_model(other_data, tmp_path / "ft", base=base)
     assert not other.reused and other.result.resumed_from_step is None
     (tmp_path / "ft" / "notes.txt").write_text("mine")
     with pytest.raises(rs.InputError, match="holds other files than a demo finetune"):
-        finetune_demo_model(other_data, tmp_path / "ft", workers=0)
+        finetune_demo_model(other_data, tmp_path / "ft", base=base)
+
+
+def test_wiseft_checkpoints_are_the_interpolation_and_are_rewritten_only_when_an_end_changes(tmp_path, monkeypatch):
+    from robustsig.demo.interpolations import wiseft_checkpoints
+
+    zero_shot = rs.load_classifier("bundled:squeezenet1_1")
+    tuned = rs.load_classifier("bundled:squeezenet1_1")
+    with torch.no_grad():
+        tuned.head.weight.mul_(0.5)
+    rs.save_classifier(tuned, tmp_path / "ft.safetensors")
+    paths = wiseft_checkpoints("bundled:squeezenet1_1", tmp_path / "ft.safetensors", [0.25], tmp_path / "w",
+                               name="sq")
+    assert paths == {0.25: tmp_path / "w" / "sq-wiseft-0.25.safetensors"}
+    mixed = rs.load_classifier(f"bundled:squeezenet1_1@{paths[0.25]}")
+    expected = rs.interpolate(zero_shot, tuned, 0.25)
+    assert mixed.fingerprint() == expected.fingerprint() and torch.equal(mixed.W, 0.875 * zero_shot.W)
+    stamp = paths[0.25].stat().st_mtime_ns
+    with monkeypatch.context() as patched:  # a rerun reads the files' metadata and loads no model
+
+        def no_load(*args, **kwargs):
+            raise AssertionError("a model was loaded")
+
+        patched.setattr("robustsig.models.factory.load_classifier", no_load)
+        assert wiseft_checkpoints("bundled:squeezenet1_1", tmp_path / "ft.safetensors", [0.25], tmp_path / "w",
+                                  name="sq") == paths
+    assert paths[0.25].stat().st_mtime_ns == stamp
+    with torch.no_grad():
+        tuned.head.weight.mul_(0.5)
+    rs.save_classifier(tuned, tmp_path / "ft.safetensors")  # another finetune: the checkpoint is written again
+    wiseft_checkpoints("bundled:squeezenet1_1", tmp_path / "ft.safetensors", [0.25], tmp_path / "w", name="sq")
+    assert torch.equal(rs.load_classifier(f"bundled:squeezenet1_1@{paths[0.25]}").W,
+                       rs.interpolate(zero_shot, tuned, 0.25).W)

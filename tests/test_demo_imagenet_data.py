@@ -159,3 +159,20 @@ def test_import_leaves_no_pkg_resources_stand_in(monkeypatch):
 
 def test_doctest():
     assert doctest.testmod(imagenet_c).failed == 0
+
+
+def test_cifar_photos_carry_their_labels_in_their_names():
+    from robustsig.demo.imagenet_val import CIFAR10_CLASSES, CIFAR100_CLASSES, cifar_photos
+
+    ten, hundred = cifar_photos("cifar10"), cifar_photos("cifar100")
+    assert [CIFAR10_CLASSES[p.label] for p in ten[:4]] == ["cat", "ship", "ship", "airplane"]
+    assert [CIFAR100_CLASSES[p.label] for p in hundred[:3]] == ["mountain", "forest", "seal"]
+    assert ten[0].load().size == (32, 32) and len(CIFAR100_CLASSES) == 100
+
+
+def test_a_cifar_label_outside_its_classes_is_refused(tmp_path, monkeypatch):
+    from robustsig.demo.imagenet_val import cifar_photos
+
+    _fake_foolbox(tmp_path, monkeypatch, [f"cifar10_{i:02d}_{10 if i == 2 else 1}.png" for i in range(20)])
+    with pytest.raises(DataError, match=r"cifar10_02_10\.png: not named cifar10_NN_LABEL\.png with a label 0\.\.9"):
+        cifar_photos("cifar10")

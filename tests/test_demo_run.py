@@ -1,7 +1,8 @@
-"""``robustsig demo`` end to end at the tiny size through the command line: the report holds every section's tables
-and figures and says what data it ran on, results/ has rows for every model, pair and alpha, the Wise-FT ends are
-the pool models themselves, ``study.yaml`` reruns as written; a rerun computes nothing (no forward pass, no
-training step), a study failure exits 1, and a folder that is not the demo's is refused."""
+"""``robustsig demo`` end to end at the tiny size (the same code path as the demo, on 5 models and fewer images)
+through the command line: the report holds every section's tables and figures and says what data it ran on,
+results/ has rows for every model and set, the Wise-FT checkpoint in the pool is the Wise-FT sweep's own point,
+predict_er leaves the weight-sharing group out, ``study.yaml`` reruns as written; a rerun computes nothing (no
+forward pass, no training step), a study failure exits 1, and a folder that is not the demo's is refused."""
 
 from __future__ import annotations
 
@@ -11,18 +12,20 @@ import json
 import re
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 import robustsig as rs
 from robustsig.cli import main
 from robustsig.demo import run as demo_run
-from robustsig.demo.config import EFFICIENTNET, FINETUNED, RANDOM, WISEFT_ALPHAS, ZERO_SHOT
+from robustsig.demo.config import RANDOM
 from robustsig.runner import StepRecord
 from robustsig.study.analyses.accuracy import AccuracyRow, RobustnessRow
 from robustsig.study.analyses.cka import CkaRow
 from robustsig.study.analyses.concepts.summary import ConceptRow
 from robustsig.study.analyses.importance import PrivilegedRow
 from robustsig.study.analyses.kurtosis import KurtosisRow
+from robustsig.study.analyses.predict_er import ErPredictionRow, SignatureRow
 from robustsig.study.analyses.pruning import PruningRow
 from robustsig.study.analyses.wiseft import WiseFtRow
 from robustsig.study.config import load_study_config
@@ -31,14 +34,15 @@ from robustsig.study.results import Results
 from cli_helpers import run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:.*randomly initialised")]
-MODELS = [ZERO_SHOT, FINETUNED, RANDOM, EFFICIENTNET]
-SETS = ["photos", "sketch", "cartoon", "rephoto", "viewpoint", "occlusion"]
+BASE, FINETUNED, HALF = "squeezenet1_1", "squeezenet1_1-ft", "squeezenet1_1-wiseft-0.5"
+MODELS = [BASE, FINETUNED, HALF, "mobilenet_v2", RANDOM]
+SETS = ["photos", "sketch", "noise"]
 # section id -> (its tables, its number of figures)
 SECTIONS = {"pool": ((), 0), "accuracy": (("accuracy", "accuracy_by_dataset"), 1), "kurtosis": (("kurtosis",), 0),
             "importance": (("privileged",), 1), "pruning": ((), 2),
             "concepts": (("concepts_singular", "concepts_neuron", "concept_significance_singular",
-                          "concept_significance_neuron", "concept_top"), 4), "cka": ((), 1),
-            "wiseft": (("wiseft",), 1), "layer_kurtosis": ((), 1), "lowrank": ((), 2),
+                          "concept_significance_neuron", "concept_top"), 4), "atlas": ((), 0), "cka": ((), 1),
+            "wiseft": (("wiseft",), 1), "layer_kurtosis": ((), 1), "lowrank": ((), 1),
             "predict_er": (("er_predictors", "er_tracking"), 2), "config": ((), 0), "versions": ((), 0)}
 
 
@@ -74,57 +78,65 @@ def test_the_report_shows_every_section_and_what_the_data_is(first_run):
         assert "Not run" not in body, name
         assert re.findall(r'<table id="table-([a-z_]+)">', body) == list(tables), name
         assert body.count('<figure><img src="data:image/png;base64,') == figures, name
-    # the demo's shifts are its own folder sets: the report says which sets ACC(S) averages over
-    assert ("ACC(S) is the mean over 5 shift set(s): sketch (folder), cartoon (folder), rephoto (folder), viewpoint "
-            "(folder), occlusion (folder); these are not the paper&#x27;s five shift sets") in sections["accuracy"]
+    assert "ACC(S) is the mean over 2 shift set(s): sketch (folder), noise (folder)" in sections["accuracy"]
     assert "AP orientation: both" in sections["concepts"]
+    assert "leaving each group of models that share weights out" in sections["predict_er"]
     assert sorted(p.name for p in (out / "report" / "figures").glob("*.png")) == [
         "concept_thresholds_neuron.png", "concept_thresholds_singular.png", "er_tracking.png", "fig11_wiseft.png",
         "fig1_robustness.png", "fig2_importance.png", "fig3_pruning_accuracy.png", "fig4_venn_neuron_0.png",
         "fig4_venn_singular_0.png", "fig5_cka_depth.png", "fig9_pruning_er.png", "layer_kurtosis.png",
-        "lowrank_accuracy.png", "lowrank_er.png", "signatures_vs_er.png"]
+        "lowrank_accuracy.png", "signatures_vs_er.png"]
     statement = summary["data"]["statement"]
-    assert "No ImageNet image is used" in statement and "6 classes" in statement
+    assert "8 real ImageNet validation photos with their true labels" in statement
+    assert "not ImageNet numbers" in statement
     head = html.split("<nav>")[0]  # the study's description, above the contents: the data, then the pool's layout
-    assert "No ImageNet image is used" in head and "the supervised column is empty" in head
-    # the pool reads as the paper's layout: one MobileNetV2 row with the pretrained and finetuned models
+    assert "real ImageNet validation photos" in head and "the supervised column is empty" in head
     pool = sections["pool"]
-    assert re.search(r"<td>mobilenet_v2-ft</td><td><code>bundled:mobilenet_v2@[^<]*model\.safetensors</code></td>"
-                     r"<td>MobileNetV2</td><td>imagenet-1k</td><td>Finetuned</td>", pool)
-    assert "<td>mobilenet_v2</td><td><code>bundled:mobilenet_v2</code></td><td>MobileNetV2</td>" \
-           "<td>imagenet-1k</td><td>Zero-shot</td>" in pool
+    assert re.search(r"<td>squeezenet1_1-ft</td><td><code>bundled:squeezenet1_1@[^<]*model\.safetensors</code></td>"
+                     r"<td>SqueezeNet 1.1</td><td>imagenet-1k</td><td>Finetuned</td>", pool)
+    assert re.search(r"<td>squeezenet1_1-wiseft-0.5</td><td><code>bundled:squeezenet1_1@[^<]*"
+                     r"squeezenet1_1-wiseft-0.5\.safetensors</code></td><td>SqueezeNet 1.1</td><td>wise-ft 0.5</td>",
+                     pool)
 
 
-def test_results_have_rows_for_every_model_pair_and_alpha(first_run):
+def test_results_have_rows_for_every_model_and_the_wiseft_checkpoint_is_the_sweeps_point(first_run):
     out, _, summary = first_run
     results = Results(out / "results")
-    accuracy = {(row.model, row.dataset) for row in results.read(AccuracyRow)}
-    assert accuracy == {(model, name) for model in MODELS for name in SETS}
-    for table in (KurtosisRow, PrivilegedRow, PruningRow):
+    accuracy = {(row.model, row.dataset): row.accuracy for row in results.read(AccuracyRow)}
+    assert set(accuracy) == {(model, name) for model in MODELS for name in SETS}
+    for table in (KurtosisRow, PrivilegedRow, PruningRow, SignatureRow):
         assert {row.model for row in results.read(table)} == set(MODELS), table.__name__
-    # the random control scores 0 on the in-distribution set, where eq. 1 is undefined: no ER row for it
-    assert {row.model for row in results.read(RobustnessRow)} == set(MODELS) - {RANDOM}
-    assert all(row.accuracy == 0 for row in results.read(AccuracyRow) if row.model == RANDOM)
     assert {(row.model, row.basis) for row in results.read(ConceptRow)} == {(m, b) for m in MODELS
                                                                               for b in ("singular", "neuron")}
-    cka = results.read(CkaRow)
-    assert {(row.model_a, row.model_b) for row in cka} == {(ZERO_SHOT, FINETUNED), (ZERO_SHOT, EFFICIENTNET)}
-    # the paper's CKA: every MobileNetV2 block, layer to layer, on the id set and every shift set
-    finetuned = [row for row in cka if row.model_b == FINETUNED]
-    assert sorted({row.dataset for row in finetuned}) == sorted(SETS)
-    assert all(len([row for row in finetuned if row.dataset == name]) == 19 for name in SETS)
-    assert {(row.dataset, row.estimator) for row in cka if row.model_b == EFFICIENTNET} == {("photos", "minibatch")}
-    assert {row.estimator for row in cka} == {"minibatch"} and all(0.0 <= row.cka <= 1.0 for row in cka)
-    wiseft = sorted(results.read(WiseFtRow), key=lambda row: row.alpha)
-    assert [row.alpha for row in wiseft] == list(WISEFT_ALPHAS)
-    by_model = {row.model: row for row in results.read(RobustnessRow)}
-    acc_id = {(row.model, row.dataset): row.accuracy for row in results.read(AccuracyRow)}
-    assert wiseft[0].acc_id == acc_id[(ZERO_SHOT, "photos")] and wiseft[-1].acc_id == acc_id[(FINETUNED, "photos")]
-    assert wiseft[0].acc_shift == pytest.approx(by_model[ZERO_SHOT].acc_shift)
-    assert wiseft[-1].acc_shift == pytest.approx(by_model[FINETUNED].acc_shift)
+    assert {(row.model_a, row.model_b, row.dataset) for row in results.read(CkaRow)} == {
+        (BASE, FINETUNED, "photos"), (BASE, "mobilenet_v2", "photos")}
+    # the random control scores 0 on the id set, where eq. 1 is undefined: no ER row for it
+    assert all(accuracy[(RANDOM, name)] == 0 for name in SETS)
+    assert RANDOM not in {row.model for row in results.read(RobustnessRow)}
+    wiseft = {row.alpha: row for row in results.read(WiseFtRow)}
+    assert sorted(wiseft) == [0.0, 0.5, 1.0]
+    for alpha, model in ((0.0, BASE), (0.5, HALF), (1.0, FINETUNED)):
+        # the pool's saved checkpoint and the sweep's in-memory interpolation are the same model
+        assert wiseft[alpha].acc_id == accuracy[(model, "photos")], alpha
+        assert wiseft[alpha].acc_shift == pytest.approx(np.mean([accuracy[(model, name)] for name in SETS[1:]]))
     assert [row["model"] for row in summary["study"]["summary"]] == MODELS
-    assert summary["finetune"]["steps"] == 2 and not summary["finetune"]["reused"]
-    assert summary["finetune"]["spec"] == f"bundled:mobilenet_v2@{out / 'finetune' / 'model.safetensors'}"
+    assert summary["finetunes"][BASE]["steps"] == 2 and not summary["finetunes"][BASE]["reused"]
+    weights = out / "finetune" / BASE / "model.safetensors"
+    assert summary["finetunes"][BASE]["spec"] == f"bundled:squeezenet1_1@{weights}"
+
+
+def test_predict_er_leaves_the_weight_sharing_group_out(first_run):
+    out, _, _ = first_run
+    results = Results(out / "results")
+    er = {row.model: row.er for row in results.read(RobustnessRow)}
+    predictions = {(row.predictor, row.model): row.predicted_er for row in results.read(ErPredictionRow)}
+    group = [BASE, FINETUNED, HALF]
+    provenance = json.loads((out / "results" / "provenance.json").read_text())
+    assert provenance["tables"]["er_predictors"]["parameters"]["groups"] == [group]
+    # the reference for the SqueezeNet models is the mean ER of the models outside their group: MobileNetV2 alone
+    for model in group:
+        assert predictions[("mean of others", model)] == pytest.approx(er["mobilenet_v2"])
+    assert predictions[("mean of others", "mobilenet_v2")] == pytest.approx(np.mean([er[m] for m in group]))
 
 
 def test_study_yaml_is_the_study_that_ran(first_run):
@@ -132,14 +144,17 @@ def test_study_yaml_is_the_study_that_ran(first_run):
     config = load_study_config(out / "study.yaml")
     assert config.model_names() == MODELS
     assert config.to_dict() == json.loads((out / "results" / "provenance.json").read_text())["config"]
-    assert config.model(FINETUNED).spec == summary["finetune"]["spec"]
+    assert config.model(FINETUNED).spec == summary["finetunes"][BASE]["spec"]
     assert rs.load_classifier(config.model(FINETUNED).spec).head.out_features == 1000
 
 
 def test_a_rerun_reuses_everything(first_run, capsys, monkeypatch):
     out, _, _ = first_run
-    finetune = out / "finetune"
+    finetune = out / "finetune" / BASE
     stamps = {name: (finetune / name).stat().st_mtime_ns for name in ("checkpoint.pt", "model.safetensors")}
+    stamps["wiseft"] = (out / "wiseft" / f"{HALF}.safetensors").stat().st_mtime_ns
+    report = out / "report" / "report.html"
+    built = report.stat().st_mtime_ns
 
     def no_step(*args, **kwargs):
         raise AssertionError("a training step was taken by a rerun")
@@ -148,16 +163,20 @@ def test_a_rerun_reuses_everything(first_run, capsys, monkeypatch):
     code, stdout, stderr = run_cli(capsys, "demo", "--size", "tiny", "--out", str(out), "--json")
     assert code == 0, stderr
     again = json.loads(stdout)
-    assert again["data"]["reused"] and again["finetune"]["reused"]
+    assert again["data"]["reused"] and again["finetunes"][BASE]["reused"]
     assert again["study"]["counts"]["done"] == 0 and again["study"]["counts"]["reused"] > 0
     assert not [step for step in again["study"]["steps"] if step["tag"] == "extract" and step["status"] != "reused"]
-    assert {name: (finetune / name).stat().st_mtime_ns for name in stamps} == stamps
+    assert {name: (finetune / name).stat().st_mtime_ns for name in stamps if name != "wiseft"} == {
+        name: stamp for name, stamp in stamps.items() if name != "wiseft"}
+    assert (out / "wiseft" / f"{HALF}.safetensors").stat().st_mtime_ns == stamps["wiseft"]
+    # nothing the report is built from changed: it is reused, not drawn again
+    assert report.stat().st_mtime_ns == built and "report.html reused" in (out / "results" / "run.log").read_text()
     # the terminal form: the data statement, timings, the summary table and where the report is
     code, stdout, _ = run_cli(capsys, "demo", "--size", "tiny", "--out", str(out))
     assert code == 0
-    assert "No ImageNet image is used" in stdout and "Time: data" in stdout and "(reused)" in stdout
+    assert "real ImageNet validation photos" in stdout and "Time: data" in stdout and "(reused)" in stdout
     assert f"report: {out / 'report' / 'report.html'}" in stdout
-    assert re.search(r"^mobilenet_v2-ft +\d", stdout, re.MULTILINE)
+    assert re.search(r"^squeezenet1_1-ft +\d", stdout, re.MULTILINE)
 
 
 def test_a_study_failure_exits_1(first_run, capsys, monkeypatch):
@@ -166,8 +185,8 @@ def test_a_study_failure_exits_1(first_run, capsys, monkeypatch):
 
     def failing(*args, **kwargs):
         summary = real(*args, **kwargs)
-        summary.steps.append(StepRecord("extract:efficientnet_lite0:photos", "extract", "efficientnet_lite0 on photos",
-                                        "failed", 0.0, "the weights are missing", ("efficientnet_lite0",)))
+        summary.steps.append(StepRecord("extract:mobilenet_v2:photos", "extract", "mobilenet_v2 on photos",
+                                        "failed", 0.0, "the weights are missing", ("mobilenet_v2",)))
         return replace(summary)
 
     monkeypatch.setattr(demo_run, "run_study", failing)
@@ -202,3 +221,25 @@ def test_the_description_is_escaped_and_the_logit_ticks_do_not_crowd(first_run, 
     gaps = [_logit(b) - _logit(a) for a, b in zip(ticks, ticks[1:])]
     assert len(ticks) >= 6 and min(gaps) >= (_logit(high) - _logit(low)) / 12 - 1e-9
     assert 0.995 in ticks  # the axis reaches past 99%: so do its labels
+
+
+def test_the_report_key_follows_the_results_and_config_not_the_timestamps(first_run, tmp_path):
+    import shutil
+
+    from robustsig.runner import report_key
+
+    out = first_run[0]
+    config = load_study_config(out / "study.yaml")
+    shutil.copytree(out / "results", tmp_path / "results")
+    results = Results(tmp_path / "results")
+    key = report_key(config, results)
+    results.set_config(config.to_dict())  # a rerun stamps provenance.json again: same content, new time
+    (tmp_path / "results" / "run.log").write_text("another run\n")
+    assert report_key(config, results) == key
+    rows = results.read(KurtosisRow)
+    results.write(KurtosisRow, [replace(rows[0], kurtosis=rows[0].kurtosis + 1.0), *rows[1:]])
+    assert report_key(config, results) != key
+    results.write(KurtosisRow, rows)
+    assert report_key(config, results) == key
+    edited = load_study_config(out / "study.yaml")
+    assert report_key(edited.model_copy(update={"description": "another note"}), results) != key

@@ -112,3 +112,94 @@ def test_importance_concentration():
     importance = np.r_[np.full(2, 0.3), np.full(8, 0.05)]
     assert importance_concentration(importance) == pytest.approx(0.6 / 1.0)
     assert importance_concentration(np.ones(10)) == pytest.approx(0.2)
+
+
+# --------------------------------------------------------------------------- leave one group out
+
+POOL_GROUPS = np.array(["mnv2", "mnv2", "mnv2", "mnv2", "sq", "sq", "sq", "lite0", "lite1", "lite2", "rand"])
+
+
+def _pool(seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(POOL_GROUPS.shape[0], 3))
+    er = X @ np.array([0.05, -0.02, 0.01]) + rng.normal(0, 0.01, POOL_GROUPS.shape[0])
+    return X, er
+
+
+def test_ridge_leaves_one_group_out_as_sklearn_does():
+    from sklearn.linear_model import Ridge
+    from sklearn.model_selection import LeaveOneGroupOut, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, er = _pool()
+    X[:, 2] = 1.0  # a constant signature: weight 0 in both
+    expected = cross_val_predict(make_pipeline(StandardScaler(), Ridge(alpha=1.0)), X, er, groups=POOL_GROUPS,
+                                 cv=LeaveOneGroupOut())
+    np.testing.assert_allclose(loo_ridge(X, er, groups=POOL_GROUPS), expected, rtol=1e-10, atol=1e-12)
+    # without groups it is sklearn's LeaveOneOut, and the groups change the answer
+    np.testing.assert_allclose(loo_ridge(X, er), cross_val_predict(make_pipeline(StandardScaler(), Ridge(alpha=1.0)),
+                                                                   X, er, cv=len(er)), rtol=1e-10, atol=1e-12)
+    assert not np.allclose(loo_ridge(X, er), expected)
+
+
+def test_mean_of_the_other_groups_is_sklearns_dummy_mean():
+    from sklearn.dummy import DummyRegressor
+    from sklearn.model_selection import LeaveOneGroupOut, cross_val_predict
+
+    _, er = _pool(1)
+    expected = cross_val_predict(DummyRegressor(), np.zeros((er.shape[0], 1)), er, groups=POOL_GROUPS,
+                                 cv=LeaveOneGroupOut())
+    np.testing.assert_allclose(loo_mean(er, groups=POOL_GROUPS), expected, rtol=1e-12)
+
+
+def test_monotone_fit_leaves_one_group_out_as_sklearn_does():
+    from sklearn.isotonic import IsotonicRegression
+    from sklearn.model_selection import LeaveOneGroupOut
+
+    rng = np.random.default_rng(2)
+    x = rng.uniform(3, 50, POOL_GROUPS.shape[0])
+    er = 0.01 * np.sqrt(x) + rng.normal(0, 0.01, x.shape[0])
+    predicted = loo_monotone(x, er, groups=POOL_GROUPS)
+    compared = 0
+    for train, test in LeaveOneGroupOut().split(x, er, POOL_GROUPS):
+        fit = IsotonicRegression(increasing=True, out_of_bounds="clip").fit(x[train], er[train])
+        inside = test[(x[test] >= x[train].min()) & (x[test] <= x[train].max())]  # outside: extrapolated, not clipped
+        if inside.shape[0]:
+            np.testing.assert_allclose(predicted[inside], fit.predict(x[inside]), rtol=1e-12)
+        compared += inside.shape[0]
+        # no model of the held-out group informs its prediction: changing their ER changes nothing
+        moved = er.copy()
+        moved[test] += 1.0
+        np.testing.assert_allclose(loo_monotone(x, moved, groups=POOL_GROUPS)[test], predicted[test], rtol=1e-12)
+    assert compared >= 8
+
+
+def test_group_bootstrap_draws_whole_groups_and_the_note_counts_groups():
+    X, er = _pool(3)
+    predicted = loo_ridge(X, er, groups=POOL_GROUPS)
+    by_model = agreement(predicted, er, seed=0)
+    by_group = agreement(predicted, er, seed=0, groups=POOL_GROUPS)
+    assert (by_group.spearman, by_group.mae) == (by_model.spearman, by_model.mae)  # the point values do not change
+    assert by_group.spearman_ci != by_model.spearman_ci and by_group.models == 11
+    assert by_group.note is None  # 6 groups
+    few = agreement(predicted[:7], er[:7], groups=POOL_GROUPS[:7])  # 7 models in 2 groups
+    assert few.note is not None and "only 2 groups" in few.note
+    # a resample of groups holds every model of each drawn group
+    from robustsig.metrics.erpredict import _group_resamples
+
+    for index in _group_resamples(POOL_GROUPS, 50, seed=1):
+        for row in index:
+            drawn = POOL_GROUPS[row]
+            for group in set(drawn):
+                assert (drawn == group).sum() % (POOL_GROUPS == group).sum() == 0
+
+
+def test_groups_are_checked():
+    X, er = _pool()
+    with pytest.raises(InputError, match="one label per model"):
+        loo_ridge(X, er, groups=POOL_GROUPS[:5])
+    with pytest.raises(InputError, match="at least 2 groups"):
+        loo_monotone(X[:, 0], er, groups=["a"] * er.shape[0])
+    with pytest.raises(InputError, match="at least 2 groups"):
+        loo_mean(er, groups=["a"] * er.shape[0])

@@ -122,3 +122,55 @@ def test_the_command(tmp_path, capsys):
     assert results.read(ErPredictorRow)[0].predictor == document["predictors"][0]["predictor"]
     code, _, err = run_cli(capsys, "predict-er", str(tmp_path / "missing"))
     assert code == 2 and "does not exist" in err
+
+
+def test_groups_leave_models_that_share_weights_out_together(tmp_path):
+    from robustsig.metrics.erpredict import loo_monotone, loo_ridge
+    from robustsig.study.analyses.predict_er import PredictErOptions, merge_groups
+    from robustsig.study.analyses.predict_er.tables import ErPredictionRow, group_labels
+
+    results, er = planted_results(tmp_path)
+    groups = [["m0", "m1", "m2"], ["m5", "m6"]]
+    result = predict_er_tables(results, PredictErOptions(groups=groups), write=True)
+    models = [row.model for row in result.signatures]
+    labels = group_labels(models, groups)
+    assert labels == ["m0", "m0", "m0", "m3", "m4", "m5", "m5", "m7", "m8", "m9"]
+    x = np.array([row.kurtosis for row in result.signatures])
+    y = np.array([er[m] for m in models])
+    predicted = {(row.predictor, row.model): row.predicted_er for row in result.evaluation.predictions}
+    np.testing.assert_allclose([predicted[("kurtosis", m)] for m in models], loo_monotone(x, y, groups=labels))
+    # the reference for m0, m1 and m2 is the mean of the seven other models
+    others = np.mean([er[m] for m in models[3:]])
+    assert [predicted[("mean of others", m)] for m in models[:3]] == pytest.approx([others] * 3)
+    combination = next(row for row in result.evaluation.predictors if row.kind == "combination")
+    columns = combination.predictor.split("(")[1].rstrip(")").split(", ")
+    X = np.array([[getattr(row, c) for c in columns] for row in result.signatures], dtype=float)
+    np.testing.assert_allclose([predicted[(combination.predictor, m)] for m in models],
+                               loo_ridge(X, y, groups=labels))
+    assert {row.model for row in results.read(ErPredictionRow)} == set(models)
+    assert merge_groups([["a", "b"], ["c", "a"], ["d"]]) == [["a", "b", "c"], ["d"]]
+    # one group holding every model with an ER: nothing to predict from, said plainly
+    alone = predict_er_tables(results, PredictErOptions(groups=[models]))
+    assert alone.evaluation.predictors == [] and "all in one group" in alone.evaluation.note
+
+
+def test_groups_are_validated_and_joined_with_the_wiseft_pairs(tmp_path):
+    from robustsig.study.config import validate_study_config
+    from robustsig.study.registry import build_plan
+
+    base = {"version": 1, "output_dir": str(tmp_path / "out"), "store_dir": str(tmp_path / "store"),
+            "models": [{"name": n, "spec": "bundled:mobilenet_v2", "backbone": "b", "pretraining": f"p{i}",
+                        "kind": "zero-shot"} for i, n in enumerate(["a", "b", "c", "d"])],
+            "datasets": {"id": {"kind": "folder", "root": str(tmp_path)},
+                         "shift": [{"name": "s", "kind": "folder", "root": str(tmp_path)}]},
+            "analyses": {"accuracy": {}, "predict_er": {"groups": [["a", "zz"], ["b", "a"]]}}}
+    with pytest.raises(rs.InputError) as error:
+        validate_study_config(base)
+    assert "analyses.predict_er.groups[0][1]: expected the name of a model of the study" in str(error.value)
+    assert "analyses.predict_er.groups[1][1]: model 'a' is already in analyses.predict_er.groups[0]" in str(error.value)
+    base["analyses"]["predict_er"]["groups"] = [["a", "b"]]
+    base["analyses"]["wiseft"] = {"alphas": [0.0, 1.0], "concepts": False,
+                                  "pairs": [{"zero_shot": "b", "finetuned": "c"}]}
+    config = validate_study_config(base)
+    task = next(task for task in build_plan(config, config) if task.id == "predict_er")
+    assert task.options.groups == [["a", "b", "c"]]

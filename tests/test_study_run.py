@@ -10,6 +10,8 @@ as on a busy shared machine threaded LAPACK calls are many times slower."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 import re
@@ -531,7 +533,17 @@ def test_only_runs_the_selected_analyses_and_models(study):
     with pytest.raises(rs.InputError, match="'kurtosiss' is neither an analysis"):
         run_study(study.path, only=["kurtosiss"], progress=False)
     restored = run_study(study.path, only=["importance", "mnv2"], progress=False)
-    assert restored.ran() == ["importance:mnv2"] and study.read(PrivilegedRow) == list(before.values())
+    assert restored.ran() == ["importance:mnv2"]
+    # recomputed: importance projects h in float32 through BLAS, whose summation order may change with the load
+    # (threads, alignment), so the floats agree to rounding, not bit for bit
+    restored_rows = study.read(PrivilegedRow)
+    assert [row.model for row in restored_rows] == list(before)
+    for row in restored_rows:
+        now, then = dataclasses.asdict(row), dataclasses.asdict(before[row.model])
+        floats = [key for key, value in then.items() if isinstance(value, float)]
+        assert {key: now[key] for key in floats} == pytest.approx({key: then[key] for key in floats}, rel=1e-9)
+        assert {key: now[key] for key in now if key not in floats} == {key: then[key] for key in then
+                                                                        if key not in floats}
 
 
 def test_a_moved_study_folder_reuses_its_stores(tmp_path):

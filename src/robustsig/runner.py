@@ -264,15 +264,57 @@ def _execute(tasks: list[Task], ctx: RunContext) -> list[StepRecord]:
     return steps
 
 
+REPORT_KEY = ".report-key"
+"""Beside report.html: the digest of everything it was built from (:func:`report_key`)."""
+
+
+def report_key(config: StudyConfig, results: Results) -> str:
+    """A digest of everything the report is built from: the config, the content of every results file (provenance.json
+    without its run timestamps; run.log and the ledger left out), the package versions and robustsig's own source
+    files (their stamps), and the installed analyses with their versions. A run that changed none of them reuses the
+    report instead of drawing every figure again."""
+    import hashlib
+    import json
+
+    import robustsig
+    from robustsig._stamps import file_stamp
+    from robustsig.study.results import package_versions
+
+    digest = hashlib.blake2b(digest_size=16)
+    source = Path(robustsig.__file__).parent
+    digest.update(json.dumps([config.to_dict(), package_versions(),
+                              [(analysis.name, analysis.origin) for analysis in registry.analyses()],
+                              [(str(path.relative_to(source)), file_stamp(path))
+                               for path in sorted(source.rglob("*.py"))]], sort_keys=True, default=str).encode())
+    for path in sorted(p for p in results.root.rglob("*") if p.is_file()):
+        name = path.relative_to(results.root).as_posix()
+        if name in ("run.log", Ledger.FILE) or name.startswith("."):
+            continue
+        data = path.read_bytes()
+        if name == Results.PROVENANCE:
+            document = json.loads(data)
+            document.pop("created", None)
+            document.pop("updated", None)
+            data = json.dumps(document, sort_keys=True).encode()
+        digest.update(name.encode() + b"\0" + data + b"\0")
+    return digest.hexdigest()
+
+
 def _report(config: StudyConfig, results: Results, log: RunLog) -> tuple[Path | None, str | None]:
+    from robustsig._atomic import write_text_atomic
     from robustsig.report.html import build_report
 
+    html, stamp = config.report_dir / "report.html", config.report_dir / REPORT_KEY
+    key = report_key(config, results)
+    if html.is_file() and stamp.is_file() and stamp.read_text(encoding="utf-8").strip() == key:
+        log.line("report", "", f"{html} reused (no result, config or robustsig file changed since it was built)")
+        return html, None
     try:
-        files = build_report(results.root, config.report_dir / "report.html", config=config,
-                             title=f"robustsig study: {config.output_dir.name}")
+        files = build_report(results.root, html, config=config, title=f"robustsig study: {config.output_dir.name}")
     except RobustsigError as error:
         log.line("report", "", f"FAILED: {error}")
         return None, str(error)
+    write_text_atomic(stamp, key + "\n")
     absent = [name for name, shown in files.sections.items() if not shown]
     log.line("report", "", f"{files.html} ({len(files.tables) // 3} tables, {len(files.figures) // 2} figures"
                            f"{'; no results for ' + ', '.join(absent) if absent else ''})")

@@ -1,8 +1,9 @@
-"""Build the demo's data folder: a labelled in-distribution set, its shifted versions, a training split (for the
-demo's finetuned model) and a Broden-format concept set, all cut from real packaged photos, with a class map onto
-ImageNet-1k and a provenance record.
+"""Build the demo's data folder: real ImageNet validation photos with their true labels as the in-distribution set,
+shifted versions of them (ImageNet-C corruptions and two renditions), a training split of other photos (for the
+demo's finetuned models) and a Broden-format concept set of real labelled photos, with class maps onto ImageNet-1k
+and a provenance record.
 
-The build is deterministic (every image draws from a generator seeded by ``(seed, set, class, index)``; same
+The build is deterministic (every image draws from a generator seeded by ``(seed, set, photo, view)``; same
 bytes on a rerun with the same package versions) and cached: the folder's ``manifest.json`` holds a digest of the
 build parameters, the build format and the versions of the packages the images come from, and a build whose digest
 matches reuses the folder. The folder is written under a temporary name and renamed into place once complete, so
@@ -10,15 +11,15 @@ a crash never leaves a folder that looks built.
 
 Layout (``ROOT``)::
 
-    manifest.json  provenance.json  provenance.md  class_map.json
+    manifest.json  provenance.json  provenance.md  class_map.json  train_class_map.json
     photos/<class>/*.jpg                     the in-distribution set (``folder`` kind + class_map; other/ is empty)
-    photos-train/<class>/*.jpg               the training split: its own seeded crops of the same photos
-    sketch/ cartoon/ rephoto/ viewpoint/ occlusion/   the shifted sets, same classes
+    sketch/ cartoon/ noise/ blur/ weather/ digital/   the shifted sets, same photos and classes
+    photos-train/<class>/*.jpg               the training split: crops of other photos (+ train_class_map)
     concepts/                                the concept set (``broden`` kind)
 
 >>> data = build_demo_data("robustsig-demo/data")   # doctest: +SKIP
 >>> data.counts["photos"], data.reused              # doctest: +SKIP
-(360, False)
+(80, False)
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -37,61 +39,70 @@ import numpy as np
 from PIL import Image
 
 from robustsig._progress import progress
-from robustsig.demo.concepts import COLOR_NAMES, JPEG_QUALITY, BrodenWriter
-from robustsig.demo.crops import augmented_view, concept_crop, random_box
+from robustsig.demo.concept_set import CONCEPTS, concept_image, concept_photos
+from robustsig.demo.concepts import BrodenWriter
+from robustsig.demo.crops import augmented_view
+from robustsig.demo.imagenet_val import LabelledPhoto, imagenet_val_photos
 from robustsig.demo.provenance import provenance, provenance_markdown
 from robustsig.demo.shifts import SHIFTS, Shift
-from robustsig.demo.sources import (COLOR_IMAGES, DEMO_CLASSES, OTHER_CLASS, PHOTOS, TEXTURES, PackagedImage,
-                                    demo_class_map, load_image, source_versions, textile_files)
+from robustsig.demo.sources import DEMO_CLASSES, OTHER_CLASS, PHOTOS, demo_class_map, load_image, source_versions
 from robustsig.errors import InputError
 
-FORMAT = 2
+FORMAT = 3
 """Version of what the build writes; bump it when a change to the code changes the images."""
 ID_SET = "photos"
 TRAIN_SET = "photos-train"
 CONCEPT_SET = "concepts"
 MANIFEST = "manifest.json"
 CLASS_MAP = "class_map.json"
+TRAIN_CLASS_MAP = "train_class_map.json"
 TRAIN_SET_CODE = 50
-"""The training split's seed code (the labelled sets use 0-5, the concept set 100 and 200)."""
-CLUTTER_TEXTILES = 4
-"""Textile images used as clutter (backgrounds and occluders) next to the textures and the coins."""
+"""The training split's seed code (the id set uses 0, the shifted sets 1-6)."""
+JPEG_QUALITY = 92
 
 
 @dataclass(frozen=True)
 class DemoSize:
     """How many images the build writes."""
 
-    id_per_class: int = 60
-    """in-distribution images per class."""
-    shift_per_class: int = 30
-    """images per class in each shifted set."""
-    train_per_class: int = 40
-    """images per class in the training split."""
-    concept_crops: int = 24
-    """concept-set crops of each photo, texture and colour image."""
-    textiles: int = 30
-    """concept-set textile images."""
+    photos: int = 20
+    """ImageNet photos used (the first of foolbox's 20)."""
+    id_views: int = 4
+    """in-distribution views per photo (the first is the whole photo)."""
+    shift_views: int = 2
+    """views per photo in each shifted set."""
+    train_per_class: int = 20
+    """training crops per class of the training split."""
     short_side: int = 256
-    """shorter side of the labelled images, in pixels (the models resize to 256 and crop 224)."""
-    concept_side: int = 224
-    """side of the square concept images (Broden's broden1_224)."""
+    """shorter side of the labelled images, in pixels (the models resize them to their own input)."""
+    shifts: tuple[str, ...] | None = None
+    """the shifted sets written (names of :data:`~robustsig.demo.shifts.SHIFTS`; None: all)."""
+    concept_photos: int | None = None
+    """the first this many photos of the concept set (None: all)."""
 
     def __post_init__(self) -> None:
-        counts = (self.id_per_class, self.shift_per_class, self.train_per_class, self.concept_crops, self.textiles)
-        if min(counts) < 1 or min(self.short_side, self.concept_side) < 32:
-            raise InputError(f"demo size {self}: expected counts >= 1 and image sides >= 32 pixels")
+        counts = (self.photos, self.id_views, self.shift_views, self.train_per_class, self.concept_photos or 1)
+        if min(counts) < 1 or self.photos > 20 or self.short_side < 32:
+            raise InputError(f"demo size {self}: expected counts >= 1, at most 20 photos and a short side >= 32 "
+                             "pixels")
+        unknown = set(self.shifts or ()) - {shift.name for shift in SHIFTS}
+        if unknown or self.shifts == ():
+            raise InputError(f"demo size {self}: expected shifts among {', '.join(s.name for s in SHIFTS)}")
+
+    @property
+    def shift_sets(self) -> tuple[Shift, ...]:
+        """The shifts written, in the study's order."""
+        return tuple(shift for shift in SHIFTS if self.shifts is None or shift.name in self.shifts)
 
 
 SIZES: dict[str, DemoSize] = {
     "default": DemoSize(),
-    "small": DemoSize(id_per_class=12, shift_per_class=8, train_per_class=8, concept_crops=8, textiles=10),
-    "tiny": DemoSize(id_per_class=3, shift_per_class=2, train_per_class=2, concept_crops=3, textiles=3,
-                     short_side=96, concept_side=64),
+    "small": DemoSize(photos=10, id_views=2, shift_views=1, train_per_class=4),
+    "tiny": DemoSize(photos=8, id_views=1, shift_views=1, train_per_class=2, shifts=("sketch", "noise"),
+                     concept_photos=24),
 }
-"""Named sizes: ``default`` (the demo: 360 labelled images, 5 x 180 shifted, 390 concept images; extracting them
-with the demo's 3 models and 2 interior Wise-FT alphas took 140 s on 2 CPU cores), ``small`` and ``tiny``
-(tests)."""
+"""Named sizes: ``default`` (the demo: 80 in-distribution images, 6 x 40 shifted, 120 training crops, 62 concept
+images), ``small`` and ``tiny`` (tests: fewer photos and views; tiny also two shifted sets and 24 concept photos)."""
 
 
 @dataclass(frozen=True)
@@ -116,13 +127,14 @@ class DemoData:
 
     @property
     def train_root(self) -> Path:
-        """The training split (``folder`` kind with :attr:`class_map_path`), disjoint from every evaluated image."""
+        """The training split (``folder`` kind with :attr:`train_class_map_path`): other photos than every
+        evaluated and concept image."""
         return self.root / TRAIN_SET
 
     @property
     def shift_roots(self) -> dict[str, Path]:
-        """Shift name -> its folder, in the study's order."""
-        return {shift.name: self.root / shift.name for shift in SHIFTS}
+        """Shift name -> its folder, in the study's order (the shifts this build wrote)."""
+        return {shift.name: self.root / shift.name for shift in SHIFTS if shift.name in self.counts}
 
     @property
     def concepts_root(self) -> Path:
@@ -130,12 +142,29 @@ class DemoData:
 
     @property
     def class_map_path(self) -> Path:
+        """The class map of the in-distribution and shifted sets (each class one ImageNet-1k index)."""
         return self.root / CLASS_MAP
 
     @property
-    def class_map(self) -> dict[str, list[int]]:
-        """Class name -> its ImageNet-1k indices (``other``: every remaining index; it has no images)."""
-        return demo_class_map()
+    def train_class_map_path(self) -> Path:
+        """The class map of the training split (:func:`~robustsig.demo.sources.demo_class_map`)."""
+        return self.root / TRAIN_CLASS_MAP
+
+
+def class_folder(label: int, name: str) -> str:
+    """The folder of an ImageNet-1k class in the labelled sets: ``609_jeep``."""
+    return f"{label:03d}_{re.sub(r'[^a-z0-9]+', '_', name.lower()).strip('_')}"
+
+
+def photo_class_map(photos: list[LabelledPhoto]) -> dict[str, list[int]]:
+    """Class folder -> its one ImageNet-1k index, for the photos' classes, and ``other`` -> every other index (so a
+    prediction is the top-1 over all 1,000 classes)."""
+    from robustsig.data.classes import imagenet_classnames
+
+    names = imagenet_classnames()
+    mapped = {class_folder(photo.label, names[photo.label]): [photo.label] for photo in photos}
+    taken = {photo.label for photo in photos}
+    return {**dict(sorted(mapped.items())), OTHER_CLASS: [i for i in range(len(names)) if i not in taken]}
 
 
 def _seeded(*key: int) -> np.random.Generator:
@@ -151,79 +180,84 @@ def _save(image: Image.Image, path: Path) -> None:
     image.save(path, quality=JPEG_QUALITY)
 
 
-def _labelled_sets(root: Path, size: DemoSize, seed: int, photos: dict[str, Image.Image],
-                   clutter: list[Image.Image], tick: Callable[[], Any]) -> None:
-    """Write the in-distribution set, every shift and the training split (``tick()`` after each image). Each set
-    draws its crops from its own seeds, so no image of one set is an image of another."""
-    sets: list[tuple[int, str, Shift | None, int]] = [(0, ID_SET, None, size.id_per_class)]
-    sets += [(code, shift.name, shift, size.shift_per_class) for code, shift in enumerate(SHIFTS, start=1)]
-    sets.append((TRAIN_SET_CODE, TRAIN_SET, None, size.train_per_class))
-    for set_code, name, shift, count in sets:
+def photo_view(rng: np.random.Generator, photo: Image.Image, short: int, whole: bool) -> Image.Image:
+    """A view of an ImageNet photo: the whole photo, or a random crop of 40-100% of its area (aspect 3/4-4/3)
+    mirrored with probability 1/2; its shorter side resized to ``short``."""
+    box = (0, 0, *photo.size)
+    if whole:
+        return augmented_view(rng, photo, box, short=short, keep=1.0, scale=(1.0, 1.0), max_degrees=0.0,
+                              crop=box)
+    return augmented_view(rng, photo, box, short=short, keep=0.0, scale=(0.4, 1.0), max_degrees=0.0)
+
+
+def _labelled_sets(root: Path, size: DemoSize, seed: int, photos: list[tuple[LabelledPhoto, Image.Image]],
+                   folders: dict[int, str], tick: Callable[[], Any]) -> None:
+    """Write the in-distribution set and every shift (``tick()`` after each image). Each set draws its views from
+    its own seeds."""
+    sets: list[tuple[int, str, Shift | None, int]] = [(0, ID_SET, None, size.id_views)]
+    sets += [(code, shift.name, shift, size.shift_views) for code, shift in enumerate(SHIFTS, start=1)
+             if shift in size.shift_sets]
+    for set_code, name, shift, views in sets:
         (root / name / OTHER_CLASS).mkdir(parents=True)
-        for label, demo_class in enumerate(DEMO_CLASSES):
-            for i in range(count):
-                rng = _seeded(seed, set_code, label, i)
-                photo_name = demo_class.photos[i % len(demo_class.photos)]
-                photo, subject = photos[photo_name], PHOTOS[photo_name].objects[demo_class.subject][0]
-                if shift is None:
-                    image = augmented_view(rng, photo, subject, short=size.short_side)
-                else:
-                    image = shift.apply(shift.view(rng, photo, subject, size.short_side), rng, clutter)
-                _save(image, root / name / demo_class.name / f"{demo_class.name}_{i:03d}.jpg")
+        for index, (photo, image) in enumerate(photos):
+            for view in range(views):
+                rng = _seeded(seed, set_code, index, view)
+                shown = photo_view(rng, image, size.short_side, whole=shift is None and view == 0)
+                if shift is not None:
+                    shown = shift.apply(shown, rng)
+                _save(shown, root / name / folders[photo.label] / f"{photo.name}_{view}.jpg")
                 tick()
 
 
-def _square(image: Image.Image, side: int, rng: np.random.Generator) -> Image.Image:
-    if rng.random() < 0.5:
-        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return image.resize((side, side), Image.Resampling.BICUBIC, reducing_gap=3.0)
-
-
-def _concept_set(root: Path, size: DemoSize, seed: int, images: dict[str, Image.Image], textiles: list[Path],
-                 tick: Callable[[], Any]) -> dict[str, int]:
-    """Write the Broden-format concept set (``tick()`` after each image); returns the positives per concept."""
-    objects = sorted({name for photo in PHOTOS.values() for name in photo.objects})
-    writer = BrodenWriter(root, {"color": COLOR_NAMES, "object": objects, "texture": [*TEXTURES, "textile"]})
-    sources: list[PackagedImage] = [*PHOTOS.values(), *TEXTURES.values(), *COLOR_IMAGES.values()]
-    for code, source in enumerate(sources):
-        image = images[source.name]
-        for i in range(size.concept_crops):
-            rng = _seeded(seed, 100, code, i)
-            if source.objects:
-                box, shown = concept_crop(rng, image.size, source.objects, scale=(0.15, 0.7))
-            else:
-                box, shown = random_box(rng, image.size, (0.1, 0.5), (1.0, 1.0)), set()
-            view = _square(image.crop(box), size.concept_side, rng)
-            writer.add(f"{source.name}/{source.name}_{i:03d}", view, objects=sorted(shown),
-                       textures=[source.name] if source.name in TEXTURES else [])
+def _training_set(root: Path, size: DemoSize, seed: int, tick: Callable[[], Any]) -> None:
+    """Write the training split: seeded crops of the packaged photos of :data:`DEMO_CLASSES`."""
+    (root / TRAIN_SET / OTHER_CLASS).mkdir(parents=True)
+    images = {name: load_image(PHOTOS[name]) for demo_class in DEMO_CLASSES for name in demo_class.photos}
+    for label, demo_class in enumerate(DEMO_CLASSES):
+        for i in range(size.train_per_class):
+            rng = _seeded(seed, TRAIN_SET_CODE, label, i)
+            photo_name = demo_class.photos[i % len(demo_class.photos)]
+            subject = PHOTOS[photo_name].objects[demo_class.subject][0]
+            image = augmented_view(rng, images[photo_name], subject, short=size.short_side)
+            _save(image, root / TRAIN_SET / demo_class.name / f"{demo_class.name}_{i:03d}.jpg")
             tick()
-    for i, path in enumerate(textiles):
-        with Image.open(path) as textile:
-            view = _square(textile.convert("RGB"), size.concept_side, _seeded(seed, 200, i))
-        writer.add(f"textile/textile_{i:03d}", view, textures=["textile"])
+
+
+def _concept_set(root: Path, size: DemoSize, tick: Callable[[], Any]) -> dict[str, int]:
+    """Write the Broden-format concept set (``tick()`` after each image); returns the positives per concept."""
+    categories = {category: [name for name, of in CONCEPTS if of == category] for _, category in CONCEPTS}
+    writer = BrodenWriter(root, categories)
+    for photo in concept_photos()[:size.concept_photos]:
+        shown = {category: [name for name in photo.concepts if name in names] for category, names in categories.items()}
+        writer.add(f"{photo.source}/{photo.name}", concept_image(photo.load()), shown)
         tick()
     return writer.finish()
 
 
+def set_counts(size: DemoSize, concept_images: int) -> dict[str, int]:
+    """Images per set of a build of ``size`` (``concept_images``: the concept photos there are)."""
+    return {ID_SET: size.photos * size.id_views, **{s.name: size.photos * size.shift_views for s in size.shift_sets},
+            TRAIN_SET: size.train_per_class * len(DEMO_CLASSES),
+            CONCEPT_SET: min(concept_images, size.concept_photos or concept_images)}
+
+
 def _write(root: Path, size: DemoSize, seed: int, params: dict[str, Any]) -> dict[str, Any]:
     """Write every set into ``root``; returns the manifest (written last, by the caller)."""
-    images = {image.name: load_image(image) for image in [*PHOTOS.values(), *TEXTURES.values(),
-                                                          *COLOR_IMAGES.values()]}
-    textiles = textile_files(max(size.textiles, CLUTTER_TEXTILES))
-    clutter = [images[name] for name in [*TEXTURES, "coins"]]
-    for path in textiles[:CLUTTER_TEXTILES]:
-        with Image.open(path) as textile:
-            clutter.append(textile.convert("RGB"))
-    photos = {name: images[name] for name in PHOTOS}
-    classes = len(DEMO_CLASSES)
-    counts = {ID_SET: size.id_per_class * classes, **{s.name: size.shift_per_class * classes for s in SHIFTS},
-              TRAIN_SET: size.train_per_class * classes,
-              CONCEPT_SET: (len(PHOTOS) + len(TEXTURES) + len(COLOR_IMAGES)) * size.concept_crops + size.textiles}
+    from robustsig.data.classes import imagenet_classnames
+
+    chosen = imagenet_val_photos()[:size.photos]
+    photos = [(photo, photo.load()) for photo in chosen]
+    names = imagenet_classnames()
+    folders = {photo.label: class_folder(photo.label, names[photo.label]) for photo in chosen}
+    counts = set_counts(size, len(concept_photos()))
     with progress(total=sum(counts.values()), desc="demo data", unit="img") as bar:
-        _labelled_sets(root, size, seed, photos, clutter, bar.update)
-        positives = _concept_set(root / CONCEPT_SET, size, seed, images, textiles[:size.textiles], bar.update)
-    (root / CLASS_MAP).write_text(json.dumps(demo_class_map()) + "\n")
-    record = provenance(size=asdict(size), seed=seed, versions=params["versions"], counts=counts, positives=positives)
+        _labelled_sets(root, size, seed, photos, folders, bar.update)
+        _training_set(root, size, seed, bar.update)
+        positives = _concept_set(root / CONCEPT_SET, size, bar.update)
+    (root / CLASS_MAP).write_text(json.dumps(photo_class_map(chosen)) + "\n")
+    (root / TRAIN_CLASS_MAP).write_text(json.dumps(demo_class_map()) + "\n")
+    record = provenance(size=json.loads(json.dumps(asdict(size))), seed=seed, versions=params["versions"],
+                        counts=counts, positives=positives, photos=chosen)
     (root / "provenance.json").write_text(json.dumps(record, indent=1) + "\n")
     (root / "provenance.md").write_text(provenance_markdown(record))
     return {"params": params, "digest": _digest(params), "counts": counts, "concept_positives": positives,
@@ -246,9 +280,9 @@ def _from_manifest(root: Path, manifest: dict[str, Any], reused: bool) -> DemoDa
 def _is_complete(root: Path, counts: dict[str, int]) -> bool:
     """Whether every set holds the number of images its manifest counts (a deleted file means a rebuild)."""
     found = {name: sum(1 for _ in (root / name).glob("*/*.jpg"))
-             for name in [ID_SET, *(s.name for s in SHIFTS), TRAIN_SET]}
-    found[CONCEPT_SET] = sum(1 for _ in (root / CONCEPT_SET / "images").glob("*/*.jpg"))
-    return found == counts and (root / CLASS_MAP).is_file()
+             for name in counts if name != CONCEPT_SET}
+    found[CONCEPT_SET] = sum(1 for _ in (root / CONCEPT_SET / "images").glob("*/*.png"))
+    return found == counts and (root / CLASS_MAP).is_file() and (root / TRAIN_CLASS_MAP).is_file()
 
 
 def build_demo_data(out_dir: str | os.PathLike, *, size: str | DemoSize = "default", seed: int = 0) -> DemoData:
@@ -271,7 +305,7 @@ def build_demo_data(out_dir: str | os.PathLike, *, size: str | DemoSize = "defau
     Example:
         >>> data = build_demo_data("/tmp/demo-data", size="tiny")   # doctest: +SKIP
         >>> sorted(data.shift_roots)                                # doctest: +SKIP
-        ['cartoon', 'occlusion', 'rephoto', 'sketch', 'viewpoint']
+        ['blur', 'cartoon', 'digital', 'noise', 'sketch', 'weather']
     """
     if isinstance(size, str):
         if size not in SIZES:

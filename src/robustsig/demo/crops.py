@@ -1,5 +1,5 @@
 """Where to cut: random crops that keep an object in view (the data augmentation that multiplies a few photos into
-hundreds of images), crops that show or clearly miss each marked object (the concept set), and small rotations.
+many views), and small rotations.
 
 Every function draws from the ``numpy.random.Generator`` it is given, so a seeded generator gives the same crops.
 
@@ -12,7 +12,7 @@ True
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -59,52 +59,6 @@ def sample_crop(rng: np.random.Generator, size: tuple[int, int], subject: Box | 
         if subject is None or visible_fraction(crop, subject) >= keep:
             return crop
     return (0, 0, *size)
-
-
-def part_crop(rng: np.random.Generator, size: tuple[int, int], subject: Box, scale: tuple[float, float]) -> Box:
-    """A close-up on part of the object: a square-ish crop centred at a random point of the subject's box, its area
-    a ``scale`` fraction of the box's (kept inside the image)."""
-    left, top, right, bottom = subject
-    side = math.sqrt(rng.uniform(*scale) * area(subject))
-    aspect = math.exp(rng.uniform(math.log(0.8), math.log(1.25)))
-    w = min(size[0], max(8, round(side * math.sqrt(aspect))))
-    h = min(size[1], max(8, round(side / math.sqrt(aspect))))
-    cx, cy = rng.uniform(left, right), rng.uniform(top, bottom)
-    x = int(np.clip(round(cx - w / 2), 0, size[0] - w))
-    y = int(np.clip(round(cy - h / 2), 0, size[1] - h))
-    return x, y, x + w, y + h
-
-
-def objects_in_view(crop: Box, objects: Mapping[str, Sequence[Box]], *, shown: float = 0.5, cover: float = 0.3,
-                    missed: float = 0.05) -> set[str] | None:
-    """The objects a crop shows, or None when one is ambiguous.
-
-    An object is shown when at least ``shown`` of one of its boxes is in view, or its boxes fill at least ``cover``
-    of the crop; it is absent when less than ``missed`` of each box is in view and they fill less than ``missed``
-    of the crop. Anything between is ambiguous (a sliver of the object at the border): the crop is not used.
-    """
-    present = set()
-    crop_area = area(crop)
-    for name, boxes in objects.items():
-        seen = max(visible_fraction(crop, box) for box in boxes)
-        filled = sum(intersection(crop, box) for box in boxes) / crop_area
-        if seen >= shown or filled >= cover:
-            present.add(name)
-        elif seen >= missed or filled >= missed:
-            return None
-    return present
-
-
-def concept_crop(rng: np.random.Generator, size: tuple[int, int], objects: Mapping[str, Sequence[Box]],
-                 scale: tuple[float, float]) -> tuple[Box, set[str]]:
-    """A square-ish random crop whose every marked object is clearly shown or clearly absent, with those shown
-    (the whole image when no such crop is found)."""
-    for _ in range(TRIES):
-        crop = random_box(rng, size, scale, (0.9, 1.1))
-        present = objects_in_view(crop, objects)
-        if present is not None:
-            return crop, present
-    return (0, 0, *size), set(objects)
 
 
 def inscribed_scale(size: tuple[int, int], degrees: float) -> float:

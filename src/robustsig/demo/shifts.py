@@ -1,17 +1,20 @@
-"""The demo's distribution shifts: image operations on real photos that stand in for the paper's natural shifts.
+"""The demo's distribution shifts of its ImageNet photos: four families of ImageNet-C corruptions made by the published
+code (:mod:`robustsig.demo.imagenet_c`), and two renditions made by plain image processing that stand in for
+ImageNet-Sketch and ImageNet-R.
 
-Each :class:`Shift` cuts its own views of the class photos (never the in-distribution images) and changes their
-appearance with plain image processing. They are analogues made from the same few photos, not the ImageNet
-shift sets, and nothing they give is comparable to a published ImageNet number.
+Each shifted set is cut from the same 20 ImageNet validation photos as the in-distribution set (as ImageNet-C is
+made from ImageNet's validation set), from views with seeds of its own. The renditions are analogues, not those
+sets, and nothing they give is comparable to a published ImageNet number.
 
 ========== ==================== ==========================================================================
 shift      stands in for        what it does
 ========== ==================== ==========================================================================
 sketch     ImageNet-Sketch      grayscale pencil drawing: colour dodge of the image by its blurred negative
 cartoon    ImageNet-R           rendition: 8-16 flat colours, saturated, dark outlines between them
-rephoto    ImageNet-V2          a worse re-take: exposure, white balance, low resolution, blur, noise, JPEG
-viewpoint  ObjectNet            the object smaller, rotated (90/180/270 or 25-65 degrees) on a clutter background
-occlusion  ImageNet-A           a close-up of part of the object with 2-3 patches of clutter over it
+noise      ImageNet-C noise     gaussian, shot or speckle noise, severity 1-5
+blur       ImageNet-C blur      defocus, motion or zoom blur, severity 1-5
+weather    ImageNet-C weather   snow, frost, spatter or brightness, severity 1-5
+digital    ImageNet-C digital   contrast, elastic transform, pixelate, JPEG or saturate, severity 1-5
 ========== ==================== ==========================================================================
 
 >>> import numpy as np
@@ -23,26 +26,20 @@ occlusion  ImageNet-A           a close-up of part of the object with 2-3 patche
 
 from __future__ import annotations
 
-import io
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
-from robustsig.demo.crops import augmented_view, part_crop
-from robustsig.demo.sources import Box
-
-Clutter = Sequence[Image.Image]
-"""Images with none of the classes' objects (textures, coins, textiles): backgrounds and occluders."""
+from robustsig.demo.imagenet_c import corrupt
 
 
 def _to_image(values: np.ndarray) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
 
 
-def pencil_sketch(image: Image.Image, rng: np.random.Generator, clutter: Clutter = ()) -> Image.Image:
+def pencil_sketch(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     """A grayscale pencil drawing: the gray image divided by its blurred negative (colour dodge) keeps the edges
     as strokes on white paper; a gamma darkens the strokes. Returned as RGB with three equal channels."""
     gray = image.convert("L")
@@ -52,7 +49,7 @@ def pencil_sketch(image: Image.Image, rng: np.random.Generator, clutter: Clutter
     return _to_image(strokes).convert("RGB")
 
 
-def cartoon(image: Image.Image, rng: np.random.Generator, clutter: Clutter = ()) -> Image.Image:
+def cartoon(image: Image.Image, rng: np.random.Generator) -> Image.Image:
     """A rendition: at half size, median-smoothed, quantized to 8-16 flat colours (no dithering) and saturated;
     back to full size, with dark outlines where the flat colours change."""
     half = image.resize((max(1, image.width // 2), max(1, image.height // 2)), Image.Resampling.BOX)
@@ -66,102 +63,35 @@ def cartoon(image: Image.Image, rng: np.random.Generator, clutter: Clutter = ())
     return Image.composite(Image.new("RGB", image.size, (25, 20, 20)), flat, lines)
 
 
-def rephoto(image: Image.Image, rng: np.random.Generator, clutter: Clutter = ()) -> Image.Image:
-    """A worse re-take of the scene: exposure (gamma 0.6-1.6), white balance (gains 0.8-1.2 per channel),
-    contrast, a low-resolution sensor (0.3-0.5 of the size and back), blur, noise (sigma 4-10) and a JPEG
-    re-compression at quality 15-35."""
-    values = np.asarray(image, np.float64) / 255.0
-    values = values ** math.exp(rng.uniform(math.log(0.6), math.log(1.6)))
-    values = values * rng.uniform(0.8, 1.2, size=3)
-    shot = ImageEnhance.Contrast(_to_image(values * 255.0)).enhance(rng.uniform(0.7, 1.3))
-    width, height = image.size
-    factor = rng.uniform(0.3, 0.5)
-    shot = shot.resize((max(8, round(width * factor)), max(8, round(height * factor))), Image.Resampling.BILINEAR)
-    shot = shot.resize(image.size, Image.Resampling.BILINEAR).filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 1.2)))
-    noisy = np.asarray(shot, np.float64) + rng.normal(0.0, rng.uniform(4.0, 10.0), size=(height, width, 3))
-    buffer = io.BytesIO()
-    _to_image(noisy).save(buffer, format="JPEG", quality=int(rng.integers(15, 36)))
-    with Image.open(buffer) as decoded:
-        return decoded.convert("RGB")
+def imagenet_c_family(names: Sequence[str]) -> Callable[[Image.Image, np.random.Generator], Image.Image]:
+    """An ImageNet-C family: each image gets one of the family's corruptions ``names`` at a severity from 1 to 5,
+    both drawn from the image's generator, as does the corruption's own seed (:func:`robustsig.demo.imagenet_c.corrupt`,
+    the published code)."""
 
+    def apply(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+        name = names[int(rng.integers(len(names)))]
+        return corrupt(image, name, severity=int(rng.integers(1, 6)), seed=int(rng.integers(2**32)))
 
-def _clutter_patch(rng: np.random.Generator, clutter: Clutter, size: tuple[int, int]) -> Image.Image:
-    source = clutter[int(rng.integers(len(clutter)))]
-    width, height = source.size
-    w, h = min(width, size[0] * 2), min(height, size[1] * 2)
-    left, top = int(rng.integers(0, width - w + 1)), int(rng.integers(0, height - h + 1))
-    return source.crop((left, top, left + w, top + h)).resize(size, Image.Resampling.BICUBIC)
-
-
-def viewpoint(image: Image.Image, rng: np.random.Generator, clutter: Clutter) -> Image.Image:
-    """The object from an unusual viewpoint: scaled to 55-80%, rotated by 90, 180 or 270 degrees (or 25-65 either
-    way), pasted at a random place on a crop of a clutter image."""
-    canvas = _clutter_patch(rng, clutter, image.size)
-    scale = rng.uniform(0.55, 0.8)
-    view = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BICUBIC)
-    if rng.random() < 0.6:
-        degrees = float(rng.choice([90, 180, 270]))
-    else:
-        degrees = float(rng.uniform(25, 65) * rng.choice([-1, 1]))
-    mask = Image.new("L", view.size, 255).rotate(degrees, expand=True)
-    view = view.rotate(degrees, expand=True, resample=Image.Resampling.BICUBIC)
-    fit = min(1.0, canvas.width / view.width, canvas.height / view.height)
-    if fit < 1.0:
-        size = (max(1, int(view.width * fit)), max(1, int(view.height * fit)))
-        view, mask = view.resize(size, Image.Resampling.BICUBIC), mask.resize(size, Image.Resampling.BILINEAR)
-    left = int(rng.integers(0, canvas.width - view.width + 1))
-    top = int(rng.integers(0, canvas.height - view.height + 1))
-    canvas.paste(view, (left, top), mask)
-    return canvas
-
-
-def occlusion(image: Image.Image, rng: np.random.Generator, clutter: Clutter) -> Image.Image:
-    """Occluders: 2 or 3 rectangles of clutter, each 25-45% of the width and height, placed around the centre."""
-    occluded = image.copy()
-    width, height = image.size
-    for _ in range(int(rng.integers(2, 4))):
-        w = round(width * rng.uniform(0.25, 0.45))
-        h = round(height * rng.uniform(0.25, 0.45))
-        cx, cy = rng.normal(width / 2, width / 5), rng.normal(height / 2, height / 5)
-        left = int(np.clip(cx - w / 2, 0, width - w))
-        top = int(np.clip(cy - h / 2, 0, height - h))
-        occluded.paste(_clutter_patch(rng, clutter, (w, h)), (left, top))
-    return occluded
-
-
-ViewMaker = Callable[[np.random.Generator, Image.Image, Box, int], Image.Image]
-
-
-def whole_view(rng: np.random.Generator, photo: Image.Image, subject: Box, short: int) -> Image.Image:
-    """The in-distribution augmentation (crop keeping 60% of the object, mirror, +-10 degrees)."""
-    return augmented_view(rng, photo, subject, short=short)
-
-
-def full_object_view(rng: np.random.Generator, photo: Image.Image, subject: Box, short: int) -> Image.Image:
-    """A crop keeping at least 85% of the object (it is shrunk and rotated afterwards)."""
-    return augmented_view(rng, photo, subject, short=short, keep=0.85, scale=(0.4, 1.0))
-
-
-def close_up_view(rng: np.random.Generator, photo: Image.Image, subject: Box, short: int) -> Image.Image:
-    """A close-up of a part of the object: a square-ish crop centred in its box, 30-60% of the box's area, mirrored
-    at random and rotated by up to 10 degrees."""
-    return augmented_view(rng, photo, subject, short=short, crop=part_crop(rng, photo.size, subject, (0.3, 0.6)))
+    apply.__doc__ = (f"An ImageNet-C corruption (imagecorruptions 1.1.2, the published code) drawn from "
+                     f"{', '.join(names)}, at a severity drawn from 1 to 5.")
+    return apply
 
 
 @dataclass(frozen=True)
 class Shift:
-    """One shifted set: how its views are cut from the photos, and how their appearance is changed."""
+    """One shifted set: how the appearance of a view of a photo is changed."""
 
     name: str
     like: str
-    """the paper's natural shift it stands in for (an analogue only)."""
-    view: ViewMaker
-    apply: Callable[[Image.Image, np.random.Generator, Clutter], Image.Image]
+    """the shift set it stands in for (an analogue), or the ImageNet-C family it draws from."""
+    apply: Callable[[Image.Image, np.random.Generator], Image.Image]
+    published: bool = False
+    """whether the images are made by published code (ImageNet-C's), not by robustsig's own analogue."""
 
     @property
     def does(self) -> str:
-        """What the shift does, in words (its functions' first docstring lines)."""
-        return f"{_summary(self.view)} Then: {_summary(self.apply)}"
+        """What the shift does, in words (its function's first docstring paragraph)."""
+        return _summary(self.apply)
 
 
 def _summary(function: Callable) -> str:
@@ -169,10 +99,12 @@ def _summary(function: Callable) -> str:
 
 
 SHIFTS: tuple[Shift, ...] = (
-    Shift("sketch", "ImageNet-Sketch", whole_view, pencil_sketch),
-    Shift("cartoon", "ImageNet-R", whole_view, cartoon),
-    Shift("rephoto", "ImageNet-V2", whole_view, rephoto),
-    Shift("viewpoint", "ObjectNet", full_object_view, viewpoint),
-    Shift("occlusion", "ImageNet-A", close_up_view, occlusion),
+    Shift("sketch", "ImageNet-Sketch (an analogue)", pencil_sketch),
+    Shift("cartoon", "ImageNet-R (an analogue)", cartoon),
+    Shift("noise", "ImageNet-C noise", imagenet_c_family(("gaussian_noise", "shot_noise", "speckle_noise")), True),
+    Shift("blur", "ImageNet-C blur", imagenet_c_family(("defocus_blur", "motion_blur", "zoom_blur")), True),
+    Shift("weather", "ImageNet-C weather", imagenet_c_family(("snow", "frost", "spatter", "brightness")), True),
+    Shift("digital", "ImageNet-C digital", imagenet_c_family(("contrast", "elastic_transform", "pixelate",
+                                                              "jpeg_compression", "saturate")), True),
 )
 """The shifted sets, in the order they are listed in the study."""

@@ -184,7 +184,8 @@ def textile_files(count: int) -> list[Path]:
 def source_versions() -> dict[str, str]:
     """The installed versions of every package the demo's images (and their encoding) come from."""
     versions = {}
-    for pip in [*PIP_NAMES.values(), "pillow", "numpy"]:
+    for pip in [*PIP_NAMES.values(), "foolbox", "imagecorruptions", "opencv-python-headless", "scipy", "pillow",
+                "numpy"]:
         try:
             versions[pip] = metadata.version(pip)
         except metadata.PackageNotFoundError:

@@ -34,8 +34,8 @@ from robustsig.study.analyses.predict_er.report import predict_er_section
 from robustsig.study.analyses.predict_er.step import READS, PredictErTask
 from robustsig.study.analyses.predict_er.tables import (BASIS, SIGNATURES, ErPredictionRow, ErPredictorRow,
                                                         ErTrackingRow, LabelFreeRow, SignatureRow, evaluate,
-                                                        predict_er_tables)
-from robustsig.study.analysis import Analysis, Planner, model_subject
+                                                        merge_groups, predict_er_tables)
+from robustsig.study.analysis import Analysis, Planner, model_subject, unknown_models
 from robustsig.study.results import ModelRow
 
 if TYPE_CHECKING:
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from robustsig.study.config import StudyConfig
 
 __all__ = ["ErPredictionRow", "ErPredictorRow", "ErTrackingRow", "LabelFreeRow", "PredictEr", "PredictErOptions",
-           "SIGNATURES", "SignatureRow", "evaluate", "predict_er_tables"]
+           "SIGNATURES", "SignatureRow", "evaluate", "merge_groups", "predict_er_tables"]
 
 
 class PredictEr(Analysis):
@@ -57,13 +57,32 @@ class PredictEr(Analysis):
     essential = ("signatures", "er_predictors")
 
     def check(self, config: StudyConfig) -> list[str]:
-        if config.analyses.predict_er.enabled and not config.datasets.shift:
-            return ["analyses.predict_er: expected datasets.shift (ER needs shift sets); add shift sets or remove "
-                    "predict_er"]
-        return []
+        options = config.analyses.predict_er
+        problems = []
+        if options.enabled and not config.datasets.shift:
+            problems.append("analyses.predict_er: expected datasets.shift (ER needs shift sets); add shift sets or "
+                            "remove predict_er")
+        listed = [(f"analyses.predict_er.groups[{i}][{j}]", name) for i, group in enumerate(options.groups or [])
+                  for j, name in enumerate(group)]
+        problems += unknown_models(config, listed)
+        seen: dict[str, str] = {}
+        for where, name in listed:
+            if name in seen:
+                problems.append(f"{where}: model {name!r} is already in {seen[name]}; expected each model in one "
+                                "group at most")
+            seen.setdefault(name, where.rsplit("[", 1)[0])
+        return problems
+
+    def select(self, section: dict[str, Any], models: set[str]) -> dict[str, Any] | None:
+        """The groups narrowed to the selected models."""
+        groups = [[name for name in group if name in models] for group in section.get("groups") or []]
+        return {**section, "groups": [group for group in groups if group] or None}
 
     def plan_pool(self, planner: Planner, config: StudyConfig) -> None:
         options = config.analyses.predict_er
+        pairs = [[pair.zero_shot, pair.finetuned] for pair in config.analyses.wiseft.pairs
+                 ] if config.analyses.wiseft is not None and config.analyses.wiseft.enabled else []
+        options = options.model_copy(update={"groups": merge_groups([*(options.groups or []), *pairs]) or None})
         shifts = [dataset.name for dataset in config.datasets.shift]
         id_name = config.datasets.id.name
         models = config.model_names()

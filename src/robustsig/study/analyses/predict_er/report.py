@@ -35,7 +35,7 @@ def predict_er_section(page: Page, models: Sequence[ModelRow]) -> str | None:
                             "signatures_vs_er", "Each signature (computed on in-distribution data only) against "
                             "ER, one point per model (color: kind).", ["signatures"])
     if predictors:
-        text += page.table(predictors_table(predictors))
+        text += page.table(predictors_table(predictors, provenance.get("groups")))
     tracking, wiseft = page.read(ErTrackingRow), page.read(WiseFtRow)
     if tracking:
         text += page.figure(lambda: tracking_figure(wiseft), "er_tracking",
@@ -99,20 +99,28 @@ def _interval_text(low: float | None, high: float | None, scale: float = 1.0, fm
     return None if low is None or high is None else f"[{scale * low:{fmt}}, {scale * high:{fmt}}]"
 
 
-def predictors_table(rows: Sequence[Any]) -> ReportTable:
-    """Leave-one-model-out ER prediction: each signature, the combination, the reference and DoC/ATC."""
+def predictors_table(rows: Sequence[Any], groups: Sequence[Sequence[str]] | None = None) -> ReportTable:
+    """Leave-one-model-out ER prediction: each signature, the combination, the reference and DoC/ATC; leave one
+    group out when ``groups`` (lists of models that share weights) were used."""
+    held_out = "leaving each model out"
+    grouped = ""
+    if groups:
+        held_out = "leaving each group of models that share weights out"
+        grouped = (" Groups (models that share weights, predicted only by fits on the other groups; the bootstrap "
+                   "draws whole groups): " + "; ".join(", ".join(group) for group in groups)
+                   + "; every other model is a group of its own.")
     body = tuple((row.predictor, row.kind, str(row.models), decimal(2)(row.spearman),
                   _interval_text(row.spearman_low, row.spearman_high), decimal(2)(row.kendall),
                   _interval_text(row.kendall_low, row.kendall_high), f"{100 * row.mae:.2f}",
                   _interval_text(row.mae_low, row.mae_high, 100, ".2f")) for row in rows)
-    return ReportTable("er_predictors", "Signatures as ER predictors, leaving each model out", ("Predictor", "Kind"),
+    return ReportTable("er_predictors", f"Signatures as ER predictors, {held_out}", ("Predictor", "Kind"),
                        (("", ("Models", "Spearman", "95% interval", "Kendall", "95% interval", "MAE (ER points)",
                               "95% interval")),), body,
                        "A signature: rho and tau of the signature itself with ER (every increasing map ranks the "
                        "models alike), MAE of the monotone fit on the other models; the combination: ridge on the "
                        "other models, its held-out predictions ranked; mean of others: the reference a fit must "
                        "beat on MAE (its rho is -1 by construction); doc, atc-*: label-free predicted ER from the "
-                       "unlabelled shift images, no fit. Intervals: percentile bootstrap over models.",
+                       "unlabelled shift images, no fit. Intervals: percentile bootstrap over models." + grouped,
                        ("er_predictors", "er_predictions", "signatures", "label_free"))
 
 

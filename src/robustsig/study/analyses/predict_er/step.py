@@ -87,9 +87,12 @@ class PredictErTask(AnalysisTask):
                                                         for model in self.pool for name in self.shifts],
                                {"methods": list(METHODS), "scoring": "each dataset's rule (class subset or map)"})
         result = predict_er_tables(ctx.results, self.options, write=True, label_free=label_free)
+        held_out = ("leave-one-group-out (models that share weights, see groups; the bootstrap draws groups)"
+                    if self.options.groups else "leave-one-model-out")
         parameters = {"id_set": self.id_name, "signatures": list(SIGNATURES), "resamples": self.options.resamples,
-                      "seed": self.options.seed, "fit": "leave-one-model-out; isotonic (increasing) per signature, "
-                      "ridge (alpha 1) on z-scored signatures", "note": result.evaluation.note}
+                      "seed": self.options.seed, "fit": f"{held_out}; isotonic (increasing) per signature, "
+                      "ridge (alpha 1) on z-scored signatures", "groups": self.options.groups,
+                      "note": result.evaluation.note}
         for table in (SignatureRow, ErPredictionRow, ErPredictorRow, ErTrackingRow):
             ctx.results.record(table, records, parameters)
         best = {row.predictor: row.spearman for row in result.evaluation.predictors}

@@ -210,6 +210,37 @@ def label_free_er(results: Results, label_free: Sequence[LabelFreeRow] | None = 
 
 # --------------------------------------------------------------------------- evaluating the predictors
 
+def merge_groups(lists: Sequence[Sequence[str]]) -> list[list[str]]:
+    """Lists of models that share weights, merged where they share a model (the groups are the connected
+    components), each group in order of first mention.
+
+    >>> merge_groups([["a", "b"], ["c"], ["b", "d"], ["e", "c"]])
+    [['a', 'b', 'd'], ['c', 'e']]
+    """
+    parent: dict[str, str] = {}
+
+    def root(name: str) -> str:
+        while parent.setdefault(name, name) != name:
+            name = parent[name]
+        return name
+
+    for members in lists:
+        for name in members[1:]:
+            parent[root(name)] = root(members[0])
+        root(members[0])
+    groups: dict[str, list[str]] = {}
+    for name in parent:
+        groups.setdefault(root(name), []).append(name)
+    return list(groups.values())
+
+
+def group_labels(models: Sequence[str], groups: Sequence[Sequence[str]] | None) -> list[str] | None:
+    """The group of each model (a model listed in no group is its own), or None without groups."""
+    if not groups:
+        return None
+    of = {name: members[0] for members in merge_groups(groups) for name in members}
+    return [of.get(model, model) for model in models]
+
 @dataclass(frozen=True)
 class Evaluation:
     """What :func:`evaluate` found: the predictor rows, the held-out predictions, and the pool-level note."""
@@ -220,8 +251,9 @@ class Evaluation:
 
 
 def _predictor_row(name: str, kind: str, ranked: str, models: Sequence[str], er: np.ndarray, predicted: np.ndarray,
-                   ranked_values: np.ndarray | None, resamples: int, seed: int) -> tuple[ErPredictorRow, list]:
-    result = agreement(predicted, er, ranked=ranked_values, resamples=resamples, seed=seed)
+                   ranked_values: np.ndarray | None, resamples: int, seed: int,
+                   labels: Sequence[str] | None) -> tuple[ErPredictorRow, list]:
+    result = agreement(predicted, er, ranked=ranked_values, resamples=resamples, seed=seed, groups=labels)
     clean = lambda value: None if not math.isfinite(value) else float(value)  # noqa: E731
     row = ErPredictorRow(name, kind, len(models), ranked, clean(result.spearman), clean(result.spearman_ci[0]),
                          clean(result.spearman_ci[1]), clean(result.kendall), clean(result.kendall_ci[0]),
@@ -231,19 +263,23 @@ def _predictor_row(name: str, kind: str, ranked: str, models: Sequence[str], er:
 
 
 def evaluate(signatures: Sequence[SignatureRow], label_free: Mapping[str, Mapping[str, float]] | None = None, *,
-             combination: Sequence[str] | None = None, resamples: int = 2000, seed: int = 0) -> Evaluation:
+             combination: Sequence[str] | None = None, resamples: int = 2000, seed: int = 0,
+             groups: Sequence[Sequence[str]] | None = None) -> Evaluation:
     """Leave-one-model-out prediction of ER by each signature, the ridge combination, the mean of the other models
-    (the reference) and the label-free baselines.
+    (the reference) and the label-free baselines; leave-one-group-out with ``groups``.
 
     Args:
         signatures: the signature table (models without ER are left out).
         label_free: method -> model -> predicted ER (:func:`label_free_er`).
         combination: the signatures the combination uses (default: every signature known for every model with ER,
             when there are at least two).
-        resamples, seed: the bootstrap over models.
+        resamples, seed: the bootstrap over models (over groups).
+        groups: lists of models that share weights (:func:`merge_groups`): a model is predicted by fits on the
+            other groups only, and the bootstrap draws whole groups; a model listed nowhere is its own group.
 
     Returns:
-        :class:`Evaluation`; with fewer than 3 models with an ER, no predictor and a note saying why.
+        :class:`Evaluation`; with fewer than 3 models with an ER (or 2 groups), no predictor and a note saying
+        why.
 
     Raises:
         DataError: the combination names an unknown signature.
@@ -252,6 +288,10 @@ def evaluate(signatures: Sequence[SignatureRow], label_free: Mapping[str, Mappin
     if len(rows) < 3:
         return Evaluation([], [], f"{len(rows)} model(s) have an ER: leave-one-model-out prediction needs at least "
                                   "3 (ER is undefined for a model with ACC(I) 0 or 1, and needs shift sets)")
+    labels = group_labels([row.model for row in rows], groups)
+    if labels is not None and len(set(labels)) < 2:
+        return Evaluation([], [], f"the {len(rows)} models with an ER are all in one group of models that share "
+                                  "weights: leave-one-group-out prediction needs at least 2 groups")
     unknown = sorted(set(combination or ()) - set(SIGNATURES))
     if unknown:
         raise DataError(f"analyses.predict_er.combination: unknown signature(s) {unknown}; expected some of "
@@ -265,8 +305,11 @@ def evaluate(signatures: Sequence[SignatureRow], label_free: Mapping[str, Mappin
                 continue
             x = np.array([float(getattr(row, name)) for row in known])
             er = np.array([row.er for row in known])
+            known_labels = group_labels([row.model for row in known], groups)
+            if known_labels is not None and len(set(known_labels)) < 2:
+                continue
             made = _predictor_row(name, "signature", "signature", [row.model for row in known], er,
-                                  loo_monotone(x, er), x, resamples, seed)
+                                  loo_monotone(x, er, groups=known_labels), x, resamples, seed, known_labels)
             predictors.append(made[0])
             predictions += made[1]
         complete = [name for name in SIGNATURES if all(getattr(row, name) is not None for row in rows)]
@@ -277,10 +320,11 @@ def evaluate(signatures: Sequence[SignatureRow], label_free: Mapping[str, Mappin
         if len(usable) >= 2:
             X = np.array([[float(getattr(row, name)) for name in usable] for row in rows])
             made = _predictor_row(f"{COMBINATION} ({', '.join(usable)})", "combination", "prediction", models, er,
-                                  loo_ridge(X, er), None, resamples, seed)
+                                  loo_ridge(X, er, groups=labels), None, resamples, seed, labels)
             predictors.append(made[0])
             predictions += made[1]
-        made = _predictor_row(REFERENCE, "reference", "prediction", models, er, loo_mean(er), None, resamples, seed)
+        made = _predictor_row(REFERENCE, "reference", "prediction", models, er, loo_mean(er, groups=labels), None,
+                              resamples, seed, labels)
         predictors.append(made[0])
         predictions += made[1]
         for method, by_model in (label_free or {}).items():
@@ -288,10 +332,11 @@ def evaluate(signatures: Sequence[SignatureRow], label_free: Mapping[str, Mappin
             if len(known) >= 2:
                 er_known = np.array([row.er for row in known])
                 made = _predictor_row(method, "label-free", "prediction", [row.model for row in known], er_known,
-                                      np.array([by_model[row.model] for row in known]), None, resamples, seed)
+                                      np.array([by_model[row.model] for row in known]), None, resamples, seed,
+                                      group_labels([row.model for row in known], groups))
                 predictors.append(made[0])
                 predictions += made[1]
-    return Evaluation(predictors, predictions, small_pool_note(len(rows)))
+    return Evaluation(predictors, predictions, small_pool_note(len(rows), None if labels is None else len(set(labels))))
 
 
 def tracking_rows(wiseft: Sequence[WiseFtRow]) -> list[ErTrackingRow]:
@@ -342,7 +387,7 @@ def predict_er_tables(results: Results, options: PredictErOptions | None = None,
     options = options or PredictErOptions()
     signatures = signature_rows(results)
     evaluation = evaluate(signatures, label_free_er(results, label_free), combination=options.combination,
-                          resamples=options.resamples, seed=options.seed)
+                          resamples=options.resamples, seed=options.seed, groups=options.groups)
     tracking = tracking_rows(_read(results, WiseFtRow))
     if write:
         results.write(SignatureRow, signatures)
