@@ -32,7 +32,7 @@ from robustsig.study.analyses.concepts.thresholds import ConceptThresholdRow
 from robustsig.study.analyses.importance import ImportanceRow, PrivilegedRow
 from robustsig.study.analyses.kurtosis import KurtosisRow, OutlierRow
 from robustsig.study.analyses.pruning import PruningRow
-from robustsig.study.analyses.wiseft import WiseFtRow
+from robustsig.study.analyses.wiseft import WiseFtRow, WiseFtSignatureRow
 from robustsig.study.config import load_study_config
 from robustsig.study.ledger import Ledger
 from robustsig.study.subjects import random_init_seed
@@ -328,6 +328,17 @@ def test_wiseft_sweep_matches_its_stores(study):
     if 0 < middle.acc_id < 1:
         assert middle.er == pytest.approx(oracles.effective_robustness(middle.acc_id, middle.acc_shift), abs=1e-12)
     assert middle.kurtosis == pytest.approx(oracles.activation_kurtosis(point["photos"].read("h")), rel=1e-9)
+    # the kurtosis along the sweep on the id set and on each shift set (App. G, Figs. 15-16), from every point's stores
+    signatures = [row for row in study.read(WiseFtSignatureRow) if row.pair == "zs"]
+    assert [(row.alpha, row.dataset) for row in signatures] == [(a, name) for a in (0.0, 0.5, 1.0) for name in SETS]
+    subjects = {0.0: "zs", 0.5: "zs@alpha=0.5", 1.0: "ft"}
+    for row in signatures:
+        h = store(study, subjects[row.alpha], row.dataset).read("h")
+        assert row.kurtosis == pytest.approx(oracles.activation_kurtosis(h), rel=1e-9)
+        assert row.num_samples == IMAGES[row.dataset]
+        if row.dataset == "photos":
+            assert row.kurtosis == rows[row.alpha].kurtosis  # wiseft.csv keeps the id set's
+    assert len({row.kurtosis for row in signatures}) == len(signatures)
     folder = study.config.results_dir / "concept_ap"
     ap = np.load(folder / "zs@alpha=0.5_singular.npy")
     np.testing.assert_allclose(ap, reference_ap(study, "zs@alpha=0.5", "singular", json.loads(
