@@ -458,7 +458,7 @@ def test_the_report_has_every_section(study):
     for section in SECTIONS:
         assert f'<section id="{section}">' in page
     # every analysis of the study is shown; the one it leaves out (lowrank) says so
-    assert re.findall(r"Not run: ([^<]*?) absent", page) == ["results/lowrank.csv"]
+    assert re.findall(r"Not run: ([^<]*?) absent", page) == ["results/noclip.csv", "results/lowrank.csv"]
     assert "results/concept_ap/MODEL_BASIS.npy" in page and "Outlier dimensions of h" in page
     assert "ACC(S) is the mean over 2 shift set(s): shift-a (folder), shift-b (folder); these are not the paper" in page
     assert "AP orientation: both" in page and "Threshold sensitivity (singular basis)" in page
