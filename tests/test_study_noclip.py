@@ -140,3 +140,32 @@ def test_a_rerun_reuses_table_8_and_a_new_comparison_recomputes_it(study):
     assert changed.ran() == ["noclip"]
     assert [(row.model, row.role) for row in results.read(NoClipRow)] == [("ft", "noclip"), ("zs", "compared"),
                                                                           ("ctrl", "compared")]
+
+
+def test_columns_without_rows_stay_empty_and_the_report_says_so(tmp_path):
+    """A pool where the concepts and importance analyses did not run: Table 8 keeps ACC, ER and kurtosis, names the
+    empty columns, and the section says Fig. 10 needs importance."""
+    from types import SimpleNamespace
+
+    from robustsig.report.page import Page
+    from robustsig.study.analyses.accuracy import AccuracyRow, RobustnessRow
+    from robustsig.study.analyses.kurtosis import KurtosisRow
+    from robustsig.study.analyses.noclip import NoClip, NoClipTask
+
+    results = rs.Results(tmp_path / "results")
+    results.write(AccuracyRow, [AccuracyRow("nc", "val", 0.35, 100), AccuracyRow("nc", "v2", 0.3, 100),
+                                AccuracyRow("zs", "val", 0.6, 100)])
+    results.write(RobustnessRow, [RobustnessRow("nc", 0.35, 0.2, 0.04, 0.76, -1.49)])
+    results.write(KurtosisRow, [KurtosisRow("nc", "val", 3.4, 100, 768), KurtosisRow("zs", "val", 41.0, 100, 512)])
+    ctx = SimpleNamespace(results=results, config=SimpleNamespace(datasets=SimpleNamespace(id=SimpleNamespace(
+        name="val"))))
+    summary = NoClipTask(["nc"], ["zs"], [], ()).compute(ctx)
+    assert results.read(NoClipRow) == [NoClipRow("nc", "noclip", 0.35, 0.04, 3.4, None, None, None),
+                                       NoClipRow("zs", "compared", 0.6, None, 41.0, None, None, None)]
+    assert summary.startswith("nc: ACC(I) 35.0%, ER +4.0, kurtosis 3.4, - unique concepts")
+    assert "(no unique concepts, privileged directions: their analyses have no rows" in summary
+    models = [ModelRow("nc", "s", "ViT-B-16", "yfcc15m-simclr", "finetuned"),
+              ModelRow("zs", "s", "ViT-B-16", "openai", "zero-shot")]
+    html = NoClip().report(Page(results, tmp_path / "report" / "report.html", None), models)
+    assert "Empty: unique concepts, privileged directions (their analyses have no rows for these models)." in html
+    assert "Fig. 10 needs the importance analysis" in html and "<figure>" not in html

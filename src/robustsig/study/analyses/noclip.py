@@ -14,8 +14,8 @@ flag on the model entry would put one appendix's option into every model's secti
 
 It computes nothing new: its step reads the rows of ``accuracy``, ``kurtosis``, ``concepts`` and ``importance``
 (waiting for those steps) and writes ``noclip.csv``, one row per model named or compared, with Table 8's columns and
-the privileged-direction count and top ratio that quantify Fig. 10. A column whose analysis is not part of the
-study stays empty, and the report says which.
+the privileged-direction count and top ratio that quantify Fig. 10. A column stays empty where its analysis has no
+row for the model (it is not part of the study), and the report says which.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ class NoClipTask(AnalysisTask):
         return (f"{shown.model}: ACC(I) {percent(shown.acc_id) or '-'}%, ER {signed_percent(shown.er) or '-'}, "
                 f"kurtosis {decimal(1)(shown.kurtosis) or '-'}, {integer(shown.unique_concepts) or '-'} unique "
                 f"concepts; compared with {len(self.compared)} model(s)"
-                + (f" (no {', '.join(empty)}: those analyses are not part of the study)" if empty else ""))
+                + (f" (no {', '.join(empty)}: their analyses have no rows for these models)" if empty else ""))
 
 
 class NoClip(Analysis):
@@ -207,7 +207,7 @@ def noclip_table(rows: Sequence[NoClipRow], parameters: dict[str, Any] | None = 
                f"{parameters.get('concepts') or 'singular basis'}: Table 8's columns. Privileged directions and the "
                "top importance ratio quantify Fig. 10.")
     if parameters.get("empty"):
-        caption += f" Empty: {', '.join(parameters['empty'])} (the analyses are not part of the study)."
+        caption += f" Empty: {', '.join(parameters['empty'])} (their analyses have no rows for these models)."
     return ReportTable("noclip", "Table 8: NoCLIP and the models it is compared with", ("Model", "Role"),
                        (("", ("ACC(I) (%)", "ER (%)", "Kurtosis", "Unique concepts", "Privileged", "Top ratio")),),
                        body, caption, ("noclip",))
