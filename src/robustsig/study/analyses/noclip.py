@@ -227,7 +227,7 @@ def noclip_figure(models: Sequence[ModelRow], noclip: Sequence[NoClipRow], impor
     compared = [row.model for row in noclip if row.role == "compared" and row.model in by_model]
     pool = {model.model: model for model in models}
     figure, axes = grid(len(named), panel=(4.4, 3.2), columns=2)
-    figure.suptitle("NoCLIP against the robust zero-shot models: importance of singular directions")
+    figure.suptitle("NoCLIP: importance of singular directions", fontsize=10)
     colors = [color for color in (f"C{i}" for i in range(10)) if color != "C7"]
     for ax, name in zip(axes, named):
         for i, model in enumerate([name, *compared]):
