@@ -11,7 +11,7 @@ from robustsig.study.analyses.concepts.thresholds import ConceptThresholdRow
 from robustsig.study.analyses.importance import ImportanceRow, PrivilegedRow
 from robustsig.study.analyses.kurtosis import KurtosisRow, OutlierRow
 from robustsig.study.analyses.pruning import PruningRow
-from robustsig.study.analyses.wiseft import WiseFtRow
+from robustsig.study.analyses.wiseft import WiseFtRow, WiseFtSignatureRow
 from robustsig.study.results import DatasetRow, InputRecord, ModelRow, Results
 
 XSS = "<script>alert(1)</script>"
@@ -91,6 +91,8 @@ def write_results(root: Path) -> Results:
                      for i, (la, lb) in enumerate(zip(["b0", "b1"], ["layer1", "layer3"]))])
     results.write(WiseFtRow, [WiseFtRow("rn50-oa", a, 0.598 + 0.16 * a, 0.331 - 0.08 * a, 0.08 - 0.1 * a,
                                         41.0 - 34 * a, 4 - 2 * round(a)) for a in (0.0, 0.5, 1.0)])
+    results.write(WiseFtSignatureRow, [WiseFtSignatureRow("rn50-oa", a, name, 41.0 - 34 * a + 5 * shift, 100)
+                                       for a in (0.0, 0.5, 1.0) for name, shift in (("val", 0), ("sketch", 1))])
     from robustsig.study.analyses.predict_er import predict_er_tables
     from robustsig.study.analyses.concepts.significance import ConceptSignificanceRow
     from robustsig.study.analyses.predict_er import PredictErOptions

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 import robustsig as rs
-from robustsig.study.analyses.cka import match_layers
+from robustsig.study.analyses.cka import match_layers, with_h
 from robustsig.study.analyses.cka.estimators import _bounds, layer_cka
+from robustsig.study.analyses.cka.tasks import _layer_names
 from robustsig.study.config import select, validate_study_config
 from robustsig.study.ledger import Ledger, provenance_digest
 from robustsig.study.registry import build_plan
@@ -131,6 +132,32 @@ def test_match_layers_in_order_by_relative_depth_or_all_pairs():
     assert match_layers(["a0", "a1", "a2"], ["b0", "b1", "b2", "b3", "b4", "b5", "b6"], False) == [
         ("a0", "b0"), ("a1", "b3"), ("a2", "b6")]
     assert match_layers(a, b, True) == [(x, y) for x in a for y in b]
+
+
+def test_h_is_the_last_point_of_every_curve_and_is_matched_with_h():
+    assert with_h(["b0", "h", "b1"]) == with_h(["b0", "b1"]) == ["b0", "b1", "h"]
+    # the taps by relative depth among themselves, h with h (never a tap with h, whatever the counts)
+    assert match_layers(["a0", "a1", "a2", "a3", "h"], ["b0", "b1", "h"], False) == [("a0", "b0"), ("a3", "b1"),
+                                                                                        ("h", "h")]
+    assert match_layers(["b0", "b1", "h"], ["a0", "a1", "a2", "a3", "h"], False) == [("b0", "a0"), ("b1", "a3"),
+                                                                                        ("h", "h")]
+    assert match_layers(["h"], ["b0", "b1", "h"], False) == [("h", "h")]  # a model without layer taps
+    assert match_layers(["a0", "h"], ["b0", "h"], True) == [("a0", "b0"), ("a0", "h"), ("h", "b0"), ("h", "h")]
+    # the layers a step compares: those asked (default: every tap), then h; a tap may not take h's name
+    assert _layer_names("m", None, ["b0", "b1"]) == ["b0", "b1", "h"]
+    assert _layer_names("m", ["b1", "h", "b0"], ["b0", "b1"]) == ["b1", "b0", "h"]
+    assert _layer_names("m", None, []) == ["h"]
+    with pytest.raises(rs.InputError, match="has no layer \\['b9'\\]"):
+        _layer_names("m", ["b9"], ["b0"])
+    with pytest.raises(rs.InputError, match="a layer tap named 'h'"):
+        _layer_names("m", None, ["b0", "h"])
+
+
+def test_the_pooled_estimator_never_asks_a_store_for_a_layer_named_h(tmp_path):
+    data = study_data(tmp_path, cka={"pairs": [{"model_a": "zs", "model_b": "ft", "layers": ["block4", "h"]}],
+                                     "dataset": "shift-a", "estimator": "pooled"}, layer_kurtosis={"enabled": False})
+    tasks = {task.id: task for task in build_plan(*[validate_study_config(data, base_dir=tmp_path)] * 2)}
+    assert tasks["extract:zs:shift-a"].layers == tasks["extract:ft:shift-a"].layers == ("block4",)
 
 
 def test_minibatch_bounds_never_leave_a_batch_too_small_for_the_unbiased_estimator():

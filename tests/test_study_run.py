@@ -35,7 +35,7 @@ from robustsig.study.analyses.concepts.thresholds import ConceptThresholdRow
 from robustsig.study.analyses.importance import ImportanceRow, PrivilegedRow
 from robustsig.study.analyses.kurtosis import KurtosisRow, OutlierRow
 from robustsig.study.analyses.pruning import PruningRow
-from robustsig.study.analyses.wiseft import WiseFtRow
+from robustsig.study.analyses.wiseft import WiseFtRow, WiseFtSignatureRow
 from robustsig.study.config import load_study_config
 from robustsig.study.ledger import Ledger
 from robustsig.study.subjects import random_init_seed
@@ -272,13 +272,16 @@ def cka_minibatches(study) -> dict[str, list[list[int]]]:
 def test_cka_is_torch_cka_on_the_id_set_and_every_shift_set(study):
     rows = study.read(CkaRow)
     assert {(row.dataset, row.estimator) for row in rows} == {(name, "minibatch") for name in SETS}
-    blocks, stages = [f"block{i}" for i in range(6)], [f"stage{i}" for i in range(4)]
+    # every layer tap, then h (the head's input) as the last point, paired with h whatever the depths
+    blocks, stages = [f"block{i}" for i in range(6)] + ["h"], [f"stage{i}" for i in range(4)] + ["h"]
     for name in SETS:
         depth = [row for row in rows if (row.model_a, row.model_b, row.dataset) == ("zs", "ctrl", name)]
         assert [(r.layer_a, r.layer_b) for r in depth] == match_layers(blocks, stages, cross=False)
+        assert (depth[-1].layer_a, depth[-1].layer_b) == ("h", "h") and depth[-2].layer_a != "h"
         cross = [row for row in rows if (row.model_a, row.model_b, row.dataset) == ("zs", "ft", name)]
         assert [(r.layer_a, r.layer_b) for r in cross] == [(a, b) for a in blocks for b in blocks]
-    # the oracle: torch_cka's compare loop, on the raw outputs of the tapped modules, minibatch by minibatch
+    # the oracle: torch_cka's compare loop, on the raw outputs of the tapped modules and on h (what encode returns),
+    # minibatch by minibatch
     models = {entry.name: entry for entry in study.config.models}
     classifiers = {name: rs.load_classifier(models[name].spec, device="cpu") for name in ("zs", "ft")}
     torch.manual_seed(random_init_seed("ctrl"))
@@ -291,10 +294,10 @@ def test_cka_is_torch_cka_on_the_id_set_and_every_shift_set(study):
         hooks = [clf.encoder.get_submodule(tap.module).register_forward_hook(lambda m, i, o: out.append(o))
                  for tap in clf.taps.values()]
         with torch.no_grad():
-            clf(torch.stack([clf.preprocess(image) for image in images]))
+            h = clf.encode(torch.stack([clf.preprocess(image) for image in images]))
         for hook in hooks:
             hook.remove()
-        return out
+        return [*out, h]
 
     for name, batches in cka_minibatches(study).items():
         data = dataset(study, name)
@@ -305,8 +308,11 @@ def test_cka_is_torch_cka_on_the_id_set_and_every_shift_set(study):
                 if (row.model_a, row.model_b, row.dataset) == ("zs", other, name):
                     value = float(expected[blocks.index(row.layer_a), layers_b.index(row.layer_b)])
                     assert row.cka == pytest.approx(value, abs=1e-5), (name, row)
-    # each value is torch_cka's (above): unbiased HSIC is not confined to [0, 1], so no range is asserted
+    # each value is torch_cka's (above): unbiased HSIC is not confined to [0, 1] (h against block0 is negative here)
     assert any(row.cka < 0.9 for row in rows) and all(math.isfinite(row.cka) for row in rows)
+    h = {row.dataset: row.cka for row in rows if (row.model_a, row.model_b, row.layer_a) == ("zs", "ctrl", "h")}
+    last = {row.dataset: row.cka for row in rows if (row.model_a, row.model_b, row.layer_a) == ("zs", "ctrl", "block5")}
+    assert set(h) == set(SETS) and all(h[name] != last[name] for name in SETS)  # h is not the last block
     inputs = {(item.model, item.dataset): item.num_samples for item in study.results.inputs(CkaRow)}
     assert inputs[("zs", "shift-a")] == sum(len(b) for b in cka_minibatches(study)["shift-a"])
 
@@ -328,6 +334,17 @@ def test_wiseft_sweep_matches_its_stores(study):
     if 0 < middle.acc_id < 1:
         assert middle.er == pytest.approx(oracles.effective_robustness(middle.acc_id, middle.acc_shift), abs=1e-12)
     assert middle.kurtosis == pytest.approx(oracles.activation_kurtosis(point["photos"].read("h")), rel=1e-9)
+    # the kurtosis along the sweep on the id set and on each shift set (App. G, Figs. 15-16), from every point's stores
+    signatures = [row for row in study.read(WiseFtSignatureRow) if row.pair == "zs"]
+    assert [(row.alpha, row.dataset) for row in signatures] == [(a, name) for a in (0.0, 0.5, 1.0) for name in SETS]
+    subjects = {0.0: "zs", 0.5: "zs@alpha=0.5", 1.0: "ft"}
+    for row in signatures:
+        h = store(study, subjects[row.alpha], row.dataset).read("h")
+        assert row.kurtosis == pytest.approx(oracles.activation_kurtosis(h), rel=1e-9)
+        assert row.num_samples == IMAGES[row.dataset]
+        if row.dataset == "photos":
+            assert row.kurtosis == rows[row.alpha].kurtosis  # wiseft.csv keeps the id set's
+    assert len({row.kurtosis for row in signatures}) == len(signatures)
     folder = study.config.results_dir / "concept_ap"
     ap = np.load(folder / "zs@alpha=0.5_singular.npy")
     np.testing.assert_allclose(ap, reference_ap(study, "zs@alpha=0.5", "singular", json.loads(
@@ -447,7 +464,7 @@ def test_the_report_has_every_section(study):
     for section in SECTIONS:
         assert f'<section id="{section}">' in page
     # every analysis of the study is shown; the one it leaves out (lowrank) says so
-    assert re.findall(r"Not run: ([^<]*?) absent", page) == ["results/lowrank.csv"]
+    assert re.findall(r"Not run: ([^<]*?) absent", page) == ["results/noclip.csv", "results/lowrank.csv"]
     assert "results/concept_ap/MODEL_BASIS.npy" in page and "Outlier dimensions of h" in page
     assert "ACC(S) is the mean over 2 shift set(s): shift-a (folder), shift-b (folder); these are not the paper" in page
     assert "AP orientation: both" in page and "Threshold sensitivity (singular basis)" in page

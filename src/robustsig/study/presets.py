@@ -2,7 +2,8 @@
 
 The ``paper`` preset is the pool of Crabbé et al.: 12 OpenCLIP zero-shot models, their finetuned counterparts
 (recipe D.1, checkpoints the user makes), the ImageNet-supervised model of each backbone (recipe D.2 for the CLIP
-ResNets, torchvision weights for the ViTs), the six ImageNet-family sets and Broden.
+ResNets, torchvision weights for the ViTs), the six ImageNet-family sets and Broden; and, commented out, the slot of
+App. F's NoCLIP model (:data:`NOCLIP`) with its ``noclip`` analysis section.
 
 Example:
     >>> import yaml
@@ -81,7 +82,19 @@ def _paper_models() -> list[str]:
               "  # The ViTs use torchvision's ImageNet weights (downloaded by torchvision, or cached locally)."]
     for arch, spec in PAPER_SUPERVISED.items():
         lines += _model(f"{arch}-sup", spec, arch, "imagenet-1k", "supervised")
+    lines += ["",
+              "  # Optional, App. F (Table 8, Fig. 10): NoCLIP, a ViT-B-16 pretrained SimCLR-style on YFCC-15M (no",
+              "  # language supervision), then finetuned with labels on the ImageNet-labelled part of YFCC-15M (Fang",
+              "  # et al. 2022). FILL IN its checkpoint (a robustsig checkpoint of the ViT-B-16 image tower with its",
+              "  # 1000-class head: `rs.save_classifier`), then uncomment this entry and `noclip:` under analyses."]
+    lines += [f"  # {line[2:]}" for line in _model(*NOCLIP, "finetuned")]  # commented out at its indentation
     return lines
+
+
+NOCLIP: tuple[str, str, str, str] = (
+    "ViT-B-16-noclip", f"openclip:ViT-B-16@{PLACEHOLDER_PREFIX}noclip/ViT-B-16_yfcc15m_simclr.safetensors", "ViT-B-16",
+    "yfcc15m-simclr")
+"""The NoCLIP slot of the paper's pool (App. F): name, spec (a checkpoint to fill in), backbone, pretraining."""
 
 
 def _paper_datasets() -> list[str]:
@@ -134,7 +147,10 @@ def _paper_analyses() -> list[str]:
              "    pairs:"]
     for _, zero_shot, finetuned in _pairs():
         lines += [f"      - {{model_a: {zero_shot}, model_b: {finetuned}, layers: all}}"]
-    lines += ["  wiseft:  # Wise-FT: (1 - alpha) zero-shot + alpha finetuned (Fig. 11-18)",
+    lines += ["  # noclip:  # App. F: Table 8 and Fig. 10 for the NoCLIP model (uncomment with its entry under models)",
+              f"  #   models: [{NOCLIP[0]}]",
+              "  #   compare: null  # null: the zero-shot models of its backbone (Fig. 10's ViT-B-16 models)",
+              "  wiseft:  # Wise-FT: (1 - alpha) zero-shot + alpha finetuned (Fig. 11-18)",
               "    alphas: " + _scalar([round(0.1 * i, 1) for i in range(11)]),
               "    pairs:"]
     for name, zero_shot, finetuned in _pairs():

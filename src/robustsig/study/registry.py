@@ -40,6 +40,7 @@ BUILTIN: tuple[str, ...] = (
     "robustsig.study.analyses.concepts:Concepts",
     "robustsig.study.analyses.atlas:Atlas",
     "robustsig.study.analyses.cka:Cka",
+    "robustsig.study.analyses.noclip:NoClip",
     "robustsig.study.analyses.wiseft:WiseFt",
     "robustsig.study.analyses.layer_kurtosis:LayerKurtosis",
     "robustsig.study.analyses.lowrank:LowRank",

@@ -1,17 +1,26 @@
-"""Wise-FT sweeps: for each pair and alpha, the model ``(1 - alpha) theta_zero_shot + alpha theta_finetuned``
-(:func:`robustsig.interpolate`) is extracted like a pool model, and its accuracy, ER, kurtosis and unique concepts
-are computed from its stores: ``wiseft.csv``.
+"""Wise-FT sweeps (App. G): for each pair and alpha, the model ``(1 - alpha) theta_zero_shot + alpha
+theta_finetuned`` (:func:`robustsig.interpolate`) is extracted like a pool model, and its accuracy, ER, kurtosis
+and unique concepts are computed from its stores.
+
+Tables:
+
+- ``wiseft.csv``: one row per pair and alpha: ACC(I), ACC(S), ER, the activation kurtosis on the id set (what the
+  ER tracking of ``predict_er`` reads) and the unique concepts on Broden.
+- ``wiseft_signatures.csv``: one row per pair, alpha and evaluation set: the activation kurtosis (eq. 2) of the
+  point's ``h`` on the id set and on each shift set, as App. G computes it ("for both ImageNet tests and ImageNet
+  shifts", Figs. 15-16). A long table (a ``dataset`` column) rather than a column per set: the sets are the
+  study's own, and ``wiseft.csv`` stays one readable row per point.
 
 Each sweep point has its own stores (``STORE_DIR/PAIR@alpha=A/DATASET``), reused by later runs; alpha 0 and 1 are
 the pool models themselves, whose stores are shared. A point needs the id set (accuracy, kurtosis), the shift sets
-(ACC(S) and ER, when the study has shift sets) and Broden (unique concepts in the singular basis, when ``concepts``
-is on; the AP matrix is saved like a model's, and the threshold is the concepts analysis's).
+(ACC(S), ER and their kurtosis, when the study has shift sets) and Broden (unique concepts in the singular basis,
+when ``concepts`` is on; the AP matrix is saved like a model's, and the threshold is the concepts analysis's).
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
@@ -74,10 +83,22 @@ class WiseFtRow:
     acc_id: float = column("accuracy on the in-distribution set")
     acc_shift: float | None = column("mean accuracy over the shift sets")
     er: float | None = column("effective robustness")
-    kurtosis: float | None = column("activation kurtosis")
-    unique_concepts: int | None = column("unique concepts (singular basis)")
+    kurtosis: float | None = column("activation kurtosis on the id set (every set: wiseft_signatures.csv)")
+    unique_concepts: int | None = column("unique concepts (singular basis, Broden)")
 
 
+@result_table
+@dataclass(frozen=True)
+class WiseFtSignatureRow:
+    """The activation kurtosis of one Wise-FT point on one evaluation set (App. G, Figs. 15-16)."""
+
+    TABLE: ClassVar[str] = "wiseft_signatures"
+    KEY: ClassVar[tuple[str, ...]] = ("pair", "alpha", "dataset")
+    pair: str = column("Wise-FT pair name")
+    alpha: float = column("interpolation weight: 0 = zero-shot, 1 = finetuned")
+    dataset: str = column("the evaluation set: the id set, then each shift set")
+    kurtosis: float = column("activation kurtosis (eq. 2) of h on that set")
+    num_samples: int = column("activation vectors averaged")
 
 
 BASIS = "singular"
@@ -111,26 +132,34 @@ class WiseFtTask(AnalysisTask):
                 "baseline": ctx.baseline.provenance() if self.shifts else None}
 
     def present(self, ctx: RunContext) -> bool:
-        return has_rows(ctx.results, WiseFtRow, pair=self.pair.name)
+        return has_rows(ctx.results, WiseFtRow, pair=self.pair.name) and (
+            not self.options.kurtosis or has_rows(ctx.results, WiseFtSignatureRow, pair=self.pair.name))
 
     def compute(self, ctx: RunContext) -> str:
         id_name = self.datasets[0]
-        rows = []
+        rows, signatures = [], []
         for alpha, subject in self._points():
             accuracies = subject_accuracies(ctx, subject, [id_name, *self.shifts])
             acc_id = accuracies[id_name]
             acc_shift, er = shift_robustness(acc_id, {name: accuracies[name] for name in self.shifts}, ctx.baseline)
-            kurtosis = store_kurtosis(ctx.store(subject, id_name).store).compute() if self.options.kurtosis else None
+            stores = [ctx.store(subject, name).store for name in self.datasets] if self.options.kurtosis else []
+            point = [WiseFtSignatureRow(self.pair.name, alpha, name, store_kurtosis(store).compute(), store.num_rows)
+                     for name, store in zip(self.datasets, stores)]  # the id set, then each shift set (App. G)
+            signatures += point
+            kurtosis = point[0].kurtosis if point else None
             unique = None
             if self.ap_tasks:
                 ap, names, _ = load_ap(ctx.results.root, subject.name, BASIS)
                 unique = concept_summary(ap, self.threshold, names).unique_concepts
             rows.append(WiseFtRow(self.pair.name, alpha, acc_id, acc_shift, er, kurtosis, unique))
+        inputs = [ctx.store(subject, name).record(subject.name, name)
+                  for _, subject in self._points() for name in self.datasets]
         ctx.results.replace(WiseFtRow, rows, pair=self.pair.name)
-        ctx.results.record(WiseFtRow, [ctx.store(subject, name).record(subject.name, name)
-                                       for _, subject in self._points() for name in self.datasets],
-                           {"alphas": self.options.alphas, "threshold": self.threshold,
-                            **(ctx.baseline.provenance() if self.shifts else {})})
+        ctx.results.record(WiseFtRow, inputs, {"alphas": self.options.alphas, "threshold": self.threshold,
+                                               "kurtosis_dataset": id_name,
+                                               **(ctx.baseline.provenance() if self.shifts else {})})
+        ctx.results.replace(WiseFtSignatureRow, signatures, pair=self.pair.name)
+        ctx.results.record(WiseFtSignatureRow, inputs, {"alphas": self.options.alphas, "datasets": self.datasets})
         ends = (rows[0], rows[-1]) if len(rows) > 1 else rows
         return ", ".join(f"alpha {row.alpha:g}: ACC(I) {100 * row.acc_id:.1f}%"
                          + (f", ER {100 * row.er:+.1f}" if row.er is not None else "")
@@ -145,7 +174,7 @@ class WiseFt(Analysis):
     name = "wiseft"
     title = "Wise-FT"
     Options = WiseFtOptions
-    tables = (WiseFtRow,)
+    tables = (WiseFtRow, WiseFtSignatureRow)
 
     def check(self, config: StudyConfig) -> list[str]:
         options = config.analyses.wiseft
@@ -196,38 +225,57 @@ class WiseFt(Analysis):
         rows = page.read(WiseFtRow)
         if not rows:
             return None
-        return (page.figure(lambda: wiseft_figure(rows), "fig11_wiseft", "Fig. 11-18: Wise-FT sweeps against alpha.",
-                            ["wiseft"])
-                + page.table(wiseft_table(rows)))
+        shifts = shift_kurtosis(page.read(WiseFtSignatureRow), page.id_dataset())
+        return (page.figure(lambda: wiseft_figure(rows, shifts), "fig11_wiseft",
+                            "Fig. 11-18: Wise-FT sweeps against alpha; solid: the id set, dashed: the shift sets "
+                            "(accuracy: ACC(S); kurtosis: its mean over the shift sets, as Figs. 15-16 draw it).",
+                            ["wiseft", "wiseft_signatures"] if shifts else ["wiseft"])
+                + page.table(wiseft_table(rows, shifts)))
 
 
-def wiseft_figure(wiseft: Sequence[WiseFtRow]) -> Figure:
-    """Fig. 11-18: accuracy (in-distribution solid, shift dashed), ER, kurtosis and unique concepts against
-    alpha, one color per pair; a panel only for the metrics that were computed."""
+def shift_kurtosis(signatures: Sequence[WiseFtSignatureRow], id_set: str | None) -> dict[tuple[str, float], float]:
+    """``(pair, alpha) -> the mean activation kurtosis over the shift sets`` (every dataset of ``signatures`` but
+    ``id_set``; default: the first dataset, the one each step writes first)."""
+    if not signatures:
+        return {}
+    id_set = id_set if id_set is not None else signatures[0].dataset
+    values: dict[tuple[str, float], list[float]] = {}
+    for row in signatures:
+        if row.dataset != id_set:
+            values.setdefault((row.pair, row.alpha), []).append(row.kurtosis)
+    return {point: sum(kurtosis) / len(kurtosis) for point, kurtosis in values.items()}
+
+
+def wiseft_figure(wiseft: Sequence[WiseFtRow], shifts: Mapping[tuple[str, float], float] | None = None) -> Figure:
+    """Fig. 11-18: accuracy, ER, kurtosis and unique concepts against alpha, one color per pair; accuracy and
+    kurtosis on the id set solid and on the shift sets dashed (ACC(S); ``shifts``, the mean kurtosis over the shift
+    sets per ``(pair, alpha)``, from :func:`shift_kurtosis`); a panel only for the metrics that were computed."""
     if not wiseft:
         raise InputError("wiseft_figure needs at least one row of wiseft.csv")
-    panels = [("accuracy (%)", None), ("ER (%)", "er"), ("kurtosis", "kurtosis"),
-              ("unique concepts", "unique_concepts")]
-    panels = [(name, key) for name, key in panels
-              if key is None or any(getattr(row, key) is not None for row in wiseft)]
+    shifts = shifts or {}
+    panels = [("accuracy (%)", "acc_id", "acc_shift"), ("ER (%)", "er", None), ("kurtosis", "kurtosis", "shifts"),
+              ("unique concepts", "unique_concepts", None)]
+    panels = [panel for panel in panels if panel[1] == "acc_id" or any(getattr(row, panel[1]) is not None
+                                                                        for row in wiseft)]
     figure, axes = grid(len(panels), columns=len(panels))
     figure.suptitle("Wise-FT: (1 - alpha) zero-shot + alpha finetuned")
     colors = itertools.cycle(f"C{i}" for i in range(10))
     for pair, color in zip(in_order([row.pair for row in wiseft]), colors):
         rows = sorted((row for row in wiseft if row.pair == pair), key=lambda row: row.alpha)
-        alphas = [row.alpha for row in rows]
-        for ax, (name, key) in zip(axes, panels):
-            if key is None:
-                ax.plot(alphas, [100 * row.acc_id for row in rows], color=color, marker=".", label=f"{pair} (I)")
-                shift = [(row.alpha, 100 * row.acc_shift) for row in rows if row.acc_shift is not None]
-                if shift:
-                    ax.plot(*zip(*shift), color=color, marker=".", linestyle="--", label=f"{pair} (S)")
+        for ax, (name, key, shift) in zip(axes, panels):
+            scale = 100 if key in ("acc_id", "er") else 1
+            points = [(row.alpha, scale * getattr(row, key)) for row in rows if getattr(row, key) is not None]
+            if shift == "shifts":
+                dashed = [(row.alpha, shifts[(pair, row.alpha)]) for row in rows if (pair, row.alpha) in shifts]
+            elif shift is not None:
+                dashed = [(row.alpha, 100 * getattr(row, shift)) for row in rows if getattr(row, shift) is not None]
             else:
-                scale = 100 if key == "er" else 1
-                points = [(row.alpha, scale * getattr(row, key)) for row in rows if getattr(row, key) is not None]
-                if points:
-                    ax.plot(*zip(*points), color=color, marker=".", label=pair)
-    for ax, (name, key) in zip(axes, panels):
+                dashed = []
+            if points:
+                ax.plot(*zip(*points), color=color, marker=".", label=f"{pair} (I)" if shift else pair)
+            if dashed:
+                ax.plot(*zip(*dashed), color=color, marker=".", linestyle="--", label=f"{pair} (S)")
+    for ax, (name, key, _) in zip(axes, panels):
         if key == "unique_concepts":
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("alpha")
@@ -237,10 +285,19 @@ def wiseft_figure(wiseft: Sequence[WiseFtRow]) -> Figure:
     return figure
 
 
-def wiseft_table(wiseft: Sequence[WiseFtRow]) -> ReportTable:
-    """Wise-FT sweeps: every metric at every alpha."""
+def wiseft_table(wiseft: Sequence[WiseFtRow], shifts: Mapping[tuple[str, float], float] | None = None
+                 ) -> ReportTable:
+    """Wise-FT sweeps: every metric at every alpha; the mean kurtosis over the shift sets (``shifts``, from
+    :func:`shift_kurtosis`) in its own column when known."""
+    shifts = shifts or {}
+    labels = ("ACC(I) (%)", "ACC(S) (%)", "ER (%)", "Kurtosis (I)", *(("Kurtosis (S)",) if shifts else ()),
+              "Unique concepts")
     rows = tuple((row.pair, f"{row.alpha:g}", percent(row.acc_id), percent(row.acc_shift), signed_percent(row.er),
-                  decimal(1)(row.kurtosis), integer(row.unique_concepts)) for row in wiseft)
-    return ReportTable("wiseft", "Wise-FT sweeps", ("Pair", "alpha"),
-                       (("", ("ACC(I) (%)", "ACC(S) (%)", "ER (%)", "Kurtosis", "Unique concepts")),), rows,
-                       "Weights (1 - alpha) x zero-shot + alpha x finetuned.", ("wiseft",))
+                  decimal(1)(row.kurtosis), *((decimal(1)(shifts.get((row.pair, row.alpha))),) if shifts else ()),
+                  integer(row.unique_concepts)) for row in wiseft)
+    caption = "Weights (1 - alpha) x zero-shot + alpha x finetuned. Kurtosis (I): on the id set"
+    caption += ("; Kurtosis (S): its mean over the shift sets (each set: results/wiseft_signatures.csv)" if shifts
+                else "")
+    return ReportTable("wiseft", "Wise-FT sweeps", ("Pair", "alpha"), (("", labels),), rows,
+                       caption + ". Unique concepts: on Broden, singular basis.",
+                       ("wiseft", "wiseft_signatures") if shifts else ("wiseft",))

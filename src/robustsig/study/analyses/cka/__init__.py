@@ -20,10 +20,14 @@ Estimators (``estimator``):
   :func:`robustsig.cka`, biased or unbiased HSIC), the RBF kernel with :class:`robustsig.MinibatchCKA` (Nguyen et
   al.'s sum over minibatches of :data:`MINIBATCH` images, so ``unbiased`` has no effect there).
 
-Layers: ``layers: all`` (or no ``layers``) takes every layer tap of each model. Without ``cross``, layers are
-matched one to one: in order when both models have as many, else by relative depth (each layer of the shallower
-model with the layer of the deeper one at the nearest relative depth ``index / (count - 1)``). With ``cross: true``
-every layer of ``model_a`` is compared with every layer of ``model_b`` (the heatmap of Fig. 6).
+Layers: ``layers: all`` (or no ``layers``) takes every layer tap of each model. Every curve ends with ``h``, the
+head's input (what :meth:`robustsig.Classifier.encode` returns: the representation the paper analyses, and where
+App. B sees "a large drop in CKA ... in the last layer"), after the last tap: the minibatch estimator takes it from
+the same forward pass as the taps, the pooled one from the stores' ``h``; ``cka.csv`` names it ``h``. Without
+``cross``, layers are matched one to one: ``h`` with ``h``, the taps in order when both models have as many, else
+by relative depth (each tap of the shallower model with the tap of the deeper one at the nearest relative depth
+``index / (count - 1)``). With ``cross: true`` every layer of ``model_a`` (``h`` last) is compared with every layer
+of ``model_b`` (the heatmap of Fig. 6).
 """
 
 from __future__ import annotations
@@ -31,8 +35,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from robustsig.study.analyses.cka.options import (CkaOptions, CkaPair, CkaRow, datasets_of, layer_requests,
-                                                  match_layers, pair_layers, planned)
+from robustsig.study.analyses.cka.options import (H, CkaOptions, CkaPair, CkaRow, datasets_of, layer_requests,
+                                                  match_layers, pair_layers, planned, with_h)
 from robustsig.study.analyses.cka.report import cka_section
 from robustsig.study.analyses.cka.tasks import MinibatchCkaTask, PooledCkaTask
 from robustsig.study.analysis import (Analysis, LayerRequest, Planner, model_subject, unknown_datasets,
@@ -43,7 +47,8 @@ if TYPE_CHECKING:
     from robustsig.report.page import Page
     from robustsig.study.config import StudyConfig
 
-__all__ = ["Cka", "CkaOptions", "CkaPair", "CkaRow", "datasets_of", "match_layers", "pair_layers", "planned"]
+__all__ = ["H", "Cka", "CkaOptions", "CkaPair", "CkaRow", "datasets_of", "match_layers", "pair_layers", "planned",
+           "with_h"]
 
 
 class Cka(Analysis):

@@ -21,6 +21,7 @@ from robustsig.extraction.loader import batch_loader
 from robustsig.extraction.store import ActivationStore
 from robustsig.metrics.cka import MIN_UNBIASED_ROWS, PAPER_MINIBATCH, LinearCKA, MinibatchCKA, MinibatchCKAMatrix
 from robustsig.models.classifier import Classifier, flatten_activation
+from robustsig.study.analyses.cka.options import H
 from robustsig.study.streams import BATCH_ROWS
 
 MINIBATCH = 256
@@ -123,7 +124,8 @@ def paired_cka(classifier_a: Classifier, classifier_b: Classifier, dataset: Any,
     Args:
         classifier_a, classifier_b: the two models (each applies its own preprocessing to the same images).
         dataset: a map-style dataset or a stream, as for :func:`robustsig.extract`.
-        layers_a, layers_b: layer tap names of each model.
+        layers_a, layers_b: layer tap names of each model; :data:`H` (``"h"``) names the head's input, the ``h``
+            that :meth:`Classifier.encode` returns in the same pass.
         minibatch: images per minibatch (consecutive positions; undecodable images are left out of theirs).
         device, autocast, workers, progress: as for :func:`robustsig.extract`.
 
@@ -162,8 +164,13 @@ def paired_cka(classifier_a: Classifier, classifier_b: Classifier, dataset: Any,
                     left_out += len(batch.ids)
                     continue
                 inputs = (batch.images, batches[-1].images)  # one loader when both models preprocess alike
-                grams = [classifiers[side].forward_with_layers(inputs[side].to(target), layers, reducer(side))[2]
-                         for side, layers in enumerate((layers_a, layers_b))]
+                grams = []
+                for side, layers in enumerate((layers_a, layers_b)):
+                    h, _, side_grams = classifiers[side].forward_with_layers(
+                        inputs[side].to(target), [name for name in layers if name != H], reducer(side))
+                    if H in index[side]:  # the head's input, from the same pass
+                        side_grams[H] = accumulator.gram("ab"[side], index[side][H], h)
+                    grams.append(side_grams)
                 accumulator.update_grams([grams[0][name] for name in layers_a], [grams[1][name] for name in layers_b])
     finally:
         if bar is not None:

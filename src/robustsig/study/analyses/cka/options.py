@@ -15,10 +15,16 @@ if TYPE_CHECKING:
     from robustsig.study.config import StudyConfig
 
 
+H = "h"
+"""The name of the head's input ``h`` (what :meth:`robustsig.Classifier.encode` returns, the representation the paper
+analyses) among the layers of a CKA pair: the last point of every curve, after the last layer tap."""
+
+
 class CkaPair(Section):
     model_a: str = Field(description="a model name")
     model_b: str = Field(description="a model name")
-    layers: Layers = Field(default=None, description="layer names of model_a, or 'all'")
+    layers: Layers = Field(default=None, description="layer names of model_a, or 'all'; h (the head's input) is "
+                                                     "always added as the last point")
     layers_b: Layers = Field(default=None, description="layer names of model_b (default: the same as layers)")
     cross: bool = Field(default=False, description="every layer of a against every layer of b (a heatmap)")
     dataset: str | None = Field(default=None, description="only this dataset for this pair (default: the "
@@ -58,12 +64,21 @@ class CkaRow:
     KEY: ClassVar[tuple[str, ...]] = ("model_a", "model_b", "layer_a", "layer_b", "dataset")
     model_a: str = column("first model")
     model_b: str = column("second model")
-    layer_a: str = column("layer of model_a (rows are written in layer order)")
-    layer_b: str = column("layer of model_b")
+    layer_a: str = column("layer of model_a (rows are written in layer order); h: the head's input, last")
+    layer_b: str = column("layer of model_b; h: the head's input")
     cka: float = column("CKA in [0, 1]")
     dataset: str = column("the images it is computed on (the id set and each shift set)")
     estimator: str = column("minibatch (the paper's, torch_cka) or pooled (see docs/study.md)")
 
+
+
+def with_h(layers: Sequence[str]) -> list[str]:
+    """``layers`` in order with :data:`H` as the last point (moved there when listed elsewhere).
+
+    >>> with_h(["block0", "h", "block1"])
+    ['block0', 'block1', 'h']
+    """
+    return [name for name in layers if name != H] + [H]
 
 
 def datasets_of(config: StudyConfig, pair: CkaPair | None = None) -> list[str]:
@@ -104,18 +119,23 @@ def layer_requests(config: StudyConfig) -> dict[tuple[str, str], LayerRequest]:
             if layers is None or current == "all":
                 requests[(model, dataset)] = "all"
             else:
-                requests[(model, dataset)] = tuple(dict.fromkeys([*current, *layers]))
+                taps = [name for name in layers if name != H]  # h is in every store
+                requests[(model, dataset)] = tuple(dict.fromkeys([*current, *taps]))
     return requests
 
 
 def match_layers(layers_a: Sequence[str], layers_b: Sequence[str], cross: bool) -> list[tuple[str, str]]:
-    """The (layer of a, layer of b) pairs to compare, in layer order (see the module docstring).
+    """The (layer of a, layer of b) pairs to compare, in layer order (see the module docstring); :data:`H` of both
+    models (the head's input, the last point of every curve) is always paired with itself.
 
-    >>> match_layers(["a0", "a1", "a2"], ["b0", "b1", "b2", "b3", "b4"], cross=False)
-    [('a0', 'b0'), ('a1', 'b2'), ('a2', 'b4')]
+    >>> match_layers(["a0", "a1", "a2", "h"], ["b0", "b1", "b2", "b3", "b4", "h"], cross=False)
+    [('a0', 'b0'), ('a1', 'b2'), ('a2', 'b4'), ('h', 'h')]
     """
     if cross:
         return [(a, b) for a in layers_a for b in layers_b]
+    if H in layers_a and H in layers_b:
+        blocks = match_layers([a for a in layers_a if a != H], [b for b in layers_b if b != H], cross=False)
+        return [*blocks, (H, H)]
     if len(layers_a) == len(layers_b):
         return list(zip(layers_a, layers_b))
     short, long = (layers_a, layers_b) if len(layers_a) < len(layers_b) else (layers_b, layers_a)

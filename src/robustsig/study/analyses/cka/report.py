@@ -12,16 +12,22 @@ from matplotlib.figure import Figure
 
 from robustsig.errors import InputError
 from robustsig.report.figures import in_order
-from robustsig.study.analyses.cka.options import CkaRow
+from robustsig.study.analyses.cka.options import H, CkaRow
 from robustsig.study.results import ModelRow
 
 if TYPE_CHECKING:
     from robustsig.report.page import Page
 
 
+def _ticks(count: int) -> list[int]:
+    """About 12 labelled positions of ``count`` layers, the last one (``h``) always among them."""
+    ticks = list(range(0, count, max(1, count // 12)))
+    return ticks if not count or ticks[-1] == count - 1 else [*ticks, count - 1]
+
+
 def cka_heatmap_figure(cka: Sequence[CkaRow], model_a: str, model_b: str, dataset: str | None = None) -> Figure:
     """Fig. 5/6: CKA of every layer of ``model_a`` against every layer of ``model_b`` (missing pairs blank), on
-    ``dataset`` (default: the first of the pair's rows)."""
+    ``dataset`` (default: the first of the pair's rows); ``h``, the head's input, is the last row and column."""
     rows = [row for row in cka if (row.model_a, row.model_b) == (model_a, model_b)]
     if not rows:
         raise InputError(f"no CKA rows for the pair ({model_a!r}, {model_b!r})")
@@ -38,10 +44,9 @@ def cka_heatmap_figure(cka: Sequence[CkaRow], model_a: str, model_b: str, datase
     ax = figure.subplots()
     image = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="magma", origin="lower", aspect="auto")
     figure.colorbar(image, ax=ax, label="CKA")
-    step_a = max(1, len(layers_a) // 12)
-    step_b = max(1, len(layers_b) // 12)
-    ax.set_yticks(range(0, len(layers_a), step_a), layers_a[::step_a], fontsize=6)
-    ax.set_xticks(range(0, len(layers_b), step_b), layers_b[::step_b], fontsize=6, rotation=60, ha="right")
+    ticks_a, ticks_b = _ticks(len(layers_a)), _ticks(len(layers_b))
+    ax.set_yticks(ticks_a, [layers_a[i] for i in ticks_a], fontsize=6)
+    ax.set_xticks(ticks_b, [layers_b[i] for i in ticks_b], fontsize=6, rotation=60, ha="right")
     ax.set_ylabel(model_a)
     ax.set_xlabel(model_b)
     ax.set_title(f"CKA: {model_a} vs {model_b} on {dataset} ({rows[0].estimator})", fontsize=10)
@@ -64,7 +69,8 @@ def _cka_curve(rows: Sequence[CkaRow]) -> list[float] | None:
 def cka_depth_figure(cka: Sequence[CkaRow], id_set: str | None = None) -> Figure:
     """Fig. 5/6: CKA between corresponding layers of each pair (the i-th layer of a with the i-th of b) against
     relative depth, one panel per pair: the id set in orange, the mean over the shift sets (every other dataset)
-    in blue with a band of one standard deviation. For a pair computed layer x layer, the diagonal is used.
+    in blue with a band of one standard deviation. For a pair computed layer x layer, the diagonal is used. The
+    head's input ``h``, the last point of a curve that has it, is at relative depth 1 and labelled there.
 
     Args:
         cka: the rows of ``cka.csv``.
@@ -91,6 +97,8 @@ def cka_depth_figure(cka: Sequence[CkaRow], id_set: str | None = None) -> Figure
     for ax, ((model_a, model_b), per_set) in zip(axes.flat, curves.items()):
         length = len(next(iter(per_set.values())))
         depth = [i / max(length - 1, 1) for i in range(length)]
+        last = [(row.layer_a, row.layer_b) for row in cka if (row.model_a, row.model_b) == (model_a, model_b)][-1]
+        ax.set_xticks([0.0, 0.25, 0.5, 0.75, 1.0], ["0", "0.25", "0.5", "0.75", H if last == (H, H) else "1"])
         shifts = [curve for name, curve in per_set.items() if name != id_set]
         if shifts:
             values = np.array(shifts, dtype=float)
@@ -131,7 +139,7 @@ def cka_section(page: Page, models: Sequence[ModelRow]) -> str | None:
     else:
         text += page.figure(lambda: depth, "fig5_cka_depth", f"Fig. 5: CKA between corresponding layers of each "
                             f"pair, against relative depth: {id_set} (orange) and the mean ± std over the shift "
-                            "sets (blue).", ["cka"])
+                            "sets (blue); the last point, h, is the head's input.", ["cka"])
     pairs = list(dict.fromkeys((row.model_a, row.model_b) for row in rows))
     for i, (model_a, model_b) in enumerate(pairs):
         pair_rows = [row for row in rows if (row.model_a, row.model_b) == (model_a, model_b)]

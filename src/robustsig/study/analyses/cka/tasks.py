@@ -10,17 +10,22 @@ from typing import Any
 from robustsig.errors import DataError, InputError
 from robustsig.metrics.cka import MIN_UNBIASED_ROWS
 from robustsig.study.analyses.cka.estimators import MINIBATCH, layer_cka, paired_cka
-from robustsig.study.analyses.cka.options import CkaOptions, CkaPair, CkaRow, match_layers, pair_layers
+from robustsig.study.analyses.cka.options import H, CkaOptions, CkaPair, CkaRow, match_layers, pair_layers, with_h
 from robustsig.study.analysis import AnalysisTask, InputRecord, RunContext, has_rows, model_subject
 from robustsig.study.results import jsonable
 
-def _layer_names(pair: CkaPair, model: str, asked: list[str] | None, available: list[str]) -> list[str]:
+
+def _layer_names(model: str, asked: list[str] | None, available: list[str]) -> list[str]:
+    """The layers of ``model`` to compare: those asked (default: every tap), then :data:`H`."""
+    if H in available:
+        raise InputError(f"analyses.cka: model {model!r} has a layer tap named {H!r}, the name of the head's input "
+                         "in cka.csv; rename the tap")
     names = list(asked) if asked is not None else list(available)
-    absent = [name for name in names if name not in available]
-    if not names or absent:
-        raise InputError(f"analyses.cka: model {model!r} has no layer {absent or 'taps'}; its layer taps are "
-                         f"{available or 'none'} (use layers: all, or names among them)")
-    return names
+    absent = [name for name in names if name not in available and name != H]
+    if absent:
+        raise InputError(f"analyses.cka: model {model!r} has no layer {absent}; its layer taps are "
+                         f"{available or 'none'} (use layers: all, or names among them; {H} is always compared)")
+    return with_h(names)
 
 
 class CkaTask(AnalysisTask):
@@ -62,14 +67,14 @@ class MinibatchCkaTask(CkaTask):
         pair, options = self.pair, self.options
         return jsonable({"models": [ctx.classifiers.identity(model_subject(model))
                                     for model in (pair.model_a, pair.model_b)],
-                         "dataset": ctx.description(self.dataset), "layers": pair_layers(pair),
+                         "dataset": ctx.description(self.dataset), "layers": pair_layers(pair), "last": H,
                          "cross": pair.cross, "estimator": "minibatch", "minibatch": options.minibatch,
                          "autocast": ctx.autocast})
 
     def compute(self, ctx: RunContext) -> str:
         pair, options = self.pair, self.options
         classifiers = [ctx.classifiers.get(model_subject(model)) for model in (pair.model_a, pair.model_b)]
-        layers = [_layer_names(pair, model, asked, classifier.layers)
+        layers = [_layer_names(model, asked, classifier.layers)
                   for model, classifier, asked in zip((pair.model_a, pair.model_b), classifiers, pair_layers(pair))]
         pairs = match_layers(layers[0], layers[1], pair.cross)
         used = [list(dict.fromkeys(a for a, _ in pairs)), list(dict.fromkeys(b for _, b in pairs))]
@@ -93,7 +98,7 @@ class PooledCkaTask(CkaTask):
         pair, options = self.pair, self.options
         return {"stores": [ctx.store(model_subject(model), self.dataset).digest
                            for model in (pair.model_a, pair.model_b)],
-                "layers": pair_layers(pair), "cross": pair.cross, "kernel": options.kernel,
+                "layers": pair_layers(pair), "last": H, "cross": pair.cross, "kernel": options.kernel,
                 "unbiased": options.unbiased, "pooling": options.pooling, "estimator": "pooled",
                 "minibatch": MINIBATCH if options.kernel != "linear" else None}
 
@@ -101,7 +106,7 @@ class PooledCkaTask(CkaTask):
         pair, options = self.pair, self.options
         verified = [ctx.store(model_subject(model), self.dataset) for model in (pair.model_a, pair.model_b)]
         store_a, store_b = (item.store for item in verified)
-        layers = [_layer_names(pair, model, asked, store.layers)
+        layers = [_layer_names(model, asked, store.layers)
                   for model, store, asked in zip((pair.model_a, pair.model_b), (store_a, store_b), pair_layers(pair))]
         if not store_a.read("ids").equal(store_b.read("ids")):
             raise DataError(f"the stores of {pair.model_a} and {pair.model_b} on {self.dataset} hold different images "
