@@ -127,6 +127,12 @@ def test_cka_heatmap_and_depth_curves(results, tmp_path):
     saved(depth, tmp_path, "cka_depth")
     with pytest.raises(rs.InputError, match="no CKA rows for the pair"):
         cka_heatmap_figure(rows, "a", "b")
+    # unbiased CKA below 0 (near independence) is drawn, not cut at the axis or the colour scale
+    negative = [CkaRow("a", "b", layer, layer, value, "val", "minibatch")
+                for layer, value in (("l0", -0.09), ("l1", 0.4), ("h", 0.8))]
+    assert cka_heatmap_figure(negative, "a", "b").axes[0].images[0].get_clim() == (-0.09, 1.0)
+    low, high = [ax for ax in cka_depth_figure(negative).axes if ax.get_visible()][0].get_ylim()
+    assert low < -0.09 and high == 1.02
     ragged = [CkaRow("a", "b", "l1", "m1", 0.5, "val", "pooled"), CkaRow("a", "b", "l1", "m2", 0.4, "val", "pooled"),
               CkaRow("a", "b", "l2", "m1", 0.3, "val", "pooled")]
     with pytest.raises(rs.InputError, match="no CKA pair has corresponding layers"):

@@ -66,7 +66,8 @@ class CkaRow:
     model_b: str = column("second model")
     layer_a: str = column("layer of model_a (rows are written in layer order); h: the head's input, last")
     layer_b: str = column("layer of model_b; h: the head's input")
-    cka: float = column("CKA in [0, 1]")
+    cka: float = column("CKA: in [0, 1] for the biased estimator; the unbiased one (the paper's minibatch "
+                        "estimator) can be slightly negative near independence")
     dataset: str = column("the images it is computed on (the id set and each shift set)")
     estimator: str = column("minibatch (the paper's, torch_cka) or pooled (see docs/study.md)")
 

@@ -42,7 +42,9 @@ def cka_heatmap_figure(cka: Sequence[CkaRow], model_a: str, model_b: str, datase
         grid[layers_a.index(row.layer_a)][layers_b.index(row.layer_b)] = row.cka
     figure = Figure(figsize=(5.6, 4.8), layout="constrained")
     ax = figure.subplots()
-    image = ax.imshow(grid, vmin=0.0, vmax=1.0, cmap="magma", origin="lower", aspect="auto")
+    # unbiased HSIC can be negative near independence: the scale starts below 0 when a value does
+    image = ax.imshow(grid, vmin=min(0.0, min((row.cka for row in rows), default=0.0)), vmax=1.0, cmap="magma",
+                      origin="lower", aspect="auto")
     figure.colorbar(image, ax=ax, label="CKA")
     ticks_a, ticks_b = _ticks(len(layers_a)), _ticks(len(layers_b))
     ax.set_yticks(ticks_a, [layers_a[i] for i in ticks_a], fontsize=6)
@@ -108,7 +110,8 @@ def cka_depth_figure(cka: Sequence[CkaRow], id_set: str | None = None) -> Figure
         if id_set in per_set:
             ax.plot(depth, per_set[id_set], color="tab:orange", marker=".", label=f"{id_set} (id)")
         ax.set_title(f"{model_a} vs {model_b}", fontsize=8)
-        ax.set_ylim(0, 1.02)
+        lowest = min([0.0, *(value for curve in per_set.values() for value in curve)])
+        ax.set_ylim(lowest - 0.02 if lowest < 0 else 0.0, 1.02)
         ax.grid(True, linewidth=0.3)
         ax.legend(fontsize=6)
     for ax in axes.flat[len(curves):]:
