@@ -123,4 +123,9 @@ def write_results(root: Path) -> Results:
     results.write(AtlasConceptRow, [AtlasConceptRow(m, d, rank, concept, "texture", 0.95 - 0.1 * rank)
                                     for m, concepts in CONCEPTS.items() for d in (0, 3)
                                     for rank, concept in enumerate(sorted(concepts), 1)])
+    from robustsig.study.analyses.noclip import NoClipRow
+
+    # rn50-yf-zs plays NoCLIP (App. F) against the zero-shot models of its backbone
+    results.write(NoClipRow, [NoClipRow(m, "noclip" if m == "rn50-yf-zs" else "compared", ACCURACY[m][0], ER[m],
+                                        KURTOSIS[m], len(CONCEPTS[m]), 1, 6.5) for m in ("rn50-yf-zs", "rn50-oa-zs")])
     return results

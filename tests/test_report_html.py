@@ -13,6 +13,7 @@ import pytest
 import robustsig as rs
 from robustsig.cli import main
 from robustsig.report.html import build_report
+from robustsig.study import registry
 from robustsig.study.analyses.accuracy import AccuracyRow, RobustnessRow
 from robustsig.study.config import validate_study_config
 from robustsig.study.results import ModelRow, Results
@@ -34,17 +35,16 @@ def report(tmp_path_factory):
 
 def test_every_section_table_and_figure_is_written(report):
     files, page = report
-    assert files.sections == {name: True for name in ("accuracy", "kurtosis", "importance", "pruning", "concepts",
-                                                       "atlas", "cka", "wiseft", "layer_kurtosis", "lowrank",
-                                                       "predict_er")}
+    assert files.sections == dict.fromkeys(registry.names(), True)
     assert "Not run" not in page
     stems = {path.stem for path in files.tables}
     assert stems == {"accuracy", "accuracy_by_dataset", "kurtosis", "privileged", "concepts_singular",
                      "concepts_neuron", "concept_top", "wiseft", "concept_significance_singular", "er_predictors",
-                     "er_tracking"}
-    assert sorted({path.suffix for path in files.tables}) == [".csv", ".md", ".tex"] and len(files.tables) == 33
+                     "er_tracking", "noclip"}
+    assert sorted({path.suffix for path in files.tables}) == [".csv", ".md", ".tex"] and len(files.tables) == 36
     figure_stems = sorted({path.stem for path in files.figures})
-    assert figure_stems == ["concept_thresholds_singular", "er_tracking", "fig11_wiseft", "fig1_robustness",
+    assert figure_stems == ["concept_thresholds_singular", "er_tracking", "fig10_noclip", "fig11_wiseft",
+                            "fig1_robustness",
                             "fig2_importance", "fig3_pruning_accuracy", "fig4_venn_neuron_0", "fig4_venn_neuron_1",
                             "fig4_venn_singular_0", "fig4_venn_singular_1", "fig5_cka_depth", "fig6_cka_0",
                             "fig9_pruning_er", "layer_kurtosis", "lowrank_accuracy", "lowrank_er",
@@ -52,7 +52,7 @@ def test_every_section_table_and_figure_is_written(report):
     # the figures are inlined: one data-URI image per figure, identical to the PNG written next to the page
     inlined = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     pngs = {path.read_bytes() for path in files.figures if path.suffix == ".png"}
-    assert len(inlined) == len(pngs) == 17 and {base64.b64decode(data) for data in inlined} == pngs
+    assert len(inlined) == len(pngs) == 18 and {base64.b64decode(data) for data in inlined} == pngs
     assert "<link" not in page and "src=\"http" not in page and "href=\"http" not in page  # self-contained
     # the CKA section names its estimator and datasets; Fig. 5 shows the id set and the shift sets' band
     assert "Estimator: minibatch (minibatch: the paper" in page and "Datasets: val, sketch, v2." in page
@@ -131,16 +131,14 @@ def test_report_command(tmp_path, capsys):
         main(["report", str(tmp_path / "results"), "--json"])
     document = json.loads(capsys.readouterr().out)
     assert caught.value.code == 0 and document["html"] == str(tmp_path / "report" / "report.html")
-    assert document["sections"] == {"accuracy": True, "kurtosis": False, "importance": False, "pruning": False,
-                                    "concepts": False, "atlas": False, "cka": False, "wiseft": False,
-                                    "layer_kurtosis": False, "lowrank": False, "predict_er": False}
+    assert document["sections"] == {name: name == "accuracy" for name in registry.names()}
     assert [path.rsplit("/", 1)[1] for path in document["tables"]] == ["accuracy_by_dataset.csv",
                                                                        "accuracy_by_dataset.md",
                                                                        "accuracy_by_dataset.tex"]
     with pytest.raises(SystemExit) as caught:
         main(["report", str(tmp_path / "results"), "--out", str(tmp_path / "r.html"), "--title", "mine"])
     assert caught.value.code == 0 and "<title>mine</title>" in (tmp_path / "r.html").read_text()
-    assert "not run: kurtosis, importance, pruning, concepts, atlas, cka, wiseft" in capsys.readouterr().out
+    assert f"not run: {', '.join(registry.names()[1:])}" in capsys.readouterr().out
     with pytest.raises(SystemExit) as caught:
         main(["report", str(tmp_path / "nothing")])
     assert caught.value.code == 2 and "results folder" in capsys.readouterr().err
@@ -152,7 +150,7 @@ def test_the_page_renders_in_chromium_without_errors(report):
     files, _ = report
     seen = check_page(files.html)
     assert seen.errors == [] and seen.dialogs == []
-    assert len(seen.images) == 17  # every figure of the page, as inlined (test_every_section_table_and_figure_is_written)
+    assert len(seen.images) == 18  # every figure of the page, as inlined (test_every_section_table_and_figure_is_written)
     assert all(image["complete"] and image["width"] > 0 and image["height"] > 0 for image in seen.images)
     # at 1,400 px every figure is drawn whole, inside the page (none pushed past its right edge)
     assert 1300 < seen.page_width <= 1400  # the window, less its scrollbar

@@ -10,6 +10,7 @@ import yaml
 
 import robustsig as rs
 from robustsig.cli import main
+from robustsig.study import registry
 from robustsig.study.config import StudyConfig, load_study_config, select, spec_weights_path, validate_study_config
 from robustsig.study.presets import preset_yaml
 from robustsig.study.results import DatasetRow, ModelRow, Results, study_rows
@@ -64,8 +65,8 @@ def test_field_errors_name_the_key_path_and_the_expected_value():
         "datasets.id.root: required key is missing; expected the dataset's root folder",
         "analyses.pruning.fractions: expected fractions in [0, 1); got [1.2]",
         "analyses.pruning.orders: expected distinct values; repeated: singular",
-        "analyses.kurtosiss: unknown key; expected one of: accuracy, kurtosis, importance, pruning, concepts, atlas, "
-        "cka, wiseft, layer_kurtosis, lowrank, predict_er (did you mean 'kurtosis'?)",
+        f"analyses.kurtosiss: unknown key; expected one of: {', '.join(registry.names())} (did you mean "
+        "'kurtosis'?)",
     ]
 
 
@@ -78,9 +79,8 @@ def test_cross_reference_errors_are_listed_together():
     data["analyses"]["wiseft"]["pairs"].append({"name": "p", "zero_shot": "ft", "finetuned": "ft"})
     data["analyses"]["kurtosis"] = {"dataset": "imagenet-v2"}
     assert problems(data) == [
-        "models[2].name: expected a name that is not an analysis name (accuracy, kurtosis, importance, pruning, "
-        "concepts, atlas, cka, wiseft, layer_kurtosis, lowrank, predict_er), so --only can tell them apart; got "
-        "'kurtosis'",
+        f"models[2].name: expected a name that is not an analysis name ({', '.join(registry.names())}), so --only "
+        "can tell them apart; got 'kurtosis'",
         "models[2]: expected a distinct (backbone, pretraining, kind) per model, the cell of the paper's tables; "
         "('RN50', 'openai', 'zero-shot') is also models[0] (change pretraining to tell them apart)",
         "datasets.shift[1].name: expected a unique dataset name; 'imagenet-r' is also datasets.shift[0] "
@@ -105,8 +105,7 @@ def test_defaults_sections_and_baseline():
     off = validate_study_config(minimal(analyses={"accuracy": {"enabled": False}, "kurtosis": None}))
     assert off.enabled_analyses() == ["kurtosis"]
     assert problems(minimal(analyses={"accuracy": {"enabled": False}})) == [
-        "analyses: expected at least one enabled analysis among accuracy, kurtosis, importance, pruning, concepts, "
-        "atlas, cka, wiseft, layer_kurtosis, lowrank, predict_er"]
+        f"analyses: expected at least one enabled analysis among {', '.join(registry.names())}"]
     assert problems(minimal(baseline={"b1": 1.0, "fit_csv": "testbed.csv"})) == [
         "baseline: expected either b1 and b0 (a fixed line) or fit_csv (refit from baseline accuracies), not both"]
     assert problems(minimal(baseline={"b0": -1.0})) == ["baseline: expected both b1 and b0; only b0 is given"]
