@@ -496,7 +496,8 @@ def paired_cka_check(context: Context) -> Check:
 
 def lowrank_check(context: Context) -> Check:
     from robustsig.extraction.calibrate import calibrate_linear_maps
-    from robustsig.models.lowrank import low_rank_classifier, low_rank_curve
+    from robustsig.extraction.lowrank import low_rank_curve
+    from robustsig.models.lowrank import low_rank_classifier
 
     sizes = context.sizes
     calibration = calibrate_linear_maps(context.classifier(), context.dataset, images=sizes.calibration_images,

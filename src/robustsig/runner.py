@@ -277,14 +277,14 @@ def report_key(config: StudyConfig, results: Results) -> str:
     import json
 
     import robustsig
-    from robustsig._stamps import file_stamp
+    from robustsig._stamps import stat_stamp
     from robustsig.study.results import package_versions
 
     digest = hashlib.blake2b(digest_size=16)
     source = Path(robustsig.__file__).parent
     digest.update(json.dumps([config.to_dict(), package_versions(),
                               [(analysis.name, analysis.origin) for analysis in registry.analyses()],
-                              [(str(path.relative_to(source)), file_stamp(path))
+                              [(str(path.relative_to(source)), stat_stamp(path.stat()))
                                for path in sorted(source.rglob("*.py"))]], sort_keys=True, default=str).encode())
     for path in sorted(p for p in results.root.rglob("*") if p.is_file()):
         name = path.relative_to(results.root).as_posix()
