@@ -64,8 +64,8 @@ def test_field_errors_name_the_key_path_and_the_expected_value():
         "datasets.id.root: required key is missing; expected the dataset's root folder",
         "analyses.pruning.fractions: expected fractions in [0, 1); got [1.2]",
         "analyses.pruning.orders: expected distinct values; repeated: singular",
-        "analyses.kurtosiss: unknown key; expected one of: accuracy, kurtosis, importance, pruning, concepts, cka, "
-        "wiseft, layer_kurtosis, lowrank, predict_er (did you mean 'kurtosis'?)",
+        "analyses.kurtosiss: unknown key; expected one of: accuracy, kurtosis, importance, pruning, concepts, atlas, "
+        "cka, wiseft, layer_kurtosis, lowrank, predict_er (did you mean 'kurtosis'?)",
     ]
 
 
@@ -79,7 +79,8 @@ def test_cross_reference_errors_are_listed_together():
     data["analyses"]["kurtosis"] = {"dataset": "imagenet-v2"}
     assert problems(data) == [
         "models[2].name: expected a name that is not an analysis name (accuracy, kurtosis, importance, pruning, "
-        "concepts, cka, wiseft, layer_kurtosis, lowrank, predict_er), so --only can tell them apart; got 'kurtosis'",
+        "concepts, atlas, cka, wiseft, layer_kurtosis, lowrank, predict_er), so --only can tell them apart; got "
+        "'kurtosis'",
         "models[2]: expected a distinct (backbone, pretraining, kind) per model, the cell of the paper's tables; "
         "('RN50', 'openai', 'zero-shot') is also models[0] (change pretraining to tell them apart)",
         "datasets.shift[1].name: expected a unique dataset name; 'imagenet-r' is also datasets.shift[0] "
@@ -105,7 +106,7 @@ def test_defaults_sections_and_baseline():
     assert off.enabled_analyses() == ["kurtosis"]
     assert problems(minimal(analyses={"accuracy": {"enabled": False}})) == [
         "analyses: expected at least one enabled analysis among accuracy, kurtosis, importance, pruning, concepts, "
-        "cka, wiseft, layer_kurtosis, lowrank, predict_er"]
+        "atlas, cka, wiseft, layer_kurtosis, lowrank, predict_er"]
     assert problems(minimal(baseline={"b1": 1.0, "fit_csv": "testbed.csv"})) == [
         "baseline: expected either b1 and b0 (a fixed line) or fit_csv (refit from baseline accuracies), not both"]
     assert problems(minimal(baseline={"b0": -1.0})) == ["baseline: expected both b1 and b0; only b0 is given"]
@@ -206,8 +207,10 @@ def test_paper_preset_lists_the_pool_and_validates(tmp_path):
                                          "predict_er"]
     assert len(config.analyses.cka.pairs) == 12 and len(config.analyses.wiseft.pairs) == 12
     concepts = config.analyses.concepts
-    assert (concepts.threshold, concepts.orientation, concepts.thresholds) == (0.9, "both", [0.8, 0.85, 0.9, 0.95])
-    assert "the sign of a singular" in text  # the written reason for the orientation
+    # the paper's one-sided AP, with the reason and the sign convention that makes it reproducible
+    assert (concepts.threshold, concepts.orientation, concepts.thresholds) == (0.9, "positive",
+                                                                               [0.8, 0.85, 0.9, 0.95])
+    assert "orientation: positive = the paper's" in text and "largest-magnitude entry is positive" in text
     missing = config.check_paths()
     assert len(missing) == 12 + 2 + 6 + 1 and all(item.placeholder for item in missing)
     with pytest.raises(rs.DataError) as caught:
@@ -315,7 +318,7 @@ def test_the_paper_pool_is_in_open_clips_published_results(reference_dir):
 
 def test_concept_orientation_and_threshold_sweep_are_validated():
     config = validate_study_config(minimal())
-    assert (config.analyses.concepts.orientation, config.analyses.concepts.thresholds) == ("both",
+    assert (config.analyses.concepts.orientation, config.analyses.concepts.thresholds) == ("positive",
                                                                                            [0.8, 0.85, 0.9, 0.95])
     data = minimal()
     data["analyses"]["concepts"] = {"orientation": "negative", "thresholds": [0.8, 1.5, 0.8]}
