@@ -36,8 +36,9 @@ SETS = ["photos", "sketch", "cartoon", "rephoto", "viewpoint", "occlusion"]
 # section id -> (its tables, its number of figures)
 SECTIONS = {"pool": ((), 0), "accuracy": (("accuracy", "accuracy_by_dataset"), 1), "kurtosis": (("kurtosis",), 0),
             "importance": (("privileged",), 1), "pruning": ((), 2),
-            "concepts": (("concepts_singular", "concepts_neuron", "concept_significance_singular",
-                          "concept_significance_neuron", "concept_top"), 4), "cka": ((), 1),
+            "concepts": (("concepts_singular", "concepts_singular_both", "concepts_neuron", "concepts_neuron_both",
+                          "concept_significance_singular", "concept_significance_neuron", "concept_top"), 4),
+            "cka": ((), 1),
             "wiseft": (("wiseft",), 1), "layer_kurtosis": ((), 1), "lowrank": ((), 2),
             "predict_er": (("er_predictors", "er_tracking"), 2), "config": ((), 0), "versions": ((), 0)}
 
@@ -77,12 +78,12 @@ def test_the_report_shows_every_section_and_what_the_data_is(first_run):
     # the demo's shifts are its own folder sets: the report says which sets ACC(S) averages over
     assert ("ACC(S) is the mean over 5 shift set(s): sketch (folder), cartoon (folder), rephoto (folder), viewpoint "
             "(folder), occlusion (folder); these are not the paper&#x27;s five shift sets") in sections["accuracy"]
-    assert "AP orientation: both" in sections["concepts"]
+    assert "AP orientation: the paper&#x27;s one-sided AP of h . v_i" in sections["concepts"]
     assert sorted(p.name for p in (out / "report" / "figures").glob("*.png")) == [
-        "concept_thresholds_neuron.png", "concept_thresholds_singular.png", "er_tracking.png", "fig11_wiseft.png",
-        "fig1_robustness.png", "fig2_importance.png", "fig3_pruning_accuracy.png", "fig4_venn_neuron_0.png",
-        "fig4_venn_singular_0.png", "fig5_cka_depth.png", "fig9_pruning_er.png", "layer_kurtosis.png",
-        "lowrank_accuracy.png", "lowrank_er.png", "signatures_vs_er.png"]
+        "concept_thresholds_neuron.png", "concept_thresholds_singular.png", "er_tracking.png", "fig1_robustness.png",
+        "fig2_importance.png", "fig5_cka_depth.png", "layer_kurtosis.png", "lowrank_accuracy.png", "lowrank_er.png",
+        "pruning_accuracy.png", "pruning_er.png", "signatures_vs_er.png", "venn_neuron_0.png", "venn_singular_0.png",
+        "wiseft_sweeps.png"]
     statement = summary["data"]["statement"]
     assert "No ImageNet image is used" in statement and "6 classes" in statement
     head = html.split("<nav>")[0]  # the study's description, above the contents: the data, then the pool's layout

@@ -196,14 +196,16 @@ class WiseFt(Analysis):
         rows = page.read(WiseFtRow)
         if not rows:
             return None
-        return (page.figure(lambda: wiseft_figure(rows), "fig11_wiseft", "Fig. 11-18: Wise-FT sweeps against alpha.",
-                            ["wiseft"])
+        return (page.figure(lambda: wiseft_figure(rows), "wiseft_sweeps", "Wise-FT sweeps against alpha, every pair "
+                            "in one panel per metric; the paper's Figs. 11-18 draw these metrics pair by pair (11-12: "
+                            "accuracy on ImageNet and the shifts, 13-14: ER, 15-16: kurtosis, 17-18: unique "
+                            "concepts).", ["wiseft"])
                 + page.table(wiseft_table(rows)))
 
 
 def wiseft_figure(wiseft: Sequence[WiseFtRow]) -> Figure:
-    """Fig. 11-18: accuracy (in-distribution solid, shift dashed), ER, kurtosis and unique concepts against
-    alpha, one color per pair; a panel only for the metrics that were computed."""
+    """The metrics of Figs. 11-18: accuracy (in-distribution solid, shift dashed), ER, kurtosis and unique concepts
+    against alpha, one color per pair; a panel only for the metrics that were computed."""
     if not wiseft:
         raise InputError("wiseft_figure needs at least one row of wiseft.csv")
     panels = [("accuracy (%)", None), ("ER (%)", "er"), ("kurtosis", "kurtosis"),
