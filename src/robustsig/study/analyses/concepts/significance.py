@@ -5,7 +5,9 @@ and the significant count side by side; ``results/concept_ap/SUBJECT_BASIS_signi
 concept's max AP, p-value and adjusted p-value.
 
 It runs with the concepts analysis (``analyses.concepts.permutations``, 0 turns it off; ``alpha``), with that
-analysis's threshold, sets (``min_positives``, ``seed``) and AP orientation (``analyses.concepts.orientation``).
+analysis's threshold, sets (``min_positives``, ``seed``) and AP orientation (``analyses.concepts.orientation``: the
+paper's one-sided AP of ``h . v_i`` by default, with :func:`robustsig.head_svd`'s sign convention, the
+largest-magnitude entry of each ``v_i`` positive; or the ``both`` variant).
 The permutations run on the study's device.
 """
 
