@@ -38,7 +38,7 @@ SECTIONS = {"pool": ((), 0), "accuracy": (("accuracy", "accuracy_by_dataset"), 1
             "importance": (("privileged",), 1), "pruning": ((), 2),
             "concepts": (("concepts_singular", "concepts_singular_both", "concepts_neuron", "concepts_neuron_both",
                           "concept_significance_singular", "concept_significance_neuron", "concept_top"), 4),
-            "cka": ((), 1),
+            "atlas": ((), 0), "cka": ((), 1),
             "wiseft": (("wiseft",), 1), "layer_kurtosis": ((), 1), "lowrank": ((), 2),
             "predict_er": (("er_predictors", "er_tracking"), 2), "config": ((), 0), "versions": ((), 0)}
 
