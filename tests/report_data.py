@@ -69,13 +69,24 @@ def write_results(root: Path) -> Results:
                 pruning += [PruningRow(model, order, fraction, "val", acc_val * keep, ER[model] * keep),
                             PruningRow(model, order, fraction, "sketch", acc_sketch * keep, ER[model] * keep)]
     results.write(PruningRow, pruning)
-    results.write(ConceptRow, [ConceptRow(m, basis, 8, 40, len(c) + (basis == "neuron"), 1.25, 0.9, 2.5, "both")
+    # the study uses the paper's one-sided AP; the both variant counts 2 more concepts and twice the polysemanticity
+    results.write(ConceptRow, [ConceptRow(m, basis, 8, 40, len(c) + (basis == "neuron"), 1.25, 0.9, 2.5, "positive",
+                                          len(c) + (basis == "neuron"), 1.25, 2.5, len(c) + 2 + (basis == "neuron"),
+                                          2.5, 5.0)
                                for m, c in CONCEPTS.items() for basis in ("singular", "neuron")])
     results.write(ConceptThresholdRow, [ConceptThresholdRow(m, "singular", t, len(c) + i, 1.25 - 0.25 * i,
-                                                            2.5 - 0.25 * i, "both")
+                                                            2.5 - 0.25 * i, "positive", len(c) + i, 1.25 - 0.25 * i,
+                                                            2.5 - 0.25 * i, len(c) + 2 + i, 2.5 - 0.25 * i,
+                                                            5.0 - 0.25 * i)
                                         for m, c in CONCEPTS.items() for i, t in enumerate((0.95, 0.9, 0.85))])
     results.record(ConceptRow, [InputRecord(m, "broden", f"key-{m}-broden", 500) for m in CONCEPTS],
                    {"threshold": 0.9, "concept name": XSS})
+    from robustsig.study.analyses.atlas import AtlasConceptRow, AtlasDirectionRow, AtlasImageRow
+
+    results.write(AtlasDirectionRow, [AtlasDirectionRow(m.model, 0, 1, 0.5, 6.5) for m in MODELS])
+    results.write(AtlasImageRow, [AtlasImageRow(m.model, 0, 1, "val", f"/data/val/{XSS}.jpg", 1.5, "")
+                                  for m in MODELS])  # no thumbnail: the page names the image
+    results.write(AtlasConceptRow, [AtlasConceptRow(m.model, 0, 1, "sky", "scene", 0.93) for m in MODELS])
     results.write(ConceptTopRow, [ConceptTopRow("rn50-oa-zs", "singular", 0, 1, XSS, "object", 0.97),
                                   ConceptTopRow("rn50-oa-zs", "singular", 0, 2, "sky", "scene", 0.93),
                                   ConceptTopRow("vit-oa-zs", "singular", 3, 1, "50%_a&b", "texture", 0.91)])

@@ -40,8 +40,9 @@ SETS = ["photos", "sketch", "noise"]
 # section id -> (its tables, its number of figures)
 SECTIONS = {"pool": ((), 0), "accuracy": (("accuracy", "accuracy_by_dataset"), 1), "kurtosis": (("kurtosis",), 0),
             "importance": (("privileged",), 1), "pruning": ((), 2),
-            "concepts": (("concepts_singular", "concepts_neuron", "concept_significance_singular",
-                          "concept_significance_neuron", "concept_top"), 4), "atlas": ((), 0), "cka": ((), 1),
+            "concepts": (("concepts_singular", "concepts_singular_both", "concepts_neuron", "concepts_neuron_both",
+                          "concept_significance_singular", "concept_significance_neuron", "concept_top"), 4),
+            "atlas": ((), 0), "cka": ((), 1),
             "wiseft": (("wiseft",), 1), "layer_kurtosis": ((), 1), "lowrank": ((), 1),
             "predict_er": (("er_predictors", "er_tracking"), 2), "config": ((), 0), "versions": ((), 0)}
 
@@ -79,13 +80,13 @@ def test_the_report_shows_every_section_and_what_the_data_is(first_run):
         assert re.findall(r'<table id="table-([a-z_]+)">', body) == list(tables), name
         assert body.count('<figure><img src="data:image/png;base64,') == figures, name
     assert "ACC(S) is the mean over 2 shift set(s): sketch (folder), noise (folder)" in sections["accuracy"]
-    assert "AP orientation: both" in sections["concepts"]
+    assert "AP orientation: the paper&#x27;s one-sided AP of h . v_i" in sections["concepts"]
     assert "leaving each group of models that share weights out" in sections["predict_er"]
     assert sorted(p.name for p in (out / "report" / "figures").glob("*.png")) == [
-        "concept_thresholds_neuron.png", "concept_thresholds_singular.png", "er_tracking.png", "fig11_wiseft.png",
-        "fig1_robustness.png", "fig2_importance.png", "fig3_pruning_accuracy.png", "fig4_venn_neuron_0.png",
-        "fig4_venn_singular_0.png", "fig5_cka_depth.png", "fig9_pruning_er.png", "layer_kurtosis.png",
-        "lowrank_accuracy.png", "signatures_vs_er.png"]
+        "concept_thresholds_neuron.png", "concept_thresholds_singular.png", "er_tracking.png", "fig1_robustness.png",
+        "fig2_importance.png", "fig5_cka_depth.png", "layer_kurtosis.png", "lowrank_accuracy.png",
+        "pruning_accuracy.png", "pruning_er.png", "signatures_vs_er.png", "venn_neuron_0.png", "venn_singular_0.png",
+        "wiseft_sweeps.png"]
     statement = summary["data"]["statement"]
     assert "8 real ImageNet validation photos with their true labels" in statement
     assert "not ImageNet numbers" in statement

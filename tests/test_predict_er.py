@@ -47,7 +47,8 @@ def planted_results(root: Path, models: int = 10, seed: int = 0) -> tuple[Result
     results.write(ImportanceRow, [ImportanceRow(n, d, 1.0, float(v), False) for n in names
                                   for d, v in enumerate(rng.uniform(0, 1, size=8))])
     unique = rng.permutation(models) * 7 + 100
-    results.write(ConceptRow, [ConceptRow(n, "singular", 64, 300, int(u), 2.0, 0.9, 2.0, "both") for n, u in zip(names, unique)])
+    results.write(ConceptRow, [ConceptRow(n, "singular", 64, 300, int(u), 2.0, 0.9, 2.0, "positive", int(u), 2.0, 2.0,
+                                          int(u) + 5, 4.0, 4.0) for n, u in zip(names, unique)])
     return results, dict(zip(names, er))
 
 

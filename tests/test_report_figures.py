@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import xml.etree.ElementTree as ET
+from importlib import resources
 
 import numpy as np
 import pytest
@@ -12,7 +15,8 @@ from PIL import Image
 import robustsig as rs
 from robustsig.report import figures
 from robustsig.report.figures import curve_figure
-from robustsig.study.analyses.accuracy import RobustnessRow, robustness_figure
+from robustsig.study.analyses import accuracy
+from robustsig.study.analyses.accuracy import RobustnessRow, robustness_caption, robustness_figure
 from robustsig.study.analyses.cka import CkaRow
 from robustsig.study.analyses.cka.report import cka_depth_figure, cka_heatmap_figure
 from robustsig.study.analyses.concepts.summary import venn_figure
@@ -40,21 +44,83 @@ def saved(figure, tmp_path, stem):
     return size
 
 
-def test_robustness_figure_has_logit_axes_in_percent_and_the_baseline(results, tmp_path):
+TESTBED_SHIFTS = ["imagenetv2-matched-frequency-format-val", "imagenet-r", "imagenet-sketch", "objectnet-1.0-beta",
+                  "imagenet-a"]
+
+
+def reference_cloud(reference_dir) -> tuple[np.ndarray, np.ndarray]:
+    """The paper's baseline models from the vendored testbed files: the models trained on ImageNet alone (types
+    STANDARD and LOW_ACCURACY_CNN) with all six accuracies; ACC(I) = val, ACC(S) = the mean of the five shifts."""
+    folder = reference_dir / "imagenet-testbed"
+    with open(folder / "model_types_derived.csv") as handle:
+        types = {row["model"]: row["model_type"] for row in csv.DictReader(handle)}
+    with open(folder / "robustness_top1s_er_columns.csv") as handle:
+        rows = [row for row in csv.DictReader(handle) if types[row["model"]] in ("STANDARD", "LOW_ACCURACY_CNN")
+                and all(row[column] for column in ["val", *TESTBED_SHIFTS])]
+    return (np.array([float(row["val"]) / 100 for row in rows]),
+            np.array([np.mean([float(row[column]) / 100 for column in TESTBED_SHIFTS]) for row in rows]))
+
+
+def test_robustness_figure_is_fig1_with_the_testbed_cloud_and_the_baseline(results, tmp_path, reference_dir):
     rows = results.read(RobustnessRow)
     figure = robustness_figure(MODELS, rows)
     FigureCanvasAgg(figure).draw()
     ax = figure.axes[0]
     assert ax.get_xscale() == ax.get_yscale() == "logit"
     xlabels = [label.get_text() for label in ax.get_xticklabels()]
-    assert "50%" in xlabels and all(label.endswith("%") for label in xlabels)
+    assert "10%" in xlabels and all(label.endswith("%") for label in xlabels)
     baseline = ax.lines[0]
     x, y = baseline.get_xdata(), baseline.get_ydata()
     expected = 1 / (1 + np.exp(-(0.76 * np.log(x / (1 - x)) - 1.49)))
     np.testing.assert_allclose(y, expected, rtol=1e-12)
-    points = sorted(tuple(collection.get_offsets()[0]) for collection in ax.collections)
+    # the grey cloud: the testbed's baseline models, as computed here from the vendored CSVs
+    cloud, *pool = ax.collections
+    acc_id, acc_shift = reference_cloud(reference_dir)
+    assert cloud.get_label() == "baseline models (197, trained on ImageNet)" and len(acc_id) == 197
+    np.testing.assert_allclose(cloud.get_offsets(), np.column_stack([acc_id, acc_shift]), rtol=1e-12)
+    assert tuple(cloud.get_facecolor()[0][:3]) == (0.72, 0.72, 0.72)
+    # the line is drawn across the cloud, which lies around it
+    assert x.min() <= acc_id.min() and x.max() >= acc_id.max()
+    points = sorted(tuple(collection.get_offsets()[0]) for collection in pool)
     assert points == sorted((row.acc_id, row.acc_shift) for row in rows)
     assert saved(figure, tmp_path, "fig1") == (640, 520)
+
+
+def test_the_testbed_cloud_refits_the_papers_line(reference_dir):
+    """A refit on the cloud (numpy's least squares in logit space) lands next to the paper's b1 = .76, b0 = -1.49,
+    r = .99; the caption says so with the refit's numbers."""
+    acc_id, acc_shift = reference_cloud(reference_dir)
+    logit = lambda p: np.log(p / (1 - p))  # noqa: E731
+    b1, b0 = np.polyfit(logit(acc_id), logit(acc_shift), 1)
+    r = np.corrcoef(logit(acc_id), logit(acc_shift))[0, 1]
+    assert (round(b1, 3), round(b0, 3), round(r, 3)) == (0.751, -1.597, 0.994)
+    assert abs(b1 - 0.76) < 0.01 and abs(b0 + 1.49) < 0.11 and r > 0.99
+    baseline = accuracy.testbed_baseline()
+    np.testing.assert_allclose(baseline.fit(), (b1, b0, r), atol=1e-12)
+    caption = robustness_caption([RobustnessRow("m", 0.6, 0.4, 0.1, 0.76, -1.49)], baseline, paper_shifts=False)
+    assert caption.startswith("Fig. 1: ACC(I) vs ACC(S) on logit axes. Grey: 197 baseline models")
+    assert "refitted on them, the line is b1 = 0.751, b0 = -1.597 (r = 0.994), the paper's b1 = 0.76" in caption
+    assert "not comparable with the grey ones" in caption
+    assert "not comparable" not in robustness_caption([RobustnessRow("m", 0.6, 0.4, 0.1, 0.76, -1.49)], baseline,
+                                                      paper_shifts=True)
+
+
+def test_the_packaged_testbed_is_the_vendored_one_cell_for_cell(reference_dir):
+    """``robustsig/resources/imagenet_testbed.csv`` (package data, listed in pyproject) holds the vendored testbed
+    accuracies verbatim, with each model's type."""
+    packaged = resources.files("robustsig").joinpath("resources", "imagenet_testbed.csv").read_text(encoding="utf-8")
+    rows = list(csv.DictReader(io.StringIO(packaged)))
+    folder = reference_dir / "imagenet-testbed"
+    with open(folder / "robustness_top1s_er_columns.csv") as handle:
+        vendored = list(csv.DictReader(handle))
+    with open(folder / "model_types_derived.csv") as handle:
+        types = {row["model"]: row["model_type"] for row in csv.DictReader(handle)}
+    assert [{k: v for k, v in row.items() if k != "model_type"} for row in rows] == vendored
+    assert [row["model_type"] for row in rows] == [types[row["model"]] for row in vendored]
+    pyproject = (reference_dir.parents[2] / "pyproject.toml").read_text()
+    assert '"resources/*.csv"' in pyproject and '"resources/*.md"' in pyproject
+    readme = resources.files("robustsig").joinpath("resources", "README.md").read_text(encoding="utf-8")
+    assert "`imagenet_testbed.csv`" in readme and "commit 0170eec6" in readme
 
 
 def test_importance_and_pruning_panels(results, tmp_path):
@@ -160,7 +226,7 @@ def test_threshold_sweep_panels(results, tmp_path):
     assert line.get_label() == "rn50-oa-zs"
     np.testing.assert_allclose(line.get_xdata(), [0.85, 0.9, 0.95])  # sorted by threshold
     np.testing.assert_allclose(line.get_ydata(), [r.unique_concepts for r in sorted(rows, key=lambda r: r.threshold)])
-    assert "orientation both" in figure._suptitle.get_text()
+    assert "the paper's one-sided AP" in figure._suptitle.get_text()
     saved(figure, tmp_path, "thresholds")
     with pytest.raises(rs.InputError, match="no row of concept_thresholds.csv in the neuron basis"):
         concept_thresholds_figure([], results.read(ConceptThresholdRow), "neuron")

@@ -8,6 +8,8 @@ import html
 import json
 import re
 
+from pathlib import Path
+
 import pytest
 
 import robustsig as rs
@@ -39,16 +41,15 @@ def test_every_section_table_and_figure_is_written(report):
     assert "Not run" not in page
     stems = {path.stem for path in files.tables}
     assert stems == {"accuracy", "accuracy_by_dataset", "kurtosis", "privileged", "concepts_singular",
-                     "concepts_neuron", "concept_top", "wiseft", "concept_significance_singular", "er_predictors",
-                     "er_tracking", "noclip"}
-    assert sorted({path.suffix for path in files.tables}) == [".csv", ".md", ".tex"] and len(files.tables) == 36
+                     "concepts_singular_both", "concepts_neuron", "concepts_neuron_both", "concept_top", "wiseft",
+                     "concept_significance_singular", "er_predictors", "er_tracking", "noclip"}
+    assert sorted({path.suffix for path in files.tables}) == [".csv", ".md", ".tex"] and len(files.tables) == 42
+    # a file is named after a paper figure only when it is that figure; the others are named by their content
     figure_stems = sorted({path.stem for path in files.figures})
-    assert figure_stems == ["concept_thresholds_singular", "er_tracking", "fig10_noclip", "fig11_wiseft",
-                            "fig1_robustness",
-                            "fig2_importance", "fig3_pruning_accuracy", "fig4_venn_neuron_0", "fig4_venn_neuron_1",
-                            "fig4_venn_singular_0", "fig4_venn_singular_1", "fig5_cka_depth", "fig6_cka_0",
-                            "fig9_pruning_er", "layer_kurtosis", "lowrank_accuracy", "lowrank_er",
-                            "signatures_vs_er"]
+    assert figure_stems == ["cka_heatmap_0", "concept_thresholds_singular", "er_tracking", "fig10_noclip",
+                            "fig1_robustness", "fig2_importance", "fig5_cka_depth", "layer_kurtosis",
+                            "lowrank_accuracy", "lowrank_er", "pruning_accuracy", "pruning_er", "signatures_vs_er",
+                            "venn_neuron_0", "venn_neuron_1", "venn_singular_0", "venn_singular_1", "wiseft_sweeps"]
     # the figures are inlined: one data-URI image per figure, identical to the PNG written next to the page
     inlined = re.findall(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
     pngs = {path.read_bytes() for path in files.figures if path.suffix == ".png"}
@@ -57,10 +58,39 @@ def test_every_section_table_and_figure_is_written(report):
     # the CKA section names its estimator and datasets; Fig. 5 shows the id set and the shift sets' band
     assert "Estimator: minibatch (minibatch: the paper" in page and "Datasets: val, sketch, v2." in page
     assert "val (orange) and the mean ± std over the shift sets (blue)" in page
-    assert "every layer of rn50-oa-ft, on val." in page
+    assert "every layer of rn50-oa-ft, on val (not in the paper)." in page
     # the atlas: a grid per model, its names escaped (a row without a thumbnail file shows the image's name)
     assert page.count('<table class="atlas">') == len(MODELS) and "<img src=x" not in page
     assert html.escape("1<img src=x onerror=alert(1)>.jpg") in page
+
+
+def test_captions_name_the_papers_figures_and_tables_only_where_they_are_them(report):
+    _, page = report
+    figcaptions = re.findall(r"<figcaption>(.*?)</figcaption>", page)
+    titles = re.findall(r"<caption>(.*?)</caption>", page)
+    assert sorted(c.split(":")[0] for c in figcaptions if re.match(r"Figs?\. \d", c)) == [
+        "Fig. 1", "Fig. 10", "Figs. 2 and 7", "Figs. 5 and 6"]
+    assert sorted(t for t in titles if re.search(r"\(Tables? \d", t)) == [
+        "Accuracy (Table 4) and effective robustness (Table 1)", "Activation kurtosis (Table 2)",
+        "Concepts, neuron basis, the paper&#x27;s one-sided AP (Table 7)",
+        "Concepts, singular basis, the paper&#x27;s one-sided AP (Tables 3 and 6)",
+        "Top concepts of the most privileged direction (Table 5)"]
+    # the pruning ER figure is not the paper's Fig. 9 (its YFCC/CC12M panel), nor the heatmap its Fig. 6
+    assert "Fig. 9:" not in page and "Fig. 6:" not in page and "Fig. 3/8" not in page and "Fig. 11-18:" not in page
+    assert "the ER panels of the paper&#x27;s Figs. 3, 8 and 9" in page
+    # the both variant is never called the paper's polysemanticity
+    assert "Concepts, singular basis, variant both: max(AP(s), AP(-s))" in page
+    assert "AP: the variant both, not the paper&#x27;s" in page
+
+
+def test_the_page_points_to_the_reproduction_table(report):
+    _, page = report
+    line = ("<p class=\"caption\">Which output reproduces each table and figure of the paper, by which procedure, "
+            "exactly or as a named variant: the reproduction table, section &quot;Reproducing the paper&quot; of "
+            "docs/study.md in robustsig&#x27;s source.</p>")
+    assert page.index(line) < page.index("<nav>")  # near the top, escaped, no external link
+    docs = (Path(__file__).parents[1] / "docs" / "study.md").read_text(encoding="utf-8")
+    assert "## Reproducing the paper" in docs
 
 
 def test_numbers_tables_and_provenance_are_shown(report):

@@ -40,8 +40,9 @@ def test_accuracy_table_in_the_paper_layout(results):
         "| ViT-B-32 | openai | 63.3 | +12.3 | – | – | – | – |")
     latex = tables.to_latex(table).splitlines()
     assert latex[:2] == [r"\begin{table}[t]", r"\centering"]
-    assert latex[2].startswith(r"\caption{Accuracy and effective robustness. ACC: top-1 accuracy")
-    assert "(b1 = 0.76, b0 = -1.49), in percent.}" in latex[2]
+    # the paper's Tables 4 (ACC) and 1 (ER), named as such
+    assert latex[2].startswith(r"\caption{Accuracy (Table 4) and effective robustness (Table 1). ACC: top-1 accuracy")
+    assert "(eq. 1, b1 = 0.76, b0 = -1.49), in percent (the paper's Table 1).}" in latex[2]
     assert latex[3:] == [
         r"\label{tab:accuracy}",
         r"\begin{tabular}{llrrrrrr}",
@@ -78,10 +79,21 @@ def test_kurtosis_and_concept_tables(results):
         "|  | yfcc15m | 1 | 1.25 | 2.50 | – | – | – | – | – | – |\n"
         "|  | imagenet-1k | – | – | – | – | – | – | 2 | 1.25 | 2.50 |\n"
         "| ViT-B-32 | openai | 3 | 1.25 | 2.50 | – | – | – | – | – | – |")
-    assert "the paper's, mean concepts per direction over all directions probed" in concepts.caption
-    assert "AP orientation: both" in concepts.caption
+    # the paper's one-sided AP by default, named as such with its table numbers and sign convention
+    assert concepts.title == "Concepts, singular basis, the paper's one-sided AP (Tables 3 and 6)"
+    assert "the paper's definition, mean concepts per direction over all directions probed" in concepts.caption
+    assert "largest-magnitude entry of each v_i is positive" in concepts.caption
+    assert "The study's derived steps (top concepts, Venn sets, threshold figure, significance) use this" in \
+        concepts.caption
     neuron = concepts_table(MODELS, results.read(ConceptRow), basis="neuron")
     assert [row[2] for row in neuron.rows] == ["5", "2", None, "4"] and neuron.name == "concepts_neuron"
+    assert neuron.title == "Concepts, neuron basis, the paper's one-sided AP (Table 7)"
+    # the both variant: its own columns of concepts.csv, its own table and name, never called the paper's
+    both = concepts_table(MODELS, results.read(ConceptRow), basis="singular", orientation="both")
+    assert both.name == "concepts_singular_both" and both.title == ("Concepts, singular basis, variant both: "
+                                                                    "max(AP(s), AP(-s))")
+    assert [row[2:5] for row in both.rows][0] == ("6", "2.50", "5.00")
+    assert "not the paper's" in both.caption and "The study's derived steps use the other orientation" in both.caption
 
 
 def test_rows_and_kinds_without_values_are_left_out():
@@ -103,7 +115,9 @@ def test_two_models_in_one_cell_are_refused():
 
 
 def test_long_tables_escape_names(results):
-    top = concept_top_table(results.read(ConceptTopRow))
+    top = concept_top_table(results.read(ConceptTopRow), "positive")
+    assert top.title == "Top concepts of the most privileged direction (Table 5)"
+    assert top.caption.endswith("AP orientation: the paper's one-sided AP of h . v_i.")
     assert tables.to_csv(top) == ("Model,Basis,Direction,Top-1,Top-2\n"
                                   "rn50-oa-zs,singular,0,<script>alert(1)</script> (0.97),sky (0.93)\n"
                                   "vit-oa-zs,singular,3,50%_a&b (0.91),\n")

@@ -206,8 +206,10 @@ def test_paper_preset_lists_the_pool_and_validates(tmp_path):
                                          "predict_er"]
     assert len(config.analyses.cka.pairs) == 12 and len(config.analyses.wiseft.pairs) == 12
     concepts = config.analyses.concepts
-    assert (concepts.threshold, concepts.orientation, concepts.thresholds) == (0.9, "both", [0.8, 0.85, 0.9, 0.95])
-    assert "the sign of a singular" in text  # the written reason for the orientation
+    # the paper's one-sided AP, with the reason and the sign convention that makes it reproducible
+    assert (concepts.threshold, concepts.orientation, concepts.thresholds) == (0.9, "positive",
+                                                                               [0.8, 0.85, 0.9, 0.95])
+    assert "orientation: positive = the paper's" in text and "largest-magnitude entry is positive" in text
     missing = config.check_paths()
     assert len(missing) == 12 + 2 + 6 + 1 and all(item.placeholder for item in missing)
     with pytest.raises(rs.DataError) as caught:
@@ -315,7 +317,7 @@ def test_the_paper_pool_is_in_open_clips_published_results(reference_dir):
 
 def test_concept_orientation_and_threshold_sweep_are_validated():
     config = validate_study_config(minimal())
-    assert (config.analyses.concepts.orientation, config.analyses.concepts.thresholds) == ("both",
+    assert (config.analyses.concepts.orientation, config.analyses.concepts.thresholds) == ("positive",
                                                                                            [0.8, 0.85, 0.9, 0.95])
     data = minimal()
     data["analyses"]["concepts"] = {"orientation": "negative", "thresholds": [0.8, 1.5, 0.8]}

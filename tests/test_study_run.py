@@ -195,20 +195,27 @@ def test_pruning_curves_match_the_stores(study):
             assert got == [row.er for row in rows if (row.model, row.order, row.dataset) == (model, order, "shift-b")]
 
 
+def signed_rsv(W) -> np.ndarray:
+    """numpy's right singular vectors with the study's sign convention, applied here: each column's largest-magnitude
+    entry made positive (the one-sided AP of h . v_i depends on it)."""
+    V = oracles.head_svd(W)[2]
+    return V * np.sign(V[np.abs(V).argmax(axis=0), np.arange(V.shape[1])])
+
+
 def reference_ap(study, subject: str, basis: str, names: list[str], columns: int | None = None,
-                 orientation: str = "both") -> np.ndarray:
-    """AP of each concept and direction with scikit-learn, from the Broden store: the balanced sets, scores h . v_i
-    (numpy's right singular vectors: with orientation "both" their arbitrary signs do not matter) or h."""
+                 sign: int = 1) -> np.ndarray:
+    """AP of each concept and direction with scikit-learn, from the Broden store: the balanced sets, scores
+    ``sign`` x h . v_i (the sign convention above) or ``sign`` x h; ``sign=-1``: the AP of the negated scores."""
     s = store(study, subject, "broden")
     broden = dataset(study, "broden")
     sets = {item.name: item for item in broden.balanced_sets(min_positives=4, seed=0)}
     h = s.read("h").double().numpy()
-    scores = h @ oracles.head_svd(s.read("W"))[2] if basis == "singular" else h
+    scores = sign * (h @ signed_rsv(s.read("W")) if basis == "singular" else h)
     ids = s.read("ids").tolist()
     out = []
     for name in names:
         rows = [ids.index(i) for i in sets[name].indices.tolist()]
-        out.append(oracles.average_precision(sets[name].labels, scores[rows][:, :columns], orientation))
+        out.append(oracles.average_precision(sets[name].labels, scores[rows][:, :columns], "positive"))
     return np.array(out)
 
 
@@ -217,23 +224,35 @@ def test_concept_ap_matrices_match_sklearn_and_the_summaries_follow(study):
     concepts = {(row.model, row.basis): row for row in study.read(ConceptRow)}
     tops, venn = study.read(ConceptTopRow), study.read(VennRow)
     sweep = study.read(ConceptThresholdRow)
+    differ = []
     for model in MODELS:
         for basis in ("singular", "neuron"):
-            ap = np.load(folder / f"{model}_{basis}.npy")
+            ap = np.load(folder / f"{model}_{basis}.npy")  # AP(s), the paper's
+            negative = np.load(folder / f"{model}_{basis}_negative.npy")  # AP(-s)
             info = json.loads((folder / f"{model}_{basis}.json").read_text())
             names = info["concepts"]
             assert names == ["red-c", "sky", "wood", "striped", "kitchen"]
             assert info["categories"] == ["color", "object", "material", "texture", "scene"]
+            assert "orientation" not in info and "AP(-s) in SUBJECT_BASIS_negative.npy" in info["sides"]
             columns = 64 if model == "mnv2" else None  # scikit-learn is slow: the first 64 directions of MobileNet
             # the runner scores in float32, the oracle in float64: a near-tie may order differently, so 1e-6
             np.testing.assert_allclose(ap[:, :columns], reference_ap(study, model, basis, names, columns), atol=1e-6)
-            counts = oracles.concept_counts(ap, 0.8)
+            np.testing.assert_allclose(negative[:, :columns], reference_ap(study, model, basis, names, columns, -1),
+                                       atol=1e-6)
+            counts, both = oracles.concept_counts(ap, 0.8), oracles.concept_counts(np.fmax(ap, negative), 0.8)
             row = concepts[(model, basis)]
             assert (row.num_concepts, row.num_directions, row.threshold) == (5, ap.shape[1], 0.8)
-            assert (row.orientation, info["orientation"]) == ("both", "both")
-            assert row.unique_concepts == counts["unique"]
+            # the study uses the paper's one-sided AP (the default); concepts.csv names each orientation's counts
+            assert row.orientation == "positive"
+            assert row.unique_concepts == row.unique_concepts_positive == counts["unique"]
+            assert row.polysemanticity == row.polysemanticity_positive
             assert row.polysemanticity == pytest.approx(counts["polysemanticity"], abs=1e-12)
             assert row.polysemanticity_active == pytest.approx(counts["polysemanticity_active"], nan_ok=True)
+            assert row.polysemanticity_active_positive == pytest.approx(counts["polysemanticity_active"], nan_ok=True)
+            assert row.unique_concepts_both == both["unique"]
+            assert row.polysemanticity_both == pytest.approx(both["polysemanticity"], abs=1e-12)
+            assert row.polysemanticity_active_both == pytest.approx(both["polysemanticity_active"], nan_ok=True)
+            differ.append(row.polysemanticity_both != row.polysemanticity_positive)
             assert {r.concept for r in venn if (r.model, r.basis) == (model, basis)} == {names[c] for c in
                                                                                           counts["concepts"]}
             photos = store(study, model, "photos")
@@ -247,10 +266,16 @@ def test_concept_ap_matrices_match_sklearn_and_the_summaries_follow(study):
             assert [r.threshold for r in swept] == [0.8, 0.85, 0.9, 0.95]
             for r in swept:
                 at = oracles.concept_counts(ap, r.threshold)
-                assert (r.unique_concepts, r.orientation) == (at["unique"], "both")
+                at_both = oracles.concept_counts(np.fmax(ap, negative), r.threshold)
+                assert (r.unique_concepts, r.orientation) == (at["unique"], "positive")
                 assert r.polysemanticity == pytest.approx(at["polysemanticity"], abs=1e-12)
                 assert r.polysemanticity_active == pytest.approx(at["polysemanticity_active"], nan_ok=True)
+                assert (r.unique_concepts_positive, r.unique_concepts_both) == (at["unique"], at_both["unique"])
+                assert r.polysemanticity_positive == pytest.approx(at["polysemanticity"], abs=1e-12)
+                assert r.polysemanticity_both == pytest.approx(at_both["polysemanticity"], abs=1e-12)
+                assert r.polysemanticity_active_both == pytest.approx(at_both["polysemanticity_active"], nan_ok=True)
     assert sum(row.unique_concepts for row in concepts.values()) > 0
+    assert any(differ)  # the two orientations give different counts on this pool: the columns are not copies
     overlaps = study.results.provenance()["tables"]["venn"]["parameters"]["overlaps"]
     assert set(overlaps) == {"tiny-vit / synthetic"}  # zs, ft and the backbone's supervised control
     sets = {m: {r.concept for r in venn if (r.model, r.basis) == (m, "singular")} for m in ("zs", "ft", "ctrl")}
@@ -467,10 +492,12 @@ def test_the_report_has_every_section(study):
     assert re.findall(r"Not run: ([^<]*?) absent", page) == ["results/noclip.csv", "results/lowrank.csv"]
     assert "results/concept_ap/MODEL_BASIS.npy" in page and "Outlier dimensions of h" in page
     assert "ACC(S) is the mean over 2 shift set(s): shift-a (folder), shift-b (folder); these are not the paper" in page
-    assert "AP orientation: both" in page and "Threshold sensitivity (singular basis)" in page
+    assert "Concepts, singular basis, the paper&#x27;s one-sided AP (Tables 3 and 6)" in page
+    assert "Concepts, singular basis, variant both: max(AP(s), AP(-s))" in page
+    assert "Threshold sensitivity (singular basis, the paper&#x27;s one-sided AP of h . v_i)" in page
     figures = {path.name for path in (study.config.report_dir / "figures").glob("*.png")}
-    assert {"fig1_robustness.png", "fig2_importance.png", "fig3_pruning_accuracy.png", "fig5_cka_depth.png",
-            "fig11_wiseft.png", "fig4_venn_singular_0.png", "concept_thresholds_singular.png",
+    assert {"fig1_robustness.png", "fig2_importance.png", "pruning_accuracy.png", "fig5_cka_depth.png",
+            "wiseft_sweeps.png", "venn_singular_0.png", "concept_thresholds_singular.png",
             "concept_thresholds_neuron.png", "signatures_vs_er.png", "er_tracking.png"} <= figures
     assert "Unique concepts against chance, singular basis" in page and "Signatures as ER predictors" in page
     assert "leave-one-model-out prediction needs at least 3" in page  # the pool's note, said plainly
@@ -531,6 +558,56 @@ def test_a_changed_threshold_recomputes_only_what_depends_on_it(study):
         assert row.threshold == 0.9 and row.unique_concepts == oracles.concept_counts(ap, 0.9)["unique"]
     restored = run_study(study.path, progress=False)
     assert sorted(restored.ran()) == sorted(changed.ran())
+
+
+def test_the_orientation_picks_what_the_derived_steps_use_without_recomputing_the_ap_matrices(study):
+    before = {(row.model, row.basis): row for row in study.read(ConceptRow)}
+    data = study_data(study.root)
+    data["analyses"]["concepts"]["orientation"] = "both"
+    changed = run_study(write_config(study.root, data, "both.yaml"), progress=False)
+    assert changed.ok
+    assert sorted(changed.ran()) == sorted([f"{step}:{m}" for m in MODELS for step in ("concepts",
+                                                                                      "concept_thresholds")]
+                                           + [f"concept_significance:{m}:{basis}" for m in MODELS
+                                              for basis in ("singular", "neuron")] + ["venn", "predict_er"])
+    folder = study.config.results_dir / "concept_ap"
+    venn = study.read(VennRow)
+    for row in study.read(ConceptRow):
+        ap = np.fmax(np.load(folder / f"{row.model}_{row.basis}.npy"),
+                     np.load(folder / f"{row.model}_{row.basis}_negative.npy"))
+        counts = oracles.concept_counts(ap, 0.8)
+        assert row.orientation == "both" and row.unique_concepts == row.unique_concepts_both == counts["unique"]
+        assert row.polysemanticity == pytest.approx(counts["polysemanticity"], abs=1e-12)
+        old = before[(row.model, row.basis)]  # the named columns do not depend on the option
+        assert (row.unique_concepts_positive, row.polysemanticity_positive, row.unique_concepts_both) == (
+            old.unique_concepts_positive, old.polysemanticity_positive, old.unique_concepts_both)
+        names = json.loads((folder / f"{row.model}_{row.basis}.json").read_text())["concepts"]
+        assert {r.concept for r in venn if (r.model, r.basis) == (row.model, row.basis)} == {
+            names[c] for c in counts["concepts"]}
+    restored = run_study(study.path, progress=False)
+    assert sorted(restored.ran()) == sorted(changed.ran())
+    assert {(row.model, row.basis): row for row in study.read(ConceptRow)} == before
+
+
+def test_a_concepts_table_of_the_old_schema_is_recomputed_not_a_crash(study):
+    """concepts.csv and concept_thresholds.csv from before the orientation columns (and AP matrices saved in one
+    orientation): the next run deletes the tables, recomputes the AP matrices and rewrites the tables."""
+    results = study.config.results_dir
+    before = {(row.model, row.basis): row for row in study.read(ConceptRow)}
+    old = ("model,basis,num_directions,num_concepts,unique_concepts,polysemanticity,threshold,"
+           "polysemanticity_active,orientation\nzs,singular,5,5,2,0.4,0.8,1.0,both\n")
+    (results / "concepts.csv").write_text(old)
+    (results / "concept_thresholds.csv").write_text("model,basis,threshold,unique_concepts,polysemanticity,"
+                                                     "polysemanticity_active,orientation\nzs,singular,0.8,2,0.4,1.0,"
+                                                     "both\n")
+    (results / "concept_ap" / "zs_singular_negative.npy").unlink()  # as an older run left it: one matrix
+    rerun = run_study(study.path, progress=False)
+    assert rerun.ok
+    assert {"concept_ap:zs:singular", *(f"concepts:{m}" for m in MODELS),
+            *(f"concept_thresholds:{m}" for m in MODELS)} <= set(rerun.ran())
+    assert {(row.model, row.basis): row for row in study.read(ConceptRow)} == before
+    log = (results / "run.log").read_text()
+    assert "concepts.csv has columns" in log and "deleted, it will be recomputed" in log
 
 
 def test_only_runs_the_selected_analyses_and_models(study):

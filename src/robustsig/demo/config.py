@@ -222,7 +222,7 @@ def demo_config(data: DemoData, out_dir: str | os.PathLike, *, pool: DemoPool, f
             "importance": {},
             "pruning": {"fractions": list(PRUNING_FRACTIONS), "orders": ["singular", "importance", "random"]},
             "concepts": {"threshold": 0.9, "min_positives": MIN_POSITIVES, "bases": ["singular", "neuron"],
-                         "top_k": 3, "orientation": "both", "venn_groups": [[first, finetuned_name(first), RANDOM]],
+                         "top_k": 3, "orientation": "positive", "venn_groups": [[first, finetuned_name(first), RANDOM]],
                          "permutations": pool.permutations, "alpha": 0.05},
             "cka": {"estimator": CKA_ESTIMATOR, "dataset": ID_SET, "pairs": [
                 {"model_a": first, "model_b": finetuned_name(first), "layers": "all"},

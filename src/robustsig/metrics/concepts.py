@@ -11,18 +11,21 @@ The per-concept form (the paper's balanced sets, the path the study uses) pads c
 batches and sorts every (concept, direction) row of a batch at once; float32 scores travel as float64 sort keys
 whose lowest mantissa bit is the label, so the sort alone orders the labels and equal scores stay recognisable.
 Cumulative counts then give every AP; only the rows holding ties are redone with their tie groups. The same
-sort serves ``orientation="both"`` (the AP of ``-s`` counts from the other end). It runs in torch on the scores'
-device (or ``device``: a GPU gives the same values), with numpy's vectorised sort on the CPU. The dense form sorts
-each direction once and ranks, per concept, only its positives among themselves (on the CPU, with numpy). Memory
-stays bounded by chunking (``max_elements`` entries per temporary array).
+sort serves ``orientation="both"`` and ``"sides"`` (the AP of ``-s`` counts from the other end). It runs in torch on
+the scores' device (or ``device``: a GPU gives the same values), with numpy's vectorised sort on the CPU. The dense
+form sorts each direction once and ranks, per concept, only its positives among themselves (on the CPU, with numpy).
+Memory stays bounded by chunking (``max_elements`` entries per temporary array).
 
 A concept without a positive sample has no AP: NaN with a warning (sklearn returns 0.0 with a warning; NaN keeps
 such a concept from ever counting as encoded or not encoded). A concept without negatives has AP 1.
 
-Orientation. A singular vector is defined only up to its sign, so whether a concept's images score high or low
-on ``v_i`` is an accident of the SVD's sign convention. ``orientation="positive"`` ranks by the scores as given
-(a concept on the negative side of a direction scores near its chance AP); ``orientation="both"`` takes, per
-(concept, direction), the larger of AP(s) and AP(-s): does the direction *separate* the concept, on either side.
+Orientation. ``orientation="positive"`` (the default, the paper's: Section 4 follows Suau et al., the projection on
+``v_i`` *is* the classifier whose AP is measured) ranks by the scores as given, so a concept whose images score low
+on a direction gets about its chance AP there. A singular vector is defined only up to its sign;
+:func:`robustsig.head_svd` fixes it (the largest-magnitude entry of each ``v_i`` is positive), so the one-sided AP is
+the same on every LAPACK build and device. ``orientation="both"`` (a variant) takes, per (concept, direction), the
+larger of AP(s) and AP(-s): does the direction separate the concept on either side. ``orientation="sides"`` returns
+the two one-sided matrices, AP(s) and AP(-s), from the same sort: ``both`` is their ``fmax``.
 """
 
 from __future__ import annotations
@@ -54,8 +57,8 @@ _CHUNK_ELEMENTS = 1 << 18
 #: The paper's threshold: a direction encodes a concept when its AP is at least 0.9.
 AP_THRESHOLD = 0.9
 
-Orientation = Literal["positive", "both"]
-ORIENTATIONS: tuple[str, ...] = ("positive", "both")
+Orientation = Literal["positive", "both", "sides"]
+ORIENTATIONS: tuple[str, ...] = ("positive", "both", "sides")
 
 
 def _bool_labels(x: Any, name: str, shape: tuple[int, ...]) -> torch.Tensor:
@@ -195,8 +198,9 @@ def _ap_tied_rows(positive: torch.Tensor, count: torch.Tensor, tied: torch.Tenso
     start, end = tie_groups(tied)
     ratio = (n_positive - (count - positive).gather(-1, start)) / (n - start).clamp_min(1)
     ap = (ratio * positive).sum(-1)
-    if orientation == "both":
-        ap = torch.maximum(ap, ((count.gather(-1, end) / (end + 1)) * positive).sum(-1))
+    if orientation != "positive":
+        low = ((count.gather(-1, end) / (end + 1)) * positive).sum(-1)
+        ap = torch.maximum(ap, low) if orientation == "both" else torch.stack((ap, low), -1)
     return ap
 
 
@@ -225,11 +229,12 @@ def _ap_sorted(positive: torch.Tensor, tied: torch.Tensor, n: torch.Tensor, n_po
             (label 0).
         tied: ``B x D x (W-1)`` bool, entry i ties with entry i + 1 (never true in the padding).
         n, n_positive: ``B`` int64, samples and positives of each batch entry (``n_positive`` > 0).
-        orientation: ``"positive"`` (AP of the scores) or ``"both"`` (the larger of the AP of s and of -s).
+        orientation: ``"positive"`` (AP of the scores), ``"both"`` (the larger of the AP of s and of -s) or
+            ``"sides"`` (both APs).
         buffers: where the temporaries live.
 
     Returns:
-        ``B x D`` float64.
+        ``B x D`` float64 (``"sides"``: ``B x D x 2``, the AP of s then of -s).
 
     With ``start``/``end`` the first/last position of an entry's tie group, a positive at position i adds to
     ``P * AP(s)`` the positives over the samples scoring at least as high, ``(P - positives before start) /
@@ -247,16 +252,16 @@ def _ap_sorted(positive: torch.Tensor, tied: torch.Tensor, n: torch.Tensor, n_po
     terms *= positive
     terms *= torch.where(above > 0, 1.0 / above, 0.0)
     ap = terms.sum(-1)
-    if orientation == "both":
+    if orientation != "positive":
         torch.mul(count, positive, out=terms)
         terms *= 1.0 / (index + 1.0)
-        ap = torch.maximum(ap, terms.sum(-1))
+        ap = torch.maximum(ap, terms.sum(-1)) if orientation == "both" else torch.stack((ap, terms.sum(-1)), -1)
     if rows.numel():
         flat = (-1, width)
-        ap.view(-1)[rows] = _ap_tied_rows(positive.reshape(flat)[rows], count.reshape(flat)[rows],
+        ap.view(-1, *ap.shape[2:])[rows] = _ap_tied_rows(positive.reshape(flat)[rows], count.reshape(flat)[rows],
                                           tied.reshape(-1, width - 1)[rows], n[rows // directions, None],
                                           n_positive[rows // directions, None], orientation)
-    return ap / n_positive[:, None]
+    return ap / n_positive.view(-1, *[1] * (ap.dim() - 1))
 
 
 def _size_buckets(sizes: np.ndarray, directions: int, max_elements: int) -> list[tuple[list[int], int, int]]:
@@ -349,7 +354,8 @@ def _ap_matrix_per_concept(scores: Sequence[Any], labels: Sequence[Any], max_ele
     sizes = np.array([s.shape[0] for s in sets])
     positives = np.array([int(y.sum()) for y in flags])
     _warn_no_positives(positives)
-    ap = torch.full((len(sets), d), torch.nan, dtype=torch.float64, device=device)
+    sides = (2,) if orientation == "sides" else ()
+    ap = torch.full((len(sets), d, *sides), torch.nan, dtype=torch.float64, device=device)
     buffers = _Buffers(device)
     present = np.flatnonzero(positives > 0)
     for batch, chunk, width in _size_buckets(sizes[present], d, min(max_elements, _CHUNK_ELEMENTS)):
@@ -376,16 +382,18 @@ def average_precision_matrix(scores: Any, labels: Any, *, orientation: Orientati
     Args:
         scores: as above; float32 or float64, finite.
         labels: as above; booleans or 0/1.
-        orientation: ``"positive"``: the AP of the scores as given; ``"both"``: the larger of the AP of the scores
-            and the AP of their negation (each sklearn's value), so a direction that separates a concept on its
-            negative side counts as well (see the module notes).
+        orientation: ``"positive"`` (the paper's): the AP of the scores as given; ``"both"`` (a variant): the larger
+            of the AP of the scores and the AP of their negation (each sklearn's value), so a direction that
+            separates a concept on its negative side counts as well; ``"sides"``: both one-sided matrices from one
+            sort (see the module notes).
         max_elements: bound on the entries of one temporary array; peak memory is about 60 bytes per entry
             (~60 MB at the default; the per-concept form batches at most 2**18 entries, ~15 MB).
         device: where the per-concept form computes (default: the device of ``scores``; ``"cuda"`` runs it on
             the GPU with the same values). The dense form computes on the CPU.
 
     Returns:
-        float64 CPU tensor ``C x D``; NaN (with a warning) for a concept without positives.
+        float64 CPU tensor ``C x D`` (``"sides"``: ``2 x C x D``, the AP of the scores then of their negation); NaN
+        (with a warning) for a concept without positives.
 
     Example:
         >>> import torch
@@ -395,6 +403,8 @@ def average_precision_matrix(scores: Any, labels: Any, *, orientation: Orientati
         tensor([[0.8333, 0.4167]], dtype=torch.float64)
         >>> average_precision_matrix(scores, labels, orientation="both")   # direction 1 separates on its low side
         tensor([[0.8333, 1.0000]], dtype=torch.float64)
+        >>> average_precision_matrix(scores, labels, orientation="sides")[1]   # the AP of -scores
+        tensor([[0.5000, 1.0000]], dtype=torch.float64)
     """
     if orientation not in ORIENTATIONS:
         raise InputError(f"orientation must be one of {', '.join(map(repr, ORIENTATIONS))}, got {orientation!r}")
@@ -402,8 +412,9 @@ def average_precision_matrix(scores: Any, labels: Any, *, orientation: Orientati
         if not isinstance(labels, (list, tuple)):
             raise InputError("scores is a list of per-concept score matrices, so labels must be a list of "
                              "per-concept boolean vectors")
-        return _ap_matrix_per_concept(scores, labels, max_elements, orientation,
-                                      None if device is None else torch.device(device))
+        ap = _ap_matrix_per_concept(scores, labels, max_elements, orientation,
+                                    None if device is None else torch.device(device))
+        return ap.movedim(-1, 0).contiguous() if orientation == "sides" else ap
     s = _as_scores(scores, "scores (samples x directions)")
     y = to_tensor(labels, "labels")
     if y.ndim != 2:
@@ -411,10 +422,11 @@ def average_precision_matrix(scores: Any, labels: Any, *, orientation: Orientati
                          "concept use labels[:, None]")
     y = _bool_labels(y, "labels (samples x concepts)", (s.shape[0], y.shape[1])).cpu().numpy()
     ap = _ap_matrix_dense(s, y, max_elements)
-    if orientation == "both":
+    if orientation != "positive":
         with warnings.catch_warnings():   # the no-positive warning was given once already
             warnings.simplefilter("ignore", RuntimeWarning)
-            ap = np.fmax(ap, _ap_matrix_dense(-s, y, max_elements))
+            low = _ap_matrix_dense(-s, y, max_elements)
+        ap = np.fmax(ap, low) if orientation == "both" else np.stack((ap, low))
     return torch.from_numpy(ap)
 
 

@@ -52,6 +52,9 @@ pre { background: #f6f8fa; padding: .8rem; overflow-x: auto; font-size: .8rem; }
 nav ul { columns: 2; }
 """
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+REPRODUCTION_LINK = ("Which output reproduces each table and figure of the paper, by which procedure, exactly or as a "
+                     "named variant: the reproduction table, section \"Reproducing the paper\" of docs/study.md in "
+                     "robustsig's source.")
 
 
 def _pool_section(page: Page, models: Sequence[ModelRow]) -> str:
@@ -165,6 +168,7 @@ def build_report(results_dir: str | os.PathLike, out_html: str | os.PathLike, *,
         f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>"
         f"<h1>{escape(title)}</h1><p class=\"caption\">Results: {escape(results_dir.resolve())}; built {escape(built)}. "
         "Accuracies and ER in percent.</p>"
+        f"{Page.caption(REPRODUCTION_LINK)}"
         f"{_description(page.config)}"
         f"<nav><ul>{''.join(nav)}</ul></nav>{''.join(body)}</body></html>\n")
     write_text_atomic(out_html, document)

@@ -10,21 +10,29 @@ What S is, recorded with the results (provenance of ``accuracy.csv`` and ``robus
 to the table): ``shift_sets`` (name -> kind), ``paper_shift_sets`` (whether they are the paper's five kinds:
 ImageNet-V2, -R, -Sketch, ObjectNet, -A; when not, ER still computes, averaged over the study's own sets), and
 ``missing_classes`` (dataset -> the class folders a set opened with ``allow_missing_classes`` lacks).
+
+The report draws the paper's Fig. 1: the pool on the ER plane, in front of the baseline models the paper's line was
+fitted on (:func:`testbed_baseline`: the ImageNet testbed's models trained on ImageNet alone, shipped in
+``robustsig/resources/imagenet_testbed.csv`` with its provenance in that folder's README), with the study's line.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
+from importlib import resources
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 
 from robustsig.errors import InputError
-from robustsig.metrics.robustness import SHIFT_SETS
+from robustsig.metrics.robustness import SHIFT_SETS, fit_baseline, mean_shift_accuracy
 from robustsig.report.figures import MARKERS
 from robustsig.report.tables import ReportTable, percent, pool_table, signed_percent
 from robustsig.study.streams import store_accuracy
@@ -75,7 +83,7 @@ def shift_robustness(acc_id: float, shift_accuracies: Mapping[str, float], basel
                      ) -> tuple[float | None, float | None]:
     """``(ACC(S), ER)`` from the in-distribution accuracy and the accuracy on each shift set; ACC(S) is None
     without shift sets, ER is None without them or when ACC(I) is 0 or 1."""
-    from robustsig.metrics.robustness import effective_robustness, mean_shift_accuracy
+    from robustsig.metrics.robustness import effective_robustness
 
     if not shift_accuracies:
         return None, None
@@ -186,6 +194,62 @@ def _rows(results: Results, table: type) -> list:
     return results.read(table) if results.has(table) else []
 
 
+# --------------------------------------------------------------------------- the baseline models of Fig. 1
+
+TESTBED_FILE = "imagenet_testbed.csv"
+BASELINE_TYPES = ("STANDARD", "LOW_ACCURACY_CNN")
+"""The testbed's model types trained on ImageNet-1k alone, without a robustness intervention or more data: its
+standard models and the ImageNet-trained CNNs of lower accuracy (early checkpoints, subsampled training sets)."""
+TESTBED_COLUMNS = {"imagenet": "val", "imagenet-v2": "imagenetv2-matched-frequency-format-val",
+                   "imagenet-r": "imagenet-r", "imagenet-sketch": "imagenet-sketch", "objectnet": "objectnet-1.0-beta",
+                   "imagenet-a": "imagenet-a"}
+"""The testbed's column of ImageNet val and of each of the paper's shift sets (top-1 in percent)."""
+
+
+@dataclass(frozen=True)
+class BaselineModels:
+    """Accuracies of baseline models on ImageNet and its shifts.
+
+    Attributes:
+        models: the model names.
+        acc_id: ACC(I), top-1 on ImageNet val (fractions).
+        acc_shift: ACC(S), the mean top-1 over the paper's five shifts (ImageNet-V2 matched frequency, -R and -A on
+            their 200 classes, -Sketch, ObjectNet on its 113 classes; fractions).
+        source: where the accuracies come from.
+    """
+
+    models: tuple[str, ...]
+    acc_id: tuple[float, ...]
+    acc_shift: tuple[float, ...]
+    source: str
+
+    def fit(self) -> tuple[float, float, float]:
+        """``(b1, b0, r)`` of the line fitted on these models (:func:`robustsig.fit_baseline`)."""
+        return fit_baseline(list(self.acc_id), list(self.acc_shift))
+
+
+@cache
+def testbed_baseline() -> BaselineModels:
+    """The baseline models behind the paper's line: the ImageNet testbed's (Taori et al. 2020) models of the types
+    :data:`BASELINE_TYPES` with an accuracy on ImageNet val and on all five of the paper's shift sets (197 models).
+    ACC(I) is the ``val`` column; ACC(S) the mean of ``imagenetv2-matched-frequency-format-val``, ``imagenet-r``,
+    ``imagenet-sketch``, ``objectnet-1.0-beta`` and ``imagenet-a``, which the testbed already scores on each set's
+    class subset (R and A: 200 classes; ObjectNet: its 113), as the paper's S is defined. A refit gives b1 = 0.751,
+    b0 = -1.597, r = 0.994; the paper's line is b1 = 0.76, b0 = -1.49, r = 0.99."""
+    text = resources.files("robustsig").joinpath("resources", TESTBED_FILE).read_text(encoding="utf-8")
+    models, acc_id, acc_shift = [], [], []
+    for row in csv.DictReader(io.StringIO(text)):
+        cells = [row[TESTBED_COLUMNS[name]] for name in ("imagenet", *SHIFT_SETS)]
+        if row["model_type"] not in BASELINE_TYPES or not all(cells):
+            continue
+        models.append(row["model"])
+        acc_id.append(float(cells[0]) / 100)
+        acc_shift.append(float(mean_shift_accuracy({name: float(cell) / 100 for name, cell in
+                                                    zip(SHIFT_SETS, cells[1:])})))
+    return BaselineModels(tuple(models), tuple(acc_id), tuple(acc_shift),
+                          f"ImageNet testbed (Taori et al. 2020), {', '.join(BASELINE_TYPES)} models")
+
+
 # --------------------------------------------------------------------------- report
 
 _PERCENT_TICKS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98,
@@ -195,8 +259,13 @@ _MAX_TICKS = 12
 _CLIP = 1e-3
 
 
+def _clip(p: float) -> float:
+    """An accuracy kept inside the drawn logit axes (0 and 1 have no logit)."""
+    return min(max(p, _CLIP), 1 - _CLIP)
+
+
 def _logit(p: float) -> float:
-    p = min(max(p, _CLIP), 1 - _CLIP)
+    p = _clip(p)
     return math.log(p / (1 - p))
 
 
@@ -218,23 +287,30 @@ def _percent_axis(axis, low: float, high: float) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
-def robustness_figure(models: Sequence[ModelRow], robustness: Sequence[RobustnessRow]) -> Figure:
-    """Fig. 1: shift accuracy against in-distribution accuracy on logit axes, the baseline line, the pool
-    (color: kind; marker: backbone)."""
+def robustness_figure(models: Sequence[ModelRow], robustness: Sequence[RobustnessRow],
+                      baseline: BaselineModels | None = None) -> Figure:
+    """The paper's Fig. 1: ACC(S) against ACC(I) on logit axes: the baseline models as a grey cloud (default: the
+    ImageNet testbed's, :func:`testbed_baseline`), the study's baseline line drawn across them, and the pool (color:
+    kind; marker: backbone)."""
     if not robustness:
         raise InputError("robustness_figure needs at least one row of robustness.csv")
+    baseline = testbed_baseline() if baseline is None else baseline
     meta = {model.model: model for model in models}
     backbones = list(dict.fromkeys(meta[row.model].backbone if row.model in meta else "?" for row in robustness))
     figure = Figure(figsize=(6.4, 5.2), layout="constrained")
     ax = figure.subplots()
     ax.set_xscale("logit")
     ax.set_yscale("logit")
-    values = [min(max(v, _CLIP), 1 - _CLIP) for row in robustness for v in (row.acc_id, row.acc_shift)]
+    values = [_clip(v) for row in robustness for v in (row.acc_id, row.acc_shift)]
+    values += [_clip(v) for v in (*baseline.acc_id, *baseline.acc_shift)]
     low = _sigmoid(_logit(min(values)) - 0.4)
     high = _sigmoid(_logit(max(values)) + 0.4)
+    if baseline.models:
+        ax.scatter([_clip(v) for v in baseline.acc_id], [_clip(v) for v in baseline.acc_shift], color="0.72", s=10,
+                   linewidth=0, zorder=1, label=f"baseline models ({len(baseline.models)}, trained on ImageNet)")
     b1, b0 = robustness[0].b1, robustness[0].b0
     xs = [_sigmoid(_logit(low) + (_logit(high) - _logit(low)) * i / 100) for i in range(101)]
-    ax.plot(xs, [_sigmoid(b1 * _logit(x) + b0) for x in xs], color="black", linewidth=1.2,
+    ax.plot(xs, [_sigmoid(b1 * _logit(x) + b0) for x in xs], color="black", linewidth=1.2, zorder=2,
             label=f"baseline: logit(y) = {b1:.3g} logit(x) {'+' if b0 >= 0 else '-'} {abs(b0):.3g}")
     ax.plot(xs, xs, color="grey", linewidth=0.8, linestyle=":", label="y = x")
     seen: set[tuple[str, str]] = set()
@@ -244,7 +320,7 @@ def robustness_figure(models: Sequence[ModelRow], robustness: Sequence[Robustnes
         backbone = model.backbone if model else "?"
         label = f"{kind}, {backbone}" if (kind, backbone) not in seen else None
         seen.add((kind, backbone))
-        ax.scatter([min(max(row.acc_id, _CLIP), 1 - _CLIP)], [min(max(row.acc_shift, _CLIP), 1 - _CLIP)],
+        ax.scatter([_clip(row.acc_id)], [_clip(row.acc_shift)],
                    color=KIND_COLORS.get(kind, "#7f7f7f"), marker=MARKERS[backbones.index(backbone) % len(MARKERS)],
                    s=40, edgecolor="black", linewidth=0.4, zorder=3, label=label)
     ax.set_xlim(low, high)
@@ -258,16 +334,32 @@ def robustness_figure(models: Sequence[ModelRow], robustness: Sequence[Robustnes
     return figure
 
 
+def robustness_caption(robustness: Sequence[RobustnessRow], baseline: BaselineModels, paper_shifts: bool) -> str:
+    """The caption of Fig. 1: what the cloud and the line are, and the line refitted on the cloud."""
+    b1, b0, r = baseline.fit()
+    text = (f"Fig. 1: ACC(I) vs ACC(S) on logit axes. Grey: {len(baseline.models)} baseline models, "
+            f"{baseline.source} (trained on ImageNet alone), on ImageNet val and the paper's five shifts; refitted on "
+            f"them, the line is b1 = {b1:.3f}, b0 = {b0:.3f} (r = {r:.3f}), the paper's b1 = 0.76, b0 = -1.49. Black: "
+            f"the study's line (b1 = {robustness[0].b1:.3g}, b0 = {robustness[0].b0:.3g}); a model above it is "
+            "effectively robust.")
+    if not paper_shifts:
+        text += (" The pool's ACC(S) averages the study's own shift sets, not the paper's five: its points are not "
+                 "comparable with the grey ones.")
+    return text
+
+
 def accuracy_table(models: Sequence[ModelRow], robustness: Sequence[RobustnessRow], *,
                    shift_note: str = "") -> ReportTable:
-    """Tables 1-2: in-distribution accuracy and effective robustness of every model; ``shift_note`` (what ACC(S)
-    averages over, see :func:`shift_sets_note`) is added to the caption."""
+    """The paper's Tables 4 (ACC) and 1 (ER) side by side: in-distribution accuracy and effective robustness of
+    every model; ``shift_note`` (what ACC(S) averages over, see :func:`shift_sets_note`) is added to the caption."""
     values = {row.model: (percent(row.acc_id), signed_percent(row.er)) for row in robustness}
     line = f"b1 = {robustness[0].b1:.3g}, b0 = {robustness[0].b0:.3g}" if robustness else ""
-    return pool_table("accuracy", "Accuracy and effective robustness", models, values, ("ACC (%)", "ER (%)"),
-                      caption="ACC: top-1 accuracy on the in-distribution set; ER: mean shift accuracy minus the "
-                              f"baseline line's prediction ({line}), in percent." + (f" {shift_note}" if shift_note
-                                                                                     else ""),
+    return pool_table("accuracy", "Accuracy (Table 4) and effective robustness (Table 1)", models, values,
+                      ("ACC (%)", "ER (%)"),
+                      caption="ACC: top-1 accuracy on the in-distribution set (the paper's Table 4: ImageNet val); "
+                              "ER: mean shift accuracy minus the baseline line's prediction (eq. 1, "
+                              f"{line}), in percent (the paper's Table 1)." + (f" {shift_note}" if shift_note
+                                                                              else ""),
                       sources=("robustness",))
 
 
@@ -312,8 +404,8 @@ def _report(page: Page, models: Sequence[ModelRow]) -> str | None:
     if robustness:
         text += page.table(accuracy_table(models, robustness, shift_note=note))
         text += page.figure(lambda: robustness_figure(models, robustness), "fig1_robustness",
-                            "Fig. 1: ACC(I) vs ACC(S) on logit axes, with the baseline line (the models above it "
-                            "are effectively robust).", ["robustness"])
+                            robustness_caption(robustness, testbed_baseline(),
+                                               bool(parameters.get("paper_shift_sets"))), ["robustness"])
     elif note:
         text += page.note("No model has an effective robustness: eq. 1 is undefined where ACC(I) is 0 or 1 (its "
                           "logit is infinite), and that holds for every model here.")

@@ -143,15 +143,18 @@ class Importance(Analysis):
         text = ""
         if importance:
             text += page.figure(lambda: importance_figure(models, importance), "fig2_importance",
-                                "Fig. 2/7: importance of the head's singular directions, ranked (x: privileged).",
-                                ["importance"])
+                                "Figs. 2 and 7: importance (eq. 4) of the head's singular directions, one panel per "
+                                "backbone and pretraining, drawn ranked from the most important on a log scale (x: "
+                                "privileged). The paper shows the OpenAI models' zero-shot, finetuned and supervised "
+                                "models in Fig. 2 and the other pretraining sets' zero-shot and finetuned models in "
+                                "Fig. 7.", ["importance"])
         if privileged:
             text += page.table(privileged_table(models, privileged))
         return text
 
 
 def importance_figure(models: Sequence[ModelRow], importance: Sequence[ImportanceRow]) -> Figure:
-    """Fig. 2/7: importance of each singular direction, ranked from the most important, log scale; privileged
+    """Figs. 2 and 7: importance of each singular direction, ranked from the most important, log scale; privileged
     directions marked. One panel per backbone x pretraining, its models colored by kind."""
     by_model: dict[str, list[ImportanceRow]] = {}
     for row in importance:

@@ -166,11 +166,14 @@ class Pruning(Analysis):
         if not rows:
             return None
         dataset = page.shown_dataset(rows)
-        text = page.figure(lambda: curve_figure(models, rows, dataset, "accuracy"), "fig3_pruning_accuracy",
-                           f"Fig. 3/8: accuracy on {dataset} after pruning the least important singular directions ("
-                           + order_styles(rows, {"singular": "by singular value", "importance": "by importance",
-                                                 "random": "random"}) + ").", ["pruning"])
+        text = page.figure(lambda: curve_figure(models, rows, dataset, "accuracy"), "pruning_accuracy",
+                           f"Accuracy on {dataset} after pruning the least important singular directions of W ("
+                           + order_styles(rows, {"singular": "by increasing singular value, the paper's order",
+                                                 "importance": "by importance", "random": "random"})
+                           + "), one panel per backbone and pretraining: the ACC panels of the paper's Figs. 3 "
+                           "(OpenAI), 8 (LAION-400M, LAION-2B, DataComp) and 9 (YFCC-15M, CC-12M).", ["pruning"])
         if any(row.er is not None for row in rows):
-            text += page.figure(lambda: curve_figure(models, rows, dataset, "er"), "fig9_pruning_er",
-                                "Fig. 9: effective robustness after pruning.", ["pruning"])
+            text += page.figure(lambda: curve_figure(models, rows, dataset, "er"), "pruning_er",
+                                "Effective robustness after pruning the least important singular directions of W "
+                                "(line styles as above): the ER panels of the paper's Figs. 3, 8 and 9.", ["pruning"])
         return text

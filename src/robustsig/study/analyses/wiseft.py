@@ -84,7 +84,8 @@ class WiseFtRow:
     acc_shift: float | None = column("mean accuracy over the shift sets")
     er: float | None = column("effective robustness")
     kurtosis: float | None = column("activation kurtosis on the id set (every set: wiseft_signatures.csv)")
-    unique_concepts: int | None = column("unique concepts (singular basis, Broden)")
+    unique_concepts: int | None = column("unique concepts (singular basis, Broden; the concepts analysis's threshold and "
+                                         "orientation, see provenance)")
 
 
 @result_table
@@ -110,7 +111,8 @@ class WiseFtTask(AnalysisTask):
     tag = "wiseft"
 
     def __init__(self, pair: WiseFtPair, options: WiseFtOptions, datasets: list[str], shifts: list[str],
-                 threshold: float | None, ap_tasks: dict[float, str], needs: tuple[str, ...]) -> None:
+                 threshold: float | None, orientation: str | None, ap_tasks: dict[float, str],
+                 needs: tuple[str, ...]) -> None:
         super().__init__(f"wiseft:{pair.name}", f"{pair.name} ({pair.zero_shot} -> {pair.finetuned})", needs,
                          (pair.zero_shot, pair.finetuned))
         self.pair = pair
@@ -118,6 +120,7 @@ class WiseFtTask(AnalysisTask):
         self.datasets = datasets
         self.shifts = shifts
         self.threshold = threshold
+        self.orientation = orientation
         self.ap_tasks = ap_tasks
 
     def _points(self) -> list[tuple[float, Subject]]:
@@ -128,7 +131,8 @@ class WiseFtTask(AnalysisTask):
                                                     for name in self.datasets},
                                          "ap": ctx.ledger.digest(self.ap_tasks[alpha]) if self.ap_tasks else None}
                            for alpha, subject in self._points()},
-                "kurtosis": self.options.kurtosis, "threshold": self.threshold, "shift_sets": self.shifts,
+                "kurtosis": self.options.kurtosis, "threshold": self.threshold, "orientation": self.orientation,
+                "shift_sets": self.shifts,
                 "baseline": ctx.baseline.provenance() if self.shifts else None}
 
     def present(self, ctx: RunContext) -> bool:
@@ -149,13 +153,14 @@ class WiseFtTask(AnalysisTask):
             kurtosis = point[0].kurtosis if point else None
             unique = None
             if self.ap_tasks:
-                ap, names, _ = load_ap(ctx.results.root, subject.name, BASIS)
+                ap, names, _ = load_ap(ctx.results.root, subject.name, BASIS, self.orientation)
                 unique = concept_summary(ap, self.threshold, names).unique_concepts
             rows.append(WiseFtRow(self.pair.name, alpha, acc_id, acc_shift, er, kurtosis, unique))
         inputs = [ctx.store(subject, name).record(subject.name, name)
                   for _, subject in self._points() for name in self.datasets]
         ctx.results.replace(WiseFtRow, rows, pair=self.pair.name)
         ctx.results.record(WiseFtRow, inputs, {"alphas": self.options.alphas, "threshold": self.threshold,
+                                               "orientation": self.orientation,
                                                "kurtosis_dataset": id_name,
                                                **(ctx.baseline.provenance() if self.shifts else {})})
         ctx.results.replace(WiseFtSignatureRow, signatures, pair=self.pair.name)
@@ -205,6 +210,7 @@ class WiseFt(Analysis):
         datasets = [config.datasets.id.name, *shifts]
         with_concepts = options.concepts and config.datasets.broden is not None
         threshold = concepts_options(config).threshold if with_concepts else None
+        orientation = concepts_options(config).orientation if with_concepts else None
         for pair in options.pairs:
             needs: list[str] = []
             ap_tasks: dict[float, str] = {}
@@ -214,7 +220,7 @@ class WiseFt(Analysis):
                 if with_concepts:
                     ap_tasks[float(alpha)] = ap_task(planner, config, subject, BASIS)
                     needs.append(ap_tasks[float(alpha)])
-            planner.add(WiseFtTask(pair, options, datasets, shifts, threshold, ap_tasks, tuple(needs)))
+            planner.add(WiseFtTask(pair, options, datasets, shifts, threshold, orientation, ap_tasks, tuple(needs)))
 
     def keeps(self, row: Any, config: StudyConfig) -> bool:
         """A row of a pair the config still has."""
@@ -226,10 +232,12 @@ class WiseFt(Analysis):
         if not rows:
             return None
         shifts = shift_kurtosis(page.read(WiseFtSignatureRow), page.id_dataset())
-        return (page.figure(lambda: wiseft_figure(rows, shifts), "fig11_wiseft",
-                            "Fig. 11-18: Wise-FT sweeps against alpha; solid: the id set, dashed: the shift sets "
-                            "(accuracy: ACC(S); kurtosis: its mean over the shift sets, as Figs. 15-16 draw it).",
-                            ["wiseft", "wiseft_signatures"] if shifts else ["wiseft"])
+        return (page.figure(lambda: wiseft_figure(rows, shifts), "wiseft_sweeps",
+                            "Wise-FT sweeps against alpha, every pair in one panel per metric; solid: the id set, "
+                            "dashed: the shift sets (accuracy: ACC(S); kurtosis: its mean over the shift sets, as "
+                            "Figs. 15-16 draw it). The paper's Figs. 11-18 draw these metrics pair by pair (11-12: "
+                            "accuracy on ImageNet and the shifts, 13-14: ER, 15-16: kurtosis, 17-18: unique "
+                            "concepts).", ["wiseft", "wiseft_signatures"] if shifts else ["wiseft"])
                 + page.table(wiseft_table(rows, shifts)))
 
 
@@ -247,9 +255,10 @@ def shift_kurtosis(signatures: Sequence[WiseFtSignatureRow], id_set: str | None)
 
 
 def wiseft_figure(wiseft: Sequence[WiseFtRow], shifts: Mapping[tuple[str, float], float] | None = None) -> Figure:
-    """Fig. 11-18: accuracy, ER, kurtosis and unique concepts against alpha, one color per pair; accuracy and
-    kurtosis on the id set solid and on the shift sets dashed (ACC(S); ``shifts``, the mean kurtosis over the shift
-    sets per ``(pair, alpha)``, from :func:`shift_kurtosis`); a panel only for the metrics that were computed."""
+    """The metrics of Figs. 11-18: accuracy, ER, kurtosis and unique concepts against alpha, one color per pair;
+    accuracy and kurtosis on the id set solid and on the shift sets dashed (ACC(S); ``shifts``, the mean kurtosis
+    over the shift sets per ``(pair, alpha)``, from :func:`shift_kurtosis`); a panel only for the metrics that were
+    computed."""
     if not wiseft:
         raise InputError("wiseft_figure needs at least one row of wiseft.csv")
     shifts = shifts or {}

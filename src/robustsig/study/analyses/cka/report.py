@@ -26,7 +26,7 @@ def _ticks(count: int) -> list[int]:
 
 
 def cka_heatmap_figure(cka: Sequence[CkaRow], model_a: str, model_b: str, dataset: str | None = None) -> Figure:
-    """Fig. 5/6: CKA of every layer of ``model_a`` against every layer of ``model_b`` (missing pairs blank), on
+    """CKA of every layer of ``model_a`` against every layer of ``model_b`` (missing pairs blank; not in the paper), on
     ``dataset`` (default: the first of the pair's rows); ``h``, the head's input, is the last row and column."""
     rows = [row for row in cka if (row.model_a, row.model_b) == (model_a, model_b)]
     if not rows:
@@ -69,7 +69,7 @@ def _cka_curve(rows: Sequence[CkaRow]) -> list[float] | None:
 
 
 def cka_depth_figure(cka: Sequence[CkaRow], id_set: str | None = None) -> Figure:
-    """Fig. 5/6: CKA between corresponding layers of each pair (the i-th layer of a with the i-th of b) against
+    """Figs. 5 and 6: CKA between corresponding layers of each pair (the i-th layer of a with the i-th of b) against
     relative depth, one panel per pair: the id set in orange, the mean over the shift sets (every other dataset)
     in blue with a band of one standard deviation. For a pair computed layer x layer, the diagonal is used. The
     head's input ``h``, the last point of a curve that has it, is at relative depth 1 and labelled there.
@@ -140,8 +140,8 @@ def cka_section(page: Page, models: Sequence[ModelRow]) -> str | None:
     except InputError as error:  # no pair with corresponding layers: say so instead of a figure
         text += page.note(str(error))
     else:
-        text += page.figure(lambda: depth, "fig5_cka_depth", f"Fig. 5: CKA between corresponding layers of each "
-                            f"pair, against relative depth: {id_set} (orange) and the mean ± std over the shift "
+        text += page.figure(lambda: depth, "fig5_cka_depth", f"Figs. 5 and 6: CKA between corresponding layers of "
+                            f"each pair, against relative depth: {id_set} (orange) and the mean ± std over the shift "
                             "sets (blue); the last point, h, is the head's input.", ["cka"])
     pairs = list(dict.fromkeys((row.model_a, row.model_b) for row in rows))
     for i, (model_a, model_b) in enumerate(pairs):
@@ -150,6 +150,6 @@ def cka_section(page: Page, models: Sequence[ModelRow]) -> str | None:
         pair_rows = [row for row in pair_rows if row.dataset == shown]
         if len({row.layer_b for row in pair_rows}) > 1 and len(pair_rows) > len({row.layer_a for row in pair_rows}):
             text += page.figure(lambda a=model_a, b=model_b, d=shown: cka_heatmap_figure(rows, a, b, d),
-                                f"fig6_cka_{i}", f"Fig. 6: CKA of every layer of {model_a} against every layer of "
-                                f"{model_b}, on {shown}.", ["cka"])
+                                f"cka_heatmap_{i}", f"CKA of every layer of {model_a} against every layer of "
+                                f"{model_b}, on {shown} (not in the paper).", ["cka"])
     return text

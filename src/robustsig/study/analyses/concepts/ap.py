@@ -1,9 +1,17 @@
-"""The AP matrices of the concepts analysis: ``concept_ap:SUBJECT:BASIS`` computes the full AP matrix (concepts x
+"""The AP matrices of the concepts analysis: ``concept_ap:SUBJECT:BASIS`` computes the full AP matrices (concepts x
 directions) of a model (or a Wise-FT point) on the balanced per-concept image sets of the concept dataset
-(``dataset.balanced_sets(min_positives, seed)``; images of a set that could not be decoded are left out) and saves it
-as ``results/concept_ap/SUBJECT_BASIS.npy``, with the concept names and categories in the ``.json`` next to it. Its
-provenance is the concept set's store and its concepts (names, categories, presence matrix), the basis,
-``min_positives``, ``seed`` and the orientation: not the threshold, so a new threshold reads the saved matrices.
+(``dataset.balanced_sets(min_positives, seed)``; images of a set that could not be decoded are left out), both
+one-sided matrices from one sort (``rs.average_precision_matrix(..., orientation="sides")``):
+
+- ``results/concept_ap/SUBJECT_BASIS.npy``: AP(s), the paper's (the projection ``h . v_i`` is the classifier);
+- ``results/concept_ap/SUBJECT_BASIS_negative.npy``: AP(-s), the AP of the negated projection;
+
+with the concept names and categories in ``SUBJECT_BASIS.json``. The ``both`` variant, max(AP(s), AP(-s)), is
+``np.fmax`` of the two (:func:`load_ap`). Singular-basis scores use the sign convention of
+:func:`robustsig.head_svd` (the largest-magnitude entry of each ``v_i`` is positive), so AP(s) is the same on every
+LAPACK build and device. The provenance is the concept set's store and its concepts (names, categories, presence
+matrix), the basis, ``min_positives`` and ``seed``: not the threshold nor the orientation, so a new threshold or
+orientation reads the saved matrices.
 """
 
 from __future__ import annotations
@@ -32,26 +40,41 @@ if TYPE_CHECKING:
 
 AP_DIR = "concept_ap"
 SIGN_CONVENTION = "head_svd: the largest-magnitude entry of each right singular vector is positive"
+SIDES = "positive: AP(s) in SUBJECT_BASIS.npy; negative: AP(-s) in SUBJECT_BASIS_negative.npy; both = fmax"
+"""What the AP step saves (in its provenance and sidecar: older steps saved one matrix in one orientation)."""
+AP_FILES = f"results/{AP_DIR}/MODEL_BASIS.npy (AP(s), the paper's) and MODEL_BASIS_negative.npy (AP(-s))"
 SCORE_BUDGET = 1 << 24
 """Score entries (rows x directions) held at once while the AP of a group of concepts is computed."""
 
 
 def ap_paths(results_root: str | os.PathLike, subject: str, basis: str) -> tuple[Path, Path]:
-    """``results/concept_ap/SUBJECT_BASIS.npy`` and its ``.json`` (concept names, categories, provenance)."""
+    """``results/concept_ap/SUBJECT_BASIS.npy`` (AP(s)) and its ``.json`` (concept names, categories, provenance)."""
     folder = Path(results_root) / AP_DIR
     return folder / f"{subject}_{basis}.npy", folder / f"{subject}_{basis}.json"
 
 
-def load_ap(results_root: str | os.PathLike, subject: str, basis: str) -> tuple[torch.Tensor, list[str], list[str]]:
-    """A saved AP matrix (float64, concepts x directions), its concept names and categories."""
+def negative_path(results_root: str | os.PathLike, subject: str, basis: str) -> Path:
+    """``results/concept_ap/SUBJECT_BASIS_negative.npy``: AP(-s)."""
+    return Path(results_root) / AP_DIR / f"{subject}_{basis}_negative.npy"
+
+
+def load_ap(results_root: str | os.PathLike, subject: str, basis: str, orientation: str = "positive"
+            ) -> tuple[torch.Tensor, list[str], list[str]]:
+    """A saved AP matrix (float64, concepts x directions) in ``orientation``, its concept names and categories.
+
+    Args:
+        orientation: ``"positive"`` (the paper's AP(s)) or ``"both"`` (the variant: max of AP(s) and AP(-s)).
+    """
     npy, sidecar = ap_paths(results_root, subject, basis)
+    files = [npy] if orientation == "positive" else [npy, negative_path(results_root, subject, basis)]
     try:
-        ap = torch.from_numpy(np.load(npy, allow_pickle=False))
+        sides = [np.load(path, allow_pickle=False) for path in files]
         info = json.loads(sidecar.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
-        raise DataError(f"cannot read the AP matrix {npy} ({error}); delete it and rerun `robustsig study run`"
-                        ) from None
-    return ap, list(info["concepts"]), list(info["categories"])
+        raise DataError(f"cannot read the AP matrices {', '.join(map(str, files))} ({error}); delete them and rerun "
+                        "`robustsig study run`") from None
+    ap = sides[0] if orientation == "positive" else np.fmax(*sides)
+    return torch.from_numpy(ap), list(info["concepts"]), list(info["categories"])
 
 
 def ap_device(device: str | None) -> torch.device:
@@ -83,35 +106,35 @@ def concept_score_groups(store: ActivationStore, members: Sequence[tuple[Any, np
 
 
 def concept_ap_matrix(store: ActivationStore, dataset: Any, basis: str, *, min_positives: int, seed: int,
-                      orientation: str = "both", device: str | torch.device = "cpu"
-                      ) -> tuple[torch.Tensor, list[str], list[str]]:
-    """AP of every direction of ``basis`` for every concept with enough positives, on balanced per-concept sets.
+                      device: str | torch.device = "cpu") -> tuple[torch.Tensor, list[str], list[str]]:
+    """AP of every direction of ``basis`` for every concept with enough positives, on balanced per-concept sets,
+    on both sides of each direction (one sort).
 
     Args:
         store: the activations on the concept dataset (rows keyed by dataset position in ``ids``).
         dataset: the concept dataset (``balanced_sets``, ``concept_categories``).
         basis: ``"singular"`` (projections on the head's right singular vectors) or ``"neuron"`` (h itself).
         min_positives, seed: see :meth:`robustsig.data.concepts.ConceptImageDataset.balanced_sets`.
-        orientation: ``"both"`` or ``"positive"`` (see :func:`robustsig.average_precision_matrix`).
         device: where the projections and the AP are computed (a GPU gives the same values).
 
     Returns:
-        ``(ap, names, categories)``: the ``C x D`` float64 matrix and the C concepts probed.
+        ``(sides, names, categories)``: the ``2 x C x D`` float64 AP(s) and AP(-s) (``orientation="sides"`` of
+        :func:`robustsig.average_precision_matrix`) and the C concepts probed.
 
     Raises:
         DataError: no concept has ``min_positives`` positive (and as many negative) decoded images.
     """
     members = concept_members(store, dataset, min_positives=min_positives, seed=seed)
-    ap_parts = [average_precision_matrix(scores, labels, orientation=orientation, device=device)
+    ap_parts = [average_precision_matrix(scores, labels, orientation="sides", device=device)
                 for scores, labels in concept_score_groups(store, members, basis, device)]
     categories = getattr(dataset, "concept_categories", None)
     names = [concept.name for concept, _, _ in members]
-    return (torch.cat(ap_parts), names,
+    return (torch.cat(ap_parts, dim=1), names,
             [categories[concept.concept] if categories else "" for concept, _, _ in members])
 
 
 class ConceptApTask(AnalysisTask):
-    """The AP matrix of one subject in one basis, saved under ``results/concept_ap/``."""
+    """The AP matrices (both sides) of one subject in one basis, saved under ``results/concept_ap/``."""
 
     tag = "concept_ap"
 
@@ -124,32 +147,33 @@ class ConceptApTask(AnalysisTask):
         self.basis = basis
         self.min_positives = options.min_positives
         self.seed = options.seed
-        self.orientation = options.orientation
 
     def provenance(self, ctx: RunContext) -> dict[str, Any]:
         return {"store": ctx.store(self.subject, self.dataset).provenance, "basis": self.basis,
                 "min_positives": self.min_positives, "seed": self.seed,
-                "sign": SIGN_CONVENTION if self.basis == "singular" else None, "orientation": self.orientation}
+                "sign": SIGN_CONVENTION if self.basis == "singular" else None, "sides": SIDES}
 
     def present(self, ctx: RunContext) -> bool:
-        return files_present(*ap_paths(ctx.results.root, self.subject.name, self.basis))
+        root, name = ctx.results.root, self.subject.name
+        return files_present(*ap_paths(root, name, self.basis), negative_path(root, name, self.basis))
 
     def compute(self, ctx: RunContext) -> str:
         begin = time.perf_counter()
         verified = ctx.store(self.subject, self.dataset)
-        ap, names, categories = concept_ap_matrix(verified.store, ctx.dataset(self.dataset), self.basis,
-                                                  min_positives=self.min_positives, seed=self.seed,
-                                                  orientation=self.orientation, device=ap_device(ctx.device))
+        sides, names, categories = concept_ap_matrix(verified.store, ctx.dataset(self.dataset), self.basis,
+                                                     min_positives=self.min_positives, seed=self.seed,
+                                                     device=ap_device(ctx.device))
         npy, sidecar = ap_paths(ctx.results.root, self.subject.name, self.basis)
-        with atomic_output(npy) as temporary, open(temporary, "wb") as handle:
-            np.save(handle, ap.numpy(), allow_pickle=False)
+        for path, ap in ((npy, sides[0]), (negative_path(ctx.results.root, self.subject.name, self.basis), sides[1])):
+            with atomic_output(path) as temporary, open(temporary, "wb") as handle:
+                np.save(handle, ap.numpy(), allow_pickle=False)
         write_text_atomic(sidecar, json.dumps({
             "subject": self.subject.name, "basis": self.basis, "dataset": self.dataset, "store_key": verified.digest,
             "min_positives": self.min_positives, "seed": self.seed, "rows": "concepts", "columns": "directions",
-            "sign": SIGN_CONVENTION if self.basis == "singular" else None, "orientation": self.orientation,
+            "sign": SIGN_CONVENTION if self.basis == "singular" else None, "sides": SIDES,
             "concepts": names, "categories": categories}, indent=1) + "\n")
-        return (f"AP of {ap.shape[0]} concepts x {ap.shape[1]} directions in {time.perf_counter() - begin:.1f} s "
-                f"-> {npy}")
+        return (f"AP of {sides.shape[1]} concepts x {sides.shape[2]} directions, both sides, in "
+                f"{time.perf_counter() - begin:.1f} s -> {npy}")
 
 
 def ap_task(planner: Planner, config: StudyConfig, subject: Subject, basis: str) -> str:

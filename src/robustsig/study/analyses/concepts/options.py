@@ -14,6 +14,11 @@ if TYPE_CHECKING:
     from robustsig.study.config import StudyConfig
 
 
+ORIENTATION_TITLES = {"positive": "the paper's one-sided AP of h . v_i",
+                      "both": "the variant both, max(AP(s), AP(-s))"}
+"""How tables and figures name each AP orientation."""
+
+
 class ConceptsOptions(AnalysisOptions):
     """Concept probing on Broden: AP of every direction for every concept."""
 
@@ -28,9 +33,11 @@ class ConceptsOptions(AnalysisOptions):
         default=None, description="lists of model names whose concept sets a Venn diagram compares "
                                   "(default: zero-shot, finetuned and supervised per backbone and pretraining)")
     orientation: Literal["positive", "both"] = Field(
-        default="both", description="both: a direction encodes a concept when it separates it on either side "
-                                    "(max of AP(s) and AP(-s); a singular vector's sign is arbitrary); positive: "
-                                    "only the side the SVD's sign convention points to")
+        default="positive", description="the AP the derived steps use (threshold sweep, significance, Venn sets, top "
+                                        "concepts); positive (the paper's): the AP of the projection h . v_i, with "
+                                        "head_svd's sign convention (the largest-magnitude entry of each v_i is "
+                                        "positive); both (a variant): max of AP(s) and AP(-s). concepts.csv and "
+                                        "concept_thresholds.csv give the counts of both")
     thresholds: Annotated[list[Annotated[float, Field(gt=0, le=1)]], AfterValidator(unique_values)] = Field(
         default_factory=lambda: [0.8, 0.85, 0.9, 0.95], min_length=1,
         description="AP thresholds of the sensitivity sweep (unique concepts and polysemanticity at each)")

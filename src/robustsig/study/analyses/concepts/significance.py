@@ -5,7 +5,9 @@ and the significant count side by side; ``results/concept_ap/SUBJECT_BASIS_signi
 concept's max AP, p-value and adjusted p-value.
 
 It runs with the concepts analysis (``analyses.concepts.permutations``, 0 turns it off; ``alpha``), with that
-analysis's threshold, sets (``min_positives``, ``seed``) and AP orientation (``analyses.concepts.orientation``).
+analysis's threshold, sets (``min_positives``, ``seed``) and AP orientation (``analyses.concepts.orientation``: the
+paper's one-sided AP of ``h . v_i`` by default, with :func:`robustsig.head_svd`'s sign convention, the
+largest-magnitude entry of each ``v_i`` positive; or the ``both`` variant).
 The permutations run on the study's device.
 """
 
@@ -23,7 +25,7 @@ from robustsig.metrics.significance import (DEFAULT_STOP_AFTER, benjamini_hochbe
 from robustsig.report.tables import ReportTable, decimal, integer, pool_table
 from robustsig.study.analyses.concepts.ap import (SIGN_CONVENTION, ap_device, ap_paths, concept_members,
                                                   concept_score_groups)
-from robustsig.study.analyses.concepts.options import ConceptsOptions
+from robustsig.study.analyses.concepts.options import ORIENTATION_TITLES, ConceptsOptions
 from robustsig.study.analysis import AnalysisTask, RunContext, column, has_rows, model_subject, result_table
 from robustsig.study.results import ModelRow
 
@@ -45,7 +47,7 @@ class ConceptSignificanceRow:
     alpha: float = column("false discovery rate")
     permutations: int = column("label permutations per concept (at most; a clearly null concept stops early)")
     threshold: float = column("the AP threshold")
-    orientation: str = column("positive (AP of s) or both (max of AP(s), AP(-s))")
+    orientation: str = column("positive (the paper's one-sided AP of s) or both (the variant max(AP(s), AP(-s)))")
 
 
 class ConceptSignificanceTask(AnalysisTask):
@@ -113,7 +115,8 @@ def significance_table(models: Sequence[ModelRow], rows: Sequence[Any], basis: s
     values = {row.model: (integer(row.unique_concepts), decimal(1)(row.chance_unique),
                           integer(row.significant_concepts)) for row in chosen}
     detail = (f" (AP >= {chosen[0].threshold:g}, {chosen[0].permutations} label permutations per concept, FDR "
-              f"{chosen[0].alpha:g}, {chosen[0].orientation} orientation)") if chosen else ""
+              f"{chosen[0].alpha:g}, {ORIENTATION_TITLES.get(chosen[0].orientation, chosen[0].orientation)})"
+              ) if chosen else ""
     return pool_table(f"concept_significance_{basis}", f"Unique concepts against chance, {basis} basis", models,
                       values, ("Raw", "Chance level", "Significant"),
                       caption=f"Raw: eq. 5{detail}; chance level: the raw count expected when every concept's labels "

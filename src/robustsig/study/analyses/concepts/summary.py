@@ -1,11 +1,13 @@
 """The concept summary of each model (``concepts:MODEL``) and the Venn overlaps of the concept sets (``venn``).
 
 ``concepts:MODEL`` reads the saved AP matrices (:mod:`robustsig.study.analyses.concepts.ap`) and writes
-``concepts.csv`` (unique concepts, eq. 5; polysemanticity), ``concept_top.csv`` (the ``top_k`` concepts of the most
-privileged direction) and ``venn.csv`` (the concepts each model encodes, AP >= threshold). ``venn`` compares the
-concept sets of each Venn group (``venn_groups``, default: the zero-shot, finetuned and supervised models of each
-backbone and pretraining) with :func:`robustsig.concept_overlaps` and records the size of every region in the
-provenance of ``venn.csv`` (the report draws the diagrams).
+``concepts.csv`` (unique concepts, eq. 5; polysemanticity: in the orientation the study uses, and in named columns
+for each orientation, the paper's one-sided ``positive`` and the ``both`` variant), ``concept_top.csv`` (the
+``top_k`` concepts of the most privileged direction) and ``venn.csv`` (the concepts each model encodes,
+AP >= threshold); the last two in the orientation the study uses (``analyses.concepts.orientation``). ``venn``
+compares the concept sets of each Venn group (``venn_groups``, default: the zero-shot, finetuned and supervised
+models of each backbone and pretraining) with :func:`robustsig.concept_overlaps` and records the size of every region
+in the provenance of ``venn.csv`` (the report draws the diagrams).
 
 The most privileged direction is the most important singular direction (eq. 4) on the importance dataset (default:
 the id set); its neuron-basis counterpart is the dimension of h with the largest mean |h_i| there (the top outlier
@@ -23,11 +25,11 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from robustsig.errors import InputError
-from robustsig.metrics.concepts import concept_overlaps, concept_summary
+from robustsig.metrics.concepts import ConceptSummary, concept_overlaps, concept_summary
 from robustsig.report.tables import ReportTable, decimal, integer, pool_table
 from robustsig.study.streams import store_importance, store_kurtosis
-from robustsig.study.analyses.concepts.ap import AP_DIR, SIGN_CONVENTION, load_ap
-from robustsig.study.analyses.concepts.options import ConceptsOptions, options_of
+from robustsig.study.analyses.concepts.ap import AP_FILES, SIGN_CONVENTION, load_ap
+from robustsig.study.analyses.concepts.options import ORIENTATION_TITLES, ConceptsOptions, options_of
 from robustsig.study.analysis import AnalysisTask, RunContext, Subject, column, has_rows, model_subject, result_table
 from robustsig.study.pool import model_groups
 from robustsig.study.results import ModelRow, study_rows
@@ -40,7 +42,9 @@ if TYPE_CHECKING:
 @result_table
 @dataclass(frozen=True)
 class ConceptRow:
-    """Concept probing summary of a model in one basis."""
+    """Concept probing summary of a model in one basis: the counts in the orientation the study uses (the derived
+    steps use it: top concepts, Venn sets, threshold sweep figure, significance), then the counts of each
+    orientation in its own columns."""
 
     TABLE: ClassVar[str] = "concepts"
     KEY: ClassVar[tuple[str, ...]] = ("model", "basis")
@@ -48,14 +52,30 @@ class ConceptRow:
     basis: str = column("singular (the head's right singular vectors) or neuron (canonical basis)")
     num_directions: int = column("directions probed")
     num_concepts: int = column("Broden concepts probed (enough positives)")
-    unique_concepts: int = column("concepts encoded (AP >= threshold) by at least one direction (eq. 5)")
-    polysemanticity: float = column("the paper's: mean number of concepts a direction encodes, over all directions "
-                                    "probed (Section 4, Table 6)")
+    unique_concepts: int = column("concepts encoded (AP >= threshold) by at least one direction (eq. 5), in the "
+                                  "orientation of the orientation column")
+    polysemanticity: float = column("the paper's definition: mean number of concepts a direction encodes, over all "
+                                    "directions probed (Section 4, Table 6), in the orientation of the orientation "
+                                    "column")
     threshold: float = column("the AP threshold")
     polysemanticity_active: float = column("a variant: the same mean over only the directions that encode at "
-                                           "least one concept (NaN when none does)")
-    orientation: str = column("both (AP of the better side of each direction) or positive (the AP of h . v_i as "
-                              "the sign convention gives it)")
+                                           "least one concept (NaN when none does), in that orientation")
+    orientation: str = column("the orientation of the three columns above and of the derived steps: positive (the "
+                              "paper's: the AP of h . v_i, head_svd's sign convention) or both (max(AP(s), AP(-s)))")
+    unique_concepts_positive: int = column("eq. 5 with the paper's one-sided AP, AP(h . v_i)")
+    polysemanticity_positive: float = column("the paper's polysemanticity with the paper's one-sided AP (Table 6)")
+    polysemanticity_active_positive: float = column("the active-directions variant with the one-sided AP")
+    unique_concepts_both: int = column("eq. 5 with the both variant, max(AP(s), AP(-s))")
+    polysemanticity_both: float = column("the paper's polysemanticity with the both variant")
+    polysemanticity_active_both: float = column("the active-directions variant with the both variant")
+
+
+def orientation_counts(summaries: dict[str, ConceptSummary]) -> tuple[int | float, ...]:
+    """The named columns of both orientations (``summaries``: orientation -> its summary at the threshold):
+    unique concepts, polysemanticity and polysemanticity_active, ``positive`` first."""
+    return tuple(value for orientation in ("positive", "both")
+                 for value in (summaries[orientation].unique_concepts, summaries[orientation].polysemanticity,
+                               summaries[orientation].polysemanticity_active))
 
 
 @result_table
@@ -122,25 +142,30 @@ class ConceptsTask(AnalysisTask):
     def compute(self, ctx: RunContext) -> str:
         summaries, tops, members, texts = [], [], [], []
         for basis in self.ap_tasks:
-            ap, names, categories = load_ap(ctx.results.root, self.subject.name, basis)
+            oriented = {}
+            for orientation in ("positive", "both"):
+                ap, names, categories = load_ap(ctx.results.root, self.subject.name, basis, orientation)
+                oriented[orientation] = concept_summary(ap, self.options.threshold, names)
             category = dict(zip(names, categories))
-            summary = concept_summary(ap, self.options.threshold, names)
+            summary = oriented[self.options.orientation]
             summaries.append(ConceptRow(self.model, basis, ap.shape[1], ap.shape[0], summary.unique_concepts,
                                         summary.polysemanticity, self.options.threshold,
-                                        summary.polysemanticity_active, self.options.orientation))
+                                        summary.polysemanticity_active, self.options.orientation,
+                                        *orientation_counts(oriented)))
             direction = top_direction(ctx, self.subject, self.top_dataset, basis)
             tops += [ConceptTopRow(self.model, basis, direction, rank, str(name), category[name], value)
                      for rank, (name, value) in enumerate(summary.top_concepts(direction, self.options.top_k), 1)]
             members += [VennRow(self.model, basis, names[c], categories[c])
                         for c in summary.concept_indices.tolist()]
-            texts.append(f"{basis}: {summary.unique_concepts} unique of {ap.shape[0]} concepts")
+            texts.append(f"{basis}: {summary.unique_concepts} unique of {ap.shape[0]} concepts "
+                         f"({oriented['positive'].unique_concepts} one-sided, {oriented['both'].unique_concepts} both)")
         ctx.results.replace(ConceptRow, summaries, model=self.model)
         ctx.results.replace(ConceptTopRow, tops, model=self.model)
         ctx.results.replace(VennRow, members, model=self.model)
         parameters = {"threshold": self.options.threshold, "orientation": self.options.orientation,
                       "top_k": self.options.top_k,
                       "min_positives": self.options.min_positives, "seed": self.options.seed,
-                      "singular_sign": SIGN_CONVENTION, "ap_matrices": f"results/{AP_DIR}/MODEL_BASIS.npy"}
+                      "singular_sign": SIGN_CONVENTION, "ap_matrices": AP_FILES}
         broden = ctx.config.datasets.broden.name
         records = [ctx.store(self.subject, broden).record(self.model, broden),
                    ctx.store(self.subject, self.top_dataset).record(self.model, self.top_dataset)]
@@ -196,27 +221,50 @@ def venn_groups(config: StudyConfig) -> list[tuple[str, list[str]]]:
 
 # --------------------------------------------------------------------------- report
 
-def concepts_table(models: Sequence[ModelRow], concepts: Sequence[ConceptRow], basis: str) -> ReportTable:
-    """Tables 3 and 6 style: unique concepts and polysemanticity (the paper's, and the active-only variant) in one
-    basis; the caption names the threshold and the AP orientation."""
+PAPER_TABLES = {"singular": "Tables 3 and 6", "neuron": "Table 7"}
+"""The paper's tables of the one-sided counts in each basis (Table 6 lists the zero-shot models only; Table 7 the
+OpenAI zero-shot and finetuned models)."""
+
+
+def concepts_table(models: Sequence[ModelRow], concepts: Sequence[ConceptRow], basis: str,
+                   orientation: str = "positive") -> ReportTable:
+    """Unique concepts and polysemanticity (the paper's, and the active-only variant) in one basis and one AP
+    orientation, from the named columns of ``concepts.csv``: ``positive`` (the paper's one-sided AP: Tables 3 and 6
+    in the singular basis, Table 7 in the neuron basis) or ``both`` (the variant, named as such); the caption names
+    the threshold, the orientation and whether the study's derived steps use it."""
     rows = [row for row in concepts if row.basis == basis]
-    values = {row.model: (integer(row.unique_concepts), decimal(2)(row.polysemanticity),
-                          decimal(2)(row.polysemanticity_active)) for row in rows}
+    values = {row.model: (integer(getattr(row, f"unique_concepts_{orientation}")),
+                          decimal(2)(getattr(row, f"polysemanticity_{orientation}")),
+                          decimal(2)(getattr(row, f"polysemanticity_active_{orientation}"))) for row in rows}
     threshold = f" (AP >= {rows[0].threshold:g})" if rows else ""
-    orientations = ", ".join(dict.fromkeys(row.orientation for row in rows)) or "not recorded"
-    return pool_table(f"concepts_{basis}", f"Concepts, {basis} basis", models, values,
+    used = orientation in {row.orientation for row in rows}
+    direction = "v_i" if basis == "singular" else "e_i (App. E)"
+    if orientation == "positive":
+        title = f"Concepts, {basis} basis, the paper's one-sided AP ({PAPER_TABLES[basis]})"
+        how = (f"AP: the paper's, one-sided: the projection h . {direction} ranks the concept's balanced set and its "
+               "average precision is measured"
+               + (" (head_svd's sign convention: the largest-magnitude entry of each v_i is positive, so the count is "
+                  "the same on every LAPACK build and device)." if basis == "singular" else "."))
+    else:
+        title = f"Concepts, {basis} basis, variant both: max(AP(s), AP(-s))"
+        how = ("AP: the variant both, not the paper's: a direction encodes a concept when the AP of its projection or "
+               "of the negated projection reaches the threshold; the max of two APs has a higher chance level than "
+               "one.")
+    return pool_table(f"concepts_{basis}" + ("" if orientation == "positive" else "_both"), title, models, values,
                       ("Unique concepts", "Polysemanticity", "Polysemanticity (active)"),
                       caption=f"Unique concepts: Broden concepts encoded{threshold} by at least one direction of "
-                              f"the {basis} basis (eq. 5); polysemanticity: the paper's, mean concepts per "
-                              "direction over all directions probed (Table 6); polysemanticity (active): a variant, "
-                              "the mean over only the directions that encode a concept. AP orientation: "
-                              f"{orientations} (both: the better side of each direction; positive: h . v_i as "
-                              "the SVD's sign convention gives it).",
+                              f"the {basis} basis (eq. 5); polysemanticity: the paper's definition, mean concepts per "
+                              "direction over all directions probed (Section 4); polysemanticity (active): a variant, "
+                              f"the mean over only the directions that encode a concept. {how} "
+                              + ("The study's derived steps (top concepts, Venn sets, threshold figure, significance) "
+                                 "use this orientation." if used else "The study's derived steps use the other "
+                                                                      "orientation."),
                       sources=("concepts",))
 
 
-def concept_top_table(top: Sequence[ConceptTopRow]) -> ReportTable:
-    """The top concepts of each model's most privileged direction, with their AP."""
+def concept_top_table(top: Sequence[ConceptTopRow], orientation: str) -> ReportTable:
+    """The top concepts of each model's most privileged direction, with their AP in the study's ``orientation``
+    (the paper's Table 5 lists the singular basis, one-sided)."""
     grouped: dict[tuple[str, str, int], list[ConceptTopRow]] = {}
     for row in top:
         grouped.setdefault((row.model, row.basis, row.direction), []).append(row)
@@ -225,9 +273,12 @@ def concept_top_table(top: Sequence[ConceptTopRow]) -> ReportTable:
     for (model, basis, direction), entries in grouped.items():
         ranked = [f"{row.concept} ({row.ap:.2f})" for row in sorted(entries, key=lambda row: row.rank)]
         rows.append((model, basis, str(direction), *ranked, *[None] * (width - len(ranked))))
-    return ReportTable("concept_top", "Top concepts of the most privileged direction", ("Model", "Basis", "Direction"),
-                       (("", tuple(f"Top-{i + 1}" for i in range(width))),), tuple(rows),
-                       "Concept (AP) ranked by average precision.", ("concept_top",))
+    return ReportTable("concept_top", "Top concepts of the most privileged direction (Table 5)",
+                       ("Model", "Basis", "Direction"), (("", tuple(f"Top-{i + 1}" for i in range(width))),),
+                       tuple(rows), "Concept (AP) ranked by average precision on the most privileged direction: the "
+                       "most important singular direction (eq. 4; the paper's Table 5), or in the neuron basis the "
+                       "top outlier dimension of h (not in the paper). AP orientation: "
+                       f"{ORIENTATION_TITLES.get(orientation, orientation)}.", ("concept_top",))
 
 
 def report_venn_groups(page: Page, models: Sequence[ModelRow], probed: set[str]) -> list[tuple[str, list[ModelRow]]]:
@@ -243,7 +294,7 @@ def report_venn_groups(page: Page, models: Sequence[ModelRow], probed: set[str])
 
 
 def venn_figure(sets: Mapping[str, set[str]], title: str) -> Figure:
-    """Fig. 4: overlaps of concept sets.
+    """Overlaps of concept sets (the paper's Fig. 4 draws them for its OpenAI models).
 
     Two or three sets: a Venn diagram (``matplotlib_venn``) whose regions have equal areas, each showing its
     count (every intersection stays visible; area-weighted circles mislead with small counts). One set, or more

@@ -1,6 +1,7 @@
 """Threshold sensitivity of the concept counts: unique concepts (eq. 5) and polysemanticity (the paper's, and the
 ``polysemanticity_active`` variant) of each model and basis at every AP threshold of ``concepts.thresholds``
-(default 0.80, 0.85, 0.90, 0.95; the paper's footnote 4 says its conclusions hold at 0.85).
+(default 0.80, 0.85, 0.90, 0.95; the paper's footnote 4 says its conclusions hold at 0.85), in the orientation the
+study uses and, in named columns, in each orientation (the paper's one-sided ``positive`` and the ``both`` variant).
 
 ``concept_thresholds:MODEL`` reads the AP matrices the concepts analysis saved (``results/concept_ap/``) and writes
 ``concept_thresholds.csv``. Its provenance is the digests of those AP steps and the thresholds, so a changed sweep
@@ -19,8 +20,8 @@ from matplotlib.ticker import MaxNLocator
 from robustsig.errors import InputError
 from robustsig.metrics.concepts import concept_threshold_sweep
 from robustsig.report.figures import grid
-from robustsig.study.analyses.concepts.ap import AP_DIR, load_ap
-from robustsig.study.analyses.concepts.options import ConceptsOptions
+from robustsig.study.analyses.concepts.ap import AP_FILES, load_ap
+from robustsig.study.analyses.concepts.options import ORIENTATION_TITLES, ConceptsOptions
 from robustsig.study.analysis import AnalysisTask, RunContext, column, has_rows, model_subject, result_table
 from robustsig.study.results import ModelRow
 
@@ -35,10 +36,16 @@ class ConceptThresholdRow:
     model: str = column("model name")
     basis: str = column("singular or neuron")
     threshold: float = column("the AP threshold")
-    unique_concepts: int = column("concepts encoded by at least one direction (eq. 5)")
+    unique_concepts: int = column("concepts encoded by at least one direction (eq. 5), in the orientation column's AP")
     polysemanticity: float = column("the paper's: mean concepts per direction over all directions probed")
     polysemanticity_active: float = column("variant: mean over the directions encoding at least one (NaN: none)")
-    orientation: str = column("both or positive (as concepts.csv)")
+    orientation: str = column("the AP of the three columns above: positive (the paper's) or both (as concepts.csv)")
+    unique_concepts_positive: int = column("eq. 5 with the paper's one-sided AP")
+    polysemanticity_positive: float = column("the paper's polysemanticity with the one-sided AP")
+    polysemanticity_active_positive: float = column("the active-directions variant with the one-sided AP")
+    unique_concepts_both: int = column("eq. 5 with the both variant, max(AP(s), AP(-s))")
+    polysemanticity_both: float = column("the paper's polysemanticity with the both variant")
+    polysemanticity_active_both: float = column("the active-directions variant with the both variant")
 
 
 class ConceptThresholdsTask(AnalysisTask):
@@ -64,18 +71,26 @@ class ConceptThresholdsTask(AnalysisTask):
     def compute(self, ctx: RunContext) -> str:
         rows, texts = [], []
         for basis in self.ap_tasks:
-            ap, _, _ = load_ap(ctx.results.root, self.subject.name, basis)
-            sweep = concept_threshold_sweep(ap, self.thresholds)
-            rows += [ConceptThresholdRow(self.model, basis, float(t), int(u), float(p), float(a), self.orientation)
-                     for t, u, p, a in zip(sweep["threshold"], sweep["unique_concepts"], sweep["polysemanticity"],
-                                           sweep["polysemanticity_active"])]
-            texts.append(f"{basis}: " + ", ".join(f"{u} at {t:g}" for t, u in zip(sweep["threshold"],
-                                                                                 sweep["unique_concepts"])))
+            sweeps = {orientation: concept_threshold_sweep(load_ap(ctx.results.root, self.subject.name, basis,
+                                                                   orientation)[0], self.thresholds)
+                      for orientation in ("positive", "both")}
+            for i, threshold in enumerate(self.thresholds):
+                rows.append(ConceptThresholdRow(self.model, basis, float(threshold),
+                                                *_counts(sweeps[self.orientation], i), self.orientation,
+                                                *_counts(sweeps["positive"], i), *_counts(sweeps["both"], i)))
+            active = sweeps[self.orientation]
+            texts.append(f"{basis}: " + ", ".join(f"{u} at {t:g}" for t, u in zip(active["threshold"],
+                                                                                 active["unique_concepts"])))
         ctx.results.replace(ConceptThresholdRow, rows, model=self.model)
         ctx.results.record(ConceptThresholdRow, [], {"thresholds": self.thresholds, "orientation": self.orientation,
-                                                     "ap_matrices": f"results/{AP_DIR}/"
-                                                                    "MODEL_BASIS.npy"})
+                                                     "ap_matrices": AP_FILES})
         return "unique concepts " + "; ".join(texts)
+
+
+def _counts(sweep: dict[str, Any], i: int) -> tuple[int, float, float]:
+    """Unique concepts, polysemanticity and polysemanticity_active at the ``i``-th threshold of a sweep."""
+    return (int(sweep["unique_concepts"][i]), float(sweep["polysemanticity"][i]),
+            float(sweep["polysemanticity_active"][i]))
 
 
 def concept_thresholds_figure(models: Sequence[ModelRow], rows: Sequence[ConceptThresholdRow], basis: str) -> Figure:
@@ -86,7 +101,8 @@ def concept_thresholds_figure(models: Sequence[ModelRow], rows: Sequence[Concept
         raise InputError(f"concept_thresholds_figure: no row of concept_thresholds.csv in the {basis} basis")
     kinds = {model.model: model.kind for model in models}
     figure, axes = grid(2, columns=2)
-    figure.suptitle(f"Concept counts against the AP threshold ({basis} basis, orientation {rows[0].orientation})")
+    figure.suptitle(f"Concept counts against the AP threshold ({basis} basis, "
+                    f"{ORIENTATION_TITLES.get(rows[0].orientation, rows[0].orientation)})")
     styles = {"finetuned": "--", "supervised": ":"}
     for i, model in enumerate(dict.fromkeys(row.model for row in rows)):
         points = sorted((row for row in rows if row.model == model), key=lambda row: row.threshold)
