@@ -21,6 +21,18 @@ def results(tmp_path_factory):
     return write_results(tmp_path_factory.mktemp("tables") / "results")
 
 
+def test_a_model_whose_er_is_undefined_is_shown_with_its_accuracy(results):
+    """ACC(I) of 0 or 1 (a random-init control) leaves eq. 1 undefined and the model without a robustness row: Table
+    1 still lists it, its ER said undefined, not left out."""
+    robustness = [row for row in results.read(RobustnessRow) if row.model != "rn50-sup"]
+    table = accuracy_table(MODELS, robustness, id_accuracy={"rn50-sup": 0.0, "rn50-oa-zs": 0.598})
+    rows = {row[:2]: row for row in table.rows}
+    assert rows[("RN50", "imagenet-1k")][2:] == (None, None, None, None, "0.0", "undefined")
+    assert rows[("RN50", "openai")][2:4] == ("59.8", "+8.1")  # a model with a row shows its ER whatever id_accuracy says
+    assert "ER undefined: ACC(I) is 0 or 1, where eq. 1's logit is infinite." in table.caption
+    assert "undefined" not in accuracy_table(MODELS, robustness).caption
+
+
 def test_accuracy_table_in_the_paper_layout(results):
     table = accuracy_table(MODELS, results.read(RobustnessRow))
     assert tables.to_csv(table) == (

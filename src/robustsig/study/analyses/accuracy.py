@@ -348,18 +348,27 @@ def robustness_caption(robustness: Sequence[RobustnessRow], baseline: BaselineMo
     return text
 
 
+UNDEFINED_ER = "undefined"
+"""The ER cell of a model whose ACC(I) is 0 or 1: eq. 1 takes its logit, which is infinite."""
+
+
 def accuracy_table(models: Sequence[ModelRow], robustness: Sequence[RobustnessRow], *,
-                   shift_note: str = "") -> ReportTable:
+                   id_accuracy: Mapping[str, float] | None = None, shift_note: str = "") -> ReportTable:
     """The paper's Tables 4 (ACC) and 1 (ER) side by side: in-distribution accuracy and effective robustness of
-    every model; ``shift_note`` (what ACC(S) averages over, see :func:`shift_sets_note`) is added to the caption."""
-    values = {row.model: (percent(row.acc_id), signed_percent(row.er)) for row in robustness}
+    every model; a model of ``id_accuracy`` (model -> ACC(I)) without a robustness row (its ACC(I) is 0 or 1, such
+    as a random-init control's) is shown with its accuracy and ER undefined. ``shift_note`` (what ACC(S) averages
+    over, see :func:`shift_sets_note`) is added to the caption."""
+    values = {model: (percent(accuracy), UNDEFINED_ER) for model, accuracy in (id_accuracy or {}).items()}
+    values.update({row.model: (percent(row.acc_id), signed_percent(row.er)) for row in robustness})
     line = f"b1 = {robustness[0].b1:.3g}, b0 = {robustness[0].b0:.3g}" if robustness else ""
+    undefined = (f" ER {UNDEFINED_ER}: ACC(I) is 0 or 1, where eq. 1's logit is infinite."
+                 if any(cells[1] == UNDEFINED_ER for cells in values.values()) else "")
     return pool_table("accuracy", "Accuracy (Table 4) and effective robustness (Table 1)", models, values,
                       ("ACC (%)", "ER (%)"),
                       caption="ACC: top-1 accuracy on the in-distribution set (the paper's Table 4: ImageNet val); "
                               "ER: mean shift accuracy minus the baseline line's prediction (eq. 1, "
-                              f"{line}), in percent (the paper's Table 1)." + (f" {shift_note}" if shift_note
-                                                                              else ""),
+                              f"{line}), in percent (the paper's Table 1)." + undefined
+                              + (f" {shift_note}" if shift_note else ""),
                       sources=("robustness",))
 
 
@@ -401,8 +410,11 @@ def _report(page: Page, models: Sequence[ModelRow]) -> str | None:
     note = shift_sets_note(parameters)
     if note and (not parameters.get("paper_shift_sets") or parameters.get("missing_classes")):
         text += page.note(note)  # a study that departs from the paper's S says so first
+    id_set = page.id_dataset(accuracy)
+    id_accuracy = {row.model: row.accuracy for row in accuracy if row.dataset == id_set}
+    if robustness or (note and id_accuracy):  # a model with ER undefined is shown too (the random control)
+        text += page.table(accuracy_table(models, robustness, id_accuracy=id_accuracy, shift_note=note))
     if robustness:
-        text += page.table(accuracy_table(models, robustness, shift_note=note))
         text += page.figure(lambda: robustness_figure(models, robustness), "fig1_robustness",
                             robustness_caption(robustness, testbed_baseline(),
                                                bool(parameters.get("paper_shift_sets"))), ["robustness"])
