@@ -145,6 +145,28 @@ def test_a_renamed_or_relabelled_concept_re_probes(world):
     assert not np.array_equal(ap_relabelled, ap)
 
 
+def test_a_concept_shown_on_every_image_is_left_out_with_a_log_line(world):
+    """No balanced set can be drawn for a concept every image shows (no negatives): it is left out of the AP, and
+    the log and the AP matrix's sidecar say which and why instead of dropping it silently."""
+    broden = world / "broden" / "broden1_224"
+
+    def everywhere(rows):
+        column = rows[0].index("color")
+        for row in rows[1:]:
+            row[column] = "1"  # red-c on every image
+
+    rewrite_csv(broden / "index.csv", everywhere)
+    summary = run(world)
+    _, sidecar = ap_sidecar(world)
+    assert "red-c" not in sidecar["concepts"]
+    assert sidecar["left_out"]["few_negatives"] == ["red-c"]
+    step = next(step for step in summary.steps if step.id == "concept_ap:mnv2:singular")
+    assert "; left out: " in step.message
+    assert "1 absent from fewer than 4 images (no negatives to balance them): red-c" in step.message
+    log = (load_study_config(world / "study.yaml").results_dir / "run.log").read_text()
+    assert "(no negatives to balance them): red-c" in log
+
+
 def test_a_study_warns_about_an_unmapped_folder_on_an_imagenet_head(world):
     """Also: a non-UTF-8 file name and a FIFO in the folder neither fail nor hang the study."""
     data = __import__("yaml").safe_load((world / "study.yaml").read_text())

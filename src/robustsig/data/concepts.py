@@ -77,6 +77,23 @@ def balanced_concept_sets(concept_matrix: Tensor, names: Sequence[str], *, min_p
     return sets
 
 
+def concepts_left_out(concept_matrix: Tensor, names: Sequence[str], *, min_positives: int = 10
+                      ) -> dict[str, list[str]]:
+    """The concepts :func:`balanced_concept_sets` leaves out, by reason: ``"few_positives"`` (fewer than
+    ``min_positives`` images show it) and ``"few_negatives"`` (it shows on every image, or nearly: fewer than
+    ``min_positives`` images lack it, so no balanced set can be drawn).
+
+    >>> concepts_left_out(torch.tensor([[True, False], [True, False], [True, True]]), ["sky", "dog"], min_positives=1)
+    {'few_positives': [], 'few_negatives': ['sky']}
+    """
+    presence = concept_matrix.cpu().numpy()
+    positives = presence.sum(axis=0)
+    negatives = presence.shape[0] - positives
+    return {"few_positives": [names[c] for c in np.flatnonzero(positives < min_positives)],
+            "few_negatives": [names[c] for c in np.flatnonzero((positives >= min_positives)
+                                                                 & (negatives < min_positives))]}
+
+
 class ConceptImageDataset(ImageDataset):
     """An :class:`ImageDataset` whose images also carry concepts.
 

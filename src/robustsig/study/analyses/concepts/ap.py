@@ -28,6 +28,7 @@ import torch
 
 from robustsig._atomic import atomic_output, write_text_atomic
 from robustsig.distributed import resolve_device
+from robustsig.data.concepts import concepts_left_out
 from robustsig.errors import DataError
 from robustsig.extraction.store import ActivationStore
 from robustsig.metrics.concepts import average_precision_matrix
@@ -160,9 +161,12 @@ class ConceptApTask(AnalysisTask):
     def compute(self, ctx: RunContext) -> str:
         begin = time.perf_counter()
         verified = ctx.store(self.subject, self.dataset)
-        sides, names, categories = concept_ap_matrix(verified.store, ctx.dataset(self.dataset), self.basis,
+        dataset = ctx.dataset(self.dataset)
+        sides, names, categories = concept_ap_matrix(verified.store, dataset, self.basis,
                                                      min_positives=self.min_positives, seed=self.seed,
                                                      device=ap_device(ctx.device))
+        left_out = (concepts_left_out(dataset.concept_matrix, dataset.concepts, min_positives=self.min_positives)
+                    if hasattr(dataset, "concept_matrix") else {})
         npy, sidecar = ap_paths(ctx.results.root, self.subject.name, self.basis)
         for path, ap in ((npy, sides[0]), (negative_path(ctx.results.root, self.subject.name, self.basis), sides[1])):
             with atomic_output(path) as temporary, open(temporary, "wb") as handle:
@@ -171,9 +175,22 @@ class ConceptApTask(AnalysisTask):
             "subject": self.subject.name, "basis": self.basis, "dataset": self.dataset, "store_key": verified.digest,
             "min_positives": self.min_positives, "seed": self.seed, "rows": "concepts", "columns": "directions",
             "sign": SIGN_CONVENTION if self.basis == "singular" else None, "sides": SIDES,
-            "concepts": names, "categories": categories}, indent=1) + "\n")
+            "concepts": names, "categories": categories, "left_out": left_out}, indent=1) + "\n")
         return (f"AP of {sides.shape[1]} concepts x {sides.shape[2]} directions, both sides, in "
-                f"{time.perf_counter() - begin:.1f} s -> {npy}")
+                f"{time.perf_counter() - begin:.1f} s -> {npy}{left_out_note(left_out, self.min_positives)}")
+
+
+def left_out_note(left_out: dict[str, list[str]], min_positives: int) -> str:
+    """What the log line says of the concepts no balanced set could be drawn for (none: nothing)."""
+    parts = []
+    for reason, words in (("few_positives", f"shown on fewer than {min_positives} images"),
+                          ("few_negatives", f"absent from fewer than {min_positives} images (no negatives to balance "
+                                            "them)")):
+        names = left_out.get(reason, [])
+        if names:
+            shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+            parts.append(f"{len(names)} {words}: {shown}")
+    return f"; left out: {'; '.join(parts)}" if parts else ""
 
 
 def ap_task(planner: Planner, config: StudyConfig, subject: Subject, basis: str) -> str:
