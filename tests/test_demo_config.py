@@ -59,7 +59,7 @@ def test_the_default_pool_has_ten_or_more_models_in_weight_sharing_groups(small_
     # the cheap settings the demo relies on: layers on the id set only, CKA on the id set, low rank on the id set
     assert config.analyses.layer_kurtosis.datasets == ["photos"] and config.analyses.cka.dataset == "photos"
     assert config.analyses.lowrank.models == ["squeezenet1_1"] and config.analyses.lowrank.datasets == ["photos"]
-    assert (config.analyses.concepts.orientation, config.analyses.concepts.min_positives) == ("both", 5)
+    assert (config.analyses.concepts.orientation, config.analyses.concepts.min_positives) == ("positive", 5)
 
 
 def test_demo_config_validates_and_names_existing_paths(small_demo, finetuned, tmp_path):

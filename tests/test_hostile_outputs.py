@@ -207,7 +207,8 @@ def planted(root: Path, models: int = 6) -> Results:
     results.write(ModelRow, [ModelRow(n, "timm:test_resnet", "b", f"p{i}", "zero-shot") for i, n in enumerate(names)])
     results.write(RobustnessRow, [RobustnessRow(n, 0.7, 0.5 + e, float(e), 0.76, -1.49) for n, e in zip(names, er)])
     results.write(KurtosisRow, [KurtosisRow(n, "val", float(k), 100, 64) for n, k in zip(names, kurtosis)])
-    results.write(ConceptRow, [ConceptRow(n, "singular", 64, 300, 100 + 7 * i, 2.0, 0.9, 2.0, "both")
+    results.write(ConceptRow, [ConceptRow(n, "singular", 64, 300, 100 + 7 * i, 2.0, 0.9, 2.0, "positive",
+                                          100 + 7 * i, 2.0, 2.0, 110 + 7 * i, 2.5, 2.5)
                                for i, n in enumerate(names)])
     return results
 

@@ -569,7 +569,8 @@ def test_the_orientation_picks_what_the_derived_steps_use_without_recomputing_th
     assert sorted(changed.ran()) == sorted([f"{step}:{m}" for m in MODELS for step in ("concepts",
                                                                                       "concept_thresholds")]
                                            + [f"concept_significance:{m}:{basis}" for m in MODELS
-                                              for basis in ("singular", "neuron")] + ["venn", "predict_er"])
+                                              for basis in ("singular", "neuron")]
+                                           + ["venn", "wiseft:zs", "predict_er"])  # Wise-FT's concepts follow it too
     folder = study.config.results_dir / "concept_ap"
     venn = study.read(VennRow)
     for row in study.read(ConceptRow):
