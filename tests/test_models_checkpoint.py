@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import robustsig as rs
-from robustsig.models.checkpoint import load_into, read_checkpoint, save_classifier
+from robustsig.models.checkpoint import Checkpoint, load_into, read_checkpoint, restore_classifier, save_classifier
 
 
 class Custom:
@@ -139,3 +139,20 @@ def test_save_classifier_needs_a_rebuildable_architecture(tmp_path):
         save_classifier(clf, tmp_path / "x.safetensors")
     with pytest.raises(rs.InputError, match=".safetensors or .pt"):
         save_classifier(clf, tmp_path / "x.npz")
+
+
+def test_a_head_bias_in_the_file_is_given_to_an_architecture_built_without_one():
+    """A finetune with wise-ft's bias (or a Wise-FT mix with one) of a head its architecture builds bias-free loads
+    with the bias, logits ``W h + b``; a file without a bias loads bias-free as before."""
+    def bias_free() -> rs.Classifier:
+        return rs.Classifier(nn.Flatten(), nn.Linear(12, 2, bias=False), preprocess=lambda im: im,
+                             classnames=["a", "b"])
+
+    weight, bias = torch.randn(2, 12), torch.tensor([0.5, -2.0])
+    back = restore_classifier(bias_free(), Checkpoint("ft.safetensors", {"head.weight": weight, "head.bias": bias}))
+    assert torch.equal(back.W, weight) and torch.equal(back.b, bias) and back.b.requires_grad
+    x = torch.randn(3, 3, 2, 2)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x), x.flatten(1) @ weight.T + bias, rtol=0, atol=0)
+    old = restore_classifier(bias_free(), Checkpoint("old.safetensors", {"head.weight": weight}))
+    assert old.b is None and "head.bias" not in old.state_dict() and torch.equal(old.W, weight)

@@ -128,3 +128,52 @@ def test_interpolated_real_model_saves_and_loads_back(tmp_path):
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         torch.testing.assert_close(back(x), mixed(x), rtol=0, atol=0)
+
+
+def bias_free(clf: Classifier) -> Classifier:
+    """``clf`` with a bias-free head of the same weight (a CLIP zero-shot head's form)."""
+    out = copy.deepcopy(clf)
+    out.head = nn.Linear(clf.head.in_features, clf.head.out_features, bias=False)
+    with torch.no_grad():
+        out.head.weight.copy_(clf.head.weight)
+    return out
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.25, 0.5, 1.0, 1.5, -0.5])
+def test_a_head_without_a_bias_mixes_as_a_zero_bias(alpha):
+    """Zero-shot (no bias) x finetuned with wise-ft's bias: the bias mixes from 0, as wise-ft's zeros do; the ends
+    are the inputs themselves, keys and fingerprints included."""
+    zero_shot, finetuned = bias_free(small_classifier(0, batches=1)), small_classifier(1, batches=1)
+    with torch.no_grad():
+        finetuned.head.bias.copy_(torch.tensor([0.5, -1.25, 2.0, -0.375]))
+    theta0, theta1 = zero_shot.state_dict(), finetuned.state_dict()
+    x = torch.randn(3, 3, 5, 5)
+    for first, second, a in ((zero_shot, finetuned, alpha), (finetuned, zero_shot, 1 - alpha)):
+        mixed = interpolate(first, second, a)
+        state = mixed.state_dict()
+        if alpha == 0:  # the zero-shot model itself: no bias
+            assert "head.bias" not in state and mixed.b is None and mixed.fingerprint() == zero_shot.fingerprint()
+        else:
+            expected = alpha * theta1["head.bias"].double()  # (1 - alpha) * 0 + alpha * b1
+            torch.testing.assert_close(state["head.bias"].double(), expected, rtol=0, atol=1e-6)
+        if alpha == 1:
+            assert mixed.fingerprint() == finetuned.fingerprint()
+        for key in ("head.weight", "encoder.conv.weight", "encoder.bn.running_var"):
+            torch.testing.assert_close(state[key], (1 - alpha) * theta0[key] + alpha * theta1[key], rtol=1e-6,
+                                       atol=1e-6)
+        with torch.no_grad():
+            h = mixed.encode(x)
+            torch.testing.assert_close(mixed(x), h @ mixed.W.T + (0 if mixed.b is None else mixed.b), rtol=0, atol=0)
+
+
+def test_the_bias_of_a_path_through_a_bias_free_end_comes_and_goes():
+    zero_shot, finetuned = bias_free(small_classifier(0)), small_classifier(1)
+    alphas = [0.5, 0.0, 1.0, 0.25, 0.0]
+    seen = []
+    for alpha, clf in interpolation_path(zero_shot, finetuned, alphas):
+        assert clf.fingerprint() == interpolate(zero_shot, finetuned, alpha).fingerprint()
+        assert (clf.b is None) is (alpha == 0.0)
+        seen.append(id(clf))
+    assert len(set(seen)) == 1
+    both_free = interpolate(zero_shot, bias_free(finetuned), 0.5)  # two bias-free heads: no bias is made up
+    assert both_free.b is None

@@ -261,7 +261,8 @@ def save_classifier(clf: Classifier, path: str | os.PathLike) -> Path:
 def restore_classifier(clf: Classifier, ckpt: Checkpoint) -> Classifier:
     """Load a robustsig checkpoint's weights into a classifier of the same architecture (built with random
     weights and the checkpoint's class names). A low-rank model's factorised layout (``meta["lowrank"]``) is rebuilt
-    first."""
+    first, and a head the architecture builds without a bias gets one when the file has it (a finetune that added
+    wise-ft's bias, a Wise-FT mix with such a model: :func:`~robustsig.models.classifier.add_zero_bias`)."""
     saved = (ckpt.meta or {}).get("meta", {})
     lowrank = saved.get("lowrank") if isinstance(saved, Mapping) else None
     if lowrank:
@@ -273,6 +274,10 @@ def restore_classifier(clf: Classifier, ckpt: Checkpoint) -> Classifier:
                              "file was changed or damaged)")
         apply_structure(clf.encoder, check_structure(lowrank.get("factorised", {}), ckpt.state_dict, "encoder.", what))
         clf.meta["lowrank"] = lowrank
+    if "head.bias" in ckpt.state_dict:
+        from robustsig.models.classifier import add_zero_bias
+
+        add_zero_bias(clf.head)
     load_into(clf, ckpt.state_dict, f"robustsig checkpoint {ckpt.path!r}")
     return clf
 

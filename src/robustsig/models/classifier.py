@@ -238,6 +238,29 @@ class Classifier(nn.Module):
                      for name, t in self.state_dict(keep_vars=True).items())
 
 
+def add_zero_bias(head: nn.Linear) -> bool:
+    """Give a bias-free linear ``head`` a trainable bias of zeros (in place; the head's logits are unchanged): the
+    bias wise-ft's ``ClassificationHead`` adds to CLIP's zero-shot head, and the bias a head without one is taken to
+    have when it meets one with a bias (Wise-FT, loading a checkpoint). A head with a bias is left as it is.
+
+    Args:
+        head: the linear layer (a zero-shot head not built yet is built first).
+
+    Returns:
+        whether a bias was added.
+
+    Example:
+        >>> head = torch.nn.Linear(3, 2, bias=False)
+        >>> add_zero_bias(head), head.bias.tolist(), head.bias.requires_grad
+        (True, [0.0, 0.0], True)
+    """
+    if head._parameters.get("bias") is not None:  # not .bias: that would build a lazy zero-shot head
+        return False
+    weight = head.weight  # builds a lazy zero-shot head
+    head.bias = nn.Parameter(torch.zeros(head.out_features, dtype=weight.dtype, device=weight.device))
+    return True
+
+
 def state_fingerprint(state: Mapping[str, torch.Tensor]) -> str:
     """A 128-bit digest of named tensors (names, shapes, dtypes and values), independent of their order and
     device.

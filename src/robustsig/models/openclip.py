@@ -4,6 +4,9 @@
 ``logit_scale.exp() * normalize(img) @ normalize(text).T``. The text tower is used once to build the head and
 then dropped. The one exception is a model trained from scratch with a plain linear head (``robustsig train
 --head linear``, recorded as ``build["normalize"] = False`` in its checkpoint): its ``h`` is the raw embedding.
+A robustsig checkpoint's head has a bias when the file holds ``head.bias`` (a finetune with D.1's ``wiseft`` head:
+the zero-shot weights and a bias that started at 0, so ``logits = W h + b``), and none otherwise (finetuned
+before D.1's head had a bias, or with ``head: normalized-linear``): each loads as it was saved.
 Layer taps: ``block0..`` (the ViT's residual blocks, token sequences with the class token first) or ``stem,
 layer1..layer4`` (ModifiedResNet feature maps); timm-tower models get the timm taps.
 """

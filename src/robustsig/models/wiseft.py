@@ -5,6 +5,12 @@ Every floating-point parameter and buffer, head included, becomes ``(1 - alpha) 
 buffers (BatchNorm's ``num_batches_tracked``) are copied from ``clf0``. ``alpha`` outside ``[0, 1]``
 extrapolates along the same line (``alpha > 1`` moves past the finetuned weights); it is allowed because that
 is a meaningful experiment, and only non-finite values are refused.
+
+A head without a bias is a head whose bias is 0. A CLIP zero-shot head has none, and a model finetuned with D.1's
+``wiseft`` head has one (started at 0, trained): the mix's bias is ``(1 - alpha) * 0 + alpha * b1``, which is what
+wise-ft computes, its zero-shot ``ClassificationHead`` holding a bias of zeros. The mix has a bias except where it
+*is* the bias-free end (``alpha = 0`` for a bias-free ``clf0``, ``alpha = 1`` for a bias-free ``clf1``), so both
+ends are still reproduced bit for bit, state dict keys and fingerprint included.
 """
 
 from __future__ import annotations
@@ -13,11 +19,23 @@ import copy
 import math
 import warnings
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
 import torch
 
 from robustsig.errors import InputError
-from robustsig.models.classifier import Classifier
+from robustsig.models.classifier import Classifier, add_zero_bias
+
+_BIAS = "head.bias"
+
+
+@dataclass(frozen=True)
+class _Pairs:
+    """The two classifiers' tensors by state dict key (a missing head bias as zeros), and which of the two heads
+    have no bias of their own."""
+
+    tensors: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    bias_free: tuple[bool, bool]
 
 
 def interpolate(clf0: Classifier, clf1: Classifier, alpha: float) -> Classifier:
@@ -32,8 +50,8 @@ def interpolate(clf0: Classifier, clf1: Classifier, alpha: float) -> Classifier:
         a new classifier (the inputs are not changed); ``meta["wiseft"]`` records alpha and both sources.
 
     Raises:
-        InputError: the two state dicts differ in keys, shapes or dtypes (the first mismatch is named), or
-            alpha is not finite.
+        InputError: the two state dicts differ in keys (other than a head bias only one of them has), shapes or
+            dtypes (the first mismatch is named), or alpha is not finite.
 
     Example:
         >>> import torch
@@ -83,8 +101,11 @@ def _check_alpha(alpha: float) -> float:
     return value
 
 
-def _paired_states(clf0: Classifier, clf1: Classifier) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def _paired_states(clf0: Classifier, clf1: Classifier) -> _Pairs:
     state0, state1 = clf0.state_dict(), clf1.state_dict()
+    bias_free = (_BIAS not in state0, _BIAS not in state1)
+    _zero_bias_for(state0, state1)
+    _zero_bias_for(state1, state0)
     for key, t0 in state0.items():
         if key not in state1:
             raise InputError(f"cannot interpolate: {key!r} is in the first classifier but not the second; the two "
@@ -102,17 +123,37 @@ def _paired_states(clf0: Classifier, clf1: Classifier) -> dict[str, tuple[torch.
                          "must share one architecture (and head)")
     if clf0.classnames != clf1.classnames:
         warnings.warn("the two classifiers have different class names; the first one's are kept", stacklevel=3)
-    return {key: (t0, state1[key]) for key, t0 in state0.items()}
+    return _Pairs({key: (t0, state1[key]) for key, t0 in state0.items()}, bias_free)
 
 
-def _mix_into(target: Classifier, pairs: dict[str, tuple[torch.Tensor, torch.Tensor]], alpha: float) -> None:
+def _zero_bias_for(state: dict[str, torch.Tensor], other: dict[str, torch.Tensor]) -> None:
+    """Give ``state`` the zero head bias its head stands for when only ``other`` has a head bias (in place)."""
+    if _BIAS in state or _BIAS not in other or "head.weight" not in state:
+        return
+    state[_BIAS] = torch.zeros(other[_BIAS].shape, dtype=other[_BIAS].dtype, device=state["head.weight"].device)
+
+
+def _mix_into(target: Classifier, pairs: _Pairs, alpha: float) -> None:
+    if _BIAS in pairs.tensors:  # the mix has a bias, except at the end whose head has none
+        _set_bias(target, not ((alpha == 0 and pairs.bias_free[0]) or (alpha == 1 and pairs.bias_free[1])))
     state = target.state_dict()  # tensors share storage with the target's parameters and buffers
     with torch.no_grad():
-        for key, (t0, t1) in pairs.items():
+        for key, (t0, t1) in pairs.tensors.items():
+            if key not in state:  # the bias of a bias-free end, left out at that end
+                continue
             if t0.is_floating_point() or t0.is_complex():
                 state[key].copy_(torch.lerp(t0, t1.to(t0.device), alpha))
             else:
                 state[key].copy_(t0)
+
+
+def _set_bias(target: Classifier, present: bool) -> None:
+    """Give ``target``'s head a bias (zeros, to be mixed into) or take it away."""
+    getattr(target.head, "materialize", lambda: None)()  # a zero-shot head not built yet is built first
+    if present:
+        add_zero_bias(target.head)
+    elif target.head._parameters.get("bias") is not None:
+        target.head.bias = None
 
 
 def _sources(clf0: Classifier, clf1: Classifier) -> dict[str, object]:
