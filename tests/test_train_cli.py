@@ -12,17 +12,15 @@ import pytest
 import torch
 
 import robustsig as rs
+from robustsig.models.classifier import state_fingerprint
 from robustsig.train.start import finetune_start, scratch_start
 from robustsig.train.state import load_train_state
 
 from cli_helpers import run_cli
-from train_helpers import register_clip, write_colour_folder
+from train_helpers import TINY_CLIP, register_clip, write_colour_folder
 
 pytestmark = [pytest.mark.filterwarnings("ignore:.*randomly initialised", "ignore:.*Grad strides do not match"),
               pytest.mark.usefixtures("one_thread")]
-TINY_CLIP = {"embed_dim": 16,
-             "vision_cfg": {"layers": 2, "width": 32, "patch_size": 8, "image_size": 32, "head_width": 16},
-             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
 FAST = ["--epochs", "1", "--batch-size", "6", "--lr", "1e-3", "--warmup-steps", "1", "--workers", "0",
         "--device", "cpu"]
 
@@ -119,7 +117,8 @@ def test_finetune_starts_from_the_zero_shot_head_and_wiseft_mixes_the_weights(co
     dataset = rs.open_dataset("folder", colours)
     start = finetune_start(tiny_clip, dataset, device="cpu", templates=templates)
     zero_shot = rs.load_classifier(tiny_clip, device="cpu", classnames=dataset.classnames, templates=templates)
-    assert start.fingerprint() == zero_shot.fingerprint()  # wise-ft's initialisation: encoder + zero-shot head
+    # wise-ft's initialisation: encoder + zero-shot head + a bias of zeros (tests/test_train_wiseft_head.py)
+    assert start.fingerprint() == state_fingerprint({**zero_shot.state_dict(), "head.bias": torch.zeros(3)})
 
     out = tmp_path / "clip-ft"
     code, stdout, stderr = run_cli(capsys, "finetune", tiny_clip, "--data", f"folder:{colours}", "--out", str(out),
@@ -134,7 +133,8 @@ def test_finetune_starts_from_the_zero_shot_head_and_wiseft_mixes_the_weights(co
     assert code == 0, stderr
     models = json.loads(stdout)["models"]
     assert [m["alpha"] for m in models] == [0.0, 0.25, 0.5, 0.75, 1.0]
-    theta0, theta1 = zero_shot.state_dict(), finetuned.state_dict()
+    theta0 = {**zero_shot.state_dict(), "head.bias": torch.zeros(3)}  # the zero-shot head's bias is 0, as wise-ft's
+    theta1 = finetuned.state_dict()
     for entry in models:
         alpha = entry["alpha"]
         assert Path(entry["path"]).name == f"alpha_{alpha!r}.safetensors"
@@ -174,7 +174,8 @@ def test_errors_exit_2_and_name_the_bad_input(colours, capsys, args, message):
 
 
 @pytest.mark.parametrize("command, options", [
-    ("finetune", ["--data", "--recipe", "--batch-size", "--precision", "--checkpoint-every", "--new-head", "--json"]),
+    ("finetune", ["--data", "--recipe", "--batch-size", "--precision", "--checkpoint-every", "--new-head", "--json",
+                  "--head"]),
     ("train", ["--data", "--lr-milestones", "--label-smoothing", "--crop-scale", "--restart", "--json", "--head"]),
     ("wiseft", ["--alphas", "--out", "--json"]),
 ])
@@ -184,8 +185,8 @@ def test_help(capsys, monkeypatch, command, options):
     assert code == 0 and all(option in stdout for option in options)
     if command == "train":
         assert "--new-head" not in stdout and "D.2" in stdout and "normalized-linear" in stdout
-    if command == "finetune":
-        assert "--head" not in stdout  # finetuning keeps the model's head
+    if command == "finetune":  # D.1's head is wise-ft's, the bias-free zero-shot head an option
+        assert "D.1" in stdout and "wiseft" in stdout and "normalized-linear" in stdout
 
 
 def test_an_imagenet_root_holding_val_is_not_trained_on(tmp_path, capsys):

@@ -5,8 +5,6 @@ the checkpoint, loaded back with the same ``h``; a resume with another head is r
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import shutil
 from pathlib import Path
@@ -23,7 +21,7 @@ from robustsig.train.start import scratch_start
 from robustsig.train.state import load_train_state, save_train_state
 
 from cli_helpers import run_cli
-from train_helpers import register_clip, tiny_classifier, write_colour_folder
+from train_helpers import cli, register_clip, tiny_classifier, write_colour_folder
 
 pytestmark = [pytest.mark.filterwarnings("ignore:.*randomly initialised", "ignore:.*Grad strides do not match"),
               pytest.mark.usefixtures("one_thread")]
@@ -54,23 +52,10 @@ def trained(colours, tiny_rn, tmp_path_factory):
     runs = {}
     for head, option in (("linear", []), ("normalized-linear", ["--head", "normalized-linear"])):
         out = tmp_path_factory.mktemp(head)
-        code, stdout, stderr = _cli("train", ARCH, "--data", f"folder:{colours}", "--out", str(out), *option, *RUN)
+        code, stdout, stderr = cli("train", ARCH, "--data", f"folder:{colours}", "--out", str(out), *option, *RUN)
         assert code == 0, stderr
         runs[head] = (out, json.loads(stdout))
     return runs
-
-
-def _cli(*args: str) -> tuple[int, str, str]:
-    """:func:`run_cli` without capsys (which module-scoped fixtures cannot use)."""
-    out, err = io.StringIO(), io.StringIO()
-
-    class Captured:
-        @staticmethod
-        def readouterr() -> tuple[str, str]:
-            return out.getvalue(), err.getvalue()
-
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        return run_cli(Captured(), *args)
 
 
 @pytest.mark.parametrize("head", list(EXPECTED))
@@ -107,15 +92,15 @@ def test_a_resume_with_another_head_is_refused(trained, colours, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(trained["linear"][0], out)
     before = (out / "checkpoint.pt").read_bytes()
-    code, stdout, stderr = _cli("train", ARCH, "--data", f"folder:{colours}", "--out", str(out), "--head",
-                                "normalized-linear", *RUN)
+    code, stdout, stderr = cli("train", ARCH, "--data", f"folder:{colours}", "--out", str(out), "--head",
+                               "normalized-linear", *RUN)
     assert code == 2 and not stdout and "Traceback" not in stderr
     assert "recipe head: 'linear' in the checkpoint, 'normalized-linear' now" in stderr and "--restart" in stderr
     assert (out / "checkpoint.pt").read_bytes() == before
     assert yaml.safe_load((out / "recipe.yaml").read_text())["head"] == "linear"
 
-    code, stdout, stderr = _cli("train", ARCH, "--data", f"folder:{colours}", "--out", str(out), "--head",
-                                "normalized-linear", "--restart", *RUN)
+    code, stdout, stderr = cli("train", ARCH, "--data", f"folder:{colours}", "--out", str(out), "--head",
+                               "normalized-linear", "--restart", *RUN)
     assert code == 0, stderr
     assert yaml.safe_load((out / "recipe.yaml").read_text())["head"] == "normalized-linear"
     assert "head.bias" not in load_train_state(out / "checkpoint.pt").model
@@ -124,8 +109,8 @@ def test_a_resume_with_another_head_is_refused(trained, colours, tmp_path):
     state = load_train_state(out / "checkpoint.pt")
     del state.recipe["head"]
     save_train_state(state, out / "checkpoint.pt")
-    code, _, stderr = _cli("train", ARCH, "--data", f"folder:{colours}", "--out", str(out), "--head",
-                           "normalized-linear", *RUN)
+    code, _, stderr = cli("train", ARCH, "--data", f"folder:{colours}", "--out", str(out), "--head",
+                          "normalized-linear", *RUN)
     assert code == 2 and "recipe head: None in the checkpoint, 'normalized-linear' now" in stderr
 
 
@@ -137,11 +122,12 @@ def test_other_families_keep_their_own_linear_head(colours):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["train", ARCH, "--head", "cosine"], "head: expected one of linear, normalized-linear, or null; got 'cosine'"),
+    (["train", ARCH, "--head", "cosine"],
+     "head: expected one of linear, normalized-linear, wiseft, or null; got 'cosine'"),
     (["train", "timm:test_resnet", "--head", "normalized-linear"],
      "head 'normalized-linear' is for OpenCLIP architectures"),
     (["train", ARCH, "--recipe", "finetune", "--schedule", "constant"],
-     "head None: expected one of linear, normalized-linear for a model trained from scratch"),
+     "head 'wiseft': expected one of linear, normalized-linear for a model trained from scratch"),
     (["finetune", "{weights}", "--templates", "{templates}", "--recipe", "{head_recipe}"],
      "the recipe's head is 'linear', but this classifier has 'normalized-linear' (a bias-free linear head on the "
      "L2-normalised embedding)"),

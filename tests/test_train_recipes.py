@@ -28,7 +28,8 @@ def test_paper_recipes():
                                                                                       (30, 60), 0.1, 5000)
     assert (SUPERVISED.crop_scale, SUPERVISED.hflip, SUPERVISED.label_smoothing, SUPERVISED.grad_clip) == (
         (0.08, 1.0), True, 0.1, None)
-    assert (SUPERVISED.head, FINETUNE.head) == ("linear", None)  # finetuning keeps the model's own head
+    # D.1 trains wise-ft's head: the zero-shot head with a trainable bias started at 0
+    assert (SUPERVISED.head, FINETUNE.head) == ("linear", "wiseft")
     assert rs.load_recipe("supervised") == SUPERVISED and rs.Recipe is type(FINETUNE)
 
 
@@ -38,6 +39,11 @@ def test_yaml_then_keyword_overrides(tmp_path):
                     "grad_clip: 2\nhflip: false\nhead: normalized-linear\n")
     recipe = load_recipe("finetune", path, epochs=5)
     assert recipe.head == "normalized-linear" and load_recipe("supervised", head="null").head is None
+    # D.1's bias-free option, and a D.1 recipe.yaml written before its head had a bias (head: null), read back
+    assert load_recipe("finetune", head="normalized-linear").head == "normalized-linear"
+    old = tmp_path / "old.yaml"
+    old.write_text(load_recipe("finetune").to_yaml().replace("head: wiseft", "head: null"))
+    assert load_recipe("finetune", old).head is None
     assert recipe.name == "supervised" and recipe.lr == 3e-4 and recipe.epochs == 5  # keyword beats file
     assert recipe.lr_milestones == (2, 3) and recipe.crop_scale is None and recipe.grad_clip == 2.0
     assert recipe.batch_size == 1024 and recipe.hflip is False
@@ -80,7 +86,7 @@ def test_every_problem_is_reported_with_its_key(tmp_path):
     ({"precision": "fp8"}, r"precision: expected one of auto, fp32, bf16, fp16"),
     ({"epochs": True}, r"epochs: expected an integer, not a boolean"),
     ({"betas": [0.9]}, r"betas: expected two numbers"),
-    ({"head": "cosine"}, r"head: expected one of linear, normalized-linear, or null; got 'cosine'"),
+    ({"head": "cosine"}, r"head: expected one of linear, normalized-linear, wiseft, or null; got 'cosine'"),
 ])
 def test_bad_values_name_the_key(overrides, message):
     base = "supervised" if "epochs" in overrides and overrides["epochs"] == 2 else "finetune"

@@ -3,6 +3,8 @@ training tests."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 
@@ -14,6 +16,13 @@ from torchvision import transforms as T
 
 from robustsig.models.classifier import Classifier
 
+from cli_helpers import run_cli
+
+TINY_CLIP = {"embed_dim": 16,
+             "vision_cfg": {"layers": 2, "width": 32, "patch_size": 8, "image_size": 32, "head_width": 16},
+             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+"""A tiny OpenCLIP ViT (open_clip's model JSON): 2 blocks of width 32 on 8-px patches of 32-px images, 16-d
+embedding."""
 COLOURS = {"blue": (30, 60, 200), "green": (40, 190, 60), "red": (210, 40, 30)}
 
 
@@ -67,3 +76,17 @@ def register_clip(folder: Path, name: str, config: dict, seed: int, templates: s
     save_file(model.state_dict(), str(weights))
     (folder / "templates.txt").write_text(templates)
     return weights
+
+
+def cli(*args: str) -> tuple[int, str, str]:
+    """``robustsig ARGS`` in this process, ``(exit code, stdout, stderr)``, without pytest's capsys (which
+    module-scoped fixtures cannot use)."""
+    out, err = io.StringIO(), io.StringIO()
+
+    class Captured:
+        @staticmethod
+        def readouterr() -> tuple[str, str]:
+            return out.getvalue(), err.getvalue()
+
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        return run_cli(Captured(), *args)

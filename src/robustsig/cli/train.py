@@ -2,8 +2,8 @@
 process or under ``torchrun``.
 
 Both commands take the same recipe and run options (declared once below); ``finetune`` adds the zero-shot head
-options, ``train`` the choice of the new head (``--head``, the recipe's ``head`` key). Recipe values come from the
-command's built-in recipe, then ``--recipe FILE.yaml``, then the options.
+options and its choice of head, ``train`` the choice of the new head (``--head``, the recipe's ``head`` key). Recipe
+values come from the command's built-in recipe, then ``--recipe FILE.yaml``, then the options.
 """
 
 from __future__ import annotations
@@ -49,6 +49,10 @@ _FINETUNE_ONLY = [
     _param("new_head", bool, typer.Option(False, "--new-head", help="timm/torchvision/bundled: replace a trained "
                                           "head whose size differs from the number of classes by a random one "
                                           "(not with a class_map, which names the trained head's outputs)")),
+    _param("head", str | None, typer.Option(None, "--head", help="the head trained: wiseft (D.1's, wise-ft's: the "
+                                            "starting head with a trainable bias, started at 0 on OpenCLIP's "
+                                            "zero-shot head) | normalized-linear (the bias-free zero-shot head; "
+                                            "OpenCLIP only) | linear (a trained head with bias, kept as it is)")),
 ]
 _TRAIN_ONLY = [
     _param("head", str | None, typer.Option(None, "--head", help="the new head: linear (D.2's: a linear layer with "
@@ -130,7 +134,8 @@ def _train(command: str, base: str, options: dict[str, Any]) -> None:
                          f"folder itself (e.g. {kind}:{Path(root) / 'train'})")
     if command == "finetune":
         clf = finetune_start(options["spec"], dataset, device=device, classnames=options["classnames"],
-                             templates=options["templates"], new_head=options["new_head"], seed=recipe.seed)
+                             templates=options["templates"], new_head=options["new_head"], seed=recipe.seed,
+                             head=recipe.head)
     else:
         clf = scratch_start(options["spec"], dataset, device=device, seed=recipe.seed, head=recipe.head)
     out = options["out"] or Path(f"{command}-{re.sub(r'[^A-Za-z0-9._-]+', '-', options['spec']).strip('-')}")
@@ -156,8 +161,9 @@ def _train(command: str, base: str, options: dict[str, Any]) -> None:
 
 finetune = _command(
     "finetune", "finetune",
-    "Finetune a classifier end to end (encoder + head; OpenCLIP: from the zero-shot head) with recipe D.1: "
-    "10 epochs, global batch 256, AdamW lr 3e-5, weight decay 0.1, cosine schedule, 500 warm-up steps. Run it "
+    "Finetune a classifier end to end (encoder + head; OpenCLIP: from the zero-shot head with wise-ft's trainable "
+    "bias, --head) with recipe D.1: 10 epochs, global batch 256, AdamW lr 3e-5, weight decay 0.1, cosine schedule, "
+    "500 warm-up steps. Run it "
     "under torchrun to use several GPUs; run it again with the same --out to resume after a kill.",
     _FINETUNE_ONLY)
 train = _command(

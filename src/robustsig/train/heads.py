@@ -1,4 +1,7 @@
-"""The head of a classifier trained from scratch (recipe D.2, ``robustsig train --head``), and why D.2 uses ``linear``.
+"""The head a training run trains (the recipe's ``head`` key): from scratch (recipe D.2, ``robustsig train --head``)
+and finetuning (recipe D.1, ``robustsig finetune --head``), and why D.2 uses ``linear`` and D.1 ``wiseft``.
+
+From scratch, the head is new (one output per class):
 
 =====================  ============================================================================================
 head                   what the classifier computes
@@ -10,6 +13,35 @@ head                   what the classifier computes
                        form of CLIP's zero-shot head (and what ``robustsig train`` did before the head was a recipe
                        key). OpenCLIP architectures only.
 =====================  ============================================================================================
+
+Finetuning starts from the model's own head (OpenCLIP: the zero-shot head, ``100 x`` the normalised class text
+embeddings, bias-free, on the normalised ``h``):
+
+=====================  ============================================================================================
+head                   what is trained
+=====================  ============================================================================================
+``wiseft`` (D.1)       wise-ft's head: the starting head with a trainable bias; a head without one gets a bias of
+                       zeros (OpenCLIP: ``logits = W (h / ||h||) + b``, ``W`` from the zero-shot head, ``b``
+                       from 0). A head that has a bias keeps it (timm, torchvision, bundled: their trained head).
+``normalized-linear``  the bias-free zero-shot head on the normalised ``h``, nothing added (robustsig's D.1 before
+                       it followed wise-ft's head). OpenCLIP only.
+``linear``             the starting head as it is, which must be a linear layer with bias on a raw ``h`` (timm,
+                       torchvision, bundled; the same run as ``wiseft`` for them).
+null                   whatever head the classifier has, nothing added or checked (what a D.1 ``recipe.yaml``
+                       written before the ``wiseft`` head says: that run trained the bias-free zero-shot head).
+=====================  ============================================================================================
+
+Why ``wiseft``. The paper (appendix D.1) finetunes the zero-shot models "as [35]" (Wise-FT), and wise-ft's code
+(``mlfoundations/wise-ft``, ``src/models/modeling.py``) builds the head as ``ClassificationHead(normalize=True,
+weights=zero-shot weights)``: an ``nn.Linear`` whose weight is the zero-shot weights (``logit_scale.exp()`` times
+the normalised class embeddings, as robustsig's zero-shot head) and whose bias, given no biases, is
+``torch.zeros_like(self.bias)``; its forward divides the image features by their norm. ``finetune.py`` then trains
+every parameter that requires a gradient, the bias included, with AdamW's weight decay on all of them. CLIP's own
+``logit_scale`` is not trained (it is folded into the weights). Why ``normalized-linear`` is kept: it is the head
+robustsig's finetuned models had before, and a run with it trains the same weights as those runs did (which
+themselves say ``head: null`` and resume with their own ``recipe.yaml``). The bias
+is not measured by the paper's metrics (kurtosis reads ``h``, importance and concepts ``W``'s directions), but the
+finetuned logits, the pruning curves (``W h + b``, pruning ``W`` only) and the weights Wise-FT mixes depend on it.
 
 Why ``linear``. The paper (appendix D.2) trains CLIP's modified ResNets from scratch for 90 epochs with AdamW, a
 step schedule, label smoothing, random crops and flips, and says nothing about the head: neither a bias nor a
@@ -47,9 +79,9 @@ from collections.abc import Sequence
 from torch import nn
 
 from robustsig.errors import InputError
-from robustsig.models.classifier import Classifier
+from robustsig.models.classifier import Classifier, add_zero_bias
 from robustsig.models.openclip import CLIPImageEncoder
-from robustsig.train.recipes import HEADS
+from robustsig.train.recipes import FINETUNE_HEADS, HEADS
 
 
 def head_kind(clf: Classifier) -> str | None:
@@ -77,15 +109,22 @@ def describe_head(clf: Classifier) -> str:
 
 def check_recipe_head(clf: Classifier, head: str | None) -> None:
     """Refuse to train ``clf`` under a recipe whose ``head`` names another head than the one it has (the recipe
-    record, ``recipe.yaml``, must say what was trained); ``head=None`` (finetuning) accepts any head.
+    record, ``recipe.yaml``, must say what was trained): ``wiseft`` needs a head with a bias, ``linear`` and
+    ``normalized-linear`` that :func:`head_kind`; ``head=None`` accepts any head.
 
     Raises:
         InputError: the recipe names a head ``clf`` does not have.
     """
-    if head is not None and head_kind(clf) != head:
+    if head == "wiseft":
+        if clf.head._parameters.get("bias") is None:
+            raise InputError(f"the recipe's head is 'wiseft' (wise-ft's: a head with a trainable bias), but this "
+                             f"classifier has {describe_head(clf)}; build it with finetune_start(..., head='wiseft') "
+                             "(as `robustsig finetune` does), or set the recipe's head to null to train the head the "
+                             "model has")
+    elif head is not None and head_kind(clf) != head:
         raise InputError(f"the recipe's head is {head!r}, but this classifier has {describe_head(clf)}; build it "
-                         f"with scratch_start(..., head={head!r}) (as `robustsig train` does), or set the recipe's "
-                         "head to null to train the head the model has (as `robustsig finetune` does)")
+                         f"with scratch_start(..., head={head!r}) (as `robustsig train` does) or finetune_start(..., "
+                         f"head={head!r}), or set the recipe's head to null to train the head the model has")
 
 
 def check_head(head: str | None, family: str | None, spec: str = "") -> None:
@@ -97,12 +136,36 @@ def check_head(head: str | None, family: str | None, spec: str = "") -> None:
     """
     if head not in HEADS:
         raise InputError(f"head {head!r}: expected one of {', '.join(HEADS)} for a model trained from scratch (set "
-                         "it with --head or the recipe's 'head' key; finetuning keeps the starting model's head: "
-                         "use `robustsig finetune`)")
+                         "it with --head or the recipe's 'head' key; finetuning, which starts from a model's own "
+                         f"head, takes {', '.join(FINETUNE_HEADS)}: use `robustsig finetune`)")
     if head == "normalized-linear" and family != "openclip":
         raise InputError(f"head 'normalized-linear' is for OpenCLIP architectures, whose encoder robustsig "
                          f"normalises and loads back normalised; {spec or family} has an un-normalised h and loads "
                          "back with its own linear head: use --head linear")
+
+
+def check_finetune_head(head: str | None, family: str | None, spec: str = "") -> None:
+    """Refuse a head a finetuning of a model of ``family`` cannot train.
+
+    Raises:
+        InputError: ``head`` is not one of :data:`~robustsig.train.recipes.FINETUNE_HEADS` or None, or is
+            ``normalized-linear`` for a family whose head is not the bias-free zero-shot head (only OpenCLIP's is).
+    """
+    if head is not None and head not in FINETUNE_HEADS:
+        raise InputError(f"head {head!r}: expected one of {', '.join(FINETUNE_HEADS)} for a finetuning (wiseft, "
+                         "D.1's: the starting head with a trainable bias), or null for the head the model has (set it "
+                         "with --head or the recipe's 'head' key)")
+    if head == "normalized-linear" and family != "openclip":
+        raise InputError(f"head 'normalized-linear' is the bias-free zero-shot head of OpenCLIP models; "
+                         f"{spec or family} has a trained head: use --head wiseft (or linear)")
+
+
+def finetune_head(clf: Classifier, head: str | None) -> None:
+    """Give the classifier a finetuning starts from the head ``head`` (in place): ``wiseft`` adds a trainable bias
+    of zeros to a head without one (:func:`~robustsig.models.classifier.add_zero_bias`; the logits do not change);
+    any other head is left as it is (the training loop checks it against the recipe)."""
+    if head == "wiseft":
+        add_zero_bias(clf.head)
 
 
 def set_head(clf: Classifier, head: str | None, classnames: Sequence[str]) -> None:

@@ -19,8 +19,9 @@ head) with AdamW on a labelled image dataset, following a :class:`~robustsig.tra
 
 Files in ``out_dir``: ``model.safetensors`` (the trained classifier, :func:`~robustsig.save_classifier` format:
 it loads with ``FAMILY:ARCH@out_dir/model.safetensors``), ``checkpoint.pt``, ``train_log.csv``, ``recipe.yaml`` (every
-recipe value, the head included: ``head: linear`` for D.2, ``head: null`` for a finetuning that kept the model's
-head; a recipe naming a head the classifier does not have is refused before training).
+recipe value, the head included: ``head: wiseft`` for D.1, ``head: linear`` for D.2, ``head: null`` for a run that
+trained whatever head the model had; a recipe naming a head the classifier does not have is refused before
+training).
 """
 
 from __future__ import annotations

@@ -17,16 +17,20 @@ label_smoothing          0                               0.1
 grad_clip (max norm)     1.0                             none
 augmentation             random resized crop, area       random resized crop, area 0.08-1, horizontal flip
                          0.9-1, no flip
-head                     null: the starting model's own  ``linear``: a linear layer with bias on the raw
-                         (OpenCLIP: the zero-shot head,  (unnormalised) embedding; ``normalized-linear`` is
-                         bias-free, on the normalised    the bias-free layer on the L2-normalised embedding
-                         embedding)                      (see :mod:`robustsig.train.heads`)
+head                     ``wiseft``: wise-ft's: the      ``linear``: a linear layer with bias on the raw
+                         starting head with a trainable  (unnormalised) embedding; ``normalized-linear`` is
+                         bias (OpenCLIP: the zero-shot   the bias-free layer on the L2-normalised embedding
+                         weights on the normalised       (see :mod:`robustsig.train.heads`)
+                         embedding, a bias started at
+                         0); ``normalized-linear``: the
+                         bias-free zero-shot head
 =======================  ==============================  ===================================================
 
 D.1 follows wise-ft's finetuning code (``mlfoundations/wise-ft``, ``src/models/finetune.py``): AdamW over all
 parameters, cosine schedule with linear warm-up (``lr * (step + 1) / warmup``), gradient norm clipped at 1.0,
-label smoothing off by default, and CLIP's *training* transform (``RandomResizedCrop(scale=(0.9, 1.0))``,
-bicubic, no flip; open_clip's ``is_train=True`` transform is the same).
+label smoothing off by default, CLIP's *training* transform (``RandomResizedCrop(scale=(0.9, 1.0))``, bicubic, no
+flip; open_clip's ``is_train=True`` transform is the same), and its head (``src/models/modeling.py``,
+``ClassificationHead``: the zero-shot weights and a bias of zeros, both trained; ``head: wiseft``).
 
 Example:
     >>> recipe = load_recipe("finetune", lr=1e-5)
@@ -55,11 +59,15 @@ from robustsig.errors import InputError
 
 Schedule = Literal["cosine", "step", "constant"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
-Head = Literal["linear", "normalized-linear"]
+Head = Literal["linear", "normalized-linear", "wiseft"]
 SCHEDULES: tuple[str, ...] = ("cosine", "step", "constant")
 PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 HEADS: tuple[str, ...] = ("linear", "normalized-linear")
 """The heads a model trained from scratch can get (:mod:`robustsig.train.heads`); D.2's is the first."""
+FINETUNE_HEADS: tuple[str, ...] = ("wiseft", "normalized-linear", "linear")
+"""The heads a finetuning can train (:mod:`robustsig.train.heads`); D.1's is the first."""
+RECIPE_HEADS: tuple[str, ...] = ("linear", "normalized-linear", "wiseft")
+"""Every value of a recipe's ``head`` key besides null."""
 
 
 @dataclass(frozen=True)
@@ -89,9 +97,10 @@ class Recipe:
             fp32 on CPU).
         seed: seeds the initialisation of new weights, the data order and every random augmentation.
         deterministic: ``torch.use_deterministic_algorithms(True)`` (needed on GPUs for bit-exact resumes).
-        head: the head of a model trained from scratch (:data:`HEADS`, see :mod:`robustsig.train.heads`), or
-            ``None`` for finetuning, which keeps the starting model's own head. It decides the trained weights and
-            what ``h`` is, so a resume with another head is refused like any other recipe change.
+        head: the head trained (see :mod:`robustsig.train.heads`): from scratch one of :data:`HEADS`; finetuning
+            one of :data:`FINETUNE_HEADS` (``wiseft``, D.1's: the starting head with a trainable bias, added at 0
+            where it has none), or ``None`` to train whatever head the classifier has. It decides the trained
+            weights and what ``h`` is, so a resume with another head is refused like any other recipe change.
     """
 
     name: str = "custom"
@@ -222,8 +231,9 @@ def _problems(recipe: Any) -> list[str]:
     check(recipe.precision in PRECISIONS, "precision", f"one of {', '.join(PRECISIONS)}")
     check(_is_int(recipe.seed) and recipe.seed >= 0, "seed", "an integer >= 0")
     check(isinstance(recipe.deterministic, bool), "deterministic", "true or false")
-    check(recipe.head is None or recipe.head in HEADS, "head",
-          f"one of {', '.join(HEADS)} (training from scratch), or null (finetuning keeps the model's own head)")
+    check(recipe.head is None or recipe.head in RECIPE_HEADS, "head",
+          f"one of {', '.join(HEADS)} (training from scratch), {', '.join(FINETUNE_HEADS)} (finetuning), or null "
+          "(train the head the model has)")
     return problems
 
 
@@ -331,7 +341,7 @@ _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "lr_gamma": _to_float, "label_smoothing": _to_float, "grad_clip": _to_optional_float,
     "crop_scale": _to_optional_pair, "hflip": _to_bool, "image_size": _to_optional_int,
     "precision": _to_choice(PRECISIONS), "seed": _to_int, "deterministic": _to_bool,
-    "head": _to_optional_choice(HEADS),
+    "head": _to_optional_choice(RECIPE_HEADS),
 }
 
 
@@ -377,8 +387,9 @@ def _plain(value: Any) -> Any:
 
 
 FINETUNE = Recipe(name="finetune", epochs=10, batch_size=256, lr=3e-5, weight_decay=0.1, warmup_steps=500,
-                  schedule="cosine", label_smoothing=0.0, grad_clip=1.0, crop_scale=(0.9, 1.0), hflip=False)
-"""Appendix D.1: end-to-end finetuning of a zero-shot CLIP classifier (wise-ft's recipe, batch 256)."""
+                  schedule="cosine", label_smoothing=0.0, grad_clip=1.0, crop_scale=(0.9, 1.0), hflip=False,
+                  head="wiseft")
+"""Appendix D.1: end-to-end finetuning of a zero-shot CLIP classifier (wise-ft's recipe and head, batch 256)."""
 
 SUPERVISED = Recipe(name="supervised", epochs=90, batch_size=1024, lr=1e-3, weight_decay=1e-2, warmup_steps=5000,
                     schedule="step", lr_milestones=(30, 60), lr_gamma=0.1, label_smoothing=0.1, grad_clip=None,

@@ -1,8 +1,9 @@
 """The classifier a training run starts from: a model with weights (finetuning) or a fresh one (from scratch).
 
 - :func:`finetune_start`: the spec's classifier with its weights. For OpenCLIP the head is the zero-shot head
-  built for the training set's class names (wise-ft's initialisation); other families keep their trained head
-  when it has one output per class, or get a new randomly initialised head when asked (``new_head``).
+  built for the training set's class names, with wise-ft's trainable bias of zeros added by D.1's head ``wiseft``
+  (wise-ft's initialisation, :mod:`robustsig.train.heads`); other families keep their trained head when it has one
+  output per class, or get a new randomly initialised head when asked (``new_head``).
 - :func:`scratch_start`: the spec's architecture with random weights and a randomly initialised head of one
   output per class, of the kind the recipe names (:mod:`robustsig.train.heads`: ``linear``, D.2's, or
   ``normalized-linear``; an OpenCLIP model's zero-shot head from a random text tower is not kept).
@@ -29,12 +30,12 @@ from robustsig.models.classifier import Classifier
 from robustsig.models.factory import load_classifier
 from robustsig.models.prompts import ClassnamesLike, TemplatesLike
 from robustsig.models.spec import ModelSpec
-from robustsig.train.heads import check_head, replace_head, set_head
+from robustsig.train.heads import check_finetune_head, check_head, finetune_head, replace_head, set_head
 
 
 def finetune_start(spec: str | ModelSpec, dataset: Any, *, device: str | torch.device | None = None,
                    classnames: ClassnamesLike = None, templates: TemplatesLike = None, new_head: bool = False,
-                   seed: int = 0, cache_dir: str | None = None) -> Classifier:
+                   seed: int = 0, cache_dir: str | None = None, head: str | None = "wiseft") -> Classifier:
     """The classifier finetuning starts from.
 
     Args:
@@ -49,11 +50,14 @@ def finetune_start(spec: str | ModelSpec, dataset: Any, *, device: str | torch.d
             map: the map names the outputs of the head it would replace).
         seed: seeds any new weights.
         cache_dir: the zero-shot head cache.
+        head: the recipe's head (:mod:`robustsig.train.heads`): ``"wiseft"`` (D.1's, wise-ft's: a head without a
+            bias, as OpenCLIP's zero-shot head, gets a trainable bias of zeros), ``"normalized-linear"`` (the
+            bias-free zero-shot head, OpenCLIP only), ``"linear"`` or ``None`` (the head as loaded).
 
     Raises:
         InputError: a trained head with another number of outputs than the dataset has classes (without
-            ``new_head``), class names of the wrong count, or, with a class map, ``new_head`` or a map id beyond
-            the head.
+            ``new_head``), class names of the wrong count, a head a finetuning cannot train, or, with a class map,
+            ``new_head`` or a map id beyond the head.
 
     Example:
         >>> ds = rs.open_dataset("folder", "photos/", class_map="class_map.json")   # doctest: +SKIP
@@ -61,6 +65,17 @@ def finetune_start(spec: str | ModelSpec, dataset: Any, *, device: str | torch.d
         1000
     """
     parsed = _trainable(spec)
+    check_finetune_head(head, parsed.family, str(parsed))  # before any model is built
+    clf = _finetune_start(parsed, dataset, device=device, classnames=classnames, templates=templates,
+                          new_head=new_head, seed=seed, cache_dir=cache_dir)
+    finetune_head(clf, head)
+    return clf
+
+
+def _finetune_start(parsed: ModelSpec, dataset: Any, *, device: str | torch.device | None,
+                    classnames: ClassnamesLike, templates: TemplatesLike, new_head: bool, seed: int,
+                    cache_dir: str | None) -> Classifier:
+    """:func:`finetune_start` before its head is given the recipe's form."""
     names = _dataset_classnames(dataset)
     torch.manual_seed(seed)
     if getattr(dataset, "class_map", None) is not None:

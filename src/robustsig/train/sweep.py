@@ -73,7 +73,9 @@ def save_wiseft_sweep(clf0: Classifier, clf1: Classifier, alphas: Iterable[float
 
     Args:
         clf0: the zero-shot classifier (its preprocessing and class names are kept).
-        clf1: the finetuned classifier of the same architecture and head shape.
+        clf1: the finetuned classifier of the same architecture and head shape; a bias its head has and
+            ``clf0``'s lacks (D.1's ``wiseft`` head on a zero-shot model) is mixed from 0, and the files of the
+            bias-free end's alpha have none (:mod:`robustsig.models.wiseft`).
         alphas: mixing weights (see :func:`parse_alphas`).
         out_dir: the folder; one ``alpha_<alpha>.safetensors`` per alpha (loadable with ``FAMILY:ARCH@FILE``).
 
