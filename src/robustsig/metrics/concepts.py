@@ -39,7 +39,7 @@ import torch
 
 from robustsig.errors import InputError
 from robustsig.metrics._checks import as_matrix, to_tensor
-from robustsig.metrics._ranking import tie_groups
+from robustsig.metrics._ranking import rank_exact_scores, tie_groups
 
 #: Default bound on the entries of one temporary array (~1M entries: ~8 MB per int64 array).
 MAX_ELEMENTS = 1 << 20
@@ -75,8 +75,9 @@ def _all_finite(t: torch.Tensor) -> bool:
 
 
 def _as_scores(x: Any, name: str) -> np.ndarray:
-    # scores keep their float dtype: ties are compared in the precision they were stored in, as sklearn does
-    scores = as_matrix(x, name, finite=False).cpu()
+    # scores keep their float dtype: ties are compared in the precision they were stored in, as sklearn does;
+    # integers too large for float32 keep their order (rank_exact_scores)
+    scores = as_matrix(rank_exact_scores(x), name, finite=False).cpu()
     if not _all_finite(scores):
         raise InputError(f"{name} contains NaN or infinite values")
     return scores.numpy()
@@ -325,7 +326,8 @@ def _per_concept_inputs(scores: Sequence[Any], labels: Sequence[Any]) -> tuple[l
                          f"{len(labels)} label vectors")
     if len(scores) == 0:
         raise InputError("scores is an empty list: give one score matrix per concept")
-    sets = [as_matrix(s, f"scores[{c}] (samples x directions)", finite=False) for c, s in enumerate(scores)]
+    sets = [as_matrix(rank_exact_scores(s), f"scores[{c}] (samples x directions)", finite=False)
+            for c, s in enumerate(scores)]
     for c, s in enumerate(sets):
         if not _all_finite(s):
             raise InputError(f"scores[{c}] (samples x directions) contains NaN or infinite values")
