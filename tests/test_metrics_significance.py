@@ -11,7 +11,11 @@ from sklearn.metrics import average_precision_score
 
 import robustsig as rs
 from robustsig.errors import InputError
-from robustsig.metrics.significance import permutation_order, permutation_p_values
+from robustsig.metrics.significance import exchangeable_units, permutation_order, permutation_p_values
+
+
+def as_float64(scores):
+    return [s.double().numpy() for s in scores]
 
 
 def brute_statistic(scores: np.ndarray, labels: np.ndarray, orientation: str) -> float:
@@ -19,21 +23,29 @@ def brute_statistic(scores: np.ndarray, labels: np.ndarray, orientation: str) ->
     return max(average_precision_score(labels, sign * scores[:, d]) for sign in signs for d in range(scores.shape[1]))
 
 
-def brute_p_values(scores, labels, permutations, seed, orientation, stop_after=None):
-    """p-values by looping over sklearn, with the permutations the function draws (and Besag-Clifford stopping)."""
+def brute_p_values(scores, labels, permutations, seed, orientation, stop_after=None, first_stage=None, units="auto"):
+    """p-values by looping over sklearn, with the permutations the function draws: Besag-Clifford stopping, a
+    concept goes past ``first_stage`` only when no permutation reached it, rows with equal scores move together."""
     out, observed = [], []
     for c, (s, y) in enumerate(zip(scores, labels)):
-        s, y = s.numpy().astype(np.float64), y.numpy()
+        s, y = np.asarray(s), np.asarray(y)
         t_obs = brute_statistic(s, y, orientation)
         observed.append(t_obs)
-        exceed, drawn = 0, 0
-        for order in permutation_order(seed, c, permutations, len(y)).numpy():
+        exceed, drawn, p = 0, 0, None
+        limit = min(first_stage or permutations, permutations)
+        ids = exchangeable_units(s) if units == "auto" else None if units is None else units[c]
+        for order in permutation_order(seed, c, permutations, len(y), ids).numpy():
             drawn += 1
             exceed += brute_statistic(s, y[order], orientation) >= t_obs - 1e-9
             if stop_after is not None and exceed == stop_after:
+                p = exceed / drawn
                 break
-        out.append(exceed / drawn if stop_after is not None and exceed == stop_after
-                   else (1 + exceed) / (1 + permutations))
+            if drawn == limit:
+                if exceed == 0 and limit < permutations:
+                    limit = permutations
+                    continue
+                break
+        out.append(p if p is not None else (1 + exceed) / (1 + drawn))
     return np.array(observed), np.array(out)
 
 
@@ -64,7 +76,7 @@ def tiny_sets(seed: int, concepts: int, size: int, directions: int, ties: bool):
 def test_p_values_equal_brute_force_sklearn(orientation, ties):
     scores, labels = tiny_sets(3, concepts=3, size=10, directions=3, ties=ties)
     test = permutation_p_values(scores, labels, permutations=60, seed=5, orientation=orientation)
-    observed, expected = brute_p_values(scores, labels, 60, 5, orientation)
+    observed, expected = brute_p_values(as_float64(scores), labels, 60, 5, orientation)
     np.testing.assert_allclose(test.max_ap.numpy(), observed, atol=1e-12)
     np.testing.assert_allclose(test.p_values.numpy(), expected, atol=1e-12)
     assert test.drawn.tolist() == [60] * 3
@@ -73,24 +85,34 @@ def test_p_values_equal_brute_force_sklearn(orientation, ties):
 def test_sequential_stopping_equals_brute_force():
     scores, labels = tiny_sets(4, concepts=4, size=10, directions=3, ties=False)
     test = permutation_p_values(scores, labels, permutations=100, seed=2, stop_after=4)
-    _, expected = brute_p_values(scores, labels, 100, 2, "positive", stop_after=4)
+    _, expected = brute_p_values(as_float64(scores), labels, 100, 2, "positive", stop_after=4)
     np.testing.assert_allclose(test.p_values.numpy(), expected, atol=1e-12)
     assert int(test.drawn.min()) < 100  # some concept stopped early
 
 
+def small_chunks(monkeypatch):
+    """The kernel in pieces: 16-position segments, sorting two directions at a time, exact batches of 3 rows."""
+    from robustsig.metrics import _null_kernel
+
+    monkeypatch.setattr(_null_kernel, "CHUNK", 64)
+    monkeypatch.setattr(_null_kernel, "_SORT_ROWS", 2 * 120)
+    monkeypatch.setattr(_null_kernel, "_EXACT_ENTRIES", 3 * 120)
+
+
 @pytest.mark.parametrize("ties", [False, True, "some", "few"])
 @pytest.mark.parametrize("size", [30, 120])
-def test_statistic_equals_sklearn_in_chunks(size, ties):
-    # max_elements 500 splits the directions and the permutations into many chunks
+def test_statistic_equals_sklearn_in_chunks(size, ties, monkeypatch):
     scores, labels = tiny_sets(9, concepts=3, size=size, directions=7, ties=ties)
+    whole = permutation_p_values(scores, labels, permutations=40, seed=1, orientation="both")
+    small_chunks(monkeypatch)
     for orientation in ("positive", "both"):
         expected = [brute_statistic(s.double().numpy(), y.numpy(), orientation) for s, y in zip(scores, labels)]
-        test = permutation_p_values(scores, labels, permutations=3, orientation=orientation, max_elements=500)
+        test = permutation_p_values(scores, labels, permutations=3, orientation=orientation)
         np.testing.assert_allclose(test.max_ap.numpy(), expected, atol=1e-12)
-    whole = permutation_p_values(scores, labels, permutations=40, seed=1, orientation="both")
-    chunked = permutation_p_values(scores, labels, permutations=40, seed=1, orientation="both", max_elements=500)
+    chunked = permutation_p_values(scores, labels, permutations=40, seed=1, orientation="both")
     np.testing.assert_array_equal(whole.p_values.numpy(), chunked.p_values.numpy())
-    np.testing.assert_allclose(chunked.p_values.numpy(), brute_p_values(scores, labels, 40, 1, "both")[1], atol=1e-12)
+    np.testing.assert_allclose(chunked.p_values.numpy(), brute_p_values(as_float64(scores), labels, 40, 1, "both")[1],
+                               atol=1e-12)
 
 
 def noise_sets(seed: int, concepts: int, size: int = 12, directions: int = 150):
@@ -147,9 +169,93 @@ def test_bad_input_names_the_problem(call, message):
 
 
 def test_permutations_drawn_block_by_block_are_the_whole_draw():
-    from robustsig.metrics.significance import _blocks, _permutation_blocks
+    from robustsig.metrics.significance import _Shuffles
 
-    bounds = _blocks(700, stop_after=20)
-    assert bounds[0] == (0, 60) and bounds[-1][1] == 700 and all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
-    pieces = torch.cat(list(_permutation_blocks(4, 7, 3001, bounds)))
-    assert torch.equal(pieces, permutation_order(4, 7, 700, 3001))
+    for units in (None, np.arange(3001) // 3):
+        shuffles = _Shuffles(4, 7, 3001, units)
+        pieces = torch.cat([shuffles.draw(n) for n in (10, 1, 289, 400)])
+        assert torch.equal(pieces, permutation_order(4, 7, 700, 3001, units))
+
+
+def test_integer_scores_float32_cannot_hold_are_not_tied():
+    # 2**24 + k for k = 0..11 collapse to a handful of float32 values: the statistic and its null must not
+    rng = np.random.default_rng(5)
+    scores = (2**24 + rng.permutation(np.arange(24)).reshape(12, 2)).astype(np.int64)
+    labels = np.arange(12) % 2 == 0
+    test = permutation_p_values([scores], [labels], permutations=40, seed=3)
+    observed, expected = brute_p_values([scores], [labels], 40, 3, "positive")
+    assert test.max_ap.item() == pytest.approx(observed[0], abs=1e-12)
+    np.testing.assert_allclose(test.p_values.numpy(), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("orientation", ["positive", "both"])
+def test_large_sets_with_sparse_ties_equal_sklearn(orientation):
+    # 2,000 images: the fast path runs in many blocks and segments, and float16-rounded scores tie here and there
+    rng = np.random.default_rng(11)
+    y = rng.permutation(np.arange(2000) < 1000)
+    s = (rng.normal(size=(2000, 4)) + 0.3 * y[:, None] * np.array([0.0, 1.0, 0.2, -1.0])).astype(np.float16)
+    scores = [torch.from_numpy(s.astype(np.float32))]
+    test = permutation_p_values(scores, [torch.from_numpy(y)], permutations=12, seed=4, orientation=orientation)
+    observed, expected = brute_p_values(as_float64(scores), [y], 12, 4, orientation)
+    assert test.max_ap.item() == pytest.approx(observed[0], abs=1e-12)
+    np.testing.assert_allclose(test.p_values.numpy(), expected, atol=1e-12)
+
+
+def doubled_noise(seed: int, double: bool, size: int = 20, directions: int = 100):
+    g = torch.Generator().manual_seed(seed)
+    scores, labels = torch.randn(size, directions, generator=g), torch.randperm(size, generator=g) < size // 2
+    return (scores.repeat_interleave(2, 0), labels.repeat_interleave(2)) if double else (scores, labels)
+
+
+def test_duplicated_images_are_permuted_as_one_unit():
+    # pure noise, each image listed twice: permuting the copies apart is not exchangeable and made noise significant
+    def discoveries(double: bool, units) -> tuple[int, list[float]]:
+        found, p_values = 0, []
+        for seed in range(20):
+            scores, labels = doubled_noise(seed, double)
+            result = rs.concept_significance([scores], [labels], permutations=199, seed=seed, units=units)
+            found += result.discoveries
+            p_values.append(float(result.p_values[0]))
+        return found, p_values
+
+    plain, plain_p = discoveries(False, "auto")
+    naive, _ = discoveries(True, None)          # every row its own unit: the old behaviour
+    fixed, fixed_p = discoveries(True, "auto")
+    assert plain <= 2 and naive >= 12
+    assert fixed == plain and fixed_p == plain_p  # the copies move together: the test of the images themselves
+
+
+def test_units_from_identical_rows_and_explicit_ids_equal_brute_force():
+    # some images twice, one three times, and one "image" whose copies disagree on the label
+    rng = np.random.default_rng(2)
+    s = rng.normal(size=(14, 3))
+    rows = np.r_[np.arange(14), [0, 3, 3, 7, 9]]
+    scores = s[rows].astype(np.float32)
+    labels = rng.random(14) < 0.5
+    labels[:2] = [True, False]
+    y = labels[rows]
+    y[-1] = not y[9]                              # the second copy of image 9 disagrees
+    units = exchangeable_units(torch.from_numpy(scores))
+    assert np.array_equal(units, np.r_[np.arange(14), [0, 3, 3, 7, 9]])
+    for orientation in ("positive", "both"):
+        test = permutation_p_values([scores], [y], permutations=50, seed=6, orientation=orientation)
+        _, expected = brute_p_values([scores.astype(np.float64)], [y], 50, 6, orientation)
+        np.testing.assert_allclose(test.p_values.numpy(), expected, atol=1e-12)
+        relabelled = permutation_p_values([scores], [y], permutations=50, seed=6, orientation=orientation,
+                                          units=[100 - rows])
+        np.testing.assert_array_equal(relabelled.p_values.numpy(), test.p_values.numpy())
+    sizes = np.bincount(units)
+    for order in permutation_order(6, 0, 50, len(y), units).numpy():
+        for u in np.unique(units):               # the rows of a unit take the labels of one unit of the same size
+            source = np.unique(units[order[units == u]])
+            assert len(source) == 1 and sizes[source[0]] == sizes[u]
+
+
+def test_bad_units_are_named():
+    scores, labels = noise_sets(3, concepts=2, directions=5)
+    with pytest.raises(InputError, match="units"):
+        rs.concept_significance(scores, labels, units="images")
+    with pytest.raises(InputError, match="units"):
+        rs.concept_significance(scores, labels, units=[np.zeros(12, dtype=int)])
+    with pytest.raises(InputError, match=r"units\[1\]"):
+        rs.concept_significance(scores, labels, units=[np.zeros(12, dtype=int), np.zeros(5, dtype=int)])

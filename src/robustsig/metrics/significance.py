@@ -31,7 +31,7 @@ of one float32 cumulative sum over every permuted label): a GPU (``device="cuda"
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -41,22 +41,22 @@ import torch
 
 from robustsig.errors import InputError
 from robustsig.metrics._checks import as_matrix, to_tensor
-from robustsig.metrics._ranking import tie_groups
+from robustsig.metrics._null_kernel import SortedConcept
+from robustsig.metrics._ranking import rank_exact_scores
 from robustsig.metrics.concepts import AP_THRESHOLD
 
 Orientation = Literal["positive", "both"]
 ORIENTATIONS: tuple[str, ...] = ("positive", "both")
-DEFAULT_PERMUTATIONS = 1000
-"""Permutations per concept: the smallest p-value is 1/1001, enough for BH over ~50 concepts at alpha 0.05."""
-DEFAULT_STOP_AFTER = 20
-"""Exceedances after which a concept stops drawing permutations (its p-value is then at least 20/1000)."""
-MAX_ELEMENTS = 1 << 22
-"""Bound on the entries (permutations x directions x images) of one temporary array."""
-BLOCK = 200
-"""Permutations drawn and tested at a time after the first small blocks (see :func:`_blocks`)."""
-_TOLERANCE = 1e-5
-"""The null is computed in float32: a permuted AP this close to the observed one (or to the threshold) counts as
-reaching it, so rounding never makes a p-value smaller."""
+DEFAULT_PERMUTATIONS = 49_999
+"""Permutations per concept at most: the smallest p-value, 1/50,000, lets Benjamini-Hochberg at alpha 0.05 pass a
+concept on its own among up to 2,500 (paper scale: 1,197)."""
+FIRST_STAGE = 999
+"""Permutations a concept draws before it may go on to ``permutations``: only if none of them reached it."""
+DEFAULT_STOP_AFTER = 10
+"""Exceedances after which a concept stops drawing permutations (Besag-Clifford: its p-value is then 10 / drawn)."""
+_TOLERANCE = 1e-9
+"""A permuted statistic this close below the observed one (or the threshold) counts as reaching it: the exact
+float64 APs differ from sklearn's by rounding only (~1e-15)."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,8 @@ class PermutationTest:
         null_encoded: the share of permutations whose ``T_b`` reaches ``threshold`` (the chance that eq. 5 counts
             the concept when its labels carry no information).
         drawn: permutations drawn per concept (fewer than ``permutations`` when a concept stopped early).
+        bounded: per concept, the p-value is the analytic bound (its statistic is beyond what permutations can
+            resolve; see :func:`concept_significance`).
         permutations, threshold, orientation: the test's settings.
     """
 
@@ -76,6 +78,7 @@ class PermutationTest:
     p_values: torch.Tensor
     null_encoded: torch.Tensor
     drawn: torch.Tensor
+    bounded: torch.Tensor
     permutations: int
     threshold: float
     orientation: str
@@ -137,148 +140,63 @@ class ConceptSignificance:
                 "orientation": self.test.orientation, "p_values": self.p_values.tolist()}
 
 
-class _NullStatistic:
-    """The statistic of one concept for any label vectors: its directions are sorted once (descending scores), and
-    the max over directions (and signs) of the AP of a batch of label vectors is read off that order.
+def exchangeable_units(scores: Any) -> np.ndarray:
+    """Exchangeable units of one concept's set: rows with identical scores on every direction are one unit (the
+    same image listed twice; two different images give identical activations only by accident, and then moving
+    them together still gives a valid test). Returns the unit id of each row, ids in order of first appearance.
 
-    With a direction's labels ``o`` in that order, their cumulative sum ``c`` (positives at or above) and ``P``
-    positives, sklearn's AP is ``sum_i o_i c_i / (i + 1) / P`` and the AP of the negated scores, read backwards,
-    ``sum_i o_i (P + 1 - c_i) / (N - i) / P``: one gather, one cumulative sum and dot products give both
-    orientations. Tied scores form one threshold: a positive in a tie group counts the positives up to the group's
-    end (``c`` at the end, over the end + 1) and, for the negated scores, those from the group's start (``P`` minus
-    the positives before the start, over ``N`` minus the start). float32 scores tie now and then (a few pairs in a
-    direction of thousands of images): those directions get the tie-free sum plus a correction gathered at their
-    tied positions only; a direction tied throughout (a dead unit: one constant) runs the grouped sums in full.
-    The order is kept (``D x N`` int64: ~0.5 GB for Broden's largest concept at 1,024 directions), so permutation
-    blocks never sort again.
+    >>> exchangeable_units(torch.tensor([[1.0, 2.0], [3.0, 4.0], [1.0, 2.0]])).tolist()
+    [0, 1, 0]
     """
-
-    def __init__(self, scores: torch.Tensor, orientation: str, max_elements: int) -> None:
-        n, d = scores.shape
-        self.n, self.both = n, orientation == "both"
-        if scores.device.type == "cpu":  # numpy's vectorised sort is several times faster than torch's on the CPU
-            rows = scores.T.contiguous().numpy()
-            order_np = np.argsort(-rows, axis=1)
-            order = torch.from_numpy(order_np)
-            values = torch.from_numpy(np.take_along_axis(rows, order_np, axis=1))
-        else:
-            values, order = torch.sort(scores.T, dim=1, descending=True)
-        device = scores.device
-        position = torch.arange(n, device=device)
-        group_start, group_end = tie_groups(values[:, 1:] == values[:, :-1])
-        in_group = group_start != group_end                                # tied with a neighbour
-        tied = in_group.sum(1)
-        dense = tied > max(8, n // 4)
-        self.order, self.dense_order = order[~dense], order[dense]
-        self.dense_end, self.dense_start = group_end[dense], group_start[dense]
-        # sparse ties: per direction its tied positions (padded with position 0 and a zero weight)
-        sparse = in_group[~dense]
-        width = int(tied[~dense].max()) if sparse.shape[0] else 0
-        self.tie_width = width
-        if width:
-            rank = torch.where(sparse, sparse.cumsum(1) - 1, width)              # slot of each tied position
-            self.tie_position = torch.zeros(sparse.shape[0], width + 1, dtype=torch.int64, device=device)
-            self.tie_position.scatter_(1, rank, position.expand_as(rank))
-            self.tie_position = self.tie_position[:, :width]
-            self.tie_valid = torch.zeros(sparse.shape[0], width + 1, dtype=torch.bool, device=device)
-            self.tie_valid.scatter_(1, rank, sparse)
-            self.tie_valid = self.tie_valid[:, :width]
-            self.tie_end = group_end[~dense].gather(1, self.tie_position)
-            self.tie_start = group_start[~dense].gather(1, self.tie_position)
-        self.d_chunk = max(1, min(d, max_elements // n))
-        self.b_chunk = max(1, max_elements // (self.d_chunk * n))
-        self._weights: dict[torch.dtype, torch.Tensor] = {}
-
-    def _weights_of(self, dtype: torch.dtype) -> torch.Tensor:
-        """``N x 2``: ``1 / (i + 1)`` (the scores read forwards) and ``1 / (N - i)`` (the negated scores)."""
-        if dtype not in self._weights:
-            i = torch.arange(self.n, dtype=torch.float64, device=self.order.device)
-            self._weights[dtype] = torch.stack([1.0 / (i + 1), 1.0 / (self.n - i)], dim=1).to(dtype)
-        return self._weights[dtype]
-
-    def max_ap(self, flags: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """The statistic of each row of ``flags`` (``B x N`` boolean, every row with the same positive count)."""
-        y = flags.to(dtype)
-        positives = float(flags[0].sum())
-        b_chunk = self.b_chunk
-        best = torch.full((y.shape[0],), -math.inf, dtype=dtype, device=y.device)
-        for dense, order in ((False, self.order), (True, self.dense_order)):
-            for d0 in range(0, order.shape[0], self.d_chunk):
-                directions = slice(d0, d0 + self.d_chunk)
-                chunk = order[directions]
-                for b0 in range(0, y.shape[0], b_chunk):
-                    rows = y[b0:b0 + b_chunk]                                         # b x d x N (torch.gather:
-                    ordered = rows[:, None, :].expand(-1, chunk.shape[0], -1).gather(  # ~3x faster than indexing)
-                        2, chunk.expand(rows.shape[0], -1, -1))
-                    ap = (self._dense_ap(ordered, directions, positives) if dense
-                          else self._ap(ordered, directions, positives))
-                    best[b0:b0 + b_chunk] = torch.maximum(best[b0:b0 + b_chunk], ap.amax(dim=1) / positives)
-        return best
-
-    def _ap(self, ordered: torch.Tensor, directions: slice, positives: float) -> torch.Tensor:
-        """``P * AP`` with the tie-free sums, corrected at the tied positions."""
-        dtype = ordered.dtype
-        weights = self._weights_of(dtype)
-        forward, backward = weights[:, 0], weights[:, 1]
-        above = ordered.cumsum(-1)
-        weighted = above * ordered                                                   # o_i c_i
-        if self.both:
-            sums = weighted @ weights                                                # one pass for both sums
-            ap, negated = sums[..., 0], (positives + 1) * (ordered @ backward) - sums[..., 1]
-        else:
-            ap, negated = weighted @ forward, None
-        if self.tie_width:
-            index = self.tie_position[directions].expand(ordered.shape[0], -1, -1)
-            valid = self.tie_valid[directions].to(dtype)
-            o, c = ordered.gather(-1, index) * valid, above.gather(-1, index)
-            end = self.tie_end[directions].expand_as(index)
-            ap = ap + (o * (above.gather(-1, end) / (end + 1).to(dtype) - c * forward[index])).sum(-1)
-            if negated is not None:
-                start = self.tie_start[directions].expand_as(index)
-                before = above.gather(-1, start) - ordered.gather(-1, start)          # positives before the start
-                tied = (positives - before) / (self.n - start).to(dtype)
-                negated = negated + (o * (tied - (positives + 1 - c) * backward[index])).sum(-1)
-        return ap if negated is None else torch.maximum(ap, negated)
-
-    def _dense_ap(self, ordered: torch.Tensor, directions: slice, positives: float) -> torch.Tensor:
-        """``P * AP`` of directions made of tie groups, summed group-wise in full."""
-        above = ordered.cumsum(-1)
-        end = self.dense_end[directions].expand_as(ordered)
-        ap = (ordered * above.gather(-1, end) / (end + 1).to(ordered.dtype)).sum(-1)
-        if self.both:
-            start = self.dense_start[directions].expand_as(ordered)
-            before = (above - ordered).gather(-1, start)
-            ap = torch.maximum(ap, (ordered * (positives - before) / (self.n - start).to(ordered.dtype)).sum(-1))
-        return ap
+    rows = np.ascontiguousarray(to_tensor(scores, "scores").detach().cpu().numpy())
+    rows = rows + rows.dtype.type(0) if np.issubdtype(rows.dtype, np.floating) else rows  # -0.0 equals 0.0
+    keys = np.ascontiguousarray(rows).reshape(len(rows), -1).view(np.dtype((np.void, rows.itemsize * max(
+        1, rows[0].size if len(rows) else 1))))
+    _, first, inverse = np.unique(keys.ravel(), return_index=True, return_inverse=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    return rank[inverse.reshape(-1)]
 
 
-def _blocks(permutations: int, stop_after: int | None) -> list[tuple[int, int]]:
-    """Permutation blocks ``[b0, b1)``: with sequential stopping the first ones are small (a null concept, p ~ 0.5,
-    stops after ~2 x ``stop_after`` draws), then ``BLOCK`` at a time. The blocks never change the p-values (the
-    permutations and the stopping point are fixed), only the work drawn past the stop."""
-    sizes = [] if stop_after is None else [3 * stop_after, 3 * stop_after]
-    bounds, b0 = [], 0
-    while b0 < permutations:
-        b1 = min(permutations, b0 + (sizes.pop(0) if sizes else BLOCK))
-        bounds.append((b0, b1))
-        b0 = b1
-    return bounds
+class _Shuffles:
+    """The label permutations of one concept, drawn from ``(seed, concept)`` alone, block after block (the CPU
+    generator's stream is the same drawn in pieces). Every row is its own unit unless ``units`` groups rows: then a
+    permutation moves whole units onto units of the same size (member by member), uniformly within each size
+    class; with every unit of one size this is the permutation of the units that a set of them alone would draw."""
+
+    def __init__(self, seed: int, concept: int, size: int, units: np.ndarray | None) -> None:
+        state = int(np.random.SeedSequence([seed, concept]).generate_state(1)[0])
+        self.generator = torch.Generator().manual_seed(state)
+        self.size = size
+        self.classes: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.keys = size
+        if units is not None and units.max(initial=-1) + 1 < size:
+            counts = np.bincount(units)
+            members = np.argsort(units, kind="stable")                         # rows grouped by unit, in order
+            offsets = np.concatenate([[0], np.cumsum(counts)])
+            for unit_size in np.unique(counts):
+                chosen = np.flatnonzero(counts == unit_size)                   # units of this size, in id order
+                rows = members[offsets[chosen][:, None] + np.arange(unit_size)]  # units x unit_size
+                self.classes.append((torch.from_numpy(chosen), torch.from_numpy(rows)))
+            self.keys = len(counts)
+
+    def draw(self, count: int) -> torch.Tensor:
+        """The next ``count`` permutations: ``count x size`` indices, label vector ``b`` is ``labels[order[b]]``."""
+        keys = torch.rand(count, self.keys, generator=self.generator)
+        if not self.classes:
+            return torch.argsort(keys, dim=1)
+        order = torch.empty(count, self.size, dtype=torch.int64)
+        for chosen, rows in self.classes:
+            shuffled = torch.argsort(keys[:, chosen], dim=1)                   # unit j takes unit shuffled[j]'s labels
+            order[:, rows.flatten()] = rows[shuffled].reshape(count, -1)
+        return order
 
 
-def permutation_order(seed: int, concept: int, permutations: int, size: int) -> torch.Tensor:
+def permutation_order(seed: int, concept: int, permutations: int, size: int, units: Any = None) -> torch.Tensor:
     """The label permutations of concept number ``concept`` (``permutations x size`` indices): label vector ``b``
-    is ``labels[order[b]]``. Drawn from ``(seed, concept)`` alone."""
-    return next(_permutation_blocks(seed, concept, size, [(0, permutations)]))
-
-
-def _permutation_blocks(seed: int, concept: int, size: int, bounds: Sequence[tuple[int, int]]
-                        ) -> Iterator[torch.Tensor]:
-    """:func:`permutation_order`'s rows ``b0:b1`` for each of the consecutive ``bounds``, drawn only when asked (a
-    concept that stops early never sorts the rest): the CPU generator's stream is the same drawn in pieces."""
-    state = int(np.random.SeedSequence([seed, concept]).generate_state(1)[0])
-    generator = torch.Generator().manual_seed(state)
-    for b0, b1 in bounds:
-        yield torch.argsort(torch.rand(b1 - b0, size, generator=generator), dim=1)
+    is ``labels[order[b]]``. Drawn from ``(seed, concept)`` alone; ``units`` (one id per row, see
+    :func:`exchangeable_units`) moves the rows of a unit together."""
+    return _Shuffles(seed, concept, size, None if units is None else np.asarray(units)).draw(permutations)
 
 
 def _check_sets(scores: Any, labels: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -289,7 +207,7 @@ def _check_sets(scores: Any, labels: Any) -> tuple[list[torch.Tensor], list[torc
     if len(scores) != len(labels) or not scores:
         raise InputError(f"scores and labels must list the same concepts (at least one); got {len(scores)} score "
                          f"sets and {len(labels)} label vectors")
-    sets = [as_matrix(s, f"scores[{c}] (samples x directions)") for c, s in enumerate(scores)]
+    sets = [as_matrix(rank_exact_scores(s), f"scores[{c}] (samples x directions)") for c, s in enumerate(scores)]
     width = sets[0].shape[1]
     flags = []
     for c, (s, y) in enumerate(zip(sets, labels)):
@@ -311,61 +229,123 @@ def _check_sets(scores: Any, labels: Any) -> tuple[list[torch.Tensor], list[torc
     return sets, flags
 
 
+def _check_units(units: Any, sets: Sequence[torch.Tensor]) -> list[np.ndarray | None]:
+    """Per concept the unit id of each row (``None``: every row its own unit)."""
+    if units is None:
+        return [None] * len(sets)
+    if isinstance(units, str):
+        if units != "auto":
+            raise InputError(f"units must be 'auto', None or one id array per concept; got {units!r}")
+        return [exchangeable_units(s) for s in sets]
+    if not isinstance(units, (list, tuple)) or len(units) != len(sets):
+        raise InputError(f"units must list one id array per concept ({len(sets)}); got {type(units).__name__}")
+    out: list[np.ndarray | None] = []
+    for c, (u, s) in enumerate(zip(units, sets)):
+        ids = to_tensor(u, f"units[{c}]").cpu().numpy()
+        if ids.shape != (s.shape[0],) or not np.issubdtype(ids.dtype, np.integer):
+            raise InputError(f"units[{c}] must hold one integer id per row of scores[{c}] ({s.shape[0]}); got "
+                             f"dtype {ids.dtype}, shape {ids.shape}")
+        _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+        rank = np.empty(len(first), dtype=np.int64)
+        rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+        out.append(rank[inverse.reshape(-1)])
+    return out
+
+
+def _block_size(drawn: int, exceed: int, limit: int, stop_after: int | None, smallest: int, largest: int) -> int:
+    """Permutations to draw next: with sequential stopping, about as many as the exceedances seen so far say are
+    left before the ``stop_after``-th (so a concept draws little past its stop), at least ``smallest`` (the
+    kernel's efficient size) and at most ``largest`` (memory)."""
+    if stop_after is None:
+        wanted = largest
+    else:
+        left = stop_after - exceed
+        wanted = left if drawn == 0 else math.ceil(left * (drawn + 1) / (exceed + 1))
+    return int(min(limit - drawn, max(smallest, min(largest, wanted))))
+
+
 def permutation_p_values(scores: Sequence[Any], labels: Sequence[Any], *, threshold: float = AP_THRESHOLD,
                          permutations: int = DEFAULT_PERMUTATIONS, seed: int = 0, orientation: Orientation = "positive",
                          first_concept: int = 0, device: str | torch.device | None = None,
-                         stop_after: int | None = None, max_elements: int = MAX_ELEMENTS) -> PermutationTest:
+                         stop_after: int | None = None, first_stage: int = FIRST_STAGE, units: Any = "auto",
+                         tail_bound: bool = True) -> PermutationTest:
     """The per-concept permutation test of :func:`concept_significance` (no multiple-testing correction).
 
     Args:
-        scores, labels, threshold, permutations, seed, orientation, device: see :func:`concept_significance`.
+        scores, labels, threshold, permutations, seed, orientation, device, units: see :func:`concept_significance`.
         first_concept: the index of ``scores[0]`` among all concepts: concept ``c``'s permutations are drawn from
             ``(seed, first_concept + c)``, so testing the concepts in groups gives the same p-values as one call.
         stop_after: stop drawing permutations for a concept at its ``stop_after``-th exceedance (``T_b >= T_c``)
-            and report Besag and Clifford's sequential p-value ``stop_after / L`` (L: permutations drawn); a
-            concept that never gets there draws all ``permutations``. None: always draw them all.
-        max_elements: bound on the entries of one temporary array.
+            and report Besag and Clifford's sequential p-value ``stop_after / L`` (L: permutations drawn). None:
+            no sequential stopping.
+        first_stage: a concept draws at most this many permutations, and goes on to ``permutations`` only if none
+            of them reached its statistic (see :func:`concept_significance`).
+        tail_bound: a concept that no permutation of the first stage reached first tries the analytic bound.
 
     Returns:
         :class:`PermutationTest`.
     """
     if orientation not in ORIENTATIONS:
         raise InputError(f"orientation must be one of {', '.join(ORIENTATIONS)}; got {orientation!r}")
-    if isinstance(permutations, bool) or not isinstance(permutations, int) or permutations < 1:
-        raise InputError(f"permutations must be a positive integer; got {permutations!r}")
+    for name, value in (("permutations", permutations), ("first_stage", first_stage)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{name} must be a positive integer; got {value!r}")
     if not 0 <= threshold <= 1:
         raise InputError(f"threshold must be an AP in [0, 1]; got {threshold}")
     if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 1):
         raise InputError(f"stop_after must be a positive integer or None; got {stop_after!r}")
     sets, flags = _check_sets(scores, labels)
+    unit_ids = _check_units(units, sets)
     device = torch.device(device) if device is not None else sets[0].device
-    observed, p_values, null_encoded, drawn = [], [], [], []
-    for c, (s, y) in enumerate(zip(sets, flags)):
+    observed, p_values, null_encoded, drawn_counts, bounded = [], [], [], [], []
+    for c, (s, y, ids) in enumerate(zip(sets, flags, unit_ids)):
         s, y = s.to(device), y.to(device)
-        statistic = _NullStatistic(s, orientation, max_elements)
-        observed.append(float(statistic.max_ap(y[None], torch.float64)[0]))
-        t_obs = statistic.max_ap(y[None], torch.float32)[0]
-        bounds = _blocks(permutations, stop_after)
-        exceed, encoded, done = 0, 0, 0
-        for shuffles in _permutation_blocks(seed, first_concept + c, y.numel(), bounds):
-            null = statistic.max_ap(y[shuffles.to(device)], torch.float32)
-            hits = (null >= t_obs - _TOLERANCE).cumsum(0)
-            if stop_after is not None and exceed + int(hits[-1]) >= stop_after:       # Besag-Clifford: stop at the
-                stop = int(torch.searchsorted(hits, stop_after - exceed))              # stop_after-th exceedance
-                null, exceed = null[:stop + 1], stop_after
-                done += stop + 1
-                encoded += int((null >= threshold - _TOLERANCE).sum())
+        concept = SortedConcept(s, int(y.sum()), orientation)
+        t_obs = concept.statistic(y)
+        levels = (t_obs - _TOLERANCE, threshold - _TOLERANCE)
+        shuffles = _Shuffles(seed, first_concept + c, y.numel(), ids)
+        smallest = max(1, min(64, -(-(1 << 21) // (s.numel()))))
+        largest = max(smallest, min(1024, (1 << 24) // y.numel()))
+        exceed = encoded = drawn = 0
+        limit, p_value, by_bound = min(first_stage, permutations), None, False
+        while p_value is None:
+            count = _block_size(drawn, exceed, limit, stop_after, smallest, largest)
+            reached = concept.reach(y[shuffles.draw(count).to(device)], levels).cpu()
+            hits = reached[0].cumsum(0)
+            if stop_after is not None and exceed + int(hits[-1]) >= stop_after:   # Besag-Clifford: stop at the
+                stop = int(torch.searchsorted(hits, stop_after - exceed))          # stop_after-th exceedance
+                encoded += int(reached[1, :stop + 1].sum())
+                drawn += stop + 1
+                exceed = stop_after
+                p_value = exceed / drawn
                 break
             exceed += int(hits[-1])
-            done += null.numel()
-            encoded += int((null >= threshold - _TOLERANCE).sum())
-        p_values.append(exceed / done if stop_after is not None and exceed >= stop_after
-                        else (1 + exceed) / (1 + permutations))
-        null_encoded.append(encoded / done)
-        drawn.append(done)
+            encoded += int(reached[1].sum())
+            drawn += count
+            if drawn < limit:
+                continue
+            if exceed == 0 and limit < permutations:   # nothing reached it: a smaller p-value is worth its cost
+                bound = _tail_bound(concept, levels[0]) if tail_bound and ids is None else None
+                if bound is not None and bound <= 1 / (1 + permutations):
+                    p_value, by_bound = bound, True
+                else:
+                    limit = permutations
+                continue
+            p_value = (1 + exceed) / (1 + drawn)
+        observed.append(t_obs)
+        p_values.append(p_value)
+        null_encoded.append(encoded / drawn)
+        drawn_counts.append(drawn)
+        bounded.append(by_bound)
     as_tensor = lambda values: torch.tensor(values, dtype=torch.float64)  # noqa: E731
     return PermutationTest(as_tensor(observed), as_tensor(p_values), as_tensor(null_encoded),
-                           torch.tensor(drawn), permutations, float(threshold), orientation)
+                           torch.tensor(drawn_counts), torch.tensor(bounded), permutations, float(threshold),
+                           orientation)
+
+
+def _tail_bound(concept: SortedConcept, level: float) -> float | None:
+    """The analytic p-value bound of a concept's statistic reaching ``level`` (None: not available)."""
+    return None
 
 
 def benjamini_hochberg(test: PermutationTest, alpha: float = 0.05) -> ConceptSignificance:
@@ -380,23 +360,40 @@ def benjamini_hochberg(test: PermutationTest, alpha: float = 0.05) -> ConceptSig
 def concept_significance(scores: Sequence[Any], labels: Sequence[Any], threshold: float = AP_THRESHOLD, *,
                          permutations: int = DEFAULT_PERMUTATIONS, alpha: float = 0.05, seed: int = 0,
                          orientation: Orientation = "positive", device: str | torch.device | None = None,
-                         stop_after: int | None = DEFAULT_STOP_AFTER) -> ConceptSignificance:
+                         stop_after: int | None = DEFAULT_STOP_AFTER, first_stage: int = FIRST_STAGE,
+                         units: Any = "auto") -> ConceptSignificance:
     """Unique concepts (eq. 5) and how many of them survive a label-permutation test with BH correction.
+
+    Each concept draws permutations until one of three things happens: its ``stop_after``-th exceedance (Besag
+    and Clifford's sequential p-value ``stop_after / drawn``: null concepts cost a few dozen permutations); the
+    end of the first stage (``first_stage`` permutations; p-value ``(1 + exceedances) / (1 + first_stage)``); or,
+    for a concept that none of the first stage reached, the end of the whole budget (``permutations``). Going on
+    only after zero exceedances keeps the p-value valid (it is at most ``1 / (1 + first_stage)`` either way). Before
+    it goes on, such a concept tries an analytic bound, valid whatever the directions' dependence: the number of
+    directions (times 2 for ``"both"``) times a Chernoff bound on one direction's AP reaching the statistic under a
+    random relabelling (exact dynamic programme over the ranks, shared by every concept of the same size). When
+    that bound is below ``1 / (1 + permutations)`` it is the p-value and no more permutations are drawn; it can be
+    far smaller, so a concept far beyond chance passes BH on its own.
 
     Args:
         scores: the paper's balanced per-concept sets: a list of C matrices ``N_c x D`` (the projections of the
             concept's positive and negative images on the D probed directions).
         labels: a list of C boolean vectors ``N_c`` (True: the image shows the concept); each with both classes.
         threshold: AP at or above which a direction encodes a concept (paper: 0.9).
-        permutations: label permutations per concept (the smallest p-value is ``1 / (1 + permutations)``).
+        permutations: label permutations per concept at most (the smallest permutation p-value is
+            ``1 / (1 + permutations)``).
         alpha: the false discovery rate of the Benjamini-Hochberg procedure.
         seed: seeds the permutations (the same seed gives the same p-values).
         orientation: ``"positive"`` (the paper's: high projections are positives) or ``"both"`` (max of
             ``AP(s)`` and ``AP(-s)``); use the orientation the AP matrix was computed with.
         device: where the permutations run (default: the scores' device); ``"cuda"`` at paper scale.
-        stop_after: a concept stops drawing permutations at its ``stop_after``-th exceedance (Besag and Clifford's
-            sequential p-value, ``stop_after / permutations drawn``): clearly null concepts cost a few dozen
-            permutations instead of all of them. None: always draw ``permutations``.
+        stop_after: the exceedances at which a concept stops (None: never before its stage's end).
+        first_stage: permutations before a concept may go on to ``permutations``.
+        units: the exchangeable units of each set. Permuting labels between copies of one image is not
+            exchangeable (a set with every image twice makes pure noise significant), so rows of one unit move
+            together, onto units of the same size. ``"auto"``: rows with identical scores on every direction are one
+            unit; a list: one integer id per row for each concept (e.g. from the images' contents); None: every row
+            its own unit.
 
     Returns:
         :class:`ConceptSignificance`: ``unique_concepts``, ``p_values``, ``significant_concepts``,
@@ -414,7 +411,8 @@ def concept_significance(scores: Sequence[Any], labels: Sequence[Any], threshold
         True
     """
     test = permutation_p_values(scores, labels, threshold=threshold, permutations=permutations, seed=seed,
-                                orientation=orientation, device=device, stop_after=stop_after)
+                                orientation=orientation, device=device, stop_after=stop_after,
+                                first_stage=first_stage, units=units)
     return benjamini_hochberg(test, alpha)
 
 
@@ -427,5 +425,5 @@ def concatenate(tests: Sequence[PermutationTest]) -> PermutationTest:
            for t in tests):
         raise InputError("the permutation tests to concatenate were run with different settings")
     return PermutationTest(*(torch.cat([getattr(t, name) for t in tests])
-                             for name in ("max_ap", "p_values", "null_encoded", "drawn")),
+                             for name in ("max_ap", "p_values", "null_encoded", "drawn", "bounded")),
                            first.permutations, first.threshold, first.orientation)
