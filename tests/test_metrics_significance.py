@@ -4,6 +4,8 @@ is large), planted concepts found, grouped calls equal one call, and input valid
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,8 @@ from sklearn.metrics import average_precision_score
 
 import robustsig as rs
 from robustsig.errors import InputError
-from robustsig.metrics.significance import exchangeable_units, permutation_order, permutation_p_values
+from robustsig.metrics._ap_tail import _moments, ap_tail_bound
+from robustsig.metrics.significance import FIRST_STAGE, exchangeable_units, permutation_order, permutation_p_values
 
 
 def as_float64(scores):
@@ -25,7 +28,8 @@ def brute_statistic(scores: np.ndarray, labels: np.ndarray, orientation: str) ->
 
 def brute_p_values(scores, labels, permutations, seed, orientation, stop_after=None, first_stage=None, units="auto"):
     """p-values by looping over sklearn, with the permutations the function draws: Besag-Clifford stopping, a
-    concept goes past ``first_stage`` only when no permutation reached it, rows with equal scores move together."""
+    concept goes on past the end of a stage (``first_stage``, then five times as many each time) only when no
+    permutation reached it, rows with equal scores move together."""
     out, observed = [], []
     for c, (s, y) in enumerate(zip(scores, labels)):
         s, y = np.asarray(s), np.asarray(y)
@@ -41,8 +45,8 @@ def brute_p_values(scores, labels, permutations, seed, orientation, stop_after=N
                 p = exceed / drawn
                 break
             if drawn == limit:
-                if exceed == 0 and limit < permutations:
-                    limit = permutations
+                if exceed == 0 and limit < permutations:   # the next stage: five times as many, at most all
+                    limit = min(permutations, 5 * (limit + 1) - 1)
                     continue
                 break
         out.append(p if p is not None else (1 + exceed) / (1 + drawn))
@@ -259,3 +263,74 @@ def test_bad_units_are_named():
         rs.concept_significance(scores, labels, units=[np.zeros(12, dtype=int)])
     with pytest.raises(InputError, match=r"units\[1\]"):
         rs.concept_significance(scores, labels, units=[np.zeros(12, dtype=int), np.zeros(5, dtype=int)])
+
+
+@pytest.mark.parametrize("orientation", ["positive", "both"])
+def test_stages_equal_brute_force(orientation):
+    # stages of 9, 49 and 60 permutations: a concept goes on only while no permutation reached it
+    scores, labels = tiny_sets(4, concepts=4, size=12, directions=3, ties="few")
+    scores[1][:, 0] = torch.from_numpy(np.where(labels[1].numpy(), 5.0, -5.0) + np.arange(12) * 1e-3).float()
+    test = permutation_p_values(scores, labels, permutations=60, seed=8, orientation=orientation, first_stage=9,
+                                stop_after=3)
+    _, expected = brute_p_values(as_float64(scores), labels, 60, 8, orientation, stop_after=3, first_stage=9)
+    np.testing.assert_allclose(test.p_values.numpy(), expected, atol=1e-12)
+    assert int(test.drawn[1]) == 60 and int(test.drawn.min()) < 60
+
+
+def exact_null(scores: np.ndarray, positives: int, orientation: str) -> np.ndarray:
+    """The statistic of every one of the C(N, P) labellings: the exact permutation null."""
+    n = len(scores)
+    out = []
+    for chosen in itertools.combinations(range(n), positives):
+        y = np.zeros(n, dtype=bool)
+        y[list(chosen)] = True
+        out.append(brute_statistic(scores, y, orientation))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("n, positives", [(12, 6), (14, 4), (16, 8)])
+def test_one_direction_tail_bound_holds_and_is_close(n, positives):
+    # the AP of one tie-free direction under every labelling: the bound is at least the exact tail, and within a
+    # small factor of it where a test needs it (tails below 1 %)
+    ap = np.sort(exact_null(np.arange(n, 0, -1.0)[:, None], positives, "positive"))
+    mean, sd = _moments(n, positives)
+    assert mean == pytest.approx(positives * ap.mean(), rel=1e-12)
+    assert sd == pytest.approx(positives * ap.std(), rel=1e-9)
+    for level in np.unique(ap)[::7]:
+        exact = float(np.mean(ap >= level - 1e-12))
+        bound = ap_tail_bound(n, positives, level - 1e-12)
+        assert bound >= exact
+        if exact < 0.01:
+            assert bound <= 20 * exact
+
+
+@pytest.mark.parametrize("orientation", ["positive", "both"])
+def test_tail_bound_of_the_max_holds_against_the_exact_null(orientation):
+    # three directions (one with ties) of 14 images: the union bound is at least the exact p-value over all 3,432
+    # labellings, for every observed statistic
+    from robustsig.metrics._null_kernel import SortedConcept
+    from robustsig.metrics.significance import _tail_bound
+
+    rng = np.random.default_rng(3)
+    scores = rng.normal(size=(14, 3))
+    scores[[2, 9], 1] = scores[5, 1]
+    null = exact_null(scores, 7, orientation)
+    concept = SortedConcept(torch.from_numpy(scores), 7, orientation)
+    for level in np.quantile(null, [0.5, 0.9, 0.99, 0.999, 1.0]):
+        assert _tail_bound(concept, level - 1e-9) >= np.mean(null >= level - 1e-9)
+
+
+def test_concepts_far_beyond_chance_take_the_bound():
+    # 400 images, a direction that separates the concept well: no permutation reaches it, and the bound gives a
+    # p-value far below 1 / (1 + permutations) without drawing the rest
+    rng = np.random.default_rng(4)
+    y = rng.permutation(np.arange(400) < 200)
+    s = rng.normal(size=(400, 64)).astype(np.float32)
+    s[:, 3] += 2.5 * y
+    test = permutation_p_values([s], [y], permutations=49_999, stop_after=10)
+    assert bool(test.bounded[0]) and int(test.drawn[0]) == FIRST_STAGE
+    assert float(test.p_values[0]) < 1e-12
+    weak = s.copy()
+    weak[:, 3] -= 2.3 * y                          # barely separated: the permutations decide
+    test = permutation_p_values([weak], [y], permutations=2_000, stop_after=10)
+    assert not bool(test.bounded[0])

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -41,6 +42,7 @@ import torch
 
 from robustsig.errors import InputError
 from robustsig.metrics._checks import as_matrix, to_tensor
+from robustsig.metrics._ap_tail import ap_tail_bound
 from robustsig.metrics._null_kernel import SortedConcept
 from robustsig.metrics._ranking import rank_exact_scores
 from robustsig.metrics.concepts import AP_THRESHOLD
@@ -51,7 +53,12 @@ DEFAULT_PERMUTATIONS = 49_999
 """Permutations per concept at most: the smallest p-value, 1/50,000, lets Benjamini-Hochberg at alpha 0.05 pass a
 concept on its own among up to 2,500 (paper scale: 1,197)."""
 FIRST_STAGE = 999
-"""Permutations a concept draws before it may go on to ``permutations``: only if none of them reached it."""
+"""Permutations a concept draws before it may go on: only if none of them reached it (see :func:`_stages`)."""
+STAGE_GROWTH = 5
+"""Each further stage draws up to this many times the permutations of all stages before it."""
+BOUND_SHARE = 1e-3
+"""The analytic bound ``g`` enters as ``g / BOUND_SHARE``: the p-value ``min(g / BOUND_SHARE, permutation
+p-value)`` rejects at level ``alpha`` with probability at most ``(1 + BOUND_SHARE) alpha`` under the null."""
 DEFAULT_STOP_AFTER = 10
 """Exceedances after which a concept stops drawing permutations (Besag-Clifford: its p-value is then 10 / drawn)."""
 _TOLERANCE = 1e-9
@@ -170,7 +177,7 @@ class _Shuffles:
         self.size = size
         self.classes: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.keys = size
-        if units is not None and units.max(initial=-1) + 1 < size:
+        if units is not None:
             counts = np.bincount(units)
             members = np.argsort(units, kind="stable")                         # rows grouped by unit, in order
             offsets = np.concatenate([[0], np.cumsum(counts)])
@@ -236,7 +243,7 @@ def _check_units(units: Any, sets: Sequence[torch.Tensor]) -> list[np.ndarray | 
     if isinstance(units, str):
         if units != "auto":
             raise InputError(f"units must be 'auto', None or one id array per concept; got {units!r}")
-        return [exchangeable_units(s) for s in sets]
+        return [_grouping(exchangeable_units(s)) for s in sets]
     if not isinstance(units, (list, tuple)) or len(units) != len(sets):
         raise InputError(f"units must list one id array per concept ({len(sets)}); got {type(units).__name__}")
     out: list[np.ndarray | None] = []
@@ -248,8 +255,22 @@ def _check_units(units: Any, sets: Sequence[torch.Tensor]) -> list[np.ndarray | 
         _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
         rank = np.empty(len(first), dtype=np.int64)
         rank[np.argsort(first, kind="stable")] = np.arange(len(first))
-        out.append(rank[inverse.reshape(-1)])
+        out.append(_grouping(rank[inverse.reshape(-1)]))
     return out
+
+
+def _grouping(ids: np.ndarray) -> np.ndarray | None:
+    """Unit ids, or None when every row is its own unit."""
+    return None if len(ids) == 0 or int(ids.max()) + 1 == len(ids) else ids
+
+
+def _stages(first_stage: int, permutations: int) -> list[int]:
+    """The permutations drawn by the end of each stage: ``first_stage``, then ``STAGE_GROWTH`` times more (as
+    ``k * (first_stage + 1) - 1``) up to ``permutations``."""
+    stages = [min(first_stage, permutations)]
+    while stages[-1] < permutations:
+        stages.append(min(permutations, (stages[-1] + 1) * STAGE_GROWTH - 1))
+    return stages
 
 
 def _block_size(drawn: int, exceed: int, limit: int, stop_after: int | None, smallest: int, largest: int) -> int:
@@ -297,55 +318,97 @@ def permutation_p_values(scores: Sequence[Any], labels: Sequence[Any], *, thresh
     sets, flags = _check_sets(scores, labels)
     unit_ids = _check_units(units, sets)
     device = torch.device(device) if device is not None else sets[0].device
-    observed, p_values, null_encoded, drawn_counts, bounded = [], [], [], [], []
-    for c, (s, y, ids) in enumerate(zip(sets, flags, unit_ids)):
-        s, y = s.to(device), y.to(device)
-        concept = SortedConcept(s, int(y.sum()), orientation)
-        t_obs = concept.statistic(y)
-        levels = (t_obs - _TOLERANCE, threshold - _TOLERANCE)
-        shuffles = _Shuffles(seed, first_concept + c, y.numel(), ids)
-        smallest = max(1, min(64, -(-(1 << 21) // (s.numel()))))
-        largest = max(smallest, min(1024, (1 << 24) // y.numel()))
-        exceed = encoded = drawn = 0
-        limit, p_value, by_bound = min(first_stage, permutations), None, False
-        while p_value is None:
-            count = _block_size(drawn, exceed, limit, stop_after, smallest, largest)
-            reached = concept.reach(y[shuffles.draw(count).to(device)], levels).cpu()
-            hits = reached[0].cumsum(0)
-            if stop_after is not None and exceed + int(hits[-1]) >= stop_after:   # Besag-Clifford: stop at the
-                stop = int(torch.searchsorted(hits, stop_after - exceed))          # stop_after-th exceedance
-                encoded += int(reached[1, :stop + 1].sum())
-                drawn += stop + 1
-                exceed = stop_after
-                p_value = exceed / drawn
-                break
-            exceed += int(hits[-1])
-            encoded += int(reached[1].sum())
-            drawn += count
-            if drawn < limit:
-                continue
-            if exceed == 0 and limit < permutations:   # nothing reached it: a smaller p-value is worth its cost
-                bound = _tail_bound(concept, levels[0]) if tail_bound and ids is None else None
-                if bound is not None and bound <= 1 / (1 + permutations):
-                    p_value, by_bound = bound, True
-                else:
-                    limit = permutations
-                continue
-            p_value = (1 + exceed) / (1 + drawn)
-        observed.append(t_obs)
-        p_values.append(p_value)
-        null_encoded.append(encoded / drawn)
-        drawn_counts.append(drawn)
-        bounded.append(by_bound)
+    design = _Design(threshold, permutations, seed, orientation, stop_after, _stages(first_stage, permutations),
+                     tail_bound, device)
+    jobs = [(first_concept + c, s, y, ids) for c, (s, y, ids) in enumerate(zip(sets, flags, unit_ids))]
+    workers = torch.get_num_threads() if device.type == "cpu" else 1
+    if workers > 1 and len(jobs) > 1:
+        # one concept per thread, each single-threaded: small kernels parallelise better across concepts than
+        # within one, and nothing spins at a barrier when other processes hold the cores; largest concepts first
+        largest_first = sorted(range(len(jobs)), key=lambda c: -jobs[c][1].numel())
+        try:
+            torch.set_num_threads(1)
+            with ThreadPoolExecutor(workers) as pool:
+                done = dict(zip(largest_first, pool.map(lambda c: _test_concept(design, *jobs[c]), largest_first)))
+        finally:
+            torch.set_num_threads(workers)
+        results = [done[c] for c in range(len(jobs))]
+    else:
+        results = [_test_concept(design, *job) for job in jobs]
+    observed, p_values, null_encoded, drawn, bounded = zip(*results)
     as_tensor = lambda values: torch.tensor(values, dtype=torch.float64)  # noqa: E731
-    return PermutationTest(as_tensor(observed), as_tensor(p_values), as_tensor(null_encoded),
-                           torch.tensor(drawn_counts), torch.tensor(bounded), permutations, float(threshold),
-                           orientation)
+    return PermutationTest(as_tensor(observed), as_tensor(p_values), as_tensor(null_encoded), torch.tensor(drawn),
+                           torch.tensor(bounded), permutations, float(threshold), orientation)
 
 
-def _tail_bound(concept: SortedConcept, level: float) -> float | None:
-    """The analytic p-value bound of a concept's statistic reaching ``level`` (None: not available)."""
-    return None
+@dataclass(frozen=True)
+class _Design:
+    """The settings every concept's test shares (see :func:`permutation_p_values`)."""
+
+    threshold: float
+    permutations: int
+    seed: int
+    orientation: str
+    stop_after: int | None
+    stages: list[int]
+    tail_bound: bool
+    device: torch.device
+
+
+def _test_concept(design: _Design, concept_index: int, scores: torch.Tensor, flags: torch.Tensor,
+                  units: np.ndarray | None) -> tuple[float, float, float, int, bool]:
+    """One concept's test: ``(statistic, p-value, share of permutations reaching the threshold, permutations
+    drawn, p-value from the bound)``."""
+    device, stop_after = design.device, design.stop_after
+    scores, y = scores.to(device), flags.to(device)
+    concept = SortedConcept(scores, int(y.sum()), design.orientation)
+    t_obs = concept.statistic(y)
+    levels = (t_obs - _TOLERANCE, design.threshold - _TOLERANCE)
+    shuffles = _Shuffles(design.seed, concept_index, y.numel(), units)
+    smallest = max(1, min(64, -(-(1 << 21) // scores.numel())))     # enough work per block for the kernel
+    largest = max(smallest, min(1024, (1 << 24) // y.numel()))      # bounded memory
+    stages = list(design.stages)
+    exceed = encoded = drawn = 0
+    limit, p_value, bound = stages.pop(0), None, None
+    while p_value is None:
+        count = _block_size(drawn, exceed, limit, stop_after, smallest, largest)
+        reached = concept.reach(y[shuffles.draw(count).to(device)], levels).cpu()
+        hits = reached[0].cumsum(0)
+        if stop_after is not None and exceed + int(hits[-1]) >= stop_after:   # Besag-Clifford: stop at the
+            stop = int(torch.searchsorted(hits, stop_after - exceed))          # stop_after-th exceedance
+            encoded += int(reached[1, :stop + 1].sum())
+            drawn += stop + 1
+            exceed = stop_after
+            p_value = exceed / drawn
+            break
+        exceed += int(hits[-1])
+        encoded += int(reached[1].sum())
+        drawn += count
+        if drawn < limit:
+            continue
+        if exceed == 0 and stages:                      # nothing reached it: a smaller p-value is worth its cost
+            if bound is None and design.tail_bound and units is None:
+                bound = _tail_bound(concept, levels[0]) / BOUND_SHARE
+            if bound is not None and bound <= 1 / (1 + design.permutations):
+                p_value = bound                         # below any p-value the permutations could give
+            else:
+                limit = stages.pop(0)
+            continue
+        p_value = (1 + exceed) / (1 + drawn)
+    by_bound = bound is not None and bound <= p_value
+    return t_obs, min(p_value, bound) if by_bound else p_value, encoded / drawn, drawn, by_bound
+
+
+def _tail_bound(concept: SortedConcept, level: float) -> float:
+    """A bound on the chance that a random relabelling's statistic reaches ``level``: the union over directions
+    (and orientations) of each direction's AP reaching it. One tie-free direction's tail (:func:`ap_tail_bound`)
+    serves every direction, at ``level`` lowered by the most its ties can raise its AP; a direction of one value
+    has AP ``P / N`` whatever the labels."""
+    slack = concept.tie_slack if concept.both else concept.tie_slack[:1]
+    varying = ~concept.constant
+    tails = ap_tail_bound(concept.n, concept.positives, (level - slack[:, varying]).numpy())
+    fixed = float(slack.shape[0] * int(concept.constant.sum())) if level <= concept.positives / concept.n else 0.0
+    return min(1.0, float(tails.sum()) + fixed)
 
 
 def benjamini_hochberg(test: PermutationTest, alpha: float = 0.05) -> ConceptSignificance:
