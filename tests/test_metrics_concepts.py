@@ -341,3 +341,20 @@ def test_integer_scores_beyond_float64_keep_their_ranks():
     expected = average_precision_score(labels, big[:, 0])
     assert rs.average_precision_matrix(big, labels[:, None]).item() == pytest.approx(expected, abs=1e-12)
     assert rs.average_precision_matrix([big], [labels]).item() == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("size", [60, 2100])
+def test_scores_one_float32_step_apart_keep_their_order(size):
+    # the compact sort keys drop each score's lowest bit (sets up to 2,048 samples): neighbours one float32 step
+    # apart, with the labels in either order, at every sign and magnitude, must come out as sklearn's
+    rng = np.random.default_rng(12)
+    base = np.float32(rng.choice([1.0, -1.0], size=(size // 2, 8)) * 10.0 ** rng.uniform(-40, 30, (size // 2, 8)))
+    s = np.concatenate([base, np.nextafter(base, np.float32(np.inf))]).astype(np.float32)
+    s[:4, 0] = [0.0, -0.0, np.float32(1e-45), np.float32(-1e-45)]
+    y = rng.random(size) < 0.5
+    y[:2] = [True, False]
+    expected = np.array([[average_precision_score(y, s[:, d]) for d in range(8)]])
+    negated = np.array([[average_precision_score(y, -s[:, d]) for d in range(8)]])
+    np.testing.assert_allclose(rs.average_precision_matrix([s], [y]).numpy(), expected, atol=1e-15)
+    np.testing.assert_allclose(rs.average_precision_matrix([s], [y], orientation="both").numpy(),
+                               np.maximum(expected, negated), atol=1e-15)

@@ -49,7 +49,11 @@ _BUCKET_RATIO = 1.25
 
 #: Entries of one batch of the per-concept form at most: its temporaries stay in the CPU's cache (2 MB per
 #: float64 array; 1M-entry batches took 2x longer, measured).
-_CHUNK_ELEMENTS = 1 << 18
+_CHUNK_ELEMENTS = 1 << 17
+
+#: Concepts of at most this many samples take the compact float32 sort (:func:`_ap_batch_compact`): beyond it,
+#: rows holding two scores one float32 step apart (each redone exactly) stop being rare.
+_COMPACT_WIDTH = 2048
 
 #: The paper's threshold: a direction encodes a concept when its AP is at least 0.9.
 AP_THRESHOLD = 0.9
@@ -319,6 +323,57 @@ def _ap_batch(sets: Sequence[torch.Tensor], flags: Sequence[torch.Tensor], group
     return _ap_sorted(positive, tied, n, n_positive, orientation, buffers)
 
 
+def _ap_batch_compact(arrays: Sequence[np.ndarray], flags: Sequence[np.ndarray], group: list[int], d0: int,
+                      d1: int, width: int, orientation: str, buffers: _Buffers, redo: list[tuple[int, int]]
+                      ) -> torch.Tensor:
+    """:func:`_ap_batch` for float32 scores on the CPU, in numpy (a tenth of torch's overhead per call) with half
+    the bytes and a third of the passes; ``arrays`` and ``flags`` are the sets' numpy views.
+
+    The label replaces the lowest bit of each negated float32 score, so the sort (ascending: the scores in
+    descending order) moves 4-byte keys; only the order of two scores equal or one float32 step apart is in
+    doubt. Such rows (rare among a few thousand continuous scores) are appended to ``redo`` as (concept,
+    direction), for :func:`_ap_batch` to redo exactly. Every other row has no ties: the k-th positive from the
+    top, at position j, adds ``k / (j + 1)`` to ``P * AP(s)`` (one matrix-vector product for the whole batch:
+    the weights do not depend on the concept) and ``(P + 1 - k) / (n - j)`` to ``P * AP(-s)``. Counts and
+    products are exact integers in float64, so the values are sklearn's to rounding.
+    """
+    shape = (len(group), d1 - d0, width)
+    sizes = [len(flags[c]) for c in group]
+    labels = np.zeros((len(group), 1, width), dtype=np.int32)
+    keys = buffers.get("keys", shape, torch.float32).numpy()
+    for j, c in enumerate(group):                                      # copies only: the math is batched
+        np.subtract(np.float32(0.0), arrays[c][:, d0:d1].T, out=keys[j, :, :sizes[j]])  # descending; -0.0 is 0.0
+        keys[j, :, sizes[j]:] = np.inf                                 # padding sorts last, label 0
+        labels[j, 0, :sizes[j]] = flags[c]
+    bits = keys.view(np.int32)
+    np.bitwise_and(bits, -2, out=bits)
+    np.bitwise_or(bits, labels, out=bits)
+    keys.sort(axis=-1)
+    unsigned = bits.view(np.uint32)                                    # keys equal but for the lowest bit
+    differ = np.bitwise_xor(unsigned[..., 1:], unsigned[..., :-1],
+                            out=buffers.get("near", shape[:2] + (width - 1,), torch.int32).numpy().view(np.uint32))
+    for j, size in enumerate(sizes):
+        differ[j, :, size - 1:] = 2                                    # the padding is all +inf
+    for row in (np.flatnonzero(differ.min(-1) <= 1).tolist() if width > 1 else []):
+        redo.append((group[row // shape[1]], d0 + row % shape[1]))
+    positive = buffers.get("positive", shape, torch.float64).numpy()
+    np.copyto(positive, np.bitwise_and(bits, 1, out=buffers.get("positive32", shape, torch.int32).numpy()))
+    terms = buffers.get("count", shape, torch.float64).numpy()
+    torch.cumsum(torch.from_numpy(positive), -1, out=torch.from_numpy(terms))   # torch's: ~6x numpy's here
+    np.multiply(terms, positive, out=terms)                            # k at the k-th positive, else 0
+    index = np.arange(width, dtype=np.float64)
+    ap = (terms.reshape(-1, width) @ (1.0 / (index + 1.0))).reshape(shape[:2])
+    n_positive = labels.sum((1, 2)).astype(np.float64)
+    if orientation == "both":
+        below = np.multiply(positive, (n_positive + 1)[:, None, None], out=positive)
+        np.subtract(terms, below, out=below)                           # -(P + 1 - k)
+        n = np.array(sizes, dtype=np.float64)[:, None]
+        weights = np.divide(1.0, n - index, out=np.zeros((len(group), width)), where=index < n)
+        for j in range(len(group)):
+            np.maximum(ap[j], -(below[j] @ weights[j]), out=ap[j])
+    return torch.from_numpy(ap / n_positive[:, None])
+
+
 def _per_concept_inputs(scores: Sequence[Any], labels: Sequence[Any]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Validated score matrices (one float dtype) and boolean label vectors, on their own devices."""
     if len(scores) != len(labels):
@@ -354,11 +409,26 @@ def _ap_matrix_per_concept(scores: Sequence[Any], labels: Sequence[Any], max_ele
     ap = torch.full((len(sets), d), torch.nan, dtype=torch.float64, device=device)
     buffers = _Buffers(device)
     present = np.flatnonzero(positives > 0)
+    compact = device.type == "cpu" and all(s.device.type == "cpu" and s.dtype == torch.float32 for s in sets)
+    arrays = [s.detach().numpy() for s in sets] if compact else None
+    flag_arrays = [y.numpy() for y in flags] if compact else None
+    redo: list[tuple[int, int]] = []
     for batch, chunk, width in _size_buckets(sizes[present], d, min(max_elements, _CHUNK_ELEMENTS)):
         group = present[batch].tolist()
         for d0 in range(0, d, chunk):
             d1 = min(d, d0 + chunk)
-            ap[group, d0:d1] = _ap_batch(sets, flags, group, d0, d1, width, orientation, buffers)
+            if compact and width <= _COMPACT_WIDTH:
+                ap[group, d0:d1] = _ap_batch_compact(arrays, flag_arrays, group, d0, d1, width, orientation, buffers,
+                                                     redo)
+            else:
+                ap[group, d0:d1] = _ap_batch(sets, flags, group, d0, d1, width, orientation, buffers)
+    if redo:                                                           # ties and near-ties: one exact batch
+        columns = [sets[c][:, k:k + 1] for c, k in redo]
+        width = max(column.shape[0] for column in columns)
+        exact = _ap_batch(columns, [flags[c] for c, _ in redo], list(range(len(redo))), 0, 1, width, orientation,
+                          buffers)
+        rows, directions = zip(*redo)
+        ap[list(rows), list(directions)] = exact[:, 0]
     return ap.cpu()
 
 
