@@ -2,11 +2,11 @@
 
 - the permutation test of one model and basis at the paper's size: 1,197 concepts whose positives follow the
   synthetic study's Zipf law (rank r has ``max(10, 31652 // r)`` positives and as many negatives: 20 to 63,304
-  images), 1,000 directions (the RN50 stand-in's singular basis), the default budget; pure noise as in the
-  full-size synthetic study, and the same with a tenth of the concepts planted at graded strengths (what real
-  concepts cost). Printed with its floor: one numpy sort of every concept's directions (the test sorts each once)
-  plus one float32 cumulative sum over every permuted label it drew (it reads each at least once), and the
-  extrapolation to the paper preset's 56 tests (28 models x 2 bases: 36,696 directions in all);
+  images), 1,000 directions (the RN50 stand-in's singular basis), the default budget, pure noise as in the
+  full-size synthetic study; printed with its floor (:func:`permutation_floor`) and the extrapolation to the
+  paper preset's 56 tests (28 models x 2 bases: 36,696 directions in all). Then the same sets on 256 directions
+  with every tenth concept planted on one direction at graded strengths, from barely to clearly detectable (what
+  concepts with a signal cost, and what BH finds);
 - demo-sized sets: the test against re-running the AP kernel on every permuted label vector (what a
   straightforward implementation does).
 """
@@ -21,7 +21,7 @@ import torch
 from benchmarks._timing import report, side_by_side
 from robustsig.metrics.concepts import average_precision_matrix
 from robustsig.metrics.significance import (DEFAULT_PERMUTATIONS, DEFAULT_STOP_AFTER, FIRST_STAGE,
-                                            permutation_order, permutation_p_values)
+                                            benjamini_hochberg, permutation_order, permutation_p_values)
 
 PAPER_CONCEPTS = 1197
 PAPER_IMAGES = 63305
@@ -50,26 +50,21 @@ def paper_sets(directions: int, planted: int = 0, seed: int = 0) -> tuple[list[t
     return scores, labels
 
 
-def cumsum_rate() -> float:
-    """Elements per second of a float32 cumulative sum (the floor's unit)."""
+def permutation_floor(elements: np.ndarray, drawn: np.ndarray, directions: int) -> float:
+    """Seconds a test must take at least: one numpy sort of every concept's directions (the test sorts each once)
+    plus one float32 cumulative sum over every permuted label it drew (it reads each at least once), at this
+    machine's rates."""
     block = torch.rand(64, 256, 400)
-    times = []
-    for _ in range(5):
-        begin = time.perf_counter()
-        block.cumsum(-1)
-        times.append(time.perf_counter() - begin)
-    return block.numel() / sorted(times)[2]
-
-
-def sort_rate(directions: int) -> float:
-    """Elements per second of numpy's sort of a concept's directions (the sort the test runs once per concept)."""
     rows = np.random.default_rng(1).standard_normal((directions, 4000), dtype=np.float32)
-    times = []
-    for _ in range(3):
-        begin = time.perf_counter()
-        np.argsort(-rows, axis=1)
-        times.append(time.perf_counter() - begin)
-    return rows.size / sorted(times)[1]
+    rates = []
+    for work, size in ((lambda: block.cumsum(-1), block.numel()), (lambda: np.argsort(-rows, axis=1), rows.size)):
+        times = []
+        for _ in range(5):
+            begin = time.perf_counter()
+            work()
+            times.append(time.perf_counter() - begin)
+        rates.append(size / sorted(times)[2])
+    return float((drawn * elements).sum() / rates[0] + elements.sum() / rates[1])
 
 
 def bench_paper_scale(directions: int = 1000, planted: int = 0) -> None:
@@ -80,22 +75,24 @@ def bench_paper_scale(directions: int = 1000, planted: int = 0) -> None:
                                 stop_after=DEFAULT_STOP_AFTER)
     seconds = time.perf_counter() - begin
     drawn = test.drawn.numpy()
-    floor = elements.sum() / sort_rate(directions) + (drawn * elements).sum() / cumsum_rate()
+    floor = permutation_floor(elements, drawn, directions)
     kind = "pure noise" if not planted else f"{planted} planted concepts"
     full = int((drawn >= DEFAULT_PERMUTATIONS).sum())
-    print(f"  concept significance at paper size ({kind}; {PAPER_CONCEPTS} concepts of 20-{2 * PAPER_IMAGES // 2} "
-          f"images, {directions} directions, at most {DEFAULT_PERMUTATIONS:,} permutations, first stage "
-          f"{FIRST_STAGE}, stop at the {DEFAULT_STOP_AFTER}th exceedance): {seconds:.1f} s per model and basis; "
-          f"floor (one sort of every direction + one float32 cumsum of every permuted label) {floor:.1f} s = "
-          f"{seconds / floor:.1f}x; {(drawn * elements).sum() / elements.sum():.0f} permutations drawn per element; "
-          f"{int(test.bounded.sum())} concepts by the analytic bound, {full} drew the whole budget; the paper's 56 "
-          f"tests: ~{seconds * PAPER_DIRECTIONS / directions / 60:.1f} min", flush=True)
+    print(f"  concept significance at paper size ({kind}; {PAPER_CONCEPTS} concepts of 20-{PAPER_IMAGES - 1} images, "
+          f"{directions} directions, at most {DEFAULT_PERMUTATIONS:,} permutations, first stage {FIRST_STAGE}, "
+          f"stop at the {DEFAULT_STOP_AFTER}th exceedance): {seconds:.1f} s per model and basis; floor (one sort "
+          f"of every direction + one float32 cumsum of every permuted label) {floor:.1f} s = {seconds / floor:.1f}x; "
+          f"{(drawn * elements).sum() / elements.sum():.0f} permutations drawn per element; "
+          f"{int(test.bounded.sum())} concepts by the analytic bound, {full} drew all {DEFAULT_PERMUTATIONS:,}; the "
+          f"paper's 56 tests ({PAPER_DIRECTIONS:,} directions): ~{seconds * PAPER_DIRECTIONS / directions / 60:.1f} "
+          "min", flush=True)
     if planted:
         chosen = np.arange(0, 10 * planted, 10)
-        p = test.p_values.numpy()
-        print(f"    planted concepts with p <= 1/(1 + {DEFAULT_PERMUTATIONS:,}): {int((p[chosen] <= 1 / (1 + DEFAULT_PERMUTATIONS)).sum())}"
-              f" of {planted}; noise concepts with p <= 0.05: {int((np.delete(p, chosen) <= 0.05).sum())} of "
-              f"{PAPER_CONCEPTS - planted}", flush=True)
+        found = benjamini_hochberg(test, 0.05).adjusted.numpy() <= 0.05
+        print(f"    BH discoveries at FDR 0.05: {int(found[chosen].sum())} of the {planted} planted concepts "
+              f"({int(test.bounded[chosen].sum())} p-values by the bound), {int(np.delete(found, chosen).sum())} of "
+              f"the {PAPER_CONCEPTS - planted} null ones; the planted concepts drew {int(drawn[chosen].sum()):,} of "
+              f"the {int(drawn.sum()):,} permutations", flush=True)
 
 
 def bench_permutations(concepts: int = 4, size: int = 40, directions: int = 512, permutations: int = 200) -> None:
@@ -130,7 +127,7 @@ def bench_permutations(concepts: int = 4, size: int = 40, directions: int = 512,
 def run() -> None:
     print(f"(torch threads {torch.get_num_threads()})", flush=True)
     bench_paper_scale(1000)
-    bench_paper_scale(1000, planted=120)
+    bench_paper_scale(256, planted=120)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

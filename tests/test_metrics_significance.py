@@ -5,6 +5,7 @@ is large), planted concepts found, grouped calls equal one call, and input valid
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -334,3 +335,29 @@ def test_concepts_far_beyond_chance_take_the_bound():
     weak[:, 3] -= 2.3 * y                          # barely separated: the permutations decide
     test = permutation_p_values([weak], [y], permutations=2_000, stop_after=10)
     assert not bool(test.bounded[0])
+
+
+@pytest.mark.parametrize("alpha", [1 / 50_000, 7e-4, 0.011, 0.05])
+def test_staged_besag_clifford_p_value_is_valid(alpha):
+    # the exact size of the default design (stages 999, 4,999, 24,999, 49,999; stop at the 10th exceedance):
+    # under the null the chance p that a permutation reaches T_c is uniform, and given p the exceedances are
+    # Bernoulli(p) draws; P(p-value <= alpha) integrates the design's outcomes over p
+    from scipy import integrate, stats
+
+    from robustsig.metrics.significance import DEFAULT_PERMUTATIONS, DEFAULT_STOP_AFTER, _stages
+
+    stages, h = _stages(FIRST_STAGE, DEFAULT_PERMUTATIONS), DEFAULT_STOP_AFTER
+    assert stages == [999, 4999, 24999, 49999]
+    p = np.unique(np.r_[np.geomspace(1e-10, 1.0, 20_001), np.linspace(0.0, 1.0, 20_001)])
+    rejects, before, none_yet = np.zeros_like(p), 0, np.ones_like(p)
+    for k, end in enumerate(stages):
+        width = end - before
+        first = max(before + 1, math.ceil(h / alpha - 1e-9))      # stopped at the h-th exceedance, draw >= h / alpha
+        if first <= end:
+            rejects += none_yet * (stats.binom.sf(h - 1, width, p) - stats.binom.sf(h - 1, first - before - 1, p))
+        for exceed in range(0 if k == len(stages) - 1 else 1, h):    # stopped at the stage's end
+            if (1 + exceed) / (1 + end) <= alpha:
+                rejects += none_yet * stats.binom.pmf(exceed, width, p)
+        none_yet *= (1 - p) ** width
+        before = end
+    assert integrate.simpson(rejects, x=p) <= alpha * (1 + 1e-4)

@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import threading
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -397,6 +399,32 @@ def _per_concept_inputs(scores: Sequence[Any], labels: Sequence[Any]) -> tuple[l
     return sets, flags
 
 
+def _compact_batches(arrays: Sequence[np.ndarray], flags: Sequence[np.ndarray],
+                     jobs: Sequence[tuple[list[int], int, int, int]], orientation: str
+                     ) -> list[tuple[torch.Tensor, list[tuple[int, int]]]]:
+    """:func:`_ap_batch_compact` of each ``(group, d0, d1, width)`` job: its AP and the rows to redo. Hand-written
+    threading: numpy's sort and arithmetic release the GIL, so one batch per thread uses every core (torch's own
+    threads would split only the one cumulative sum, and stall at its barrier when other processes hold a core)."""
+    local = threading.local()
+
+    def run(job: tuple[list[int], int, int, int]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        if not hasattr(local, "buffers"):
+            local.buffers = _Buffers(torch.device("cpu"))
+        redo: list[tuple[int, int]] = []
+        group, d0, d1, width = job
+        return _ap_batch_compact(arrays, flags, group, d0, d1, width, orientation, local.buffers, redo), redo
+
+    threads = torch.get_num_threads()
+    if threads < 2 or len(jobs) < 2:
+        return [run(job) for job in jobs]
+    try:
+        torch.set_num_threads(1)
+        with ThreadPoolExecutor(min(threads, len(jobs))) as pool:
+            return list(pool.map(run, jobs))
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _ap_matrix_per_concept(scores: Sequence[Any], labels: Sequence[Any], max_elements: int, orientation: str,
                            device: torch.device | None) -> torch.Tensor:
     """AP for per-concept sample sets: ``scores[c]`` (N_c x D) with boolean ``labels[c]`` (N_c)."""
@@ -412,16 +440,17 @@ def _ap_matrix_per_concept(scores: Sequence[Any], labels: Sequence[Any], max_ele
     compact = device.type == "cpu" and all(s.device.type == "cpu" and s.dtype == torch.float32 for s in sets)
     arrays = [s.detach().numpy() for s in sets] if compact else None
     flag_arrays = [y.numpy() for y in flags] if compact else None
+    jobs = [(present[batch].tolist(), d0, min(d, d0 + chunk), width)
+            for batch, chunk, width in _size_buckets(sizes[present], d, min(max_elements, _CHUNK_ELEMENTS))
+            for d0 in range(0, d, chunk)]
+    narrow = [job for job in jobs if compact and job[3] <= _COMPACT_WIDTH]
+    for group, d0, d1, width in jobs:
+        if not (compact and width <= _COMPACT_WIDTH):
+            ap[group, d0:d1] = _ap_batch(sets, flags, group, d0, d1, width, orientation, buffers)
     redo: list[tuple[int, int]] = []
-    for batch, chunk, width in _size_buckets(sizes[present], d, min(max_elements, _CHUNK_ELEMENTS)):
-        group = present[batch].tolist()
-        for d0 in range(0, d, chunk):
-            d1 = min(d, d0 + chunk)
-            if compact and width <= _COMPACT_WIDTH:
-                ap[group, d0:d1] = _ap_batch_compact(arrays, flag_arrays, group, d0, d1, width, orientation, buffers,
-                                                     redo)
-            else:
-                ap[group, d0:d1] = _ap_batch(sets, flags, group, d0, d1, width, orientation, buffers)
+    for (group, d0, d1, _), (values, found) in zip(narrow, _compact_batches(arrays, flag_arrays, narrow, orientation)):
+        ap[group, d0:d1] = values
+        redo += found
     if redo:                                                           # ties and near-ties: one exact batch
         columns = [sets[c][:, k:k + 1] for c, k in redo]
         width = max(column.shape[0] for column in columns)
