@@ -322,14 +322,14 @@ def test_tail_bound_of_the_max_holds_against_the_exact_null(orientation):
 
 
 def test_concepts_far_beyond_chance_take_the_bound():
-    # 400 images, a direction that separates the concept well: no permutation reaches it, and the bound gives a
-    # p-value far below 1 / (1 + permutations) without drawing the rest
+    # 400 images, a direction that separates the concept well: no permutation reaches it, it stands clear of them
+    # all, and the bound gives a p-value far below 1 / (1 + permutations) after the first few permutations
     rng = np.random.default_rng(4)
     y = rng.permutation(np.arange(400) < 200)
     s = rng.normal(size=(400, 64)).astype(np.float32)
     s[:, 3] += 2.5 * y
     test = permutation_p_values([s], [y], permutations=49_999, stop_after=10)
-    assert bool(test.bounded[0]) and int(test.drawn[0]) == FIRST_STAGE
+    assert bool(test.bounded[0]) and int(test.drawn[0]) < 100
     assert float(test.p_values[0]) < 1e-12
     weak = s.copy()
     weak[:, 3] -= 2.3 * y                          # barely separated: the permutations decide

@@ -5,13 +5,14 @@ For a direction's sorted labels ``o`` (descending scores), their inclusive runni
 positives, sklearn's AP is ``1/P sum_i o_i c_i / (i + 1)`` and the AP of the negated scores
 ``1/P sum_i o_i (P + 1 - c_i) / (N - i)`` (tie-free). Per block of 16 positions both are a small matrix product:
 ``c_i`` is the count before the block plus the count inside it (``L o``, ``L`` the 16 x 16 lower-triangular ones),
-so the sums are ``w^T (o * L o) + (count before) w^T o`` per block. The labels of a batch of permutations are
+so the sum is ``w^T (o * c)`` per block (and ``(P + 1) w'^T o - w'^T (o * c)`` for the negated scores). The labels of a batch of permutations are
 gathered position-major (every direction and permutation of a position in one row), so every step is one large
 matrix product or elementwise pass over cache-sized chunks, in float32 where all counts are exact integers.
 
 Exactness. Each block sum has at most 17 rounded float32 operations, every term is non-negative, and blocks are
-combined in float64: the computed ``P * AP`` is within ``17 u / (1 - 17 u)`` (u = 2**-24) of the tie-free value
-times the sum of the absolute terms (for the negated sum that sum is computed alongside). Tied scores form one
+combined in float64: each block sum is within ``17 u / (1 - 17 u)`` (u = 2**-24) of its exact value, so the
+computed ``P * AP`` is within that factor of the sum of the absolute values of its terms (for the negated sum,
+a difference of two such sums, that sum is computed alongside). Tied scores form one
 threshold in sklearn (every positive of a tie group counts the group's end): the kernel reads each direction in a
 fixed order and bounds the difference, at most ``g (g - 1) / (s + 1)`` per group of ``g`` equal scores starting at
 position ``s``. A decision ``AP >= level`` that these bounds cannot settle (an AP within about 1e-6 of the level,
@@ -188,16 +189,16 @@ class SortedConcept:
             count = self._buffer("count", (n1 - n0) * m).view(blocks, BLOCK, m)
             torch.bmm(self._tril.expand(blocks, -1, -1), o, out=count)          # running counts inside a block
             totals = count[:, BLOCK - 1]
-            above = (strict[:blocks, :blocks] @ totals).add_(before).double()   # positives before each block
+            above = (strict[:blocks, :blocks] @ totals).add_(before)            # positives before each block
             before += totals.sum(0)
+            count += above[:, None]                                             # c_i: positives up to i (exact)
             weights = self._weights[n0 // BLOCK:n1 // BLOCK]
-            plain = torch.bmm(weights, o).double()                              # sum w_i o_i per block
-            paired = torch.bmm(weights, count.mul_(o)).double()                 # sum w_i o_i (count in block)_i
-            positive += (paired[:, 0] + above * plain[:, 0]).sum(0)
-            if both:
-                below = (p1 - above).mul_(plain[:, 1])
-                negated += (below - paired[:, 1]).sum(0)
-                absolute += (below + paired[:, 1]).sum(0)
+            sums = torch.bmm(weights, count.mul_(o)).double()                   # sum w_i o_i c_i per block
+            positive += sums[:, 0].sum(0)
+            if both:                      # sum w'_i o_i (P + 1 - c_i) = (P + 1) sum w'_i o_i - sum w'_i o_i c_i
+                plain = torch.bmm(weights[:, 1:], o).double()[:, 0].sum(0) * p1
+                negated += plain - sums[:, 1].sum(0)
+                absolute += plain + sums[:, 1].sum(0)
         shape = (df, b)
         return (positive.view(shape), negated.view(shape) if both else None,
                 absolute.view(shape) if both else None)
@@ -288,9 +289,9 @@ class SortedConcept:
         exact = self.exact(flags[None].expand(len(candidates), -1), candidates)
         return max(([float(exact.max())] if exact.numel() else []) + ([float(dense.max())] if dense.numel() else []))
 
-    def reach(self, flags: torch.Tensor, levels: tuple[float, ...]) -> torch.Tensor:
+    def reach(self, flags: torch.Tensor, levels: tuple[float, ...]) -> tuple[torch.Tensor, torch.Tensor]:
         """For each level and label row of ``flags`` (``b x N`` booleans): does the statistic reach the level?
-        ``len(levels) x b`` booleans, decided exactly."""
+        Returns ``(len(levels) x b`` booleans, decided exactly; ``b`` upper bounds of the statistic)."""
         b = flags.shape[0]
         low, high = self.bounds(self._columns(flags))
         dense = self._dense_exact(flags)
@@ -309,4 +310,5 @@ class SortedConcept:
                 hit = torch.zeros(b, dtype=torch.bool, device=self.device)
                 hit[pairs[exact >= level, 1]] = True
                 reached[k] |= hit
-        return reached
+        ceiling = torch.cat([high, dense]).amax(0)
+        return reached, ceiling

@@ -187,8 +187,12 @@ def exchangeable_units(scores: Any) -> np.ndarray:
         if not bool((ordered[1:] == ordered[:-1]).any()):
             return np.arange(len(rows))
     rows = np.ascontiguousarray(rows + rows.dtype.type(0) if np.issubdtype(rows.dtype, np.floating) else rows)
-    keys = rows.view(np.dtype((np.void, rows.itemsize * rows.shape[1]))).ravel()   # -0.0 became 0.0 above
-    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    return _first_seen_ids(rows.view(np.dtype((np.void, rows.itemsize * rows.shape[1]))).ravel())  # -0.0 is 0.0
+
+
+def _first_seen_ids(values: np.ndarray) -> np.ndarray:
+    """Ids of the distinct values, numbered in order of first appearance."""
+    _, first, inverse = np.unique(values, return_index=True, return_inverse=True)
     rank = np.empty(len(first), dtype=np.int64)
     rank[np.argsort(first, kind="stable")] = np.arange(len(first))
     return rank[inverse.reshape(-1)]
@@ -290,10 +294,7 @@ def _check_units(units: Any, sets: Sequence[torch.Tensor]) -> list[np.ndarray | 
         if ids.shape != (s.shape[0],) or not np.issubdtype(ids.dtype, np.integer):
             raise InputError(f"units[{c}] must hold one integer id per row of scores[{c}] ({s.shape[0]}); got "
                              f"dtype {ids.dtype}, shape {ids.shape}")
-        _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
-        rank = np.empty(len(first), dtype=np.int64)
-        rank[np.argsort(first, kind="stable")] = np.arange(len(first))
-        out.append(_grouping(rank[inverse.reshape(-1)]))
+        out.append(_grouping(_first_seen_ids(ids)))
     return out
 
 
@@ -408,9 +409,11 @@ def _test_concept(design: _Design, concept_index: int, scores: torch.Tensor, fla
     stages = list(design.stages)
     exceed = encoded = drawn = 0
     limit, p_value, bound = stages.pop(0), None, None
+    null_top, null_bottom = -math.inf, math.inf
     while p_value is None:
         count = _block_size(drawn, exceed, limit, stop_after, smallest, largest)
-        reached = concept.reach(y[shuffles.draw(count).to(device)], levels).cpu()
+        reached, ceiling = concept.reach(y[shuffles.draw(count).to(device)], levels)
+        reached = reached.cpu()
         hits = reached[0].cumsum(0)
         if stop_after is not None and exceed + int(hits[-1]) >= stop_after:   # Besag-Clifford: stop at the
             stop = int(torch.searchsorted(hits, stop_after - exceed))          # stop_after-th exceedance
@@ -422,17 +425,19 @@ def _test_concept(design: _Design, concept_index: int, scores: torch.Tensor, fla
         exceed += int(hits[-1])
         encoded += int(reached[1].sum())
         drawn += count
-        if drawn < limit:
+        null_top, null_bottom = max(null_top, float(ceiling.max())), min(null_bottom, float(ceiling.min()))
+        if exceed == 0 and stages and bound is None and design.tail_bound and units is None and (
+                drawn >= limit or t_obs - null_top > null_top - null_bottom):
+            # nothing reached it, and it stands clear of every permutation so far: its bound may decide at once
+            bound = _tail_bound(concept, levels[0]) / BOUND_SHARE
+        if bound is not None and bound <= 1 / (1 + design.permutations):
+            p_value = bound                             # below any p-value the permutations could give
+        elif drawn < limit:
             continue
-        if exceed == 0 and stages:                      # nothing reached it: a smaller p-value is worth its cost
-            if bound is None and design.tail_bound and units is None:
-                bound = _tail_bound(concept, levels[0]) / BOUND_SHARE
-            if bound is not None and bound <= 1 / (1 + design.permutations):
-                p_value = bound                         # below any p-value the permutations could give
-            else:
-                limit = stages.pop(0)
-            continue
-        p_value = (1 + exceed) / (1 + drawn)
+        elif exceed == 0 and stages:                    # nothing reached it: a smaller p-value is worth its cost
+            limit = stages.pop(0)
+        else:
+            p_value = (1 + exceed) / (1 + drawn)
     by_bound = bound is not None and bound <= p_value
     return t_obs, min(p_value, bound) if by_bound else p_value, encoded / drawn, drawn, by_bound
 
