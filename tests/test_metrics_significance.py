@@ -80,7 +80,7 @@ def tiny_sets(seed: int, concepts: int, size: int, directions: int, ties: bool):
 @pytest.mark.parametrize("ties", [False, True, "some", "few"])
 def test_p_values_equal_brute_force_sklearn(orientation, ties):
     scores, labels = tiny_sets(3, concepts=3, size=10, directions=3, ties=ties)
-    test = permutation_p_values(scores, labels, permutations=60, seed=5, orientation=orientation)
+    test = permutation_p_values(scores, labels, permutations=60, seed=5, orientation=orientation, tail_bound=False)
     observed, expected = brute_p_values(as_float64(scores), labels, 60, 5, orientation)
     np.testing.assert_allclose(test.max_ap.numpy(), observed, atol=1e-12)
     np.testing.assert_allclose(test.p_values.numpy(), expected, atol=1e-12)
@@ -89,7 +89,7 @@ def test_p_values_equal_brute_force_sklearn(orientation, ties):
 
 def test_sequential_stopping_equals_brute_force():
     scores, labels = tiny_sets(4, concepts=4, size=10, directions=3, ties=False)
-    test = permutation_p_values(scores, labels, permutations=100, seed=2, stop_after=4)
+    test = permutation_p_values(scores, labels, permutations=100, seed=2, stop_after=4, tail_bound=False)
     _, expected = brute_p_values(as_float64(scores), labels, 100, 2, "positive", stop_after=4)
     np.testing.assert_allclose(test.p_values.numpy(), expected, atol=1e-12)
     assert int(test.drawn.min()) < 100  # some concept stopped early
@@ -108,16 +108,19 @@ def small_chunks(monkeypatch):
 @pytest.mark.parametrize("size", [30, 120])
 def test_statistic_equals_sklearn_in_chunks(size, ties, monkeypatch):
     scores, labels = tiny_sets(9, concepts=3, size=size, directions=7, ties=ties)
-    whole = permutation_p_values(scores, labels, permutations=40, seed=1, orientation="both")
+    whole = permutation_p_values(scores, labels, permutations=40, seed=1, orientation="both", tail_bound=False)
     small_chunks(monkeypatch)
     for orientation in ("positive", "both"):
         expected = [brute_statistic(s.double().numpy(), y.numpy(), orientation) for s, y in zip(scores, labels)]
         test = permutation_p_values(scores, labels, permutations=3, orientation=orientation)
         np.testing.assert_allclose(test.max_ap.numpy(), expected, atol=1e-12)
-    chunked = permutation_p_values(scores, labels, permutations=40, seed=1, orientation="both")
+    chunked = permutation_p_values(scores, labels, permutations=40, seed=1, orientation="both", tail_bound=False)
     np.testing.assert_array_equal(whole.p_values.numpy(), chunked.p_values.numpy())
-    np.testing.assert_allclose(chunked.p_values.numpy(), brute_p_values(as_float64(scores), labels, 40, 1, "both")[1],
-                               atol=1e-12)
+    expected = brute_p_values(as_float64(scores), labels, 40, 1, "both")[1]
+    np.testing.assert_allclose(chunked.p_values.numpy(), expected, atol=1e-12)
+    # with the analytic bound a p-value can only be smaller (the planted concepts' are, at 120 images)
+    bounded = permutation_p_values(scores, labels, permutations=40, seed=1, orientation="both")
+    assert bool((bounded.p_values <= chunked.p_values).all())
 
 
 def noise_sets(seed: int, concepts: int, size: int = 12, directions: int = 150):
@@ -187,7 +190,7 @@ def test_integer_scores_float32_cannot_hold_are_not_tied():
     rng = np.random.default_rng(5)
     scores = (2**24 + rng.permutation(np.arange(24)).reshape(12, 2)).astype(np.int64)
     labels = np.arange(12) % 2 == 0
-    test = permutation_p_values([scores], [labels], permutations=40, seed=3)
+    test = permutation_p_values([scores], [labels], permutations=40, seed=3, tail_bound=False)
     observed, expected = brute_p_values([scores], [labels], 40, 3, "positive")
     assert test.max_ap.item() == pytest.approx(observed[0], abs=1e-12)
     np.testing.assert_allclose(test.p_values.numpy(), expected, atol=1e-12)
@@ -200,7 +203,8 @@ def test_large_sets_with_sparse_ties_equal_sklearn(orientation):
     y = rng.permutation(np.arange(2000) < 1000)
     s = (rng.normal(size=(2000, 4)) + 0.3 * y[:, None] * np.array([0.0, 1.0, 0.2, -1.0])).astype(np.float16)
     scores = [torch.from_numpy(s.astype(np.float32))]
-    test = permutation_p_values(scores, [torch.from_numpy(y)], permutations=12, seed=4, orientation=orientation)
+    test = permutation_p_values(scores, [torch.from_numpy(y)], permutations=12, seed=4, orientation=orientation,
+                                tail_bound=False)
     observed, expected = brute_p_values(as_float64(scores), [y], 12, 4, orientation)
     assert test.max_ap.item() == pytest.approx(observed[0], abs=1e-12)
     np.testing.assert_allclose(test.p_values.numpy(), expected, atol=1e-12)
@@ -243,11 +247,12 @@ def test_units_from_identical_rows_and_explicit_ids_equal_brute_force():
     units = exchangeable_units(torch.from_numpy(scores))
     assert np.array_equal(units, np.r_[np.arange(14), [0, 3, 3, 7, 9]])
     for orientation in ("positive", "both"):
-        test = permutation_p_values([scores], [y], permutations=50, seed=6, orientation=orientation)
+        test = permutation_p_values([scores], [y], permutations=50, seed=6, orientation=orientation,
+                                    tail_bound=False)
         _, expected = brute_p_values([scores.astype(np.float64)], [y], 50, 6, orientation)
         np.testing.assert_allclose(test.p_values.numpy(), expected, atol=1e-12)
         relabelled = permutation_p_values([scores], [y], permutations=50, seed=6, orientation=orientation,
-                                          units=[100 - rows])
+                                          units=[100 - rows], tail_bound=False)
         np.testing.assert_array_equal(relabelled.p_values.numpy(), test.p_values.numpy())
     sizes = np.bincount(units)
     for order in permutation_order(6, 0, 50, len(y), units).numpy():
@@ -272,7 +277,7 @@ def test_stages_equal_brute_force(orientation):
     scores, labels = tiny_sets(4, concepts=4, size=12, directions=3, ties="few")
     scores[1][:, 0] = torch.from_numpy(np.where(labels[1].numpy(), 5.0, -5.0) + np.arange(12) * 1e-3).float()
     test = permutation_p_values(scores, labels, permutations=60, seed=8, orientation=orientation, first_stage=9,
-                                stop_after=3)
+                                stop_after=3, tail_bound=False)
     _, expected = brute_p_values(as_float64(scores), labels, 60, 8, orientation, stop_after=3, first_stage=9)
     np.testing.assert_allclose(test.p_values.numpy(), expected, atol=1e-12)
     assert int(test.drawn[1]) == 60 and int(test.drawn.min()) < 60

@@ -426,7 +426,7 @@ def _test_concept(design: _Design, concept_index: int, scores: torch.Tensor, fla
         encoded += int(reached[1].sum())
         drawn += count
         null_top, null_bottom = max(null_top, float(ceiling.max())), min(null_bottom, float(ceiling.min()))
-        if exceed == 0 and stages and bound is None and design.tail_bound and units is None and (
+        if exceed == 0 and bound is None and design.tail_bound and units is None and (
                 drawn >= limit or t_obs - null_top > null_top - null_bottom):
             # nothing reached it, and it stands clear of every permutation so far: its bound may decide at once
             bound = _tail_bound(concept, levels[0]) / BOUND_SHARE
