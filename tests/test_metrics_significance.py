@@ -366,3 +366,14 @@ def test_staged_besag_clifford_p_value_is_valid(alpha):
         none_yet *= (1 - p) ** width
         before = end
     assert integrate.simpson(rejects, x=p) <= alpha * (1 + 1e-4)
+
+
+def test_exchangeable_units_find_the_copies_among_many_rows():
+    rng = np.random.default_rng(9)
+    rows = rng.standard_normal((3000, 64)).astype(np.float32)
+    rows[5, 0] = 0.0
+    copies = np.concatenate([rows, rows[[5, 17, 17]]])
+    copies[-3, 0] = -0.0                                   # -0.0 is the same score as 0.0
+    units = exchangeable_units(torch.from_numpy(copies))
+    assert units.max() + 1 == 3000 and units[-3] == units[5] and units[-2] == units[-1] == units[17]
+    assert np.array_equal(exchangeable_units(rows), np.arange(3000))

@@ -94,7 +94,8 @@ class PermutationTest:
 
     Attributes:
         max_ap: ``T_c``, the largest AP over directions of each concept (float64, length C).
-        p_values: ``(1 + #{b: T_b >= T_c}) / (1 + B)``.
+        p_values: the staged permutation p-value (``(1 + #{b: T_b >= T_c}) / (1 + drawn)`` at a stage's end,
+            ``stop_after / drawn`` at the ``stop_after``-th exceedance), or the analytic bound where smaller.
         null_encoded: the share of permutations whose ``T_b`` reaches ``threshold`` (the chance that eq. 5 counts
             the concept when its labels carry no information).
         drawn: permutations drawn per concept (fewer than ``permutations`` when a concept stopped early).
@@ -179,15 +180,18 @@ def exchangeable_units(scores: Any) -> np.ndarray:
     """
     rows = to_tensor(scores, "scores").detach().cpu().numpy()
     rows = rows.reshape(len(rows), -1)
-    if len(rows) > 1 and np.issubdtype(rows.dtype, np.floating):
-        # a random projection first: equal rows project equally, distinct rows almost never do (and are then
-        # told apart exactly below), so a set without duplicates costs one matrix-vector product
-        projection = rows @ np.random.default_rng(0).random(rows.shape[1]).astype(rows.dtype)
-        ordered = np.sort(projection)
+    rows = np.ascontiguousarray(rows + rows.dtype.type(0) if np.issubdtype(rows.dtype, np.floating) else rows)
+    if len(rows) > 1 and rows.itemsize in (4, 8):                       # -0.0 became 0.0 just above
+        # a hash first: a random linear form of the rows' bits in exact integer arithmetic (mod 2**64, so equal
+        # rows hash equally whatever the summation order); distinct rows almost never collide, and are told apart
+        # exactly below when they do, so a set without duplicates costs one pass
+        bits = rows.view(np.uint32 if rows.itemsize == 4 else np.uint64)
+        weights = np.random.default_rng(0).integers(1, 2**63, size=rows.shape[1], dtype=np.uint64) | np.uint64(1)
+        hashes = np.concatenate([bits[r:r + 4096].astype(np.uint64) @ weights for r in range(0, len(bits), 4096)])
+        ordered = np.sort(hashes)
         if not bool((ordered[1:] == ordered[:-1]).any()):
             return np.arange(len(rows))
-    rows = np.ascontiguousarray(rows + rows.dtype.type(0) if np.issubdtype(rows.dtype, np.floating) else rows)
-    return _first_seen_ids(rows.view(np.dtype((np.void, rows.itemsize * rows.shape[1]))).ravel())  # -0.0 is 0.0
+    return _first_seen_ids(rows.view(np.dtype((np.void, rows.itemsize * rows.shape[1]))).ravel())
 
 
 def _first_seen_ids(values: np.ndarray) -> np.ndarray:
