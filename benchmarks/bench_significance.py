@@ -51,20 +51,25 @@ def paper_sets(directions: int, planted: int = 0, seed: int = 0) -> tuple[list[t
 
 
 def permutation_floor(elements: np.ndarray, drawn: np.ndarray, directions: int) -> float:
-    """Seconds a test must take at least: one numpy sort of every concept's directions (the test sorts each once)
-    plus one float32 cumulative sum over every permuted label it drew (it reads each at least once), at this
-    machine's rates."""
+    """Seconds a test must take at least on this machine's cores: one numpy sort of every concept's directions (the
+    test sorts each once) plus one float32 cumulative sum over every permuted label it drew (it reads each at least
+    once), at one core's rates (measured on one thread: repeatable) times the cores the test uses."""
     block = torch.rand(64, 256, 400)
     rows = np.random.default_rng(1).standard_normal((directions, 4000), dtype=np.float32)
+    threads = torch.get_num_threads()
     rates = []
-    for work, size in ((lambda: block.cumsum(-1), block.numel()), (lambda: np.argsort(-rows, axis=1), rows.size)):
-        times = []
-        for _ in range(5):
-            begin = time.perf_counter()
-            work()
-            times.append(time.perf_counter() - begin)
-        rates.append(size / sorted(times)[2])
-    return float((drawn * elements).sum() / rates[0] + elements.sum() / rates[1])
+    try:
+        torch.set_num_threads(1)
+        for work, size in ((lambda: block.cumsum(-1), block.numel()), (lambda: np.argsort(-rows, axis=1), rows.size)):
+            times = []
+            for _ in range(5):
+                begin = time.perf_counter()
+                work()
+                times.append(time.perf_counter() - begin)
+            rates.append(size / sorted(times)[2])
+    finally:
+        torch.set_num_threads(threads)
+    return float((drawn * elements).sum() / rates[0] + elements.sum() / rates[1]) / threads
 
 
 def bench_paper_scale(directions: int = 1000, planted: int = 0) -> None:
@@ -81,7 +86,8 @@ def bench_paper_scale(directions: int = 1000, planted: int = 0) -> None:
     print(f"  concept significance at paper size ({kind}; {PAPER_CONCEPTS} concepts of 20-{PAPER_IMAGES - 1} images, "
           f"{directions} directions, at most {DEFAULT_PERMUTATIONS:,} permutations, first stage {FIRST_STAGE}, "
           f"stop at the {DEFAULT_STOP_AFTER}th exceedance): {seconds:.1f} s per model and basis; floor (one sort "
-          f"of every direction + one float32 cumsum of every permuted label) {floor:.1f} s = {seconds / floor:.1f}x; "
+          f"of every direction + one float32 cumsum of every permuted label, on {torch.get_num_threads()} cores) "
+          f"{floor:.1f} s = {seconds / floor:.1f}x; "
           f"{(drawn * elements).sum() / elements.sum():.0f} permutations drawn per element; "
           f"{int(test.bounded.sum())} concepts by the analytic bound, {full} drew all {DEFAULT_PERMUTATIONS:,}; the "
           f"paper's 56 tests ({PAPER_DIRECTIONS:,} directions): ~{seconds * PAPER_DIRECTIONS / directions / 60:.1f} "

@@ -37,8 +37,9 @@ Why hand-written: the permutations change the labels, never the order of the sco
 once and the AP of every permuted label vector is read off that order by matrix products (the kernel,
 :mod:`robustsig.metrics._null_kernel`, exact to a rigorous rounding bound, with float64 for the undecided and
 ties grouped as in ``sklearn.metrics.average_precision_score``). Concepts run one per thread. At paper scale
-(1,197 concepts of 20 to 63,304 images, 1,000 directions, pure noise) one model and basis takes ~25-30 s on 2 CPU
-cores (``python -m benchmarks significance``); a GPU (``device="cuda"``) runs the same kernel.
+(1,197 concepts of 20 to 63,304 images, 1,000 directions, pure noise) one model and basis takes ~25-35 s on 2 CPU
+cores (``python -m benchmarks significance``; the previous kernel took 115 s); concepts with a signal cost more
+(see docs/study.md); a GPU (``device="cuda"``) runs the same kernel.
 
 >>> import torch
 >>> g = torch.Generator().manual_seed(0)
