@@ -21,9 +21,9 @@ stores; the default, 0.02, takes a few minutes). What it does:
    floor of the concept AP step: one sort of all its elements (sum over concepts of the balanced-set size x
    directions, over every model and basis), by torch and by numpy (float64, the kernel's own sort on the CPU),
    and the floor of the pruning step: its multiply-adds at this machine's matmul rate;
-5. times the concept permutation test (1,000 permutations, the preset's) on one model's singular basis, with its
-   floor (permutations drawn x elements at the rate of a float32 cumulative sum), and extrapolates it to the
-   study's 56 tests.
+5. times the concept permutation test (the default budget) on one model's singular basis, with its floor (one
+   sort of every concept's directions and one float32 cumulative sum of every permuted label it drew), and
+   extrapolates it to the study's 56 tests by their directions.
 
 The data lives in ``.bench/scale-SCALE/`` and is deleted afterwards unless ``--keep``.
 """
@@ -56,7 +56,6 @@ SUPERVISED_VIT = "torchvision:convnext_tiny"
 NOISE = {"imagenet": 6.0, "imagenet-v2": 7.0, "imagenet-sketch": 9.0, "imagenet-r": 9.5, "objectnet": 10.0,
          "imagenet-a": 12.0, "broden": 8.0}
 SHARD = 4096
-PAPER_PERMUTATIONS = 1000  # the paper preset's analyses.concepts.permutations
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -79,7 +78,7 @@ def bench_config(roots: dict[str, Path], broden: Path, out: Path) -> dict[str, A
     # cannot feed; the analysis-side CKA is the pooled estimator on the stored layer taps, on the id set
     id_set = config["datasets"]["id"]
     config["analyses"]["cka"].update(estimator="pooled", dataset=id_set.get("name", id_set["kind"]))
-    # the permutation test runs apart (significance_probe): at 1,000 permutations it is hours of CPU at full size
+    # the permutation test is timed apart (significance_probe)
     config["analyses"]["concepts"]["permutations"] = 0
     config.update(output_dir=str(out), store_dir=str(out / "store"), device="cpu", workers=0,
                   description="bench_scale: synthetic stores at the paper's sizes")
@@ -272,45 +271,45 @@ def pruning_floor(config: Any) -> tuple[float, float]:
 
 
 def significance_probe(config: Any, permutations: int) -> None:
-    """The permutation test of one model's singular basis at the preset's settings, timed apart from the study (at
-    full size the study's 56 tests take hours on a CPU); printed with its floor: the permutations drawn x the
-    elements of each concept's set, at the rate of one float32 cumulative sum over them (a kernel has to read
-    every permuted label at least once)."""
+    """The permutation test of one model's singular basis at the preset's settings, timed apart from the study;
+    printed with its floor (``bench_significance.permutation_floor``) and extrapolated to the study's tests by their
+    directions (the test's cost is linear in them)."""
+    from benchmarks.bench_significance import permutation_floor
     from robustsig.data.registry import open_dataset
     from robustsig.extraction.store import ActivationStore
-    from robustsig.metrics.significance import DEFAULT_STOP_AFTER, permutation_p_values
+    from robustsig.metrics.significance import DEFAULT_STOP_AFTER, concatenate, permutation_p_values
     from robustsig.study.analyses.concepts import ap as concepts_analysis
+    from robustsig.study.streams import concept_members
 
     options = config.analyses.concepts
     broden = config.datasets.broden
     model = config.models[0].name
     store = ActivationStore(Path(config.store_dir) / model / broden.name)
     dataset = open_dataset("broden", broden.root, **broden.options)
-    members = concepts_analysis.concept_members(store, dataset, min_positives=options.min_positives,
+    members = concept_members(store, dataset, min_positives=options.min_positives,
                                                 seed=options.seed)
-    seconds, drawn, elements, start = 0.0, 0, 0, 0
+    seconds, tests, elements, start, width = 0.0, [], [], 0, 0
     for scores, labels in concepts_analysis.concept_score_groups(store, members, "singular"):
         begin = time.perf_counter()
-        test = permutation_p_values(scores, labels, threshold=options.threshold, permutations=permutations,
-                                    seed=options.seed, orientation=options.orientation, first_concept=start,
-                                    stop_after=DEFAULT_STOP_AFTER)
+        tests.append(permutation_p_values(scores, labels, threshold=options.threshold, permutations=permutations,
+                                          seed=options.seed, orientation=options.orientation, first_concept=start,
+                                          stop_after=DEFAULT_STOP_AFTER))
         seconds += time.perf_counter() - begin
-        drawn += int(sum(int(b) * s.numel() for b, s in zip(test.drawn, scores)))
-        elements += sum(s.numel() for s in scores)
+        elements += [s.numel() for s in scores]
         start += len(scores)
-    block = torch.rand(64, 256, 400)
-    times = []
-    for _ in range(5):
-        begin = time.perf_counter()
-        block.cumsum(-1)
-        times.append(time.perf_counter() - begin)
-    floor = drawn / (block.numel() / sorted(times)[2])
-    tests = len(config.models) * len(options.bases)
-    print(f"  concept significance ({model}, singular basis, {len(members)} concepts, {permutations} permutations at "
-          f"most, stopping at the {DEFAULT_STOP_AFTER}th exceedance): {seconds:.1f} s; "
-          f"{drawn / max(elements, 1):.0f} permutations drawn per element on average; floor (one float32 cumsum "
-          f"of every permuted label) {floor:.1f} s = {seconds / floor:.1f}x; the study's {tests} tests: "
-          f"~{seconds * tests / 60:.0f} min", flush=True)
+        width = scores[0].shape[1]
+    test = concatenate(tests)
+    floor = permutation_floor(np.array(elements), test.drawn.numpy(), width)
+    directions = 0
+    for entry in config.models:
+        manifest = ActivationStore(Path(config.store_dir) / entry.name / broden.name).manifest
+        h_width, classes = manifest["tensors"]["h"]["shape"][1], manifest["head"]["W"]["shape"][0]
+        directions += sum(min(h_width, classes) if basis == "singular" else h_width for basis in options.bases)
+    print(f"  concept significance ({model}, singular basis, {len(members)} concepts x {width} directions, at most "
+          f"{permutations:,} permutations, stopping at the {DEFAULT_STOP_AFTER}th exceedance): {seconds:.1f} s; "
+          f"{(test.drawn.numpy() * elements).sum() / max(sum(elements), 1):.0f} permutations drawn per element; "
+          f"floor {floor:.1f} s = {seconds / floor:.1f}x; the study's {len(config.models) * len(options.bases)} "
+          f"tests ({directions:,} directions): ~{seconds * directions / width / 60:.0f} min", flush=True)
 
 
 def run() -> None:
@@ -365,6 +364,7 @@ def run() -> None:
     if scale < 1:
         print(f"  extrapolated to scale 1 (linear in images): {total / scale / 60:.0f} min", flush=True)
     if config.analyses.concepts is not None:
-        significance_probe(config, PAPER_PERMUTATIONS)
+        from robustsig.metrics.significance import DEFAULT_PERMUTATIONS
+        significance_probe(config, DEFAULT_PERMUTATIONS)
     if not OPTIONS.get("keep"):
         shutil.rmtree(root)

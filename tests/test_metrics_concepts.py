@@ -316,3 +316,45 @@ def test_threshold_sweep_matches_numpy_at_every_threshold():
         assert sweep["polysemanticity"][i] == pytest.approx(paper, abs=1e-12)
         assert sweep["polysemanticity_active"][i] == pytest.approx(active, abs=1e-12)
     assert (np.diff(sweep["unique_concepts"]) <= 0).all()  # a higher bar never encodes more
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint32])
+def test_integer_scores_float32_cannot_hold_keep_their_ranks(dtype):
+    # 2**24 and 2**24 + 1 are one float32: a cast would tie them (0.5833 instead of sklearn's 0.8333)
+    big = np.array([[2**24, 7], [2**24 + 1, 8], [5, 2**24 + 3], [6, 2**24 + 2]], dtype=dtype)
+    labels = np.array([False, True, False, True])
+    expected = np.array([[average_precision_score(labels, big[:, d].astype(np.int64)) for d in range(2)]])
+    assert expected[0, 0] == pytest.approx(5 / 6)
+    dense = rs.average_precision_matrix(big, labels[:, None])
+    per_concept = rs.average_precision_matrix([big], [labels])
+    both = rs.average_precision_matrix([big], [labels], orientation="both")
+    np.testing.assert_allclose(dense.numpy(), expected, atol=1e-12)
+    np.testing.assert_allclose(per_concept.numpy(), expected, atol=1e-12)
+    negated = np.array([[average_precision_score(labels, -big[:, d].astype(np.int64)) for d in range(2)]])
+    np.testing.assert_allclose(both.numpy(), np.maximum(expected, negated), atol=1e-12)
+
+
+def test_integer_scores_beyond_float64_keep_their_ranks():
+    # 2**60 + 1 and 2**60 are one float64 as well: ranked in their own integer dtype, as sklearn does
+    big = np.array([[2**60], [2**60 + 1], [2**60 + 2], [5], [6]], dtype=np.int64)
+    labels = np.array([False, True, False, False, True])
+    expected = average_precision_score(labels, big[:, 0])
+    assert rs.average_precision_matrix(big, labels[:, None]).item() == pytest.approx(expected, abs=1e-12)
+    assert rs.average_precision_matrix([big], [labels]).item() == pytest.approx(expected, abs=1e-12)
+
+
+@pytest.mark.parametrize("size", [60, 2100])
+def test_scores_one_float32_step_apart_keep_their_order(size):
+    # the compact sort keys drop each score's lowest bit (sets up to 2,048 samples): neighbours one float32 step
+    # apart, with the labels in either order, at every sign and magnitude, must come out as sklearn's
+    rng = np.random.default_rng(12)
+    base = np.float32(rng.choice([1.0, -1.0], size=(size // 2, 8)) * 10.0 ** rng.uniform(-40, 30, (size // 2, 8)))
+    s = np.concatenate([base, np.nextafter(base, np.float32(np.inf))]).astype(np.float32)
+    s[:4, 0] = [0.0, -0.0, np.float32(1e-45), np.float32(-1e-45)]
+    y = rng.random(size) < 0.5
+    y[:2] = [True, False]
+    expected = np.array([[average_precision_score(y, s[:, d]) for d in range(8)]])
+    negated = np.array([[average_precision_score(y, -s[:, d]) for d in range(8)]])
+    np.testing.assert_allclose(rs.average_precision_matrix([s], [y]).numpy(), expected, atol=1e-15)
+    np.testing.assert_allclose(rs.average_precision_matrix([s], [y], orientation="both").numpy(),
+                               np.maximum(expected, negated), atol=1e-15)

@@ -8,6 +8,7 @@ import doctest
 import importlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -313,3 +314,21 @@ def test_the_paired_pass_feeds_both_models_the_same_minibatches():
     features["b"] = [[batch[1], batch[0], batch[2]] for batch in features["b"]]
     expected = torch_cka_compare(features["a"], features["b"])
     assert float((result.values - expected).abs().max()) <= 1e-5
+
+
+def test_significance_units_group_the_rows_of_one_image_file():
+    """Rows whose image files hold the same bytes (an index listing an image twice, a copy under another name) are
+    one exchangeable unit of the permutation test; an unreadable file is a unit of its own; without files, rows with
+    identical scores are grouped (the metric's "auto")."""
+    from types import SimpleNamespace
+
+    from robustsig.study.analyses.concepts.significance import content_units
+
+    digests = ["a", "b", "a", None, "c", None]  # dataset positions 0..5; 0 and 2 are one image, 3 and 5 unreadable
+    store = SimpleNamespace(read=lambda key: torch.tensor([5, 4, 3, 2, 1, 0]))  # store row r holds position 5 - r
+    dataset = SimpleNamespace(listing=lambda: SimpleNamespace(digests=digests))
+    members = [(None, np.array([3, 5, 1, 0]), None), (None, np.array([0, 2]), None)]  # positions 2, 0, 4, 5; 5, 3
+    units = content_units(store, dataset, members)
+    assert units[0][0] == units[0][1] and len(set(units[0].tolist())) == 3  # positions 2 and 0: one unit
+    assert units[1][0] != units[1][1]  # two unreadable files are not one unit
+    assert content_units(store, SimpleNamespace(), members) == "auto"

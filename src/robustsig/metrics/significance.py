@@ -10,13 +10,36 @@ chance alone (an untrained network "encodes" most of the demo's concepts). For e
 whose test is significant at false discovery rate ``alpha``. ``chance_unique`` is the count eq. 5 gives on average
 when every label is permuted: the raw count's chance level.
 
-Why hand-written: the permutations change the labels, never the order of the scores, so each (concept, direction)
-is sorted once and the AP of every permuted label vector is read off that order (a gather, a cumulative sum and a
-dot product, batched over permutations and directions in torch). Tied scores form one threshold, as in
-``sklearn.metrics.average_precision_score``: the positives counted above a sample are those up to the end of its
-tie group. At paper scale (1,197 concepts, 20 to 60,000 images each, 512-1024 directions, at most 1,000
-permutations, ~80 drawn per image on average) one model and basis takes ~2 minutes on 2 CPU cores (6.7x the time
-of one float32 cumulative sum over every permuted label): a GPU (``device="cuda"``) is the way to test a whole pool.
+How many permutations. A concept draws permutations in stages (999, then five times as many each stage up to
+``permutations``, 49,999 by default) and goes on to the next stage only while none has reached ``T_c``: a
+concept some permutations reach stops at the end of its stage with ``(1 + #{T_b >= T_c}) / (1 + drawn)``, or
+earlier at its ``stop_after``-th exceedance with Besag and Clifford's ``stop_after / drawn``. Both rules keep the
+p-value valid (the stages because going on happens only when the p-value would be the stage's smallest; checked
+exactly by integrating over the null). A null concept draws ~25-60 permutations; only concepts beyond every
+permutation of a stage draw more, and the smallest p-value, ``1 / (1 + permutations)``, lets Benjamini-Hochberg
+pass a concept on its own among up to ``alpha (1 + permutations)`` concepts (2,500 at the defaults).
+
+An analytic bound instead of the last permutations. Before going past its first stage, a concept that no
+permutation reached computes ``g``, a bound on ``P(T_b >= T_c)`` (:func:`_tail_bound`): the union over directions
+of one direction's AP reaching ``T_c``, by Chernoff's bound on the exact distribution of a tie-free direction's
+AP under relabelling (:mod:`robustsig.metrics._ap_tail`: it depends only on the set's size and positive count, so
+one computation serves every concept and model of that size). The p-value is ``min(g / BOUND_SHARE, permutation
+p-value)``, and when ``g / BOUND_SHARE <= 1 / (1 + permutations)`` no more permutations are drawn: a concept far
+beyond chance costs 999 permutations and gets a p-value as small as its evidence (1e-30, say), so BH passes it
+whatever the others do. The share costs a factor ``1 + BOUND_SHARE`` (1.001) on the test's size at most.
+
+Duplicated images. Permuting labels between two copies of one image is not exchangeable (a set with every image
+twice makes pure noise significant in 15 of 20 draws). Rows with identical scores on every direction are one
+exchangeable unit by default (``units="auto"``): a permutation moves a unit's rows together, onto a unit of the
+same size, so a set with every image twice gives exactly the p-values of the images once.
+
+Why hand-written: the permutations change the labels, never the order of the scores, so each concept is sorted
+once and the AP of every permuted label vector is read off that order by matrix products (the kernel,
+:mod:`robustsig.metrics._null_kernel`, exact to a rigorous rounding bound, with float64 for the undecided and
+ties grouped as in ``sklearn.metrics.average_precision_score``). Concepts run one per thread. At paper scale
+(1,197 concepts of 20 to 63,304 images, 1,000 directions, pure noise) one model and basis takes ~25-35 s on 2 CPU
+cores (``python -m benchmarks significance``; the previous kernel took 115 s); concepts with a signal cost more
+(see docs/study.md); a GPU (``device="cuda"``) runs the same kernel.
 
 >>> import torch
 >>> g = torch.Generator().manual_seed(0)
@@ -31,7 +54,8 @@ of one float32 cumulative sum over every permuted label): a GPU (``device="cuda"
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -41,22 +65,28 @@ import torch
 
 from robustsig.errors import InputError
 from robustsig.metrics._checks import as_matrix, to_tensor
-from robustsig.metrics._ranking import tie_groups
+from robustsig.metrics._ap_tail import ap_tail_bound
+from robustsig.metrics._null_kernel import SortedConcept
+from robustsig.metrics._ranking import rank_exact_scores
 from robustsig.metrics.concepts import AP_THRESHOLD
 
 Orientation = Literal["positive", "both"]
 ORIENTATIONS: tuple[str, ...] = ("positive", "both")
-DEFAULT_PERMUTATIONS = 1000
-"""Permutations per concept: the smallest p-value is 1/1001, enough for BH over ~50 concepts at alpha 0.05."""
-DEFAULT_STOP_AFTER = 20
-"""Exceedances after which a concept stops drawing permutations (its p-value is then at least 20/1000)."""
-MAX_ELEMENTS = 1 << 22
-"""Bound on the entries (permutations x directions x images) of one temporary array."""
-BLOCK = 200
-"""Permutations drawn and tested at a time after the first small blocks (see :func:`_blocks`)."""
-_TOLERANCE = 1e-5
-"""The null is computed in float32: a permuted AP this close to the observed one (or to the threshold) counts as
-reaching it, so rounding never makes a p-value smaller."""
+DEFAULT_PERMUTATIONS = 49_999
+"""Permutations per concept at most: the smallest p-value, 1/50,000, lets Benjamini-Hochberg at alpha 0.05 pass a
+concept on its own among up to 2,500 (paper scale: 1,197)."""
+FIRST_STAGE = 999
+"""Permutations a concept draws before it may go on: only if none of them reached it (see :func:`_stages`)."""
+STAGE_GROWTH = 5
+"""Each further stage draws up to this many times the permutations of all stages before it."""
+BOUND_SHARE = 1e-3
+"""The analytic bound ``g`` enters as ``g / BOUND_SHARE``: the p-value ``min(g / BOUND_SHARE, permutation
+p-value)`` rejects at level ``alpha`` with probability at most ``(1 + BOUND_SHARE) alpha`` under the null."""
+DEFAULT_STOP_AFTER = 10
+"""Exceedances after which a concept stops drawing permutations (Besag-Clifford: its p-value is then 10 / drawn)."""
+_TOLERANCE = 1e-9
+"""A permuted statistic this close below the observed one (or the threshold) counts as reaching it: the exact
+float64 APs differ from sklearn's by rounding only (~1e-15)."""
 
 
 @dataclass(frozen=True)
@@ -65,10 +95,13 @@ class PermutationTest:
 
     Attributes:
         max_ap: ``T_c``, the largest AP over directions of each concept (float64, length C).
-        p_values: ``(1 + #{b: T_b >= T_c}) / (1 + B)``.
+        p_values: the staged permutation p-value (``(1 + #{b: T_b >= T_c}) / (1 + drawn)`` at a stage's end,
+            ``stop_after / drawn`` at the ``stop_after``-th exceedance), or the analytic bound where smaller.
         null_encoded: the share of permutations whose ``T_b`` reaches ``threshold`` (the chance that eq. 5 counts
             the concept when its labels carry no information).
         drawn: permutations drawn per concept (fewer than ``permutations`` when a concept stopped early).
+        bounded: per concept, the p-value is the analytic bound (its statistic is beyond what permutations can
+            resolve; see :func:`concept_significance`).
         permutations, threshold, orientation: the test's settings.
     """
 
@@ -76,6 +109,7 @@ class PermutationTest:
     p_values: torch.Tensor
     null_encoded: torch.Tensor
     drawn: torch.Tensor
+    bounded: torch.Tensor
     permutations: int
     threshold: float
     orientation: str
@@ -137,148 +171,86 @@ class ConceptSignificance:
                 "orientation": self.test.orientation, "p_values": self.p_values.tolist()}
 
 
-class _NullStatistic:
-    """The statistic of one concept for any label vectors: its directions are sorted once (descending scores), and
-    the max over directions (and signs) of the AP of a batch of label vectors is read off that order.
+def exchangeable_units(scores: Any) -> np.ndarray:
+    """Exchangeable units of one concept's set: rows with identical scores on every direction are one unit (the
+    same image listed twice; two different images give identical activations only by accident, and then moving
+    them together still gives a valid test). Returns the unit id of each row, ids in order of first appearance.
 
-    With a direction's labels ``o`` in that order, their cumulative sum ``c`` (positives at or above) and ``P``
-    positives, sklearn's AP is ``sum_i o_i c_i / (i + 1) / P`` and the AP of the negated scores, read backwards,
-    ``sum_i o_i (P + 1 - c_i) / (N - i) / P``: one gather, one cumulative sum and dot products give both
-    orientations. Tied scores form one threshold: a positive in a tie group counts the positives up to the group's
-    end (``c`` at the end, over the end + 1) and, for the negated scores, those from the group's start (``P`` minus
-    the positives before the start, over ``N`` minus the start). float32 scores tie now and then (a few pairs in a
-    direction of thousands of images): those directions get the tie-free sum plus a correction gathered at their
-    tied positions only; a direction tied throughout (a dead unit: one constant) runs the grouped sums in full.
-    The order is kept (``D x N`` int64: ~0.5 GB for Broden's largest concept at 1,024 directions), so permutation
-    blocks never sort again.
+    >>> exchangeable_units(torch.tensor([[1.0, 2.0], [3.0, 4.0], [1.0, 2.0]])).tolist()
+    [0, 1, 0]
     """
-
-    def __init__(self, scores: torch.Tensor, orientation: str, max_elements: int) -> None:
-        n, d = scores.shape
-        self.n, self.both = n, orientation == "both"
-        if scores.device.type == "cpu":  # numpy's vectorised sort is several times faster than torch's on the CPU
-            rows = scores.T.contiguous().numpy()
-            order_np = np.argsort(-rows, axis=1)
-            order = torch.from_numpy(order_np)
-            values = torch.from_numpy(np.take_along_axis(rows, order_np, axis=1))
-        else:
-            values, order = torch.sort(scores.T, dim=1, descending=True)
-        device = scores.device
-        position = torch.arange(n, device=device)
-        group_start, group_end = tie_groups(values[:, 1:] == values[:, :-1])
-        in_group = group_start != group_end                                # tied with a neighbour
-        tied = in_group.sum(1)
-        dense = tied > max(8, n // 4)
-        self.order, self.dense_order = order[~dense], order[dense]
-        self.dense_end, self.dense_start = group_end[dense], group_start[dense]
-        # sparse ties: per direction its tied positions (padded with position 0 and a zero weight)
-        sparse = in_group[~dense]
-        width = int(tied[~dense].max()) if sparse.shape[0] else 0
-        self.tie_width = width
-        if width:
-            rank = torch.where(sparse, sparse.cumsum(1) - 1, width)              # slot of each tied position
-            self.tie_position = torch.zeros(sparse.shape[0], width + 1, dtype=torch.int64, device=device)
-            self.tie_position.scatter_(1, rank, position.expand_as(rank))
-            self.tie_position = self.tie_position[:, :width]
-            self.tie_valid = torch.zeros(sparse.shape[0], width + 1, dtype=torch.bool, device=device)
-            self.tie_valid.scatter_(1, rank, sparse)
-            self.tie_valid = self.tie_valid[:, :width]
-            self.tie_end = group_end[~dense].gather(1, self.tie_position)
-            self.tie_start = group_start[~dense].gather(1, self.tie_position)
-        self.d_chunk = max(1, min(d, max_elements // n))
-        self.b_chunk = max(1, max_elements // (self.d_chunk * n))
-        self._weights: dict[torch.dtype, torch.Tensor] = {}
-
-    def _weights_of(self, dtype: torch.dtype) -> torch.Tensor:
-        """``N x 2``: ``1 / (i + 1)`` (the scores read forwards) and ``1 / (N - i)`` (the negated scores)."""
-        if dtype not in self._weights:
-            i = torch.arange(self.n, dtype=torch.float64, device=self.order.device)
-            self._weights[dtype] = torch.stack([1.0 / (i + 1), 1.0 / (self.n - i)], dim=1).to(dtype)
-        return self._weights[dtype]
-
-    def max_ap(self, flags: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """The statistic of each row of ``flags`` (``B x N`` boolean, every row with the same positive count)."""
-        y = flags.to(dtype)
-        positives = float(flags[0].sum())
-        b_chunk = self.b_chunk
-        best = torch.full((y.shape[0],), -math.inf, dtype=dtype, device=y.device)
-        for dense, order in ((False, self.order), (True, self.dense_order)):
-            for d0 in range(0, order.shape[0], self.d_chunk):
-                directions = slice(d0, d0 + self.d_chunk)
-                chunk = order[directions]
-                for b0 in range(0, y.shape[0], b_chunk):
-                    rows = y[b0:b0 + b_chunk]                                         # b x d x N (torch.gather:
-                    ordered = rows[:, None, :].expand(-1, chunk.shape[0], -1).gather(  # ~3x faster than indexing)
-                        2, chunk.expand(rows.shape[0], -1, -1))
-                    ap = (self._dense_ap(ordered, directions, positives) if dense
-                          else self._ap(ordered, directions, positives))
-                    best[b0:b0 + b_chunk] = torch.maximum(best[b0:b0 + b_chunk], ap.amax(dim=1) / positives)
-        return best
-
-    def _ap(self, ordered: torch.Tensor, directions: slice, positives: float) -> torch.Tensor:
-        """``P * AP`` with the tie-free sums, corrected at the tied positions."""
-        dtype = ordered.dtype
-        weights = self._weights_of(dtype)
-        forward, backward = weights[:, 0], weights[:, 1]
-        above = ordered.cumsum(-1)
-        weighted = above * ordered                                                   # o_i c_i
-        if self.both:
-            sums = weighted @ weights                                                # one pass for both sums
-            ap, negated = sums[..., 0], (positives + 1) * (ordered @ backward) - sums[..., 1]
-        else:
-            ap, negated = weighted @ forward, None
-        if self.tie_width:
-            index = self.tie_position[directions].expand(ordered.shape[0], -1, -1)
-            valid = self.tie_valid[directions].to(dtype)
-            o, c = ordered.gather(-1, index) * valid, above.gather(-1, index)
-            end = self.tie_end[directions].expand_as(index)
-            ap = ap + (o * (above.gather(-1, end) / (end + 1).to(dtype) - c * forward[index])).sum(-1)
-            if negated is not None:
-                start = self.tie_start[directions].expand_as(index)
-                before = above.gather(-1, start) - ordered.gather(-1, start)          # positives before the start
-                tied = (positives - before) / (self.n - start).to(dtype)
-                negated = negated + (o * (tied - (positives + 1 - c) * backward[index])).sum(-1)
-        return ap if negated is None else torch.maximum(ap, negated)
-
-    def _dense_ap(self, ordered: torch.Tensor, directions: slice, positives: float) -> torch.Tensor:
-        """``P * AP`` of directions made of tie groups, summed group-wise in full."""
-        above = ordered.cumsum(-1)
-        end = self.dense_end[directions].expand_as(ordered)
-        ap = (ordered * above.gather(-1, end) / (end + 1).to(ordered.dtype)).sum(-1)
-        if self.both:
-            start = self.dense_start[directions].expand_as(ordered)
-            before = (above - ordered).gather(-1, start)
-            ap = torch.maximum(ap, (ordered * (positives - before) / (self.n - start).to(ordered.dtype)).sum(-1))
-        return ap
+    rows = to_tensor(scores, "scores").detach().cpu().numpy()
+    rows = rows.reshape(len(rows), -1)
+    rows = np.ascontiguousarray(rows + rows.dtype.type(0) if np.issubdtype(rows.dtype, np.floating) else rows)
+    if len(rows) > 1 and rows.itemsize in (4, 8):                       # -0.0 became 0.0 just above
+        # a hash first: a random linear form of the rows' bits in exact integer arithmetic (mod 2**64, so equal
+        # rows hash equally whatever the summation order); distinct rows almost never collide, and are told apart
+        # exactly below when they do, so a set without duplicates costs one pass
+        bits = rows.view(np.uint32 if rows.itemsize == 4 else np.uint64)
+        weights = np.random.default_rng(0).integers(1, 2**63, size=rows.shape[1], dtype=np.uint64) | np.uint64(1)
+        hashes = np.concatenate([bits[r:r + 4096].astype(np.uint64) @ weights for r in range(0, len(bits), 4096)])
+        ordered = np.sort(hashes)
+        if not bool((ordered[1:] == ordered[:-1]).any()):
+            return np.arange(len(rows))
+    return _first_seen_ids(rows.view(np.dtype((np.void, rows.itemsize * rows.shape[1]))).ravel())
 
 
-def _blocks(permutations: int, stop_after: int | None) -> list[tuple[int, int]]:
-    """Permutation blocks ``[b0, b1)``: with sequential stopping the first ones are small (a null concept, p ~ 0.5,
-    stops after ~2 x ``stop_after`` draws), then ``BLOCK`` at a time. The blocks never change the p-values (the
-    permutations and the stopping point are fixed), only the work drawn past the stop."""
-    sizes = [] if stop_after is None else [3 * stop_after, 3 * stop_after]
-    bounds, b0 = [], 0
-    while b0 < permutations:
-        b1 = min(permutations, b0 + (sizes.pop(0) if sizes else BLOCK))
-        bounds.append((b0, b1))
-        b0 = b1
-    return bounds
+def _first_seen_ids(values: np.ndarray) -> np.ndarray:
+    """Ids of the distinct values, numbered in order of first appearance."""
+    _, first, inverse = np.unique(values, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    return rank[inverse.reshape(-1)]
 
 
-def permutation_order(seed: int, concept: int, permutations: int, size: int) -> torch.Tensor:
+class _Shuffles:
+    """The label permutations of one concept, drawn from ``(seed, concept)`` alone, block after block (the CPU
+    generator's stream is the same drawn in pieces). Every row is its own unit unless ``units`` groups rows: then a
+    permutation moves whole units onto units of the same size (member by member), uniformly within each size
+    class; with every unit of one size this is the permutation of the units that a set of them alone would draw."""
+
+    def __init__(self, seed: int, concept: int, size: int, units: np.ndarray | None) -> None:
+        state = int(np.random.SeedSequence([seed, concept]).generate_state(1)[0])
+        self.generator = torch.Generator().manual_seed(state)
+        self.size = size
+        self.classes: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.keys = size
+        if units is not None:
+            counts = np.bincount(units)
+            members = np.argsort(units, kind="stable")                         # rows grouped by unit, in order
+            offsets = np.concatenate([[0], np.cumsum(counts)])
+            for unit_size in np.unique(counts):
+                chosen = np.flatnonzero(counts == unit_size)                   # units of this size, in id order
+                rows = members[offsets[chosen][:, None] + np.arange(unit_size)]  # units x unit_size
+                self.classes.append((torch.from_numpy(chosen), torch.from_numpy(rows)))
+            self.keys = len(counts)
+
+    def draw(self, count: int) -> torch.Tensor:
+        """The next ``count`` permutations: ``count x size`` indices, label vector ``b`` is ``labels[order[b]]``."""
+        keys = torch.rand(count, self.keys, generator=self.generator)
+        if not self.classes:
+            return torch.argsort(keys, dim=1)
+        order = torch.empty(count, self.size, dtype=torch.int64)
+        for chosen, rows in self.classes:
+            shuffled = torch.argsort(keys[:, chosen], dim=1)                   # unit j takes unit shuffled[j]'s labels
+            order[:, rows.flatten()] = rows[shuffled].reshape(count, -1)
+        return order
+
+
+def permutation_order(seed: int, concept: int, permutations: int, size: int, units: Any = None) -> torch.Tensor:
     """The label permutations of concept number ``concept`` (``permutations x size`` indices): label vector ``b``
-    is ``labels[order[b]]``. Drawn from ``(seed, concept)`` alone."""
-    return next(_permutation_blocks(seed, concept, size, [(0, permutations)]))
+    is ``labels[order[b]]``. Drawn from ``(seed, concept)`` alone; ``units`` (one id per row, see
+    :func:`exchangeable_units`) moves the rows of a unit together."""
+    return _Shuffles(seed, concept, size, None if units is None else np.asarray(units)).draw(permutations)
 
 
-def _permutation_blocks(seed: int, concept: int, size: int, bounds: Sequence[tuple[int, int]]
-                        ) -> Iterator[torch.Tensor]:
-    """:func:`permutation_order`'s rows ``b0:b1`` for each of the consecutive ``bounds``, drawn only when asked (a
-    concept that stops early never sorts the rest): the CPU generator's stream is the same drawn in pieces."""
-    state = int(np.random.SeedSequence([seed, concept]).generate_state(1)[0])
-    generator = torch.Generator().manual_seed(state)
-    for b0, b1 in bounds:
-        yield torch.argsort(torch.rand(b1 - b0, size, generator=generator), dim=1)
+def _finite_matrix(x: Any, name: str) -> torch.Tensor:
+    """``as_matrix`` with its finite check done as one float64 sum on the CPU (a sum of finite float32 values never
+    overflows float64; the element-wise check, ~5x slower here, runs only to name the first bad entry)."""
+    t = as_matrix(x, name, finite=False)
+    if t.device.type == "cpu" and math.isfinite(float(np.sum(t.numpy(), dtype=np.float64))):
+        return t
+    return as_matrix(t, name)
 
 
 def _check_sets(scores: Any, labels: Any) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -289,7 +261,7 @@ def _check_sets(scores: Any, labels: Any) -> tuple[list[torch.Tensor], list[torc
     if len(scores) != len(labels) or not scores:
         raise InputError(f"scores and labels must list the same concepts (at least one); got {len(scores)} score "
                          f"sets and {len(labels)} label vectors")
-    sets = [as_matrix(s, f"scores[{c}] (samples x directions)") for c, s in enumerate(scores)]
+    sets = [_finite_matrix(rank_exact_scores(s), f"scores[{c}] (samples x directions)") for c, s in enumerate(scores)]
     width = sets[0].shape[1]
     flags = []
     for c, (s, y) in enumerate(zip(sets, labels)):
@@ -311,61 +283,180 @@ def _check_sets(scores: Any, labels: Any) -> tuple[list[torch.Tensor], list[torc
     return sets, flags
 
 
+def _check_units(units: Any, sets: Sequence[torch.Tensor]) -> list[np.ndarray | None]:
+    """Per concept the unit id of each row (``None``: every row its own unit)."""
+    if units is None:
+        return [None] * len(sets)
+    if isinstance(units, str):
+        if units != "auto":
+            raise InputError(f"units must be 'auto', None or one id array per concept; got {units!r}")
+        return [_grouping(exchangeable_units(s)) for s in sets]
+    if not isinstance(units, (list, tuple)) or len(units) != len(sets):
+        raise InputError(f"units must list one id array per concept ({len(sets)}); got {type(units).__name__}")
+    out: list[np.ndarray | None] = []
+    for c, (u, s) in enumerate(zip(units, sets)):
+        ids = to_tensor(u, f"units[{c}]").cpu().numpy()
+        if ids.shape != (s.shape[0],) or not np.issubdtype(ids.dtype, np.integer):
+            raise InputError(f"units[{c}] must hold one integer id per row of scores[{c}] ({s.shape[0]}); got "
+                             f"dtype {ids.dtype}, shape {ids.shape}")
+        out.append(_grouping(_first_seen_ids(ids)))
+    return out
+
+
+def _grouping(ids: np.ndarray) -> np.ndarray | None:
+    """Unit ids, or None when every row is its own unit."""
+    return None if len(ids) == 0 or int(ids.max()) + 1 == len(ids) else ids
+
+
+def _stages(first_stage: int, permutations: int) -> list[int]:
+    """The permutations drawn by the end of each stage: ``first_stage``, then ``STAGE_GROWTH`` times more (as
+    ``k * (first_stage + 1) - 1``) up to ``permutations``."""
+    stages = [min(first_stage, permutations)]
+    while stages[-1] < permutations:
+        stages.append(min(permutations, (stages[-1] + 1) * STAGE_GROWTH - 1))
+    return stages
+
+
+def _block_size(drawn: int, exceed: int, limit: int, stop_after: int | None, smallest: int, largest: int) -> int:
+    """Permutations to draw next: with sequential stopping, about as many as the exceedances seen so far say are
+    left before the ``stop_after``-th (so a concept draws little past its stop), at least ``smallest`` (the
+    kernel's efficient size) and at most ``largest`` (memory)."""
+    if stop_after is None:
+        wanted = largest
+    else:
+        left = stop_after - exceed
+        wanted = left if drawn == 0 else math.ceil(left * (drawn + 1) / (exceed + 1))
+    return int(min(limit - drawn, max(smallest, min(largest, wanted))))
+
+
 def permutation_p_values(scores: Sequence[Any], labels: Sequence[Any], *, threshold: float = AP_THRESHOLD,
                          permutations: int = DEFAULT_PERMUTATIONS, seed: int = 0, orientation: Orientation = "positive",
                          first_concept: int = 0, device: str | torch.device | None = None,
-                         stop_after: int | None = None, max_elements: int = MAX_ELEMENTS) -> PermutationTest:
+                         stop_after: int | None = None, first_stage: int = FIRST_STAGE, units: Any = "auto",
+                         tail_bound: bool = True) -> PermutationTest:
     """The per-concept permutation test of :func:`concept_significance` (no multiple-testing correction).
 
     Args:
-        scores, labels, threshold, permutations, seed, orientation, device: see :func:`concept_significance`.
+        scores, labels, threshold, permutations, seed, orientation, device, units: see :func:`concept_significance`.
         first_concept: the index of ``scores[0]`` among all concepts: concept ``c``'s permutations are drawn from
             ``(seed, first_concept + c)``, so testing the concepts in groups gives the same p-values as one call.
         stop_after: stop drawing permutations for a concept at its ``stop_after``-th exceedance (``T_b >= T_c``)
-            and report Besag and Clifford's sequential p-value ``stop_after / L`` (L: permutations drawn); a
-            concept that never gets there draws all ``permutations``. None: always draw them all.
-        max_elements: bound on the entries of one temporary array.
+            and report Besag and Clifford's sequential p-value ``stop_after / L`` (L: permutations drawn). None:
+            no sequential stopping.
+        first_stage: a concept draws at most this many permutations, and goes on to ``permutations`` only if none
+            of them reached its statistic (see :func:`concept_significance`).
+        tail_bound: a concept that no permutation of the first stage reached first tries the analytic bound.
 
     Returns:
         :class:`PermutationTest`.
     """
     if orientation not in ORIENTATIONS:
         raise InputError(f"orientation must be one of {', '.join(ORIENTATIONS)}; got {orientation!r}")
-    if isinstance(permutations, bool) or not isinstance(permutations, int) or permutations < 1:
-        raise InputError(f"permutations must be a positive integer; got {permutations!r}")
+    for name, value in (("permutations", permutations), ("first_stage", first_stage)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{name} must be a positive integer; got {value!r}")
     if not 0 <= threshold <= 1:
         raise InputError(f"threshold must be an AP in [0, 1]; got {threshold}")
     if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 1):
         raise InputError(f"stop_after must be a positive integer or None; got {stop_after!r}")
     sets, flags = _check_sets(scores, labels)
+    unit_ids = _check_units(units, sets)
     device = torch.device(device) if device is not None else sets[0].device
-    observed, p_values, null_encoded, drawn = [], [], [], []
-    for c, (s, y) in enumerate(zip(sets, flags)):
-        s, y = s.to(device), y.to(device)
-        statistic = _NullStatistic(s, orientation, max_elements)
-        observed.append(float(statistic.max_ap(y[None], torch.float64)[0]))
-        t_obs = statistic.max_ap(y[None], torch.float32)[0]
-        bounds = _blocks(permutations, stop_after)
-        exceed, encoded, done = 0, 0, 0
-        for shuffles in _permutation_blocks(seed, first_concept + c, y.numel(), bounds):
-            null = statistic.max_ap(y[shuffles.to(device)], torch.float32)
-            hits = (null >= t_obs - _TOLERANCE).cumsum(0)
-            if stop_after is not None and exceed + int(hits[-1]) >= stop_after:       # Besag-Clifford: stop at the
-                stop = int(torch.searchsorted(hits, stop_after - exceed))              # stop_after-th exceedance
-                null, exceed = null[:stop + 1], stop_after
-                done += stop + 1
-                encoded += int((null >= threshold - _TOLERANCE).sum())
-                break
-            exceed += int(hits[-1])
-            done += null.numel()
-            encoded += int((null >= threshold - _TOLERANCE).sum())
-        p_values.append(exceed / done if stop_after is not None and exceed >= stop_after
-                        else (1 + exceed) / (1 + permutations))
-        null_encoded.append(encoded / done)
-        drawn.append(done)
+    design = _Design(threshold, permutations, seed, orientation, stop_after, _stages(first_stage, permutations),
+                     tail_bound, device)
+    jobs = [(first_concept + c, s, y, ids) for c, (s, y, ids) in enumerate(zip(sets, flags, unit_ids))]
+    workers = torch.get_num_threads() if device.type == "cpu" else 1
+    if workers > 1 and len(jobs) > 1:
+        # one concept per thread, each single-threaded: small kernels parallelise better across concepts than
+        # within one, and nothing spins at a barrier when other processes hold the cores; largest concepts first
+        largest_first = sorted(range(len(jobs)), key=lambda c: -jobs[c][1].numel())
+        try:
+            torch.set_num_threads(1)
+            with ThreadPoolExecutor(workers) as pool:
+                done = dict(zip(largest_first, pool.map(lambda c: _test_concept(design, *jobs[c]), largest_first)))
+        finally:
+            torch.set_num_threads(workers)
+        results = [done[c] for c in range(len(jobs))]
+    else:
+        results = [_test_concept(design, *job) for job in jobs]
+    observed, p_values, null_encoded, drawn, bounded = zip(*results)
     as_tensor = lambda values: torch.tensor(values, dtype=torch.float64)  # noqa: E731
-    return PermutationTest(as_tensor(observed), as_tensor(p_values), as_tensor(null_encoded),
-                           torch.tensor(drawn), permutations, float(threshold), orientation)
+    return PermutationTest(as_tensor(observed), as_tensor(p_values), as_tensor(null_encoded), torch.tensor(drawn),
+                           torch.tensor(bounded), permutations, float(threshold), orientation)
+
+
+@dataclass(frozen=True)
+class _Design:
+    """The settings every concept's test shares (see :func:`permutation_p_values`)."""
+
+    threshold: float
+    permutations: int
+    seed: int
+    orientation: str
+    stop_after: int | None
+    stages: list[int]
+    tail_bound: bool
+    device: torch.device
+
+
+def _test_concept(design: _Design, concept_index: int, scores: torch.Tensor, flags: torch.Tensor,
+                  units: np.ndarray | None) -> tuple[float, float, float, int, bool]:
+    """One concept's test: ``(statistic, p-value, share of permutations reaching the threshold, permutations
+    drawn, p-value from the bound)``."""
+    device, stop_after = design.device, design.stop_after
+    scores, y = scores.to(device), flags.to(device)
+    concept = SortedConcept(scores, int(y.sum()), design.orientation)
+    t_obs = concept.statistic(y)
+    levels = (t_obs - _TOLERANCE, design.threshold - _TOLERANCE)
+    shuffles = _Shuffles(design.seed, concept_index, y.numel(), units)
+    smallest = max(1, min(64, -(-(1 << 21) // scores.numel())))     # enough work per block for the kernel
+    largest = max(smallest, min(1024, (1 << 24) // y.numel()))      # bounded memory
+    stages = list(design.stages)
+    exceed = encoded = drawn = 0
+    limit, p_value, bound = stages.pop(0), None, None
+    null_top, null_bottom = -math.inf, math.inf
+    while p_value is None:
+        count = _block_size(drawn, exceed, limit, stop_after, smallest, largest)
+        reached, ceiling = concept.reach(y[shuffles.draw(count).to(device)], levels)
+        reached = reached.cpu()
+        hits = reached[0].cumsum(0)
+        if stop_after is not None and exceed + int(hits[-1]) >= stop_after:   # Besag-Clifford: stop at the
+            stop = int(torch.searchsorted(hits, stop_after - exceed))          # stop_after-th exceedance
+            encoded += int(reached[1, :stop + 1].sum())
+            drawn += stop + 1
+            exceed = stop_after
+            p_value = exceed / drawn
+            break
+        exceed += int(hits[-1])
+        encoded += int(reached[1].sum())
+        drawn += count
+        null_top, null_bottom = max(null_top, float(ceiling.max())), min(null_bottom, float(ceiling.min()))
+        if exceed == 0 and bound is None and design.tail_bound and units is None and (
+                drawn >= limit or t_obs - null_top > null_top - null_bottom):
+            # nothing reached it, and it stands clear of every permutation so far: its bound may decide at once
+            bound = _tail_bound(concept, levels[0]) / BOUND_SHARE
+        if bound is not None and bound <= 1 / (1 + design.permutations):
+            p_value = bound                             # below any p-value the permutations could give
+        elif drawn < limit:
+            continue
+        elif exceed == 0 and stages:                    # nothing reached it: a smaller p-value is worth its cost
+            limit = stages.pop(0)
+        else:
+            p_value = (1 + exceed) / (1 + drawn)
+    by_bound = bound is not None and bound <= p_value
+    return t_obs, min(p_value, bound) if by_bound else p_value, encoded / drawn, drawn, by_bound
+
+
+def _tail_bound(concept: SortedConcept, level: float) -> float:
+    """A bound on the chance that a random relabelling's statistic reaches ``level``: the union over directions
+    (and orientations) of each direction's AP reaching it. One tie-free direction's tail (:func:`ap_tail_bound`)
+    serves every direction, at ``level`` lowered by the most its ties can raise its AP; a direction of one value
+    has AP ``P / N`` whatever the labels."""
+    slack = concept.tie_slack if concept.both else concept.tie_slack[:1]
+    varying = ~concept.constant
+    tails = ap_tail_bound(concept.n, concept.positives, (level - slack[:, varying]).numpy())
+    fixed = float(slack.shape[0] * int(concept.constant.sum())) if level <= concept.positives / concept.n else 0.0
+    return min(1.0, float(tails.sum()) + fixed)
 
 
 def benjamini_hochberg(test: PermutationTest, alpha: float = 0.05) -> ConceptSignificance:
@@ -380,23 +471,40 @@ def benjamini_hochberg(test: PermutationTest, alpha: float = 0.05) -> ConceptSig
 def concept_significance(scores: Sequence[Any], labels: Sequence[Any], threshold: float = AP_THRESHOLD, *,
                          permutations: int = DEFAULT_PERMUTATIONS, alpha: float = 0.05, seed: int = 0,
                          orientation: Orientation = "positive", device: str | torch.device | None = None,
-                         stop_after: int | None = DEFAULT_STOP_AFTER) -> ConceptSignificance:
+                         stop_after: int | None = DEFAULT_STOP_AFTER, first_stage: int = FIRST_STAGE,
+                         units: Any = "auto") -> ConceptSignificance:
     """Unique concepts (eq. 5) and how many of them survive a label-permutation test with BH correction.
+
+    Each concept draws permutations until one of three things happens: its ``stop_after``-th exceedance (Besag
+    and Clifford's sequential p-value ``stop_after / drawn``: null concepts cost a few dozen permutations); the
+    end of the first stage (``first_stage`` permutations; p-value ``(1 + exceedances) / (1 + first_stage)``); or,
+    for a concept that none of the first stage reached, the end of the whole budget (``permutations``). Going on
+    only after zero exceedances keeps the p-value valid (it is at most ``1 / (1 + first_stage)`` either way). Before
+    it goes on, such a concept tries an analytic bound, valid whatever the directions' dependence: the number of
+    directions (times 2 for ``"both"``) times a Chernoff bound on one direction's AP reaching the statistic under a
+    random relabelling (exact dynamic programme over the ranks, shared by every concept of the same size). When
+    that bound is below ``1 / (1 + permutations)`` it is the p-value and no more permutations are drawn; it can be
+    far smaller, so a concept far beyond chance passes BH on its own.
 
     Args:
         scores: the paper's balanced per-concept sets: a list of C matrices ``N_c x D`` (the projections of the
             concept's positive and negative images on the D probed directions).
         labels: a list of C boolean vectors ``N_c`` (True: the image shows the concept); each with both classes.
         threshold: AP at or above which a direction encodes a concept (paper: 0.9).
-        permutations: label permutations per concept (the smallest p-value is ``1 / (1 + permutations)``).
+        permutations: label permutations per concept at most (the smallest permutation p-value is
+            ``1 / (1 + permutations)``).
         alpha: the false discovery rate of the Benjamini-Hochberg procedure.
         seed: seeds the permutations (the same seed gives the same p-values).
         orientation: ``"positive"`` (the paper's: high projections are positives) or ``"both"`` (max of
             ``AP(s)`` and ``AP(-s)``); use the orientation the AP matrix was computed with.
         device: where the permutations run (default: the scores' device); ``"cuda"`` at paper scale.
-        stop_after: a concept stops drawing permutations at its ``stop_after``-th exceedance (Besag and Clifford's
-            sequential p-value, ``stop_after / permutations drawn``): clearly null concepts cost a few dozen
-            permutations instead of all of them. None: always draw ``permutations``.
+        stop_after: the exceedances at which a concept stops (None: never before its stage's end).
+        first_stage: permutations before a concept may go on to ``permutations``.
+        units: the exchangeable units of each set. Permuting labels between copies of one image is not
+            exchangeable (a set with every image twice makes pure noise significant), so rows of one unit move
+            together, onto units of the same size. ``"auto"``: rows with identical scores on every direction are one
+            unit; a list: one integer id per row for each concept (e.g. from the images' contents); None: every row
+            its own unit.
 
     Returns:
         :class:`ConceptSignificance`: ``unique_concepts``, ``p_values``, ``significant_concepts``,
@@ -414,7 +522,8 @@ def concept_significance(scores: Sequence[Any], labels: Sequence[Any], threshold
         True
     """
     test = permutation_p_values(scores, labels, threshold=threshold, permutations=permutations, seed=seed,
-                                orientation=orientation, device=device, stop_after=stop_after)
+                                orientation=orientation, device=device, stop_after=stop_after,
+                                first_stage=first_stage, units=units)
     return benjamini_hochberg(test, alpha)
 
 
@@ -427,5 +536,5 @@ def concatenate(tests: Sequence[PermutationTest]) -> PermutationTest:
            for t in tests):
         raise InputError("the permutation tests to concatenate were run with different settings")
     return PermutationTest(*(torch.cat([getattr(t, name) for t in tests])
-                             for name in ("max_ap", "p_values", "null_encoded", "drawn")),
+                             for name in ("max_ap", "p_values", "null_encoded", "drawn", "bounded")),
                            first.permutations, first.threshold, first.orientation)

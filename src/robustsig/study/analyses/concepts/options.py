@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import AfterValidator, Field, NonNegativeInt, PositiveInt
 
+from robustsig.metrics.significance import DEFAULT_PERMUTATIONS
 from robustsig.study.analysis import AnalysisOptions
 from robustsig.study.sections import Basis, unique_values
 
@@ -41,8 +42,9 @@ class ConceptsOptions(AnalysisOptions):
     thresholds: Annotated[list[Annotated[float, Field(gt=0, le=1)]], AfterValidator(unique_values)] = Field(
         default_factory=lambda: [0.8, 0.85, 0.9, 0.95], min_length=1,
         description="AP thresholds of the sensitivity sweep (unique concepts and polysemanticity at each)")
-    permutations: NonNegativeInt = Field(default=1000, description="label permutations per concept of the "
-                                         "significance test of the concept counts (0: no test)")
+    permutations: NonNegativeInt = Field(default=DEFAULT_PERMUTATIONS, description="label permutations per concept "
+                                         "of the significance test of the concept counts, at most (a concept stops "
+                                         "early once its p-value is settled; 0: no test)")
     alpha: float = Field(default=0.05, gt=0, lt=1, description="false discovery rate of the significant concept count")
 
 

@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
+
 from robustsig._atomic import write_text_atomic
-from robustsig.metrics.significance import (DEFAULT_STOP_AFTER, benjamini_hochberg, concatenate,
-                                            permutation_p_values)
+from robustsig.metrics.significance import (BOUND_SHARE, DEFAULT_STOP_AFTER, FIRST_STAGE, STAGE_GROWTH,
+                                            benjamini_hochberg, concatenate, permutation_p_values)
 from robustsig.report.tables import ReportTable, decimal, integer, pool_table
 from robustsig.study.analyses.concepts.ap import (SIGN_CONVENTION, ap_device, ap_paths, concept_members,
                                                   concept_score_groups)
@@ -67,7 +69,9 @@ class ConceptSignificanceTask(AnalysisTask):
         options = self.options
         return {"basis": self.basis, "min_positives": options.min_positives, "seed": options.seed,
                 "threshold": options.threshold, "permutations": options.permutations, "alpha": options.alpha,
-                "orientation": options.orientation, "stop_after": DEFAULT_STOP_AFTER}
+                "orientation": options.orientation, "stop_after": DEFAULT_STOP_AFTER, "first_stage": FIRST_STAGE,
+                "stage_growth": STAGE_GROWTH, "bound_share": BOUND_SHARE,
+                "units": "rows of identical image files move together"}
 
     def provenance(self, ctx: RunContext) -> dict[str, Any]:
         return {"store": ctx.store(self.subject, self.dataset).provenance, **self._parameters(),
@@ -81,14 +85,16 @@ class ConceptSignificanceTask(AnalysisTask):
         options, orientation = self.options, self.options.orientation
         verified = ctx.store(self.subject, self.dataset)
         device = ap_device(ctx.device)
-        members = concept_members(verified.store, ctx.dataset(self.dataset),
-                                                    min_positives=options.min_positives, seed=options.seed)
+        dataset = ctx.dataset(self.dataset)
+        members = concept_members(verified.store, dataset, min_positives=options.min_positives, seed=options.seed)
+        units = content_units(verified.store, dataset, members)
         tests, start = [], 0
         for scores, labels in concept_score_groups(verified.store, members, self.basis, device):
             tests.append(permutation_p_values(scores, labels, threshold=options.threshold,
                                               permutations=options.permutations, seed=options.seed,
                                               orientation=orientation, first_concept=start, device=device,
-                                              stop_after=DEFAULT_STOP_AFTER))
+                                              stop_after=DEFAULT_STOP_AFTER,
+                                              units=units if units == "auto" else units[start:start + len(scores)]))
             start += len(scores)
         result = benjamini_hochberg(concatenate(tests), options.alpha)
         row = ConceptSignificanceRow(self.model, self.basis, len(members), result.unique_concepts,
@@ -107,6 +113,24 @@ class ConceptSignificanceTask(AnalysisTask):
         return (f"{row.unique_concepts} unique concepts (chance level {row.chance_unique:.1f}), "
                 f"{row.significant_concepts} significant at FDR {options.alpha:g}, of {row.num_concepts} "
                 f"({time.perf_counter() - begin:.1f} s)")
+
+
+def content_units(store: Any, dataset: Any, members: Sequence[tuple[Any, np.ndarray, np.ndarray]]
+                  ) -> list[np.ndarray] | str:
+    """The exchangeable units of each concept's set: rows whose image files hold the same bytes (an index that
+    lists an image twice, a copy under another name) are one unit and move together under permutation (permuting
+    labels between copies of one image is not exchangeable). From the dataset's file listing (content digests,
+    read through the stat cache); ``"auto"`` (rows with identical scores) for a dataset without files."""
+    listing = getattr(dataset, "listing", None)
+    if listing is None:
+        return "auto"
+    digests = listing().digests
+    ids = store.read("ids").numpy()
+    units = []
+    for _, rows, _ in members:
+        keys = [digests[i] if digests[i] is not None else f"unread:{i}" for i in ids[rows].tolist()]
+        units.append(np.unique(np.array(keys, dtype=object), return_inverse=True)[1].reshape(-1))
+    return units
 
 
 def significance_table(models: Sequence[ModelRow], rows: Sequence[Any], basis: str) -> ReportTable:
