@@ -88,7 +88,7 @@ def study_data(root: Path, **analyses: Any) -> dict[str, Any]:
     sections: dict[str, Any] = {
         "accuracy": None, "kurtosis": None, "importance": {"privileged_ratio": 3.0},
         "pruning": {"fractions": [0.0, 0.25, 0.5, 0.75], "orders": ["singular", "importance", "random"]},
-        "concepts": {"threshold": 0.8, "min_positives": 4},
+        "concepts": {"threshold": 0.8, "min_positives": 4, "permutations": 999},
         "cka": {"pairs": [{"model_a": "zs", "model_b": "ctrl", "layers": "all"},
                           {"model_a": "zs", "model_b": "ft", "cross": True}], "minibatch": 8},
         "wiseft": {"pairs": [{"zero_shot": "zs", "finetuned": "ft"}], "alphas": [0.0, 0.5, 1.0]},

@@ -58,7 +58,7 @@ def world(tmp_path) -> Path:
         "datasets": {"id": {"name": "photos", "kind": "folder", "root": "photos",
                             "options": {"class_map": str(tmp_path / "map.json")}},
                      "broden": {"root": "broden", "options": {"cache_dir": str(tmp_path / "cache"), "workers": 0}}},
-        "analyses": {"accuracy": None, "concepts": {"threshold": 0.8, "min_positives": 4}},
+        "analyses": {"accuracy": None, "concepts": {"threshold": 0.8, "min_positives": 4, "permutations": 0}},
     }
     write_config(tmp_path, data)
     return tmp_path

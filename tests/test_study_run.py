@@ -428,7 +428,7 @@ def test_concept_significance_follows_its_p_values(study):
     concepts = {(row.model, row.basis): row for row in study.read(ConceptRow)}
     for row in rows:
         assert row.unique_concepts == concepts[(row.model, row.basis)].unique_concepts  # the same raw count
-        assert row.significant_concepts <= row.unique_concepts and row.permutations == 1000
+        assert row.significant_concepts <= row.unique_concepts and row.permutations == 999
         detail = json.loads((study.config.results_dir / "concept_ap" / f"{row.model}_{row.basis}_significance.json")
                             .read_text())
         adjusted = np.asarray(detail["adjusted"])

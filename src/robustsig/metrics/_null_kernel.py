@@ -234,18 +234,26 @@ class SortedConcept:
         return rows
 
     def _group_bounds(self, directions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first and last position of each position's group of equal scores, per direction (``K x N``)."""
-        index = torch.arange(self.n, device=self.device)
-        start = index.expand(len(directions), -1).clone()
+        """The first and last position of each position's group of equal scores, per direction (``K x N``).
+
+        Built once per distinct direction of the batch and gathered per row (the exact path's batches repeat a few
+        directions over many label vectors), with the tie groups' positions scattered in one pass."""
+        unique, inverse = torch.unique(directions.cpu(), return_inverse=True)
+        start = torch.arange(self.n, device=self.device).expand(len(unique), -1).clone()
         end = start.clone()
-        pointer = self._tie_pointer
-        for k, direction in enumerate(directions.tolist()):
-            a, b = int(pointer[direction]), int(pointer[direction + 1])
-            if b > a:
-                where = self._tie_position[a:b]
-                start[k, where] = self._tie_first[a:b]
-                end[k, where] = self._tie_last[a:b]
-        return start, end
+        a, b = self._tie_pointer[unique], self._tie_pointer[unique + 1]
+        lengths = b - a
+        total = int(lengths.sum())
+        if total:
+            row = torch.repeat_interleave(torch.arange(len(unique)), lengths)
+            offsets = torch.cumsum(lengths, 0) - lengths
+            source = torch.arange(total) - torch.repeat_interleave(offsets - a, lengths)
+            row, source = row.to(self.device), source.to(self.device)
+            where = self._tie_position[source]
+            start[row, where] = self._tie_first[source]
+            end[row, where] = self._tie_last[source]
+        inverse = inverse.to(self.device)
+        return start[inverse], end[inverse]
 
     def exact(self, labels: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
         """The exact statistic (float64, ties grouped as sklearn does) of label row ``k`` of ``labels``
