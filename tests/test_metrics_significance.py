@@ -377,3 +377,28 @@ def test_exchangeable_units_find_the_copies_among_many_rows():
     units = exchangeable_units(torch.from_numpy(copies))
     assert units.max() + 1 == 3000 and units[-3] == units[5] and units[-2] == units[-1] == units[17]
     assert np.array_equal(exchangeable_units(rows), np.arange(3000))
+
+
+@pytest.mark.parametrize("orientation", ["positive", "both"])
+def test_densely_tied_directions_read_from_group_counts_equal_sklearn(orientation):
+    # heavily quantised scores (every direction dense): the grouped exact path against sklearn, label row by row
+    from robustsig.metrics._null_kernel import SortedConcept
+
+    rng = np.random.default_rng(11)
+    for _ in range(40):
+        n = int(rng.integers(4, 40))
+        positives = int(rng.integers(1, n))
+        scores = np.round(rng.normal(size=(n, 4)) * 2) / 2
+        scores[:, 3] = 0.0                                            # a constant direction: AP = P / N
+        concept = SortedConcept(torch.tensor(scores, dtype=torch.float32), positives, orientation)
+        flags = torch.zeros(6, n, dtype=torch.bool)
+        for row in flags:
+            row[rng.choice(n, positives, replace=False)] = True
+        got = concept._dense_exact(flags).numpy()
+        for j, direction in enumerate(concept.dense.tolist()):
+            for r, y in enumerate(flags.numpy()):
+                expected = average_precision_score(y, scores[:, direction])
+                if orientation == "both":
+                    expected = max(expected, average_precision_score(y, -scores[:, direction]))
+                assert got[j, r] == pytest.approx(expected, abs=1e-12)
+        assert 3 in concept.dense.tolist()
