@@ -78,8 +78,9 @@ def bench_config(roots: dict[str, Path], broden: Path, out: Path) -> dict[str, A
     # cannot feed; the analysis-side CKA is the pooled estimator on the stored layer taps, on the id set
     id_set = config["datasets"]["id"]
     config["analyses"]["cka"].update(estimator="pooled", dataset=id_set.get("name", id_set["kind"]))
-    # the permutation test is timed apart (significance_probe)
-    config["analyses"]["concepts"]["permutations"] = 0
+    # the permutation test is timed apart (significance_probe) unless --significance runs it in the study
+    if not OPTIONS.get("significance"):
+        config["analyses"]["concepts"]["permutations"] = 0
     config.update(output_dir=str(out), store_dir=str(out / "store"), device="cpu", workers=0,
                   description="bench_scale: synthetic stores at the paper's sizes")
     return config
@@ -300,16 +301,48 @@ def significance_probe(config: Any, permutations: int) -> None:
         width = scores[0].shape[1]
     test = concatenate(tests)
     floor = permutation_floor(np.array(elements), test.drawn.numpy(), width)
-    directions = 0
-    for entry in config.models:
-        manifest = ActivationStore(Path(config.store_dir) / entry.name / broden.name).manifest
-        h_width, classes = manifest["tensors"]["h"]["shape"][1], manifest["head"]["W"]["shape"][0]
-        directions += sum(min(h_width, classes) if basis == "singular" else h_width for basis in options.bases)
+    directions = sum(_directions(config, entry.name, basis) for entry in config.models for basis in options.bases)
     print(f"  concept significance ({model}, singular basis, {len(members)} concepts x {width} directions, at most "
           f"{permutations:,} permutations, stopping at the {DEFAULT_STOP_AFTER}th exceedance): {seconds:.1f} s; "
           f"{(test.drawn.numpy() * elements).sum() / max(sum(elements), 1):.0f} permutations drawn per element; "
           f"floor {floor:.1f} s = {seconds / floor:.1f}x; the study's {len(config.models) * len(options.bases)} "
           f"tests ({directions:,} directions): ~{seconds * directions / width / 60:.0f} min", flush=True)
+
+
+def significance_floor(config: Any, measured: float) -> None:
+    """The floor of the study's own permutation tests (``--significance``): every model and basis's concepts, at
+    the permutations each drew (from the tests' sidecars), by ``bench_significance.permutation_floor``."""
+    from benchmarks.bench_significance import permutation_floor
+    from robustsig.data.registry import open_dataset
+    from robustsig.extraction.store import ActivationStore
+    from robustsig.study.streams import concept_members
+
+    options, broden = config.analyses.concepts, config.datasets.broden
+    first = ActivationStore(Path(config.store_dir) / config.models[0].name / broden.name)
+    sizes = np.array([len(rows) for _, rows, _ in concept_members(
+        first, open_dataset("broden", broden.root, **broden.options), min_positives=options.min_positives,
+        seed=options.seed)])
+    floor, drawn_total, tests = 0.0, 0, 0
+    for entry in config.models:
+        for basis in options.bases:
+            sidecar = (Path(config.output_dir) / "results" / "concept_ap" / f"{entry.name}_{basis}_significance.json")
+            detail = json.loads(sidecar.read_text())
+            drawn = np.array(detail["permutations_drawn"])
+            width = _directions(config, entry.name, basis)
+            floor += permutation_floor(sizes * width, drawn, width)
+            drawn_total += int(drawn.sum())
+            tests += 1
+    print(f"  concept significance in the study: {tests} tests, {drawn_total / max(tests * len(sizes), 1):.0f} "
+          f"permutations drawn per concept on average; measured {measured:.1f} s; floor {floor:.1f} s = "
+          f"{measured / max(floor, 1e-9):.1f}x", flush=True)
+
+
+def _directions(config: Any, model: str, basis: str) -> int:
+    from robustsig.extraction.store import ActivationStore
+
+    manifest = ActivationStore(Path(config.store_dir) / model / config.datasets.broden.name).manifest
+    width, classes = manifest["tensors"]["h"]["shape"][1], manifest["head"]["W"]["shape"][0]
+    return min(width, classes) if basis == "singular" else width
 
 
 def run() -> None:
@@ -344,10 +377,10 @@ def run() -> None:
     print(f"study run: {total:.1f} s wall, peak RSS {peak_gb:.2f} GB [target <= 8 GB: "
           f"{'met' if peak_gb <= 8 else 'NOT met'}], ok={summary['ok']}", flush=True)
     for tag, seconds in sorted(by_tag.items(), key=lambda kv: -sum(kv[1])):
-        print(f"  {tag:<14} {sum(seconds):8.1f} s  ({len(seconds)} steps, {100 * sum(seconds) / total:4.1f} %)",
+        print(f"  {tag:<22} {sum(seconds):8.1f} s  ({len(seconds)} steps, {100 * sum(seconds) / total:4.1f} %)",
               flush=True)
     other = total - sum(sum(s) for s in by_tag.values())
-    print(f"  {'(report etc.)':<14} {other:8.1f} s", flush=True)
+    print(f"  {'(report etc.)':<22} {other:8.1f} s", flush=True)
     if config.analyses.concepts is not None:
         elements, torch_rate, numpy_rate = ap_floor(config)
         ap_seconds = sum(by_tag.get("concept_ap", []))
@@ -363,7 +396,9 @@ def run() -> None:
               f"{measured / max(floor, 1e-9):.1f}x the floor", flush=True)
     if scale < 1:
         print(f"  extrapolated to scale 1 (linear in images): {total / scale / 60:.0f} min", flush=True)
-    if config.analyses.concepts is not None:
+    if config.analyses.concepts is not None and config.analyses.concepts.permutations:
+        significance_floor(config, sum(by_tag.get("concept_significance", [])))
+    elif config.analyses.concepts is not None:
         from robustsig.metrics.significance import DEFAULT_PERMUTATIONS
         significance_probe(config, DEFAULT_PERMUTATIONS)
     if not OPTIONS.get("keep"):
