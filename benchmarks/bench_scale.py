@@ -276,19 +276,12 @@ def significance_probe(config: Any, permutations: int) -> None:
     printed with its floor (``bench_significance.permutation_floor``) and extrapolated to the study's tests by their
     directions (the test's cost is linear in them)."""
     from benchmarks.bench_significance import permutation_floor
-    from robustsig.data.registry import open_dataset
-    from robustsig.extraction.store import ActivationStore
     from robustsig.metrics.significance import DEFAULT_STOP_AFTER, concatenate, permutation_p_values
     from robustsig.study.analyses.concepts import ap as concepts_analysis
-    from robustsig.study.streams import concept_members
 
     options = config.analyses.concepts
-    broden = config.datasets.broden
     model = config.models[0].name
-    store = ActivationStore(Path(config.store_dir) / model / broden.name)
-    dataset = open_dataset("broden", broden.root, **broden.options)
-    members = concept_members(store, dataset, min_positives=options.min_positives,
-                                                seed=options.seed)
+    store, members = _concept_sets(config, model)
     seconds, tests, elements, start, width = 0.0, [], [], 0, 0
     for scores, labels in concepts_analysis.concept_score_groups(store, members, "singular"):
         begin = time.perf_counter()
@@ -313,15 +306,9 @@ def significance_floor(config: Any, measured: float) -> None:
     """The floor of the study's own permutation tests (``--significance``): every model and basis's concepts, at
     the permutations each drew (from the tests' sidecars), by ``bench_significance.permutation_floor``."""
     from benchmarks.bench_significance import permutation_floor
-    from robustsig.data.registry import open_dataset
-    from robustsig.extraction.store import ActivationStore
-    from robustsig.study.streams import concept_members
 
-    options, broden = config.analyses.concepts, config.datasets.broden
-    first = ActivationStore(Path(config.store_dir) / config.models[0].name / broden.name)
-    sizes = np.array([len(rows) for _, rows, _ in concept_members(
-        first, open_dataset("broden", broden.root, **broden.options), min_positives=options.min_positives,
-        seed=options.seed)])
+    options = config.analyses.concepts
+    sizes = np.array([len(rows) for _, rows, _ in _concept_sets(config, config.models[0].name)[1]])
     floor, drawn_total, tests = 0.0, 0, 0
     for entry in config.models:
         for basis in options.bases:
@@ -335,6 +322,18 @@ def significance_floor(config: Any, measured: float) -> None:
     print(f"  concept significance in the study: {tests} tests, {drawn_total / max(tests * len(sizes), 1):.0f} "
           f"permutations drawn per concept on average; measured {measured:.1f} s; floor {floor:.1f} s = "
           f"{measured / max(floor, 1e-9):.1f}x", flush=True)
+
+
+def _concept_sets(config: Any, model: str) -> tuple[Any, list]:
+    """``model``'s Broden store and the concepts' balanced sets the study tests (the same for every model)."""
+    from robustsig.data.registry import open_dataset
+    from robustsig.extraction.store import ActivationStore
+    from robustsig.study.streams import concept_members
+
+    options, broden = config.analyses.concepts, config.datasets.broden
+    store = ActivationStore(Path(config.store_dir) / model / broden.name)
+    dataset = open_dataset("broden", broden.root, **broden.options)
+    return store, concept_members(store, dataset, min_positives=options.min_positives, seed=options.seed)
 
 
 def _directions(config: Any, model: str, basis: str) -> int:

@@ -120,7 +120,8 @@ def predictors_table(rows: Sequence[Any], groups: Sequence[Sequence[str]] | None
                        "models alike), MAE of the monotone fit on the other models; the combination: ridge on the "
                        "other models, its held-out predictions ranked; mean of others: the reference a fit must "
                        "beat on MAE (its rho is negative by construction, -1 when no two models share weights); "
-                       "doc, atc-*: label-free predicted ER from the unlabelled shift images, no fit. Intervals: percentile bootstrap over models." + grouped,
+                       "doc, atc-*: label-free predicted ER from the unlabelled shift images, no fit. Intervals: "
+                       "percentile bootstrap over models." + grouped,
                        ("er_predictors", "er_predictions", "signatures", "label_free"))
 
 
