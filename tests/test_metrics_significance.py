@@ -161,6 +161,38 @@ def test_groups_give_the_same_p_values_as_one_call():
     np.testing.assert_array_equal(whole.p_values.numpy(), torch.cat([p.p_values for p in parts]).numpy())
 
 
+def test_a_concept_split_over_idle_threads_gives_the_single_thread_result(monkeypatch):
+    # one large concept among small ones: once the small ones are done, its blocks of label rows are read by both
+    # threads (both read the large one's rows); every number equals the one-thread run's
+    import threading
+
+    from robustsig.metrics import _null_kernel
+
+    rng = np.random.default_rng(12)
+    scores = [rng.standard_normal((n, 48)).astype(np.float32) for n in (1200, 30, 40)]
+    labels = [rng.permutation(np.arange(len(s)) < len(s) // 2) for s in scores]
+    readers = set()
+    reach = _null_kernel.SortedConcept.reach
+
+    def counted(self, flags, levels):
+        if self.n == 1200:
+            readers.add(threading.get_ident())
+        return reach(self, flags, levels)
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = permutation_p_values(scores, labels, permutations=3_000, seed=5, first_stage=3_000)
+        torch.set_num_threads(2)
+        monkeypatch.setattr(_null_kernel.SortedConcept, "reach", counted)
+        split = permutation_p_values(scores, labels, permutations=3_000, seed=5, first_stage=3_000)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(readers) == 2 and int(split.drawn[0]) == 3_000
+    for name in ("max_ap", "p_values", "null_encoded", "drawn", "bounded"):
+        np.testing.assert_array_equal(getattr(alone, name).numpy(), getattr(split, name).numpy(), err_msg=name)
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda s, y: rs.concept_significance(s[0], y), "lists"),
     (lambda s, y: rs.concept_significance(s, y[:1]), "same concepts"),
@@ -342,17 +374,19 @@ def test_concepts_far_beyond_chance_take_the_bound():
     assert not bool(test.bounded[0])
 
 
-@pytest.mark.parametrize("alpha", [1 / 50_000, 7e-4, 0.011, 0.05])
-def test_staged_besag_clifford_p_value_is_valid(alpha):
-    # the exact size of the default design (stages 999, 4,999, 24,999, 49,999; stop at the 10th exceedance):
+@pytest.mark.parametrize("budget, stages", [(24_999, [999, 4999, 24999]), (49_999, [999, 4999, 24999, 49999])])
+@pytest.mark.parametrize("alpha", [1 / 50_000, 1 / 25_000, 7e-4, 0.011, 0.05])
+def test_staged_besag_clifford_p_value_is_valid(alpha, budget, stages):
+    # the exact size of the design (the default budget, 24,999, and a larger one; stop at the 10th exceedance):
     # under the null the chance p that a permutation reaches T_c is uniform, and given p the exceedances are
     # Bernoulli(p) draws; P(p-value <= alpha) integrates the design's outcomes over p
     from scipy import integrate, stats
 
     from robustsig.metrics.significance import DEFAULT_PERMUTATIONS, DEFAULT_STOP_AFTER, _stages
 
-    stages, h = _stages(FIRST_STAGE, DEFAULT_PERMUTATIONS), DEFAULT_STOP_AFTER
-    assert stages == [999, 4999, 24999, 49999]
+    assert DEFAULT_PERMUTATIONS == 24_999
+    assert _stages(FIRST_STAGE, budget) == stages
+    h = DEFAULT_STOP_AFTER
     p = np.unique(np.r_[np.geomspace(1e-10, 1.0, 20_001), np.linspace(0.0, 1.0, 20_001)])
     rejects, before, none_yet = np.zeros_like(p), 0, np.ones_like(p)
     for k, end in enumerate(stages):

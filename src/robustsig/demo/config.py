@@ -76,7 +76,7 @@ RANDOM = "mobilenet_v2-random"
 
 
 SIGNIFICANCE_PERMUTATIONS = 200
-"""Label permutations per concept in the demo (the study default is 49,999, for 1,197 concepts;
+"""Label permutations per concept in the demo (the study default is 24,999, for 1,197 concepts;
 :attr:`DemoPool.permutations`): the smallest p-value, 1/201, is still below the Benjamini-Hochberg bound of the first
 of the demo's 7 concepts (0.05 / 7), at a small fraction of the default's cost."""
 

@@ -24,6 +24,7 @@ exact path.
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import torch
@@ -151,20 +152,30 @@ class SortedConcept:
         self._weights = torch.stack(weights).view(len(weights), self.block_count, BLOCK).transpose(0, 1).to(
             device, self.dtype).contiguous()                                # blocks x orientations x BLOCK
         self._tril = torch.tril(torch.ones(BLOCK, BLOCK, dtype=self.dtype, device=device))
-        self._buffers: dict[str, torch.Tensor] = {}
-        self._strict_cache = torch.empty(0, 0, dtype=self.dtype, device=device)
+        self._scratch = threading.local()        # per thread: threads may read different label rows at once
+
+    def _buffers(self) -> dict[str, torch.Tensor]:
+        """This thread's scratch tensors (reused from block to block)."""
+        buffers = getattr(self._scratch, "buffers", None)
+        if buffers is None:
+            buffers = self._scratch.buffers = {}
+        return buffers
 
     def _buffer(self, name: str, size: int) -> torch.Tensor:
-        buffer = self._buffers.get(name)
+        buffers = self._buffers()
+        buffer = buffers.get(name)
         if buffer is None or buffer.numel() < size:
-            buffer = self._buffers[name] = torch.empty(size, dtype=self.dtype, device=self.device)
+            buffer = buffers[name] = torch.empty(size, dtype=self.dtype, device=self.device)
         return buffer[:size]
 
     def _strict(self, blocks: int) -> torch.Tensor:
         """``blocks x blocks`` strictly lower-triangular ones: the counts before each block of a segment."""
-        if self._strict_cache.shape[0] != blocks:
-            self._strict_cache = torch.tril(torch.ones(blocks, blocks, dtype=self.dtype, device=self.device), -1)
-        return self._strict_cache
+        buffers = self._buffers()
+        strict = buffers.get("strict")
+        if strict is None or strict.shape[0] != blocks:
+            strict = buffers["strict"] = torch.tril(torch.ones(blocks, blocks, dtype=self.dtype, device=self.device),
+                                                    -1)
+        return strict
 
     def _fast_sums(self, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """``P * AP`` of the fast directions in their fixed order for the label columns of ``labels``

@@ -11,13 +11,13 @@ whose test is significant at false discovery rate ``alpha``. ``chance_unique`` i
 when every label is permuted: the raw count's chance level.
 
 How many permutations. A concept draws permutations in stages (999, then five times as many each stage up to
-``permutations``, 49,999 by default) and goes on to the next stage only while none has reached ``T_c``: a
+``permutations``, 24,999 by default) and goes on to the next stage only while none has reached ``T_c``: a
 concept some permutations reach stops at the end of its stage with ``(1 + #{T_b >= T_c}) / (1 + drawn)``, or
 earlier at its ``stop_after``-th exceedance with Besag and Clifford's ``stop_after / drawn``. Both rules keep the
 p-value valid (the stages because going on happens only when the p-value would be the stage's smallest; checked
 exactly by integrating over the null). A null concept draws ~25-60 permutations; only concepts beyond every
 permutation of a stage draw more, and the smallest p-value, ``1 / (1 + permutations)``, lets Benjamini-Hochberg
-pass a concept on its own among up to ``alpha (1 + permutations)`` concepts (2,500 at the defaults).
+pass a concept on its own among up to ``alpha (1 + permutations)`` concepts (1,250 at the defaults: the paper's 1,197 fit).
 
 An analytic bound instead of the last permutations. Before going past its first stage, a concept that no
 permutation reached computes ``g``, a bound on ``P(T_b >= T_c)`` (:func:`_tail_bound`): the union over directions
@@ -54,6 +54,7 @@ cores (``python -m benchmarks significance``; the previous kernel took 115 s); c
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -72,9 +73,10 @@ from robustsig.metrics.concepts import AP_THRESHOLD
 
 Orientation = Literal["positive", "both"]
 ORIENTATIONS: tuple[str, ...] = ("positive", "both")
-DEFAULT_PERMUTATIONS = 49_999
-"""Permutations per concept at most: the smallest p-value, 1/50,000, lets Benjamini-Hochberg at alpha 0.05 pass a
-concept on its own among up to 2,500 (paper scale: 1,197)."""
+DEFAULT_PERMUTATIONS = 24_999
+"""Permutations per concept at most: the smallest p-value, 1/25,000, lets Benjamini-Hochberg at alpha 0.05 pass a
+concept on its own among up to 1,250 (paper scale: 1,197). A concept that no permutation reaches costs its set size x
+directions x this budget; doubling it would double that worst case for a lone concept's margin beyond 1,250."""
 FIRST_STAGE = 999
 """Permutations a concept draws before it may go on: only if none of them reached it (see :func:`_stages`)."""
 STAGE_GROWTH = 5
@@ -366,14 +368,16 @@ def permutation_p_values(scores: Sequence[Any], labels: Sequence[Any], *, thresh
                      tail_bound, device)
     jobs = [(first_concept + c, s, y, ids) for c, (s, y, ids) in enumerate(zip(sets, flags, unit_ids))]
     workers = torch.get_num_threads() if device.type == "cpu" else 1
-    if workers > 1 and len(jobs) > 1:
+    if workers > 1:
         # one concept per thread, each single-threaded: small kernels parallelise better across concepts than
-        # within one, and nothing spins at a barrier when other processes hold the cores; largest concepts first
+        # within one, and nothing spins at a barrier when other processes hold the cores; largest concepts first,
+        # and a concept still drawing when threads fall idle splits its blocks over them (_Cores)
         largest_first = sorted(range(len(jobs)), key=lambda c: -jobs[c][1].numel())
         try:
             torch.set_num_threads(1)
-            with ThreadPoolExecutor(workers) as pool:
-                done = dict(zip(largest_first, pool.map(lambda c: _test_concept(design, *jobs[c]), largest_first)))
+            with ThreadPoolExecutor(workers) as pool, _Cores(workers, len(jobs)) as cores:
+                done = dict(zip(largest_first, pool.map(lambda c: cores.run(_test_concept, design, *jobs[c]),
+                                                        largest_first)))
         finally:
             torch.set_num_threads(workers)
         results = [done[c] for c in range(len(jobs))]
@@ -383,6 +387,55 @@ def permutation_p_values(scores: Sequence[Any], labels: Sequence[Any], *, thresh
     as_tensor = lambda values: torch.tensor(values, dtype=torch.float64)  # noqa: E731
     return PermutationTest(as_tensor(observed), as_tensor(p_values), as_tensor(null_encoded), torch.tensor(drawn),
                            torch.tensor(bounded), permutations, float(threshold), orientation)
+
+
+class _Cores:
+    """The CPU threads of one call, shared by its concepts: while fewer concepts are left than threads (the last,
+    largest ones, or one that draws many permutations), a concept splits each block of label rows over the idle
+    threads. The rows' decisions are exact and independent of each other, so the split changes no result."""
+
+    def __init__(self, workers: int, concepts: int) -> None:
+        self.workers = workers
+        self.left = concepts
+        self.lock = threading.Lock()
+        self.helpers = ThreadPoolExecutor(workers - 1)
+
+    def __enter__(self) -> _Cores:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.helpers.shutdown()
+
+    def run(self, test: Any, design: _Design, *job: Any) -> Any:
+        """``test(design, *job, cores=self)``, counted among the concepts left."""
+        try:
+            return test(design, *job, cores=self)
+        finally:
+            with self.lock:
+                self.left -= 1
+
+    def reach(self, concept: SortedConcept, flags: torch.Tensor, levels: tuple[float, ...]
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`SortedConcept.reach` of ``flags``' rows, piece by piece until threads fall idle, then the rest
+        split over them (helpers never wait on each other, so the split cannot deadlock)."""
+        piece = max(_SPLIT_ROWS, -(-_PIECE_ENTRIES // (concept.n * concept.d)))
+        results, start, rows = [], 0, flags.shape[0]
+        while start < rows:
+            parts = min(1 + max(0, self.workers - self.left), (rows - start) // _SPLIT_ROWS)
+            if parts > 1:
+                chunks = flags[start:].tensor_split(parts)
+                pending = [self.helpers.submit(concept.reach, chunk, levels) for chunk in chunks[1:]]
+                results += [concept.reach(chunks[0], levels)] + [future.result() for future in pending]
+                break
+            results.append(concept.reach(flags[start:start + piece], levels))
+            start += piece
+        return torch.cat([r for r, _ in results], 1), torch.cat([c for _, c in results])
+
+
+_SPLIT_ROWS = 32
+"""Label rows per thread at least when a concept splits a block (fewer are not worth a thread's start)."""
+_PIECE_ENTRIES = 1 << 23
+"""Entries (label rows x samples x directions) a concept reads before it looks again for idle threads."""
 
 
 @dataclass(frozen=True)
@@ -400,9 +453,9 @@ class _Design:
 
 
 def _test_concept(design: _Design, concept_index: int, scores: torch.Tensor, flags: torch.Tensor,
-                  units: np.ndarray | None) -> tuple[float, float, float, int, bool]:
+                  units: np.ndarray | None, cores: _Cores | None = None) -> tuple[float, float, float, int, bool]:
     """One concept's test: ``(statistic, p-value, share of permutations reaching the threshold, permutations
-    drawn, p-value from the bound)``."""
+    drawn, p-value from the bound)``; ``cores``: the call's threads, to split blocks over when some are idle."""
     device, stop_after = design.device, design.stop_after
     scores, y = scores.to(device), flags.to(device)
     concept = SortedConcept(scores, int(y.sum()), design.orientation)
@@ -417,7 +470,8 @@ def _test_concept(design: _Design, concept_index: int, scores: torch.Tensor, fla
     null_top, null_bottom = -math.inf, math.inf
     while p_value is None:
         count = _block_size(drawn, exceed, limit, stop_after, smallest, largest)
-        reached, ceiling = concept.reach(y[shuffles.draw(count).to(device)], levels)
+        permuted = y[shuffles.draw(count).to(device)]
+        reached, ceiling = cores.reach(concept, permuted, levels) if cores else concept.reach(permuted, levels)
         reached = reached.cpu()
         hits = reached[0].cumsum(0)
         if stop_after is not None and exceed + int(hits[-1]) >= stop_after:   # Besag-Clifford: stop at the

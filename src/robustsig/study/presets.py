@@ -141,7 +141,7 @@ def _paper_analyses() -> list[str]:
              "    # counts in named columns whichever is set here, and this picks what the derived steps use.",
              "    orientation: positive",
              "    thresholds: [0.8, 0.85, 0.9, 0.95]  # threshold sensitivity sweep (footnote 4: conclusions hold at 0.85)",
-             "    permutations: 49999  # label permutations per concept, at most: raw vs significant counts (0: no test)",
+             "    permutations: 24999  # label permutations per concept, at most: raw vs significant counts (0: no test)",
              "    alpha: 0.05  # false discovery rate of the significant count (Benjamini-Hochberg)",
              "  cka:  # layer-by-layer CKA between each zero-shot model and its finetuned version (Fig. 5, 6)",
              "    kernel: linear",
