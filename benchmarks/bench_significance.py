@@ -118,7 +118,7 @@ def bench_permutations(concepts: int = 4, size: int = 40, directions: int = 512,
     def sort_once() -> torch.Tensor:
         return permutation_p_values(scores, labels, permutations=permutations, stop_after=None).p_values
 
-    def stopping() -> torch.Tensor:  # the default: a concept stops at its 10th exceedance
+    def stopping() -> torch.Tensor:  # the default: a concept stops at its 5th exceedance
         return permutation_p_values(scores, labels, permutations=permutations,
                                     stop_after=DEFAULT_STOP_AFTER).p_values
 

@@ -377,7 +377,7 @@ def test_concepts_far_beyond_chance_take_the_bound():
 @pytest.mark.parametrize("budget, stages", [(24_999, [999, 4999, 24999]), (49_999, [999, 4999, 24999, 49999])])
 @pytest.mark.parametrize("alpha", [1 / 50_000, 1 / 25_000, 7e-4, 0.011, 0.05])
 def test_staged_besag_clifford_p_value_is_valid(alpha, budget, stages):
-    # the exact size of the design (the default budget, 24,999, and a larger one; stop at the 10th exceedance):
+    # the exact size of the design (the default budget, 24,999, and a larger one; stop at the 5th exceedance):
     # under the null the chance p that a permutation reaches T_c is uniform, and given p the exceedances are
     # Bernoulli(p) draws; P(p-value <= alpha) integrates the design's outcomes over p
     from scipy import integrate, stats
