@@ -17,7 +17,8 @@ earlier at its ``stop_after``-th exceedance with Besag and Clifford's ``stop_aft
 p-value valid (the stages because going on happens only when the p-value would be the stage's smallest; checked
 exactly by integrating over the null). A null concept draws about 30 permutations; only concepts beyond every
 permutation of a stage draw more, and the smallest p-value, ``1 / (1 + permutations)``, lets Benjamini-Hochberg
-pass a concept on its own among up to ``alpha (1 + permutations)`` concepts (1,250 at the defaults: the paper's 1,197 fit).
+pass a concept on its own among up to ``alpha (1 + permutations)`` concepts (1,250 at the defaults: the paper's
+1,197 fit).
 
 An analytic bound instead of the last permutations. Before going past its first stage, a concept that no
 permutation reached computes ``g``, a bound on ``P(T_b >= T_c)`` (:func:`_tail_bound`): the union over directions
@@ -36,9 +37,9 @@ same size, so a set with every image twice gives exactly the p-values of the ima
 Why hand-written: the permutations change the labels, never the order of the scores, so each concept is sorted
 once and the AP of every permuted label vector is read off that order by matrix products (the kernel,
 :mod:`robustsig.metrics._null_kernel`, exact to a rigorous rounding bound, with float64 for the undecided and
-ties grouped as in ``sklearn.metrics.average_precision_score``). Concepts run one per thread. At paper scale
-(1,197 concepts of 20 to 63,304 images, 1,000 directions, pure noise) one model and basis takes ~25-35 s on 2 CPU
-cores (``python -m benchmarks significance``; the previous kernel took 115 s); concepts with a signal cost more
+ties grouped as in ``sklearn.metrics.average_precision_score``). Concepts run one per thread (one left alone
+splits its blocks over the idle threads). At paper scale (1,197 concepts of 20 to 63,304 images, 1,000 directions,
+pure noise) one model and basis takes ~22 s on 2 CPU cores (``python -m benchmarks significance``; the previous kernel took 115 s); concepts with a signal cost more
 (see docs/study.md); a GPU (``device="cuda"``) runs the same kernel.
 
 >>> import torch
