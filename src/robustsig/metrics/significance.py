@@ -39,8 +39,9 @@ once and the AP of every permuted label vector is read off that order by matrix 
 :mod:`robustsig.metrics._null_kernel`, exact to a rigorous rounding bound, with float64 for the undecided and
 ties grouped as in ``sklearn.metrics.average_precision_score``). Concepts run one per thread (one left alone
 splits its blocks over the idle threads). At paper scale (1,197 concepts of 20 to 63,304 images, 1,000 directions,
-pure noise) one model and basis takes ~22 s on 2 CPU cores (``python -m benchmarks significance``; the previous kernel took 115 s); concepts with a signal cost more
-(see docs/study.md); a GPU (``device="cuda"``) runs the same kernel.
+pure noise) one model and basis takes ~22 s on 2 CPU cores (``python -m benchmarks significance``; the previous
+kernel took 115 s); concepts with a signal cost more (see docs/study.md); a GPU (``device="cuda"``) runs the same
+kernel.
 
 >>> import torch
 >>> g = torch.Generator().manual_seed(0)
@@ -379,8 +380,7 @@ def permutation_p_values(scores: Sequence[Any], labels: Sequence[Any], *, thresh
         try:
             torch.set_num_threads(1)
             with ThreadPoolExecutor(workers) as pool, _Cores(workers, len(jobs)) as cores:
-                done = dict(zip(largest_first, pool.map(lambda c: cores.run(_test_concept, design, *jobs[c]),
-                                                        largest_first)))
+                done = dict(zip(largest_first, pool.map(lambda c: cores.run(design, *jobs[c]), largest_first)))
         finally:
             torch.set_num_threads(workers)
         results = [done[c] for c in range(len(jobs))]
@@ -409,10 +409,10 @@ class _Cores:
     def __exit__(self, *exc: object) -> None:
         self.helpers.shutdown()
 
-    def run(self, test: Any, design: _Design, *job: Any) -> Any:
-        """``test(design, *job, cores=self)``, counted among the concepts left."""
+    def run(self, design: _Design, *job: Any) -> tuple[float, float, float, int, bool]:
+        """One concept's :func:`_test_concept` on these threads, counted among the concepts left."""
         try:
-            return test(design, *job, cores=self)
+            return _test_concept(design, *job, cores=self)
         finally:
             with self.lock:
                 self.left -= 1
